@@ -1,0 +1,139 @@
+//! Command-line interface.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0  success
+  1  failure (an unexpected error; the message says what)
+  2  usage error (unknown flag, missing argument)
+  3  invalid input: a data, configuration or model file that cannot be read or is wrong";
+
+/// Impeller: anomaly-detection models for pumps, from training to the edge.
+#[derive(Debug, Parser)]
+#[command(name = "impeller", version, about, after_help = EXIT_CODES, propagate_version = true)]
+pub struct Cli {
+    /// More log output on standard error (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only log errors.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a benchmark.
+    #[command(subcommand)]
+    Bench(Bench),
+    /// Train a model on normal operation from a CSV file and write the model file.
+    Train(TrainArgs),
+    /// Score the rows of a CSV file with a model, one row at a time as a device would.
+    Score(ScoreArgs),
+    /// Work with model files.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Bench {
+    /// The SKAB leaderboard protocol: per file, train on the first 400 rows, score the rest
+    /// causally one row at a time; F1, false- and missed-alarm rates summed over all files.
+    Skab(SkabArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Split {
+    /// Every file.
+    All,
+    /// Even-numbered files (valve1/0.csv, other/2.csv, …): where settings were chosen.
+    Dev,
+    /// Odd-numbered files: never used to choose settings.
+    Holdout,
+}
+
+#[derive(Debug, Args)]
+pub struct SkabArgs {
+    /// Folder holding the SKAB data (valve1/, valve2/, other/; anomaly-free/ is skipped).
+    #[arg(long, value_name = "DIR", required_unless_present = "generate_config")]
+    pub data: Option<PathBuf>,
+    /// Benchmark configuration (TOML); default: the built-in one (see --generate-config).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Only run the named detector (repeatable); names come from the configuration.
+    #[arg(long = "detector", value_name = "NAME")]
+    pub detectors: Vec<String>,
+    /// Which files to score.
+    #[arg(long, value_enum, default_value_t = Split::All)]
+    pub split: Split,
+    /// Override every detector's alarm margin (used to choose margins on the dev split).
+    #[arg(long, value_name = "X")]
+    pub margin: Option<f64>,
+    /// Write the first (or only selected) detector's predictions as CSV `file,row,prediction`,
+    /// the input of the independent scorer shared/tools/skab-score.py.
+    #[arg(long, value_name = "FILE")]
+    pub predictions: Option<PathBuf>,
+    /// Also print per-file counts.
+    #[arg(long)]
+    pub per_file: bool,
+    /// Print the results as JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the built-in configuration, with comments, and exit.
+    #[arg(long)]
+    pub generate_config: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// CSV file of normal operation (SKAB layout: `;`-separated, a `datetime` column).
+    #[arg(long, value_name = "FILE", required_unless_present = "generate_config")]
+    pub data: Option<PathBuf>,
+    /// Train on the first N data rows only (default: all rows).
+    #[arg(long, value_name = "N")]
+    pub rows: Option<usize>,
+    /// Sensor columns to use, comma-separated (default: every column but time and labels).
+    #[arg(long, value_name = "A,B,…", value_delimiter = ',')]
+    pub channels: Vec<String>,
+    /// Training configuration (TOML); default: the built-in one (see --generate-config).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where to write the model file.
+    #[arg(long, value_name = "FILE", required_unless_present = "generate_config")]
+    pub out: Option<PathBuf>,
+    /// Print the training summary as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Print the built-in training configuration, with comments, and exit.
+    #[arg(long)]
+    pub generate_config: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ScoreArgs {
+    /// Model file written by `impeller train`.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// CSV file to score; its columns are matched to the model's channels by name.
+    #[arg(long, value_name = "FILE")]
+    pub data: PathBuf,
+    /// Print JSON lines instead of CSV.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Show what a model file holds: channels, features, detector, calibration, training data.
+    Inspect {
+        /// Model file.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,20 @@
+//! Logs go to standard error, so standard output carries only data.
+
+use tracing_subscriber::EnvFilter;
+
+/// `RUST_LOG` wins when set; otherwise `-v` / `-q` move the level from `info`.
+pub fn init(verbose: u8, quiet: bool) {
+    let level = match (quiet, verbose) {
+        (true, _) => "error",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
