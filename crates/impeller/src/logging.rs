@@ -1,5 +1,7 @@
 //! Logs go to standard error, so standard output carries only data.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 /// `RUST_LOG` wins when set; otherwise `-v` / `-q` move the level from `info`.
@@ -14,6 +16,7 @@ pub fn init(verbose: u8, quiet: bool) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .without_time()
         .try_init();

@@ -1,0 +1,90 @@
+//! Train, inspect and score through the command line, as a user would.
+
+use crate::util::{impeller, skab_csv, stderr, stdout};
+
+#[test]
+fn train_then_score_flags_the_anomaly_and_not_the_normal_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("pump.csv");
+    std::fs::write(&csv, skab_csv(600, 450)).unwrap();
+    let model = dir.path().join("model.json");
+    let (csv_s, model_s) = (csv.to_str().unwrap(), model.to_str().unwrap());
+
+    let out = impeller(&[
+        "train",
+        "--data",
+        csv_s,
+        "--rows",
+        "300",
+        "--channels",
+        "Current,Pressure,Volume Flow RateRMS",
+        "--out",
+        model_s,
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(summary["training"]["frames"], 300);
+    assert_eq!(summary["detector"], "pca");
+
+    let out = impeller(&["model", "inspect", model_s, "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(info["format"], "impeller.model");
+    assert_eq!(info["features"][0], "Current.mean");
+
+    let out = impeller(&["score", "--model", model_s, "--data", csv_s]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let rows: Vec<Vec<&str>> = text.lines().skip(1).map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 600);
+    assert_eq!(rows[0][2], "warmup");
+    let alarms = |range: std::ops::Range<usize>| rows[range].iter().filter(|r| r[4] == "1").count();
+    assert!(alarms(470..600) > 100, "anomaly rows with an alarm: {}", alarms(470..600));
+    assert!(alarms(300..450) < 15, "normal rows with an alarm: {}", alarms(300..450));
+}
+
+#[test]
+fn scoring_a_file_without_a_model_channel_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("pump.csv");
+    std::fs::write(&csv, skab_csv(300, 300)).unwrap();
+    let model = dir.path().join("model.json");
+    let out = impeller(&["train", "--data", csv.to_str().unwrap(), "--out", model.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let other = dir.path().join("other.csv");
+    std::fs::write(&other, skab_csv(50, 50).replace("Voltage", "Volts")).unwrap();
+    let out = impeller(&["score", "--model", model.to_str().unwrap(), "--data", other.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains("missing column `Voltage`"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_corrupt_model_file_is_refused_with_its_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model.json");
+    std::fs::write(&model, b"{\"format\":\"impeller.model\",\"version\":1,\"channels\":[]}").unwrap();
+    let out = impeller(&["model", "inspect", model.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = stderr(&out);
+    assert!(err.contains("model.json") && err.contains("missing field"), "{err}");
+}
+
+#[test]
+fn generated_configurations_are_the_defaults() {
+    let out = impeller(&["train", "--generate-config"]);
+    let parsed: impeller_core::TrainConfig = toml::from_str(&stdout(&out)).unwrap();
+    let defaults = impeller_core::TrainConfig::new(impeller_core::detector::DetectorConfig::Pca(Default::default()));
+    assert_eq!(parsed, defaults, "train.toml must show the real defaults");
+    let out = impeller(&["bench", "skab", "--generate-config"]);
+    assert!(impeller::skab::BenchConfig::parse(&stdout(&out), "generated").is_ok());
+}
+
+#[test]
+fn help_lists_the_commands_and_exit_codes() {
+    let out = impeller(&["--help"]);
+    let text = stdout(&out);
+    for word in ["bench", "train", "score", "model", "Exit codes", "invalid input"] {
+        assert!(text.contains(word), "--help lacks {word}: {text}");
+    }
+}
