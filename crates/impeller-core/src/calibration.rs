@@ -45,6 +45,11 @@ pub struct CalibrationConfig {
     pub margin: f64,
     #[serde(default)]
     pub debounce: Debounce,
+    /// Fraction of the training frames, taken from the end, that the detector is not fitted on,
+    /// so that the calibration also sees scores of frames the detector has not memorised
+    /// (0 to 0.5; 0: fit and calibrate on all frames).
+    #[serde(default)]
+    pub holdout: f64,
 }
 
 fn default_smoothing() -> usize {
@@ -64,6 +69,7 @@ impl Default for CalibrationConfig {
             quantile: default_quantile(),
             margin: default_margin(),
             debounce: Debounce::default(),
+            holdout: 0.0,
         }
     }
 }
@@ -73,6 +79,9 @@ impl CalibrationConfig {
         check(self.smoothing, self.margin, &self.debounce).map_err(TrainError::Config)?;
         if !(0.5..=1.0).contains(&self.quantile) {
             return Err(TrainError::Config(format!("calibration.quantile must be in [0.5, 1], got {}", self.quantile)));
+        }
+        if !(0.0..=0.5).contains(&self.holdout) {
+            return Err(TrainError::Config(format!("calibration.holdout must be in [0, 0.5], got {}", self.holdout)));
         }
         Ok(())
     }
@@ -94,7 +103,7 @@ impl CalibrationConfig {
             threshold: self.margin,
             debounce: self.debounce.clone(),
         };
-        cal.validate().map_err(|e| TrainError::NonFinite { what: e.to_string() })?;
+        cal.validate().map_err(TrainError::InvalidModel)?;
         Ok(cal)
     }
 }

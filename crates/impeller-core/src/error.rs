@@ -11,6 +11,8 @@ pub enum TrainError {
     TooFewRows { usable: usize, needed: usize },
     #[error("training produced a non-finite value in {what}; the training data may hold extreme values")]
     NonFinite { what: String },
+    #[error("training produced an invalid model: {0}")]
+    InvalidModel(ModelError),
 }
 
 /// A model file or value that cannot be used.

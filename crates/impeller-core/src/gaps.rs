@@ -19,29 +19,23 @@ use serde::{Deserialize, Serialize};
 pub struct GapPolicy {
     /// How many frames in a row a missing or non-finite reading may be replaced by the channel's
     /// last good reading before the frame is flagged unscorable.
-    #[serde(default = "default_carry")]
     pub max_carry_forward: u32,
     /// A pause between two frames longer than this (milliseconds) restarts the rolling windows.
-    /// Absent: never restart.
-    #[serde(default)]
+    /// Absent or null: never restart.
     pub max_time_gap_ms: Option<u64>,
-}
-
-fn default_carry() -> u32 {
-    3
 }
 
 impl Default for GapPolicy {
     fn default() -> Self {
-        Self { max_carry_forward: default_carry(), max_time_gap_ms: None }
+        Self { max_carry_forward: 3, max_time_gap_ms: None }
     }
 }
 
 /// What the gap filler made of one frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Filled {
-    /// Every value is usable; `carried` of them were carried forward.
-    Complete { carried: u32, restart: bool },
+    /// Every value is usable (some may have been carried forward).
+    Complete { restart: bool },
     /// The frame cannot be scored: `channel` (index) has had no good reading for too long.
     Unscorable { channel: usize, restart: bool },
     /// The timestamp went backwards; the frame was ignored.
@@ -71,7 +65,7 @@ impl GapFiller {
                 return Filled::OutOfOrder;
             }
             if let Some(max_gap) = self.policy.max_time_gap_ms
-                && (ts_ms - prev) as u64 > max_gap
+                && ts_ms.abs_diff(prev) > max_gap
             {
                 restart = true;
                 self.last_good.fill(f64::NAN);
@@ -79,7 +73,6 @@ impl GapFiller {
         }
         self.last_ts = Some(ts_ms);
         let mut unscorable = None;
-        let mut carried_now = 0;
         for (c, (&v, o)) in values.iter().zip(out.iter_mut()).enumerate() {
             if v.is_finite() {
                 *o = v;
@@ -88,7 +81,6 @@ impl GapFiller {
             } else if self.last_good[c].is_finite() && self.carried[c] < self.policy.max_carry_forward {
                 *o = self.last_good[c];
                 self.carried[c] += 1;
-                carried_now += 1;
             } else {
                 *o = f64::NAN;
                 unscorable.get_or_insert(c);
@@ -96,7 +88,7 @@ impl GapFiller {
         }
         match unscorable {
             Some(channel) => Filled::Unscorable { channel, restart },
-            None => Filled::Complete { carried: carried_now, restart },
+            None => Filled::Complete { restart },
         }
     }
 }
@@ -109,13 +101,13 @@ mod tests {
     fn carries_forward_up_to_the_limit_then_flags() {
         let mut g = GapFiller::new(GapPolicy { max_carry_forward: 2, max_time_gap_ms: None }, 2);
         let mut out = [0.0; 2];
-        assert_eq!(g.fill(0, &[1.0, 2.0], &mut out), Filled::Complete { carried: 0, restart: false });
-        assert_eq!(g.fill(1, &[f64::NAN, 3.0], &mut out), Filled::Complete { carried: 1, restart: false });
+        assert_eq!(g.fill(0, &[1.0, 2.0], &mut out), Filled::Complete { restart: false });
+        assert_eq!(g.fill(1, &[f64::NAN, 3.0], &mut out), Filled::Complete { restart: false });
         assert_eq!(out, [1.0, 3.0]);
-        assert_eq!(g.fill(2, &[f64::INFINITY, 3.0], &mut out), Filled::Complete { carried: 1, restart: false });
+        assert_eq!(g.fill(2, &[f64::INFINITY, 3.0], &mut out), Filled::Complete { restart: false });
         assert_eq!(g.fill(3, &[f64::NAN, 3.0], &mut out), Filled::Unscorable { channel: 0, restart: false });
         // A good value resets the count.
-        assert_eq!(g.fill(4, &[5.0, f64::NAN], &mut out), Filled::Complete { carried: 1, restart: false });
+        assert_eq!(g.fill(4, &[5.0, f64::NAN], &mut out), Filled::Complete { restart: false });
         assert_eq!(out, [5.0, 3.0]);
     }
 
@@ -133,7 +125,7 @@ mod tests {
         let mut out = [0.0; 1];
         g.fill(100_000, &[1.0], &mut out);
         assert_eq!(g.fill(99_000, &[2.0], &mut out), Filled::OutOfOrder);
-        assert_eq!(g.fill(105_000, &[2.0], &mut out), Filled::Complete { carried: 0, restart: false });
+        assert_eq!(g.fill(105_000, &[2.0], &mut out), Filled::Complete { restart: false });
         // After a pause of 20 s no value is carried across it.
         assert_eq!(g.fill(125_000, &[f64::NAN], &mut out), Filled::Unscorable { channel: 0, restart: true });
     }

@@ -8,6 +8,7 @@
 //! - [`calibration`]: smoothing, normalisation, threshold and debouncing, the same for all.
 //! - [`model`]: training and the versioned model format; [`scorer`]: streaming scoring.
 //! - [`metrics`]: F1, false- and missed-alarm rates, detection delays.
+//! - [`package`]: signed model packages: build, verify, install checks; [`sketch`]: drift sketches.
 //! - [`table`]: parsing sensor CSV files (the SKAB format) from bytes, with located errors.
 //!
 //! ```
@@ -26,7 +27,7 @@
 //! let model = train(&channels, &frames, &TrainConfig::new(DetectorConfig::Pca(PcaConfig::default())))?;
 //!
 //! // The model file round-trips, and a device scores frame by frame.
-//! let model = Arc::new(impeller_core::Model::from_json(&model.to_json())?);
+//! let model = Arc::new(impeller_core::Model::from_json(&model.to_json()?)?);
 //! let mut scorer = Scorer::new(model);
 //! for f in &frames {
 //!     scorer.push(f.ts_ms, &f.values);
@@ -43,12 +44,15 @@ pub mod detector;
 pub mod error;
 pub mod features;
 pub mod gaps;
+pub mod hex;
 pub mod matrix;
 pub mod metrics;
 pub mod model;
+pub mod package;
 pub mod pipeline;
 pub mod rng;
 pub mod scorer;
+pub mod sketch;
 pub mod stats;
 pub mod table;
 

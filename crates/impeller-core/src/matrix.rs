@@ -28,6 +28,12 @@ impl Matrix {
         self.rows += 1;
     }
 
+    /// The first `n` rows.
+    pub fn head(&self, n: usize) -> Matrix {
+        let n = n.min(self.rows);
+        Matrix { rows: n, cols: self.cols, data: self.data[..n * self.cols].to_vec() }
+    }
+
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -51,11 +57,6 @@ impl Matrix {
     /// The values of column `j`, top to bottom.
     pub fn column(&self, j: usize) -> Vec<f64> {
         self.iter_rows().map(|r| r[j]).collect()
-    }
-
-    /// The raw values, row after row; used to hash training data.
-    pub fn as_slice(&self) -> &[f64] {
-        &self.data
     }
 
     pub fn to_nalgebra(&self) -> nalgebra::DMatrix<f64> {

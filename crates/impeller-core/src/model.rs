@@ -103,13 +103,17 @@ pub fn train(channels: &[Channel], frames: &[Frame], config: &TrainConfig) -> Re
         return Err(TrainError::TooFewRows { usable: x.rows(), needed });
     }
     let scaler = Scaler::fit(&x);
-    check_finite("scaler", scaler.mean.iter().chain(&scaler.scale))
-        .map_err(|e| TrainError::NonFinite { what: e.to_string() })?;
+    check_finite("scaler", scaler.mean.iter().chain(&scaler.scale)).map_err(TrainError::InvalidModel)?;
     for i in 0..x.rows() {
         scaler.transform(x.row_mut(i));
     }
     let mut rng = Rng::new(config.seed);
-    let detector = Detector::fit(&config.detector, &x, &mut rng)?;
+    let fit_rows = x.rows() - (config.calibration.holdout * x.rows() as f64) as usize;
+    let detector = if fit_rows == x.rows() {
+        Detector::fit(&config.detector, &x, &mut rng)?
+    } else {
+        Detector::fit(&config.detector, &x.head(fit_rows), &mut rng)?
+    };
     let calibration = config.calibration.fit(&score_rows(&detector, &x))?;
     let model = Model {
         format: MODEL_FORMAT.into(),
@@ -127,7 +131,7 @@ pub fn train(channels: &[Channel], frames: &[Frame], config: &TrainConfig) -> Re
             data_sha256: training_data_hash(channels, frames),
         },
     };
-    model.validate().map_err(|e| TrainError::NonFinite { what: e.to_string() })?;
+    model.validate().map_err(TrainError::InvalidModel)?;
     Ok(model)
 }
 
@@ -148,11 +152,7 @@ pub fn training_data_hash(channels: &[Channel], frames: &[Frame]) -> String {
             h.update(v.to_bits().to_le_bytes());
         }
     }
-    hex(&h.finalize())
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    crate::hex::encode(&h.finalize())
 }
 
 impl Model {
@@ -164,11 +164,12 @@ impl Model {
         self.features.names(&self.channels)
     }
 
-    /// The model file: compact JSON, deterministic for a given model.
-    pub fn to_json(&self) -> Vec<u8> {
-        // Serialising plain structs of numbers and strings cannot fail; the model was validated,
-        // so no float is NaN or infinite (which JSON cannot hold).
-        serde_json::to_vec(self).unwrap_or_default()
+    /// The model file: compact JSON, deterministic for a given model. Validates first: JSON
+    /// cannot hold NaN or infinity (serde_json would write `null`), and a file that cannot be
+    /// read back must never be written.
+    pub fn to_json(&self) -> Result<Vec<u8>, ModelError> {
+        self.validate()?;
+        serde_json::to_vec(self).map_err(|e| ModelError::invalid("model", e.to_string()))
     }
 
     /// Reads and validates a model file from untrusted bytes.
@@ -222,6 +223,10 @@ impl Model {
         check_finite("scaler.scale", &self.scaler.scale)?;
         if self.scaler.scale.iter().any(|s| *s <= 0.0) {
             return Err(ModelError::invalid("scaler.scale", "must be positive"));
+        }
+        let h = &self.training.data_sha256;
+        if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+            return Err(ModelError::invalid("training.data_sha256", "must be 64 lowercase hex digits"));
         }
         self.detector.validate(dim, "detector")?;
         self.calibration.validate()

@@ -22,6 +22,7 @@ pub struct FramePipeline {
     gaps: GapFiller,
     features: FeatureState,
     filled: Vec<f64>,
+    padded: Vec<f64>,
 }
 
 impl FramePipeline {
@@ -30,6 +31,7 @@ impl FramePipeline {
             gaps: GapFiller::new(gaps.clone(), channels),
             features: FeatureState::new(features, channels),
             filled: vec![0.0; channels],
+            padded: vec![f64::NAN; channels],
         }
     }
 
@@ -41,8 +43,10 @@ impl FramePipeline {
         let filled = if values.len() == n {
             self.gaps.fill(ts_ms, values, &mut self.filled)
         } else {
-            let padded: Vec<f64> = (0..n).map(|i| values.get(i).copied().unwrap_or(f64::NAN)).collect();
-            self.gaps.fill(ts_ms, &padded, &mut self.filled)
+            for (i, p) in self.padded.iter_mut().enumerate() {
+                *p = values.get(i).copied().unwrap_or(f64::NAN);
+            }
+            self.gaps.fill(ts_ms, &self.padded, &mut self.filled)
         };
         let restart = match filled {
             Filled::OutOfOrder => return Step::OutOfOrder,
@@ -52,6 +56,8 @@ impl FramePipeline {
             self.features.reset();
         }
         if let Filled::Unscorable { channel, .. } = filled {
+            // Windows spanning a stretch of unusable data would mix two situations.
+            self.features.reset();
             return Step::Unscorable { channel };
         }
         if self.features.push(&self.filled) {

@@ -79,11 +79,17 @@ impl Scorer {
             Step::Vector => {}
         }
         self.model.scaler.transform(&mut self.vector);
-        let raw = self.model.detector.score(&self.vector, &mut self.scratch);
+        // Readings near the limits of f64 can overflow the features, and extreme (yet finite)
+        // model weights can overflow a detector: such a frame is as abnormal as it gets, never
+        // normal, so its raw score is +∞.
+        let raw = if self.vector.iter().all(|v| v.is_finite()) {
+            self.model.detector.score(&self.vector, &mut self.scratch)
+        } else {
+            f64::INFINITY
+        };
+        let raw = if raw.is_nan() { f64::INFINITY } else { raw };
         let cal = &self.model.calibration;
         let score = cal.normalise(self.smoother.push(raw));
-        // A NaN score (impossible from a validated model and finite inputs) must not pass as
-        // normal: it counts as above the threshold.
         let above = score.is_nan() || score > cal.threshold;
         let alarm = self.debouncer.push(above);
         Verdict::Scored(Scored { raw, score, above, alarm })

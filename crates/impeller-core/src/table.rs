@@ -19,6 +19,9 @@ pub const SKAB_CHANNELS: [(&str, &str); 8] = [
     ("Volume Flow RateRMS", "L/min"),
 ];
 
+/// Most columns a file may have: every channel a model can take, plus time and labels.
+pub const MAX_COLUMNS: usize = crate::model::MAX_CHANNELS + 3;
+
 /// How to read a CSV file.
 #[derive(Debug, Clone)]
 pub struct CsvFormat<'a> {
@@ -73,9 +76,12 @@ impl Table {
         let idx: Vec<usize> =
             names.iter().map(|n| self.channels.iter().position(|c| c.name == *n)).collect::<Option<_>>()?;
         Some(Table {
+            file: self.file.clone(),
             channels: idx.iter().map(|&i| self.channels[i].clone()).collect(),
+            timestamps: self.timestamps.clone(),
             rows: self.rows.iter().map(|r| idx.iter().map(|&i| r[i]).collect()).collect(),
-            ..self.clone()
+            labels: self.labels.clone(),
+            changepoints: self.changepoints.clone(),
         })
     }
 }
@@ -88,6 +94,8 @@ pub enum TableError {
     WrongSeparator { file: String, expected: char, found: char },
     #[error("{file}:1: missing column `{column}`")]
     MissingColumn { file: String, column: String },
+    #[error("{file}:1: {found} columns, more than the {limit} accepted")]
+    TooManyColumns { file: String, found: usize, limit: usize },
     #[error("{file}:1: column `{column}` appears twice")]
     DuplicateColumn { file: String, column: String },
     #[error("{file}:1: no sensor columns besides the time and label columns")]
@@ -131,8 +139,12 @@ pub fn parse_csv(bytes: &[u8], file: &str, format: &CsvFormat<'_>) -> Result<Tab
         .iter()
         .map(|h| h.trim_start_matches('\u{feff}').trim().to_string())
         .collect();
-    for (i, h) in header.iter().enumerate() {
-        if header[..i].contains(h) {
+    if header.len() > MAX_COLUMNS {
+        return Err(TableError::TooManyColumns { file: file_s(), found: header.len(), limit: MAX_COLUMNS });
+    }
+    let mut seen = std::collections::HashSet::with_capacity(header.len());
+    for h in &header {
+        if !seen.insert(h.as_str()) {
             return Err(TableError::DuplicateColumn { file: file_s(), column: h.clone() });
         }
     }

@@ -94,7 +94,7 @@ pub fn train(args: TrainArgs) -> anyhow::Result<()> {
     }
     let model = impeller_core::train(&table.channels, &frames, &config)
         .with_context(|| format!("training on {}", data.display()))?;
-    let bytes = model.to_json();
+    let bytes = model.to_json()?;
     std::fs::write(&out_path, &bytes).with_context(|| format!("writing {}", out_path.display()))?;
     let summary = TrainSummary {
         model: out_path.display().to_string(),

@@ -140,6 +140,9 @@ fn backprop(layers: &[Layer], x: &Matrix, batch: &[usize], g: &mut Gradients) {
                     *gwi += dl * a;
                 }
             }
+            if l == 0 {
+                break; // nothing below the input layer needs a delta
+            }
             let (lower, upper) = g.deltas.split_at_mut(l + 1);
             for (i, di) in lower[l].iter_mut().enumerate() {
                 *di = layer.weights.iter().zip(&upper[0]).map(|(w, dl)| w[i] * dl).sum();
@@ -219,7 +222,6 @@ impl Autoencoder {
             }
         }
         let ae = Self { layers };
-        ae.validate(d, "detector").map_err(|e| TrainError::NonFinite { what: e.to_string() })?;
         Ok(ae)
     }
 

@@ -81,7 +81,7 @@ impl Ensemble {
             .map(|(m, s)| (m.detector.score(x, s) - m.center) / m.spread);
         match self.combine {
             Combine::Mean => normalised.sum::<f64>() / self.members.len() as f64,
-            Combine::Max => normalised.fold(f64::NEG_INFINITY, f64::max),
+            Combine::Max => normalised.fold(f64::NEG_INFINITY, crate::stats::nan_max),
         }
     }
 

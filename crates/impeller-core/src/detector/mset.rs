@@ -62,7 +62,6 @@ impl Mset {
             .map_err(|e| TrainError::NonFinite { what: format!("mset similarity inverse ({e})") })?;
         let similarity_inverse = (0..m).map(|i| (0..m).map(|j| inv[(i, j)]).collect()).collect();
         let mset = Self { memory, similarity_inverse };
-        mset.validate(x.cols(), "detector").map_err(|e| TrainError::NonFinite { what: e.to_string() })?;
         Ok(mset)
     }
 

@@ -20,6 +20,6 @@ impl Zscore {
     }
 
     pub fn score(&self, x: &[f64]) -> f64 {
-        x.iter().fold(0.0, |m, v| m.max(v.abs()))
+        x.iter().fold(0.0, |m, v| crate::stats::nan_max(m, v.abs()))
     }
 }

@@ -43,7 +43,7 @@ fn golden_models_still_load_and_score_the_same() {
         if !model_path.exists() {
             assert!(bless, "missing fixture {}; run with IMPELLER_BLESS=1 to create it", model_path.display());
             let model = train(&channels(), &frames(400, 1, None), &config).unwrap();
-            std::fs::write(&model_path, model.to_json()).unwrap();
+            std::fs::write(&model_path, model.to_json().unwrap()).unwrap();
             let expected = Expected { scores: probe_scores(model) };
             std::fs::write(&expected_path, serde_json::to_vec_pretty(&expected).unwrap()).unwrap();
         }
@@ -72,8 +72,8 @@ fn golden_models_still_load_and_score_the_same() {
 fn training_twice_gives_byte_identical_models() {
     let data = frames(400, 3, None);
     for (name, config) in configs() {
-        let a = train(&channels(), &data, &config).unwrap().to_json();
-        let b = train(&channels(), &data, &config).unwrap().to_json();
+        let a = train(&channels(), &data, &config).unwrap().to_json().unwrap();
+        let b = train(&channels(), &data, &config).unwrap().to_json().unwrap();
         assert!(a == b, "{name}: two trainings with the same seed differ");
     }
 }
@@ -104,7 +104,7 @@ fn the_data_hash_identifies_the_training_frames() {
 #[test]
 fn wrong_format_version_and_shapes_are_refused_with_the_field_named() {
     let model = train(&channels(), &frames(400, 3, None), &configs()[1].1).unwrap();
-    let json: serde_json::Value = serde_json::from_slice(&model.to_json()).unwrap();
+    let json: serde_json::Value = serde_json::from_slice(&model.to_json().unwrap()).unwrap();
 
     let mut v = json.clone();
     v["version"] = 2.into();

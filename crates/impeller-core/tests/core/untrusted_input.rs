@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use crate::util::{channels, configs, frames};
 
 fn valid_models() -> Vec<Vec<u8>> {
-    configs().iter().map(|(_, c)| train(&channels(), &frames(300, 5, None), c).unwrap().to_json()).collect()
+    configs().iter().map(|(_, c)| train(&channels(), &frames(300, 5, None), c).unwrap().to_json().unwrap()).collect()
 }
 
 const CSV: &str = "datetime;Accelerometer1RMS;Current;Pressure;anomaly;changepoint\r\n\
