@@ -37,6 +37,133 @@ pub enum Command {
     /// Work with model files.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Signing keys for model packages.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Build, sign, verify and inspect model packages.
+    #[command(subcommand)]
+    Package(PackageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Generate an Ed25519 signing key: NAME.secret.json (mode 0600) and NAME.public.json.
+    Generate(KeysGenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct KeysGenerateArgs {
+    /// Name of the key files.
+    #[arg(long)]
+    pub name: String,
+    /// Folder to write them to.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PackageCommand {
+    /// Build and sign a package from a model and its training data.
+    Build(PackageBuildArgs),
+    /// Verify a package as a device would: signature, hashes, contents, and optionally the
+    /// device's target and installed release, then run its self-test.
+    Verify(PackageVerifyArgs),
+    /// Show what a package claims to be, without verifying it.
+    Inspect {
+        /// Package file.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign a rollback directive that lets devices of a target install an older release.
+    AllowRollback(AllowRollbackArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PackageBuildArgs {
+    /// Model file written by `impeller train`.
+    #[arg(long, value_name = "FILE")]
+    pub model: PathBuf,
+    /// The CSV file the model was trained on (checked against the model's data hash).
+    #[arg(long, value_name = "FILE")]
+    pub data: PathBuf,
+    /// The number of rows the model was trained on, if not all.
+    #[arg(long, value_name = "N")]
+    pub rows: Option<usize>,
+    /// Secret key file from `impeller keys generate`.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Registered model name.
+    #[arg(long)]
+    pub name: String,
+    /// Model version, e.g. 1.4.0.
+    #[arg(long)]
+    pub model_version: String,
+    /// Release number, from one counter for the whole registry; devices only move forward.
+    #[arg(long)]
+    pub release: u64,
+    /// Target profile (device class) the package is for.
+    #[arg(long)]
+    pub target: String,
+    /// Days until devices refuse the package.
+    #[arg(long, value_name = "DAYS", default_value_t = 90)]
+    pub expires_in_days: u32,
+    /// A validation metric to record, NAME=VALUE (repeatable).
+    #[arg(long = "metric", value_name = "NAME=VALUE")]
+    pub metrics: Vec<String>,
+    /// Pipeline run that produced the model.
+    #[arg(long, value_name = "ID")]
+    pub pipeline_run: Option<String>,
+    /// Where to write the package.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct PackageVerifyArgs {
+    /// Package file.
+    pub file: PathBuf,
+    /// A trusted public key file (repeatable).
+    #[arg(long = "trust", value_name = "FILE", required = true)]
+    pub trust: Vec<PathBuf>,
+    /// Check that the package is for this target profile (default: its own).
+    #[arg(long)]
+    pub target: Option<String>,
+    /// Check that the package is newer than this installed release.
+    #[arg(long, value_name = "N")]
+    pub installed_release: Option<u64>,
+    /// A signed rollback directive allowing an older release.
+    #[arg(long, value_name = "FILE")]
+    pub rollback: Option<PathBuf>,
+    /// Largest package accepted, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    pub max_bytes: u64,
+    /// Print the verdict as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AllowRollbackArgs {
+    /// Secret key file.
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Model name.
+    #[arg(long)]
+    pub model: String,
+    /// The older release devices may install.
+    #[arg(long)]
+    pub release: u64,
+    /// Target profile the directive applies to.
+    #[arg(long)]
+    pub target: String,
+    /// Days the directive stays valid.
+    #[arg(long, value_name = "DAYS", default_value_t = 7)]
+    pub expires_in_days: u32,
+    /// Where to write the directive.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -136,4 +263,14 @@ pub enum ModelCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    /// Clap checks the whole command tree (e.g. no two flags with one name) only when asked.
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
+    }
 }

@@ -17,7 +17,7 @@ use crate::skab::{self, BenchConfig, SkabOptions};
 pub const DEFAULT_TRAIN_CONFIG: &str = include_str!("../config/train.toml");
 
 /// Writes to standard output; a closed pipe (`| head`) ends quietly.
-fn emit(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> anyhow::Result<()> {
+pub fn emit(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     let mut lock = stdout.lock();
     match write(&mut lock).and_then(|()| lock.flush()) {
@@ -26,7 +26,7 @@ fn emit(write: impl FnOnce(&mut dyn Write) -> std::io::Result<()>) -> anyhow::Re
     }
 }
 
-fn emit_json(value: &impl Serialize) -> anyhow::Result<()> {
+pub fn emit_json(value: &impl Serialize) -> anyhow::Result<()> {
     let text = serde_json::to_string_pretty(value).context("encoding JSON")?;
     emit(|out| writeln!(out, "{text}"))
 }

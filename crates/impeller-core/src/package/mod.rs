@@ -308,14 +308,42 @@ fn write_archive(files: &[(&str, &[u8])]) -> std::io::Result<Vec<u8>> {
     gz.finish()
 }
 
+/// A reader that fails once more than `left` bytes have been read, and remembers that it did.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    hit: std::rc::Rc<std::cell::Cell<bool>>,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n as u64 > self.left {
+            self.hit.set(true);
+            return Err(std::io::Error::other("unpacked size limit reached"));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
 /// Reads the archive's files into memory, refusing anything but plain, uniquely and simply
 /// named regular files.
 fn read_archive(bytes: &[u8], limits: Limits) -> Result<BTreeMap<String, Vec<u8>>, PackageError> {
-    let truncated = |e: std::io::Error| PackageError::Truncated { detail: e.to_string() };
-    let gz = flate2::read::GzDecoder::new(bytes);
-    let mut archive = tar::Archive::new(gz.take(limits.max_unpacked_bytes + 1));
+    let hit = std::rc::Rc::new(std::cell::Cell::new(false));
+    let capped =
+        Capped { inner: flate2::read::GzDecoder::new(bytes), left: limits.max_unpacked_bytes, hit: hit.clone() };
+    // Errors after the cap was hit are about size, not about a damaged archive.
+    let fail = |detail: String| {
+        if hit.get() {
+            PackageError::TooLarge { bytes: limits.max_unpacked_bytes + 1, limit: limits.max_unpacked_bytes }
+        } else {
+            PackageError::Truncated { detail }
+        }
+    };
+    let truncated = |e: std::io::Error| fail(e.to_string());
+    let mut archive = tar::Archive::new(capped);
     let mut files = BTreeMap::new();
-    let mut total = 0u64;
     for entry in archive.entries().map_err(truncated)? {
         let mut entry = entry.map_err(truncated)?;
         let raw = entry.path_bytes().into_owned();
@@ -335,14 +363,13 @@ fn read_archive(bytes: &[u8], limits: Limits) -> Result<BTreeMap<String, Vec<u8>
             return Err(malformed(format!("entry name `{path}` is not a plain file name")));
         }
         let size = entry.header().size().map_err(truncated)?;
-        total = total.saturating_add(size);
-        if total > limits.max_unpacked_bytes {
-            return Err(PackageError::TooLarge { bytes: total, limit: limits.max_unpacked_bytes });
+        if size > limits.max_unpacked_bytes {
+            return Err(PackageError::TooLarge { bytes: size, limit: limits.max_unpacked_bytes });
         }
         let mut data = Vec::with_capacity(size.min(1 << 20) as usize);
         entry.read_to_end(&mut data).map_err(truncated)?;
         if data.len() as u64 != size {
-            return Err(PackageError::Truncated { detail: format!("entry `{path}` is cut short") });
+            return Err(fail(format!("entry `{path}` is cut short")));
         }
         if files.insert(path.clone(), data).is_some() {
             return Err(malformed(format!("entry `{path}` appears twice")));
@@ -418,6 +445,22 @@ pub fn open(bytes: &[u8], trust: &TrustStore, limits: Limits) -> Result<Verified
         selftest,
         reference,
     })
+}
+
+/// The manifest and signature of a package, read WITHOUT checking the signature or hashes:
+/// for showing what a package claims to be. Never install on the strength of this.
+pub fn read_unverified(bytes: &[u8], limits: Limits) -> Result<(Manifest, Option<SignatureFile>), PackageError> {
+    if bytes.len() as u64 > limits.max_bytes {
+        return Err(PackageError::TooLarge { bytes: bytes.len() as u64, limit: limits.max_bytes });
+    }
+    let files = read_archive(bytes, limits)?;
+    let manifest = files.get(MANIFEST).ok_or_else(|| malformed("no manifest.json"))?;
+    let manifest: Manifest = serde_json::from_slice(manifest).map_err(|e| malformed(format!("manifest.json: {e}")))?;
+    let signature = match files.get(SIGNATURE) {
+        Some(s) => Some(serde_json::from_slice(s).map_err(|e| malformed(format!("signature.json: {e}")))?),
+        None => None,
+    };
+    Ok((manifest, signature))
 }
 
 /// The device-side facts an installation is checked against.

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 mod model_format;
+mod package;
 mod properties;
 mod untrusted_input;
 mod util;
