@@ -1,0 +1,143 @@
+//! The acknowledgement ledger: the highest sequence number up to which the hub has confirmed it
+//! stored everything. An append-only file of checksummed 16-byte entries
+//! (`acked:u64 crc:u32 zero:u32`, little-endian); the last valid entry wins, a torn tail is
+//! ignored. Rewritten from scratch (write, fsync, rename) when it grows past `MAX_BYTES`.
+//!
+//! Losing the newest entries (power loss before a sync) is safe: the agent then re-sends a few
+//! records the hub already has, and the hub stores each (device, seq) once.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+const ENTRY: usize = 16;
+const MAX_BYTES: u64 = 64 * 1024;
+
+#[derive(Debug)]
+pub struct Ledger {
+    path: PathBuf,
+    file: File,
+    acked: u64,
+    bytes: u64,
+}
+
+fn entry(acked: u64) -> [u8; ENTRY] {
+    let mut e = [0u8; ENTRY];
+    e[..8].copy_from_slice(&acked.to_le_bytes());
+    let crc = crc32fast::hash(&e[..8]);
+    e[8..12].copy_from_slice(&crc.to_le_bytes());
+    e
+}
+
+impl Ledger {
+    pub fn open(path: &Path) -> std::io::Result<Self> {
+        let mut bytes = Vec::new();
+        if path.exists() {
+            File::open(path)?.read_to_end(&mut bytes)?;
+        }
+        let acked = bytes
+            .chunks_exact(ENTRY)
+            .filter(|e| u32::from_le_bytes([e[8], e[9], e[10], e[11]]) == crc32fast::hash(&e[..8]))
+            .map(|e| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(&e[..8]);
+                u64::from_le_bytes(b)
+            })
+            .max()
+            .unwrap_or(0);
+        let mut ledger = Self {
+            path: path.to_path_buf(),
+            file: OpenOptions::new().create(true).append(true).open(path)?,
+            acked,
+            bytes: bytes.len() as u64,
+        };
+        if bytes.len() % ENTRY != 0 || ledger.bytes > MAX_BYTES {
+            ledger.rewrite()?;
+        }
+        Ok(ledger)
+    }
+
+    /// Everything up to and including this sequence number is acknowledged.
+    pub fn acked(&self) -> u64 {
+        self.acked
+    }
+
+    /// Records a new acknowledgement; older ones are ignored. Not synced: see the module doc.
+    pub fn advance(&mut self, acked: u64) -> std::io::Result<bool> {
+        if acked <= self.acked {
+            return Ok(false);
+        }
+        self.acked = acked;
+        self.file.write_all(&entry(acked))?;
+        self.bytes += ENTRY as u64;
+        if self.bytes > MAX_BYTES {
+            self.rewrite()?;
+        }
+        Ok(true)
+    }
+
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.file.sync_data()
+    }
+
+    fn rewrite(&mut self) -> std::io::Result<()> {
+        let tmp = self.path.with_extension("tmp");
+        let mut f = File::create(&tmp)?;
+        f.write_all(&entry(self.acked))?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &self.path)?;
+        super::sync_dir(self.path.parent().unwrap_or(Path::new(".")))?;
+        self.file = OpenOptions::new().append(true).open(&self.path)?;
+        self.bytes = ENTRY as u64;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_the_highest_ack_across_reopen_and_ignores_a_torn_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("acked");
+        let mut l = Ledger::open(&p).unwrap();
+        assert_eq!(l.acked(), 0);
+        l.advance(10).unwrap();
+        l.advance(7).unwrap();
+        l.advance(42).unwrap();
+        drop(l);
+        // A torn write of a further entry.
+        let mut f = OpenOptions::new().append(true).open(&p).unwrap();
+        f.write_all(&entry(99)[..5]).unwrap();
+        let l = Ledger::open(&p).unwrap();
+        assert_eq!(l.acked(), 42);
+    }
+
+    #[test]
+    fn a_corrupt_entry_is_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("acked");
+        let mut l = Ledger::open(&p).unwrap();
+        l.advance(5).unwrap();
+        l.advance(9).unwrap();
+        drop(l);
+        let mut b = std::fs::read(&p).unwrap();
+        b[ENTRY] ^= 0xff; // damage the entry for 9
+        std::fs::write(&p, b).unwrap();
+        assert_eq!(Ledger::open(&p).unwrap().acked(), 5);
+    }
+
+    #[test]
+    fn grows_and_is_rewritten_compactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("acked");
+        let mut l = Ledger::open(&p).unwrap();
+        for i in 1..=10_000 {
+            l.advance(i).unwrap();
+        }
+        assert!(std::fs::metadata(&p).unwrap().len() <= MAX_BYTES + ENTRY as u64);
+        drop(l);
+        assert_eq!(Ledger::open(&p).unwrap().acked(), 10_000);
+    }
+}

@@ -1,0 +1,6 @@
+//! Integration tests of the edge agent's library.
+
+// Helpers in a test binary may unwrap: a panic there fails the test, as it should.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+mod outbox;
