@@ -2,13 +2,15 @@
 //! and no wall clock. Functions take data and state and return new state or results; the edge
 //! agent and the hub do the I/O around them.
 //!
-//! - [`channel`]: channels with units, frames.
+//! - [`channel`]: channels with units, frames; [`units`] and [`adapter`]: vendors' names, units
+//!   and sample rates mapped to a model's channels.
 //! - [`gaps`]: the missing-value policy; [`features`]: rolling features and scaling.
 //! - [`detector`]: PCA (T² and Q), MSET, Isolation Forest, autoencoder, z-score limits, ensemble.
 //! - [`calibration`]: smoothing, normalisation, threshold and debouncing, the same for all.
 //! - [`model`]: training and the versioned model format; [`scorer`]: streaming scoring.
 //! - [`metrics`]: F1, false- and missed-alarm rates, detection delays.
 //! - [`package`]: signed model packages: build, verify, install checks; [`sketch`]: drift sketches.
+//! - [`wire`]: MQTT topics and the message envelope between devices and the hub.
 //! - [`table`]: parsing sensor CSV files (the SKAB format) from bytes, with located errors.
 //!
 //! ```
@@ -38,6 +40,7 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod adapter;
 pub mod calibration;
 pub mod channel;
 pub mod detector;
@@ -55,6 +58,8 @@ pub mod scorer;
 pub mod sketch;
 pub mod stats;
 pub mod table;
+pub mod units;
+pub mod wire;
 
 pub use channel::{Channel, Frame};
 pub use error::{ModelError, TrainError};

@@ -70,6 +70,12 @@ impl Scorer {
         &self.model
     }
 
+    /// The standardised feature vector of the last scored frame (for drift sketches and for
+    /// saying which features an alarm is about). Meaningful only after `Verdict::Scored`.
+    pub fn features(&self) -> &[f64] {
+        &self.vector
+    }
+
     /// Scores one frame: `values` in the order of the model's channels, NaN where missing.
     pub fn push(&mut self, ts_ms: i64, values: &[f64]) -> Verdict {
         match self.pipeline.push(ts_ms, values, &mut self.vector) {

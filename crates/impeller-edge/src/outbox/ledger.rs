@@ -19,6 +19,7 @@ pub struct Ledger {
     file: File,
     acked: u64,
     bytes: u64,
+    dirty: bool,
 }
 
 fn entry(acked: u64) -> [u8; ENTRY] {
@@ -50,6 +51,7 @@ impl Ledger {
             file: OpenOptions::new().create(true).append(true).open(path)?,
             acked,
             bytes: bytes.len() as u64,
+            dirty: false,
         };
         if bytes.len() % ENTRY != 0 || ledger.bytes > MAX_BYTES {
             ledger.rewrite()?;
@@ -70,14 +72,19 @@ impl Ledger {
         self.acked = acked;
         self.file.write_all(&entry(acked))?;
         self.bytes += ENTRY as u64;
+        self.dirty = true;
         if self.bytes > MAX_BYTES {
             self.rewrite()?;
         }
         Ok(true)
     }
 
-    pub fn sync(&self) -> std::io::Result<()> {
-        self.file.sync_data()
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        if self.dirty {
+            self.file.sync_data()?;
+            self.dirty = false;
+        }
+        Ok(())
     }
 
     fn rewrite(&mut self) -> std::io::Result<()> {

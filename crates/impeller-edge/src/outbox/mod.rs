@@ -66,7 +66,7 @@ fn io<T>(path: &Path, r: std::io::Result<T>) -> Result<T, OutboxError> {
 }
 
 /// Makes renames, creations and deletions in `dir` durable.
-pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     #[cfg(unix)]
     File::open(dir)?.sync_all()?;
     #[cfg(not(unix))]

@@ -3,4 +3,6 @@
 // Helpers in a test binary may unwrap: a panic there fails the test, as it should.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+mod agent;
 mod outbox;
+mod support;

@@ -1,0 +1,252 @@
+//! Messages between devices and the hub: MQTT topics, the envelope every device message carries,
+//! and the bodies. JSON, so a third-party gateway with a plain MQTT client can take part.
+//!
+//! Topics: `impeller/v1/devices/{device}/{kind}`. Device → hub: `samples`, `telemetry`
+//! (aggregates), `sketches`, `alerts`, `events`, and `readings` (plain readings from gateways
+//! that run no agent). Hub → device: `ack`, `desired` (retained).
+//!
+//! Decoders here read untrusted bytes: they never panic and say what was wrong.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::sketch::Sketch;
+
+pub const SCHEMA_VERSION: u32 = 1;
+pub const TOPIC_ROOT: &str = "impeller/v1/devices";
+
+/// The topic of one kind of message of one device.
+pub fn topic(device: &str, kind: &str) -> String {
+    format!("{TOPIC_ROOT}/{device}/{kind}")
+}
+
+/// Device ids are 1 to 64 of `[A-Za-z0-9._-]`: safe in topics, file names and URLs.
+pub fn valid_device_id(id: &str) -> bool {
+    (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum WireError {
+    #[error("message is not valid JSON or lacks a field: {0}")]
+    Json(String),
+    #[error("message schema version {found} is not supported (this build reads {SCHEMA_VERSION})")]
+    Version { found: u32 },
+    #[error("invalid message: {0}")]
+    Invalid(String),
+}
+
+fn json_err(e: serde_json::Error) -> WireError {
+    WireError::Json(e.to_string())
+}
+
+/// The envelope of every message a device sends.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    pub v: u32,
+    pub device: String,
+    /// Per-device sequence number, strictly increasing.
+    pub seq: u64,
+    /// No message of this device exists between `prev` and `seq`.
+    pub prev: u64,
+    /// When the device produced it (milliseconds since the Unix epoch).
+    pub ts_ms: i64,
+    pub kind: String,
+    pub body: Box<RawValue>,
+}
+
+/// Wraps a JSON body in an envelope.
+pub fn encode_envelope(
+    device: &str,
+    seq: u64,
+    prev: u64,
+    ts_ms: i64,
+    kind: &str,
+    body: &[u8],
+) -> Result<Vec<u8>, WireError> {
+    let text = std::str::from_utf8(body).map_err(|_| WireError::Invalid("body is not UTF-8".into()))?;
+    let body = RawValue::from_string(text.to_string()).map_err(json_err)?;
+    let env =
+        Envelope { v: SCHEMA_VERSION, device: device.to_string(), seq, prev, ts_ms, kind: kind.to_string(), body };
+    serde_json::to_vec(&env).map_err(json_err)
+}
+
+pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, WireError> {
+    let env: Envelope = serde_json::from_slice(bytes).map_err(json_err)?;
+    if env.v != SCHEMA_VERSION {
+        return Err(WireError::Version { found: env.v });
+    }
+    if !valid_device_id(&env.device) {
+        return Err(WireError::Invalid(format!("device id `{}` is not valid", env.device)));
+    }
+    if env.prev >= env.seq {
+        return Err(WireError::Invalid(format!("prev {} is not below seq {}", env.prev, env.seq)));
+    }
+    Ok(env)
+}
+
+/// Hub → device: everything up to and including `acked` is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ack {
+    pub v: u32,
+    pub acked: u64,
+}
+
+pub fn decode_ack(bytes: &[u8]) -> Result<Ack, WireError> {
+    let ack: Ack = serde_json::from_slice(bytes).map_err(json_err)?;
+    if ack.v != SCHEMA_VERSION {
+        return Err(WireError::Version { found: ack.v });
+    }
+    Ok(ack)
+}
+
+/// Plain sensor readings, as a gateway or a local PLC bridge publishes them:
+/// `{"ts_ms": 1700000000000, "values": {"P_PSI": 43.1, "T_F": 104.2}}`. A missing or `null`
+/// value is a missing reading.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Readings {
+    pub ts_ms: i64,
+    pub values: BTreeMap<String, Option<f64>>,
+}
+
+/// Most values in one readings message.
+pub const MAX_READINGS: usize = 1024;
+
+pub fn decode_readings(bytes: &[u8]) -> Result<Readings, WireError> {
+    let r: Readings = serde_json::from_slice(bytes).map_err(json_err)?;
+    if r.values.len() > MAX_READINGS {
+        return Err(WireError::Invalid(format!("{} values, more than the {MAX_READINGS} accepted", r.values.len())));
+    }
+    Ok(r)
+}
+
+/// Which model produced a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelRef {
+    pub name: String,
+    pub version: String,
+    pub release: u64,
+}
+
+/// Readings at one instant, `null` where missing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FrameRecord {
+    pub ts_ms: i64,
+    pub values: Vec<Option<f64>>,
+}
+
+impl FrameRecord {
+    pub fn new(ts_ms: i64, values: &[f64]) -> Self {
+        Self { ts_ms, values: values.iter().map(|v| v.is_finite().then_some(*v)).collect() }
+    }
+}
+
+/// An alert: the model's alarm, with the readings around its start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertBody {
+    pub model: ModelRef,
+    pub started_ms: i64,
+    /// Normalised score when the alarm started, and the threshold it crossed.
+    pub score: f64,
+    pub threshold: f64,
+    /// Features furthest from normal when the alarm started, most deviant first.
+    pub top_features: Vec<(String, f64)>,
+    pub channels: Vec<String>,
+    /// Readings before and after the start.
+    pub window: Vec<FrameRecord>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelStats {
+    pub name: String,
+    pub unit: String,
+    pub count: u64,
+    pub mean: Option<f64>,
+    pub min: Option<f64>,
+    pub max: Option<f64>,
+    pub std: Option<f64>,
+    pub last: Option<f64>,
+}
+
+/// Per-interval statistics of every channel.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AggregateBody {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub scored: u64,
+    pub alarms: u64,
+    pub channels: Vec<ChannelStats>,
+}
+
+/// A drift sketch of the model's standardised features over an interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SketchBody {
+    pub model: ModelRef,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub features: Vec<String>,
+    pub sketch: Sketch,
+}
+
+/// Raw frames kept for retraining.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplesBody {
+    pub channels: Vec<String>,
+    pub frames: Vec<FrameRecord>,
+}
+
+/// Something the hub must know about the device: a model installed or refused, a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventBody {
+    pub event: String,
+    pub detail: serde_json::Value,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_round_trip_keeps_the_body_bytes() {
+        let body = br#"{"event":"model_installed","detail":{"release":7}}"#;
+        let bytes = encode_envelope("p101", 9, 7, 1_700_000_000_000, "events", body).unwrap();
+        let env = decode_envelope(&bytes).unwrap();
+        assert_eq!((env.seq, env.prev, env.kind.as_str()), (9, 7, "events"));
+        assert_eq!(env.body.get().as_bytes(), body);
+        assert!(encode_envelope("p101", 1, 0, 0, "events", b"{not json").is_err());
+    }
+
+    #[test]
+    fn decoders_refuse_with_a_reason() {
+        assert!(matches!(decode_ack(br#"{"v":1,"acked":5}"#), Ok(Ack { acked: 5, .. })));
+        assert!(matches!(decode_ack(br#"{"v":2,"acked":5}"#), Err(WireError::Version { found: 2 })));
+        assert!(matches!(decode_ack(br#"{"v":1,"acked":-5}"#), Err(WireError::Json(_))));
+        let bad_prev = br#"{"v":1,"device":"d","seq":3,"prev":3,"ts_ms":0,"kind":"alerts","body":{}}"#;
+        assert!(matches!(decode_envelope(bad_prev), Err(WireError::Invalid(_))));
+        let bad_id = br#"{"v":1,"device":"a/b","seq":3,"prev":2,"ts_ms":0,"kind":"alerts","body":{}}"#;
+        assert!(matches!(decode_envelope(bad_id), Err(WireError::Invalid(_))));
+        let r = decode_readings(br#"{"ts_ms":1,"values":{"P":1.5,"T":null}}"#).unwrap();
+        assert_eq!(r.values["P"], Some(1.5));
+        assert_eq!(r.values["T"], None);
+    }
+
+    #[test]
+    fn device_ids() {
+        assert!(valid_device_id("pump-p101.site_7"));
+        for bad in ["", "a/b", "a+b", "a#", "ä", &"x".repeat(65)] {
+            assert!(!valid_device_id(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! The agent's main loop: readings in, scores and alerts out, everything through the outbox to
+//! the hub, models switched when a new one is installed.
+//!
+//! One single-threaded runtime. Tasks: the source (readings), the uplink event loop (MQTT),
+//! the metrics endpoint. The main loop owns the outbox, the model and the producer.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use impeller_core::adapter::Adapter;
+use impeller_core::package::{KeyFile, TrustStore, VerifiedPackage};
+use impeller_core::wire::{self, ModelRef};
+use impeller_core::{Scorer, Verdict};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
+use crate::config::{Config, Source, broker_address};
+use crate::journal::Journal;
+use crate::metrics::Metrics;
+use crate::outbox::{Outbox, OutboxConfig, Outgoing};
+use crate::produce::{self, Message, Producer};
+use crate::source::{self, Reading};
+use crate::store::ModelStore;
+
+/// The model in use, with what turns readings into its frames and frames into messages.
+struct Active {
+    pkg: VerifiedPackage,
+    adapter: Adapter,
+    scorer: Scorer,
+    producer: Producer,
+}
+
+impl Active {
+    fn new(pkg: VerifiedPackage, cfg: &Config) -> anyhow::Result<Self> {
+        let model = pkg.model.clone();
+        let adapter = match &cfg.adapter {
+            Some(a) => Adapter::new(a, &model.channels)?,
+            None => Adapter::identity(&model.channels),
+        };
+        let m = &pkg.manifest;
+        let model_ref = ModelRef { name: m.model.name.clone(), version: m.model.version.clone(), release: m.release };
+        let producer = Producer::new(
+            model_ref,
+            model.channels.clone(),
+            model.feature_names(),
+            model.calibration.threshold,
+            cfg.uplink.clone(),
+        );
+        Ok(Self { scorer: Scorer::new(model), adapter, producer, pkg })
+    }
+}
+
+pub fn load_trust(paths: &[PathBuf]) -> anyhow::Result<TrustStore> {
+    let mut trust = TrustStore::new();
+    for p in paths {
+        let bytes = std::fs::read(p).with_context(|| format!("reading trusted key {}", p.display()))?;
+        let origin = p.display().to_string();
+        trust.add(KeyFile::parse(&bytes, &origin)?.verifying_key(&origin)?);
+    }
+    Ok(trust)
+}
+
+/// Holds an exclusive lock on the data directory for the agent's lifetime: two agents (or an
+/// agent and a tool) writing one outbox would corrupt it.
+fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("agent.lock");
+    let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path)?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            anyhow::bail!("{} is in use by another impeller-edge agent", dir.display())
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(e).with_context(|| format!("locking {}", path.display())),
+    }
+}
+
+enum UplinkEvent {
+    Connected,
+    Disconnected(String),
+    Ack(u64),
+}
+
+async fn uplink_events(mut eventloop: EventLoop, ack_topic: String, tx: mpsc::Sender<UplinkEvent>) {
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                backoff = Duration::from_millis(500);
+                if tx.send(UplinkEvent::Connected).await.is_err() {
+                    return;
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => match wire::decode_ack(&p.payload) {
+                Ok(a) => {
+                    if tx.send(UplinkEvent::Ack(a.acked)).await.is_err() {
+                        return;
+                    }
+                }
+                Err(error) => tracing::warn!(%error, "ignoring a malformed acknowledgement"),
+            },
+            Ok(_) => {}
+            Err(e) => {
+                if tx.send(UplinkEvent::Disconnected(e.to_string())).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Messages taken from the outbox and not yet handed to the MQTT client.
+struct Uplink {
+    client: AsyncClient,
+    device: String,
+    connected: bool,
+    queue: VecDeque<Outgoing>,
+    sent_seq: u64,
+    last_progress: Instant,
+}
+
+impl Uplink {
+    /// Publishes what the client will take now; refills from the outbox.
+    fn pump(&mut self, outbox: &mut Outbox, cfg: &Config, metrics: &Metrics) -> anyhow::Result<()> {
+        if !self.connected {
+            return Ok(());
+        }
+        let acked = outbox.acked();
+        if self.sent_seq > acked && self.last_progress.elapsed() > Duration::from_secs(cfg.hub.ack_timeout_s) {
+            tracing::warn!(
+                acked,
+                sent = self.sent_seq,
+                "no acknowledgement for a while; sending again from the last acknowledged record"
+            );
+            self.restart(outbox);
+        }
+        loop {
+            if self.queue.is_empty() {
+                if self.sent_seq.saturating_sub(outbox.acked()) >= cfg.hub.max_unacked {
+                    return Ok(()); // the hub is behind; wait for acknowledgements
+                }
+                outbox.sync()?;
+                self.queue.extend(outbox.next_batch(500, 1 << 20)?);
+                if self.queue.is_empty() {
+                    return Ok(());
+                }
+            }
+            let Some(r) = self.queue.front() else { return Ok(()) };
+            let kind = produce::kind(r.class);
+            let payload = wire::encode_envelope(&self.device, r.seq, r.prev, r.ts_ms, kind, &r.payload)?;
+            match self.client.try_publish(wire::topic(&self.device, kind), QoS::AtLeastOnce, false, payload) {
+                Ok(()) => {
+                    self.sent_seq = r.seq;
+                    self.queue.pop_front();
+                    Metrics::add(&metrics.sent, 1);
+                }
+                Err(_) => return Ok(()), // the client's queue is full; continue on the next tick
+            }
+        }
+    }
+
+    fn restart(&mut self, outbox: &mut Outbox) {
+        self.queue.clear();
+        outbox.rewind();
+        self.sent_seq = outbox.acked();
+        self.last_progress = Instant::now();
+    }
+}
+
+/// Appends what a frame produced: to the outbox first (alerts are fsynced there), then alerts
+/// to the local journal, so every alert an operator sees on site also reaches the hub.
+fn append(
+    outbox: &mut Outbox,
+    journal: &Journal,
+    metrics: &Metrics,
+    produced: produce::Produced,
+) -> anyhow::Result<()> {
+    for Message { class, body } in produced.messages {
+        outbox.append(class, crate::now_ms(), &body)?;
+    }
+    for alert in &produced.alerts {
+        if let Err(error) = journal.append(alert) {
+            tracing::error!(%error, "cannot write the local alert journal");
+        }
+        Metrics::add(&metrics.alerts, 1);
+        tracing::warn!(started_ms = alert.started_ms, score = alert.score, top = ?alert.top_features.first(), "alert");
+    }
+    Ok(())
+}
+
+fn update_outbox_metrics(outbox: &mut Outbox, metrics: &Metrics) {
+    Metrics::set(&metrics.outbox_bytes, outbox.bytes());
+    Metrics::set(&metrics.outbox_pending, outbox.pending_records());
+    Metrics::set(&metrics.acked_seq, outbox.acked());
+    let oldest = outbox.oldest_pending_ts().ok().flatten().unwrap_or(0);
+    metrics.outbox_oldest_ms.store(oldest, Ordering::Relaxed);
+    let s = outbox.stats();
+    for i in 0..5 {
+        Metrics::set(&metrics.outbox_refused[i], s.refused[i]);
+        Metrics::set(&metrics.outbox_evicted[i], s.evicted[i]);
+    }
+}
+
+fn model_event(name: &str, pkg: &VerifiedPackage) -> Message {
+    let m = &pkg.manifest;
+    produce::event(
+        name,
+        serde_json::json!({
+            "model": {"name": m.model.name, "version": m.model.version, "release": m.release},
+            "manifest_sha256": pkg.manifest_sha256, "signed_by": pkg.signed_by,
+        }),
+    )
+}
+
+pub async fn run(cfg: Config) -> anyhow::Result<()> {
+    let _lock = lock_data_dir(&cfg.device.data_dir)?;
+    let metrics = Arc::new(Metrics::default());
+    let store =
+        ModelStore::new(&cfg.device.data_dir, load_trust(&cfg.models.trusted_keys)?, cfg.models.max_package_bytes);
+    let journal = Journal::new(&cfg.device.data_dir);
+    let mut outbox = Outbox::open(
+        &cfg.device.data_dir.join("outbox"),
+        OutboxConfig { quota_bytes: cfg.outbox.quota_bytes, segment_bytes: cfg.outbox.segment_bytes },
+    )?;
+
+    let mut generation = store.state()?.generation;
+    let mut active = match store.load_active() {
+        Ok(Some(pkg)) => {
+            tracing::info!(model = %pkg.manifest.model.name, release = pkg.manifest.release, "model loaded");
+            Some(Active::new(pkg, &cfg)?)
+        }
+        Ok(None) => {
+            tracing::warn!("no model installed: readings are not scored until one is (impeller-edge install)");
+            None
+        }
+        Err(error) => {
+            tracing::error!(%error, "the installed model failed verification; not scoring until a valid one is installed");
+            None
+        }
+    };
+    Metrics::set(&metrics.model_release, active.as_ref().map_or(0, |a| a.pkg.manifest.release));
+    let started = produce::event(
+        "agent_started",
+        serde_json::json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "model_release": active.as_ref().map(|a| a.pkg.manifest.release),
+        }),
+    );
+    outbox.append(started.class, crate::now_ms(), &started.body)?;
+
+    if !cfg.metrics.listen.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&cfg.metrics.listen)
+            .await
+            .with_context(|| format!("metrics.listen {}", cfg.metrics.listen))?;
+        tracing::info!(address = %listener.local_addr()?, "metrics at /metrics");
+        tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
+    }
+
+    let (host, port) = broker_address(&cfg.hub.broker).map_err(anyhow::Error::msg)?;
+    let mut opts = MqttOptions::new(cfg.device.id.clone(), host, port);
+    opts.set_keep_alive(Duration::from_secs(cfg.hub.keep_alive_s.max(5)));
+    opts.set_max_packet_size(2 << 20, 2 << 20);
+    if !cfg.hub.username.is_empty() {
+        opts.set_credentials(cfg.hub.username.clone(), cfg.hub.password.clone());
+    }
+    let (client, eventloop) = AsyncClient::new(opts, 1000);
+    let ack_topic = wire::topic(&cfg.device.id, "ack");
+    let (uplink_tx, mut uplink_rx) = mpsc::channel(64);
+    tokio::spawn(uplink_events(eventloop, ack_topic.clone(), uplink_tx));
+    let mut uplink = Uplink {
+        client: client.clone(),
+        device: cfg.device.id.clone(),
+        connected: false,
+        queue: VecDeque::new(),
+        sent_seq: outbox.acked(),
+        last_progress: Instant::now(),
+    };
+
+    let (reading_tx, mut readings) = mpsc::channel::<Reading>(1024);
+    match &cfg.source {
+        Source::Csv { path, speed, rebase_time } => {
+            tokio::spawn(source::replay_csv(path.clone(), *speed, *rebase_time, reading_tx, metrics.clone()));
+        }
+        Source::Mqtt { broker, topic } => {
+            tokio::spawn(source::subscribe_mqtt(
+                cfg.device.id.clone(),
+                broker.clone(),
+                topic.clone(),
+                reading_tx,
+                metrics.clone(),
+            ));
+        }
+    }
+
+    let mut sync_tick = tokio::time::interval(Duration::from_millis(cfg.outbox.sync_interval_ms.max(10)));
+    let mut pump_tick = tokio::time::interval(Duration::from_millis(20));
+    let mut model_tick = tokio::time::interval(Duration::from_secs(2));
+    let mut source_open = true;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+
+    loop {
+        tokio::select! {
+            reading = readings.recv(), if source_open => {
+                let Some(reading) = reading else {
+                    source_open = false;
+                    tracing::info!("the source has no more readings");
+                    continue;
+                };
+                Metrics::add(&metrics.readings, 1);
+                if let Some(a) = active.as_mut() {
+                    let Some((ts, frame)) = a.adapter.push(reading.ts_ms, reading.values.iter().map(|(k, v)| (k.as_ref(), *v))) else { continue };
+                    Metrics::add(&metrics.frames, 1);
+                    let verdict = a.scorer.push(ts, &frame);
+                    if let Verdict::Scored(s) = verdict {
+                        Metrics::add(&metrics.scored, 1);
+                        if s.alarm {
+                            Metrics::add(&metrics.alarms, 1);
+                        }
+                    }
+                    let produced = a.producer.push(ts, &frame, &verdict, a.scorer.features());
+                    append(&mut outbox, &journal, &metrics, produced)?;
+                }
+            }
+            event = uplink_rx.recv() => match event {
+                Some(UplinkEvent::Connected) => {
+                    tracing::info!(broker = %cfg.hub.broker, "connected to the hub");
+                    uplink.connected = true;
+                    metrics.hub_connected.store(true, Ordering::Relaxed);
+                    if let Err(error) = client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce) {
+                        tracing::error!(%error, "cannot subscribe to acknowledgements");
+                    }
+                    uplink.restart(&mut outbox);
+                }
+                Some(UplinkEvent::Disconnected(error)) => {
+                    if uplink.connected {
+                        tracing::warn!(%error, "lost the hub; scoring goes on and everything waits in the outbox");
+                    }
+                    uplink.connected = false;
+                    metrics.hub_connected.store(false, Ordering::Relaxed);
+                }
+                Some(UplinkEvent::Ack(n)) => {
+                    if n > outbox.acked() {
+                        uplink.last_progress = Instant::now();
+                    }
+                    outbox.ack(n)?;
+                    metrics.last_hub_contact_ms.store(crate::now_ms(), Ordering::Relaxed);
+                }
+                None => anyhow::bail!("the uplink task stopped"),
+            },
+            _ = pump_tick.tick() => uplink.pump(&mut outbox, &cfg, &metrics)?,
+            _ = sync_tick.tick() => {
+                outbox.sync()?;
+                update_outbox_metrics(&mut outbox, &metrics);
+            }
+            _ = model_tick.tick() => {
+                let state = match store.state() {
+                    Ok(s) => s,
+                    Err(error) => { tracing::error!(%error, "cannot read the model state"); continue }
+                };
+                if state.generation != generation {
+                    generation = state.generation;
+                    match store.load_active() {
+                        Ok(Some(pkg)) => {
+                            tracing::info!(model = %pkg.manifest.model.name, release = pkg.manifest.release, "switching to the newly installed model");
+                            let event = model_event("model_installed", &pkg);
+                            if let Some(mut old) = active.take() {
+                                append(&mut outbox, &journal, &metrics, old.producer.flush(crate::now_ms()))?;
+                            }
+                            Metrics::set(&metrics.model_release, pkg.manifest.release);
+                            Metrics::add(&metrics.installs, 1);
+                            active = Some(Active::new(pkg, &cfg)?);
+                            outbox.append(event.class, crate::now_ms(), &event.body)?;
+                        }
+                        Ok(None) => {}
+                        Err(error) => {
+                            Metrics::add(&metrics.installs_refused, 1);
+                            tracing::error!(%error, "the newly installed model failed verification; keeping the current one");
+                        }
+                    }
+                }
+            }
+            _ = &mut shutdown => {
+                tracing::info!("stopping");
+                if let Some(a) = active.as_mut() {
+                    append(&mut outbox, &journal, &metrics, a.producer.flush(crate::now_ms()))?;
+                }
+                outbox.sync()?;
+                return Ok(());
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => return std::future::pending().await,
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

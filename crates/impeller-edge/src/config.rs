@@ -1,0 +1,214 @@
+//! The agent's configuration file: versioned, every field documented in `config/edge.toml`
+//! (printed by `impeller-edge generate-config`), unknown fields refused.
+
+use std::path::PathBuf;
+
+use impeller_core::adapter::AdapterConfig;
+use serde::Deserialize;
+
+pub const DEFAULT: &str = include_str!("../config/edge.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub version: u32,
+    pub device: Device,
+    pub hub: Hub,
+    pub models: Models,
+    pub outbox: Outbox,
+    pub uplink: Uplink,
+    pub source: Source,
+    #[serde(default)]
+    pub adapter: Option<AdapterConfig>,
+    #[serde(default)]
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Device {
+    pub id: String,
+    pub target: String,
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Hub {
+    pub broker: String,
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub password: String,
+    #[serde(default = "d30")]
+    pub keep_alive_s: u64,
+    #[serde(default = "d30")]
+    pub ack_timeout_s: u64,
+    #[serde(default = "d20000")]
+    pub max_unacked: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Models {
+    pub trusted_keys: Vec<PathBuf>,
+    #[serde(default = "d64mib")]
+    pub max_package_bytes: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Outbox {
+    #[serde(default = "d64mib")]
+    pub quota_bytes: u64,
+    #[serde(default = "d1mib")]
+    pub segment_bytes: u64,
+    #[serde(default = "d1000")]
+    pub sync_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Uplink {
+    #[serde(default = "d60")]
+    pub aggregate_interval_s: u64,
+    #[serde(default = "d600")]
+    pub sketch_interval_s: u64,
+    #[serde(default = "d10")]
+    pub raw_every: u64,
+    #[serde(default = "d60usize")]
+    pub raw_batch: usize,
+    #[serde(default = "d30usize")]
+    pub alert_context: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Source {
+    Csv {
+        path: PathBuf,
+        #[serde(default = "d1f")]
+        speed: f64,
+        #[serde(default = "dtrue")]
+        rebase_time: bool,
+    },
+    Mqtt {
+        broker: String,
+        topic: String,
+    },
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    #[serde(default)]
+    pub listen: String,
+}
+
+fn d30() -> u64 {
+    30
+}
+fn d60() -> u64 {
+    60
+}
+fn d60usize() -> usize {
+    60
+}
+fn d30usize() -> usize {
+    30
+}
+fn d600() -> u64 {
+    600
+}
+fn d10() -> u64 {
+    10
+}
+fn d1000() -> u64 {
+    1000
+}
+fn d20000() -> u64 {
+    20_000
+}
+fn d1mib() -> u64 {
+    1 << 20
+}
+fn d64mib() -> u64 {
+    64 << 20
+}
+fn d1f() -> f64 {
+    1.0
+}
+fn dtrue() -> bool {
+    true
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {message}")]
+pub struct ConfigError {
+    pub origin: String,
+    pub message: String,
+}
+
+impl Config {
+    pub fn parse(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        let err = |message: String| ConfigError { origin: origin.to_string(), message };
+        let c: Config = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        if c.version != 1 {
+            return Err(err(format!("version {} is not supported (this build reads 1)", c.version)));
+        }
+        if !impeller_core::wire::valid_device_id(&c.device.id) {
+            return Err(err(format!("device.id `{}` must be 1 to 64 of A-Z a-z 0-9 . _ -", c.device.id)));
+        }
+        if c.models.trusted_keys.is_empty() {
+            return Err(err("models.trusted_keys is empty: the agent would accept no model".into()));
+        }
+        broker_address(&c.hub.broker).map_err(|m| err(format!("hub.broker: {m}")))?;
+        if let Source::Mqtt { broker, .. } = &c.source {
+            broker_address(broker).map_err(|m| err(format!("source.broker: {m}")))?;
+        }
+        if let Source::Csv { speed, .. } = &c.source
+            && !(speed.is_finite() && *speed >= 0.0)
+        {
+            return Err(err("source.speed must be 0 or more".into()));
+        }
+        if c.uplink.raw_batch == 0 || c.uplink.aggregate_interval_s == 0 || c.uplink.sketch_interval_s == 0 {
+            return Err(err("uplink intervals and raw_batch must be positive".into()));
+        }
+        Ok(c)
+    }
+}
+
+/// `mqtt://host:port` → (host, port).
+pub fn broker_address(url: &str) -> Result<(String, u16), String> {
+    let rest = url.strip_prefix("mqtt://").ok_or_else(|| format!("`{url}` must start with mqtt://"))?;
+    let (host, port) = rest.rsplit_once(':').ok_or_else(|| format!("`{url}` needs a port"))?;
+    let port = port.parse().map_err(|_| format!("`{port}` is not a port"))?;
+    if host.is_empty() {
+        return Err(format!("`{url}` has no host"));
+    }
+    Ok((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_configuration_parses() {
+        let c = Config::parse(DEFAULT, "default").unwrap();
+        assert_eq!(c.device.id, "pump-p101");
+        assert!(matches!(c.source, Source::Csv { .. }));
+        assert_eq!(c.metrics.listen, "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_the_place_named() {
+        let typo = DEFAULT.replace("quota_bytes", "quota_byte");
+        let e = Config::parse(&typo, "edge.toml").unwrap_err();
+        assert!(e.to_string().starts_with("edge.toml: ") && e.to_string().contains("quota_byte"), "{e}");
+        let bad_id = DEFAULT.replace("pump-p101", "pump/p101");
+        assert!(Config::parse(&bad_id, "x").is_err());
+        let bad_broker = DEFAULT.replace("mqtt://127.0.0.1:1884", "127.0.0.1");
+        assert!(Config::parse(&bad_broker, "x").unwrap_err().to_string().contains("hub.broker"));
+    }
+}

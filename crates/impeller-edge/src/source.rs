@@ -1,0 +1,101 @@
+//! Where readings come from: a CSV file replayed at a chosen speed, or a local MQTT broker.
+//! Each source runs as its own task and sends readings down a channel.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use impeller_core::table::{CsvFormat, parse_csv};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
+use crate::metrics::Metrics;
+
+/// Named values at one instant, in the vendor's names and units.
+#[derive(Debug, Clone)]
+pub struct Reading {
+    pub ts_ms: i64,
+    pub values: Vec<(Arc<str>, f64)>,
+}
+
+/// Replays a SKAB-layout CSV file: `speed` times real time (0 = as fast as the agent takes
+/// them); with `rebase_time` the first row is stamped now and the rest keep their spacing.
+pub async fn replay_csv(
+    path: PathBuf,
+    speed: f64,
+    rebase_time: bool,
+    tx: mpsc::Sender<Reading>,
+    metrics: Arc<Metrics>,
+) {
+    let name = path.display().to_string();
+    // Read once at start; a short blocking read is fine here.
+    let table = match std::fs::read(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| parse_csv(&b, &name, &CsvFormat::SKAB).map_err(|e| e.to_string()))
+    {
+        Ok(t) => t,
+        Err(error) => {
+            Metrics::add(&metrics.readings_invalid, 1);
+            tracing::error!(%error, "cannot replay the CSV source");
+            return;
+        }
+    };
+    let names: Vec<Arc<str>> = table.channels.iter().map(|c| Arc::from(c.name.as_str())).collect();
+    let start_wall = crate::now_ms();
+    let first_ts = table.timestamps.first().copied().unwrap_or(0);
+    let started = tokio::time::Instant::now();
+    tracing::info!(file = %name, rows = table.len(), speed, "replaying");
+    for (ts, row) in table.timestamps.iter().zip(&table.rows) {
+        let offset = ts - first_ts;
+        if speed > 0.0 {
+            let due = started + Duration::from_secs_f64(offset.max(0) as f64 / 1000.0 / speed);
+            tokio::time::sleep_until(due).await;
+        }
+        let ts_ms = if rebase_time { start_wall + offset } else { *ts };
+        let values = names.iter().cloned().zip(row.iter().copied()).collect();
+        if tx.send(Reading { ts_ms, values }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Subscribes to readings on a local broker: `{"ts_ms": …, "values": {"NAME": value, …}}`.
+pub async fn subscribe_mqtt(
+    device: String,
+    broker: String,
+    topic: String,
+    tx: mpsc::Sender<Reading>,
+    metrics: Arc<Metrics>,
+) {
+    let Ok((host, port)) = crate::config::broker_address(&broker) else { return };
+    let mut opts = MqttOptions::new(format!("{device}-source"), host, port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    let (client, mut eventloop) = AsyncClient::new(opts, 100);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                if let Err(error) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
+                    tracing::error!(%error, "cannot subscribe to the readings topic");
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => match impeller_core::wire::decode_readings(&p.payload) {
+                Ok(r) => {
+                    let values =
+                        r.values.into_iter().map(|(k, v)| (Arc::from(k.as_str()), v.unwrap_or(f64::NAN))).collect();
+                    if tx.send(Reading { ts_ms: r.ts_ms, values }).await.is_err() {
+                        return;
+                    }
+                }
+                Err(error) => {
+                    Metrics::add(&metrics.readings_invalid, 1);
+                    tracing::warn!(%error, topic = %p.topic, "ignoring a malformed readings message");
+                }
+            },
+            Ok(_) => {}
+            Err(error) => {
+                tracing::warn!(%error, broker = %broker, "readings broker unreachable; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,138 @@
+//! Installed models: two slots (`models/slot-a.pkg`, `models/slot-b.pkg`) and a state file
+//! (`state.json`) naming the active slot and the highest release ever installed. A new package
+//! goes to the inactive slot; switching is one atomic rename of the state file, so a power cut
+//! leaves either the old model or the new one, never half of each.
+
+use std::path::{Path, PathBuf};
+
+use impeller_core::package::{
+    InstallContext, Limits, PackageError, RollbackDirective, TrustStore, VerifiedPackage, check_install, open,
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Slot {
+    A,
+    B,
+}
+
+impl Slot {
+    fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+
+    fn file(self) -> &'static str {
+        match self {
+            Slot::A => "slot-a.pkg",
+            Slot::B => "slot-b.pkg",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    pub active: Option<Slot>,
+    /// Highest release ever installed here: older ones are refused (rollback protection).
+    pub highest_release: Option<u64>,
+    /// Bumped on every install, so a running agent notices the change.
+    pub generation: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Refused(#[from] PackageError),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: state file is damaged: {message}")]
+    State { path: PathBuf, message: String },
+}
+
+fn io<T>(path: &Path, r: std::io::Result<T>) -> Result<T, StoreError> {
+    r.map_err(|source| StoreError::Io { path: path.to_path_buf(), source })
+}
+
+/// Writes a file atomically: temporary file, fsync, rename, fsync of the directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    crate::outbox::sync_dir(path.parent().unwrap_or(Path::new(".")))
+}
+
+#[derive(Debug)]
+pub struct ModelStore {
+    models: PathBuf,
+    state_path: PathBuf,
+    trust: TrustStore,
+    limits: Limits,
+}
+
+impl ModelStore {
+    pub fn new(data_dir: &Path, trust: TrustStore, max_package_bytes: u64) -> Self {
+        Self {
+            models: data_dir.join("models"),
+            state_path: data_dir.join("state.json"),
+            trust,
+            limits: Limits { max_bytes: max_package_bytes, ..Limits::default() },
+        }
+    }
+
+    pub fn trust(&self) -> &TrustStore {
+        &self.trust
+    }
+
+    pub fn state(&self) -> Result<State, StoreError> {
+        match std::fs::read(&self.state_path) {
+            Ok(b) => serde_json::from_slice(&b)
+                .map_err(|e| StoreError::State { path: self.state_path.clone(), message: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(State::default()),
+            Err(e) => Err(StoreError::Io { path: self.state_path.clone(), source: e }),
+        }
+    }
+
+    /// Verifies a package for this device and makes it the active model.
+    pub fn install(
+        &self,
+        bytes: &[u8],
+        target: &str,
+        now_ms: i64,
+        rollback: Option<&RollbackDirective>,
+    ) -> Result<VerifiedPackage, StoreError> {
+        let mut state = self.state()?;
+        let pkg = open(bytes, &self.trust, self.limits)?;
+        let ctx = InstallContext { now_ms, target, installed_release: state.highest_release, rollback };
+        check_install(&pkg, &ctx)?;
+        let slot = state.active.map_or(Slot::A, Slot::other);
+        io(&self.models, std::fs::create_dir_all(&self.models))?;
+        let path = self.models.join(slot.file());
+        io(&path, write_atomic(&path, bytes))?;
+        state.active = Some(slot);
+        state.highest_release =
+            Some(state.highest_release.map_or(pkg.manifest.release, |h| h.max(pkg.manifest.release)));
+        state.generation += 1;
+        let state_bytes = serde_json::to_vec_pretty(&state).unwrap_or_default();
+        io(&self.state_path, write_atomic(&self.state_path, &state_bytes))?;
+        Ok(pkg)
+    }
+
+    /// The active model, verified again (signature, hashes, self-test): a file changed on disk
+    /// since installation is caught here. Expiry and release are not re-checked: a model that
+    /// was valid when installed keeps running rather than leave the pump unwatched.
+    pub fn load_active(&self) -> Result<Option<VerifiedPackage>, StoreError> {
+        let Some(slot) = self.state()?.active else { return Ok(None) };
+        let path = self.models.join(slot.file());
+        let bytes = io(&path, std::fs::read(&path))?;
+        let pkg = open(&bytes, &self.trust, self.limits)?;
+        pkg.selftest.run(&pkg.model).map_err(PackageError::from)?;
+        Ok(Some(pkg))
+    }
+}
