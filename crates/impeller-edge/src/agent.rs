@@ -126,10 +126,11 @@ struct Uplink {
 }
 
 impl Uplink {
-    /// Publishes what the client will take now; refills from the outbox.
-    fn pump(&mut self, outbox: &mut Outbox, cfg: &Config, metrics: &Metrics) -> anyhow::Result<()> {
+    /// Publishes what the client will take now; refills from the outbox. Returns true while a
+    /// backlog remains (pump again soon), false when idle.
+    fn pump(&mut self, outbox: &mut Outbox, cfg: &Config, metrics: &Metrics) -> anyhow::Result<bool> {
         if !self.connected {
-            return Ok(());
+            return Ok(false);
         }
         let acked = outbox.acked();
         if self.sent_seq > acked && self.last_progress.elapsed() > Duration::from_secs(cfg.hub.ack_timeout_s) {
@@ -143,15 +144,15 @@ impl Uplink {
         loop {
             if self.queue.is_empty() {
                 if self.sent_seq.saturating_sub(outbox.acked()) >= cfg.hub.max_unacked {
-                    return Ok(()); // the hub is behind; wait for acknowledgements
+                    return Ok(false); // the hub is behind; wait for acknowledgements
                 }
                 outbox.sync()?;
                 self.queue.extend(outbox.next_batch(500, 1 << 20)?);
                 if self.queue.is_empty() {
-                    return Ok(());
+                    return Ok(false);
                 }
             }
-            let Some(r) = self.queue.front() else { return Ok(()) };
+            let Some(r) = self.queue.front() else { return Ok(false) };
             let kind = produce::kind(r.class);
             let payload = wire::encode_envelope(&self.device, r.seq, r.prev, r.ts_ms, kind, &r.payload)?;
             match self.client.try_publish(wire::topic(&self.device, kind), QoS::AtLeastOnce, false, payload) {
@@ -160,7 +161,7 @@ impl Uplink {
                     self.queue.pop_front();
                     Metrics::add(&metrics.sent, 1);
                 }
-                Err(_) => return Ok(()), // the client's queue is full; continue on the next tick
+                Err(_) => return Ok(true), // the client's queue is full; continue very soon
             }
         }
     }
@@ -228,6 +229,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         &cfg.device.data_dir.join("outbox"),
         OutboxConfig { quota_bytes: cfg.outbox.quota_bytes, segment_bytes: cfg.outbox.segment_bytes },
     )?;
+    // Before the metrics endpoint opens: a scraper must never see an empty outbox that is not.
+    update_outbox_metrics(&mut outbox, &metrics);
 
     let mut generation = store.state()?.generation;
     let mut active = match store.load_active() {
@@ -299,7 +302,12 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
 
     let mut sync_tick = tokio::time::interval(Duration::from_millis(cfg.outbox.sync_interval_ms.max(10)));
-    let mut pump_tick = tokio::time::interval(Duration::from_millis(20));
+    // Pumping is adaptive: every few milliseconds while a backlog drains, four times a second
+    // when idle (an alert or a reconnect pumps at once), so an idle agent wakes rarely.
+    let pump = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(pump);
+    const BUSY: Duration = Duration::from_millis(2);
+    const IDLE: Duration = Duration::from_millis(250);
     let mut model_tick = tokio::time::interval(Duration::from_secs(2));
     let mut source_open = true;
     let shutdown = shutdown_signal();
@@ -325,6 +333,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                         }
                     }
                     let produced = a.producer.push(ts, &frame, &verdict, a.scorer.features());
+                    if !produced.alerts.is_empty() {
+                        pump.as_mut().reset(tokio::time::Instant::now());
+                    }
                     append(&mut outbox, &journal, &metrics, produced)?;
                 }
             }
@@ -337,6 +348,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                         tracing::error!(%error, "cannot subscribe to acknowledgements");
                     }
                     uplink.restart(&mut outbox);
+                    pump.as_mut().reset(tokio::time::Instant::now());
                 }
                 Some(UplinkEvent::Disconnected(error)) => {
                     if uplink.connected {
@@ -354,7 +366,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 }
                 None => anyhow::bail!("the uplink task stopped"),
             },
-            _ = pump_tick.tick() => uplink.pump(&mut outbox, &cfg, &metrics)?,
+            () = &mut pump => {
+                let busy = uplink.pump(&mut outbox, &cfg, &metrics)?;
+                pump.as_mut().reset(tokio::time::Instant::now() + if busy { BUSY } else { IDLE });
+            }
             _ = sync_tick.tick() => {
                 outbox.sync()?;
                 update_outbox_metrics(&mut outbox, &metrics);

@@ -16,6 +16,19 @@ fn highest_seq(site: &Site) -> u64 {
     o.next_seq() - 1
 }
 
+/// Waits until this run has replayed all `rows` of its source (each run replays the file from the
+/// start, producing new messages) and then until the hub has acknowledged everything.
+fn replay_and_drain(site: &Site, agent: &Agent, rows: usize, timeout: Duration) {
+    let replayed = agent.wait_metric("readings_total", |v| v >= rows as f64, timeout);
+    assert!(replayed.is_some(), "log tail:\n{}", tail(site));
+    let drained = agent.wait_metric("outbox_pending_records", |v| v == 0.0, timeout);
+    assert_eq!(drained, Some(0.0), "log tail:\n{}", tail(site));
+}
+
+fn tail(site: &Site) -> String {
+    site.log().lines().rev().take(30).collect::<Vec<_>>().join("\n")
+}
+
 fn assert_complete(site: &Site, receiver: &Receiver) {
     let highest = highest_seq(site);
     let stored = receiver.stored.lock().unwrap();
@@ -48,7 +61,7 @@ fn delivers_everything_to_the_hub_and_frees_the_outbox() {
     agent.stop();
     // Messages produced at shutdown (last aggregates) are delivered by the next run.
     let agent = site.start();
-    agent.wait_metric("outbox_pending_records", |v| v == 0.0, Duration::from_secs(20));
+    replay_and_drain(&site, &agent, 600, Duration::from_secs(20));
     agent.kill();
     assert_complete(&site, &receiver);
     let stored = receiver.stored.lock().unwrap();
@@ -80,7 +93,7 @@ fn keeps_everything_while_the_hub_is_away_then_delivers_it() {
     assert_eq!(drained, Some(0.0), "log:\n{}", site.log());
     agent.stop();
     let agent = site.start();
-    agent.wait_metric("outbox_pending_records", |v| v == 0.0, Duration::from_secs(20));
+    replay_and_drain(&site, &agent, 400, Duration::from_secs(20));
     agent.kill();
     assert_complete(&site, &receiver);
 }
@@ -102,11 +115,10 @@ fn sigkill_at_random_moments_loses_no_message() {
         agent.kill();
     }
     let agent = site.start();
-    let drained = agent.wait_metric("outbox_pending_records", |v| v == 0.0, Duration::from_secs(60));
-    assert_eq!(drained, Some(0.0), "log tail:\n{}", site.log().lines().rev().take(30).collect::<Vec<_>>().join("\n"));
+    replay_and_drain(&site, &agent, 2000, Duration::from_secs(60));
     agent.stop();
     let agent = site.start();
-    agent.wait_metric("outbox_pending_records", |v| v == 0.0, Duration::from_secs(20));
+    replay_and_drain(&site, &agent, 2000, Duration::from_secs(20));
     agent.kill();
     assert_complete(&site, &receiver);
     // Independently of sequence numbers: every alert in the local journal reached the hub.
