@@ -53,6 +53,7 @@ pub mod metrics;
 pub mod model;
 pub mod package;
 pub mod pipeline;
+pub mod registers;
 pub mod rng;
 pub mod scorer;
 pub mod sketch;

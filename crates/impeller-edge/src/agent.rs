@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use impeller_core::adapter::Adapter;
 use impeller_core::package::{KeyFile, TrustStore, VerifiedPackage};
+use impeller_core::registers::RegisterMap;
 use impeller_core::wire::{self, ModelRef};
 use impeller_core::{Scorer, Verdict};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
@@ -289,6 +290,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     match &cfg.source {
         Source::Csv { path, speed, rebase_time } => {
             tokio::spawn(source::replay_csv(path.clone(), *speed, *rebase_time, reading_tx, metrics.clone()));
+        }
+        Source::Modbus { address, unit, register_map, poll_ms, timeout_ms } => {
+            let origin = register_map.display().to_string();
+            let text = std::fs::read_to_string(register_map).with_context(|| format!("cannot read {origin}"))?;
+            let src = source::ModbusSource {
+                address: address.clone(),
+                unit: *unit,
+                map: RegisterMap::parse(&text, &origin)?,
+                poll: Duration::from_millis(*poll_ms),
+                timeout: Duration::from_millis(*timeout_ms),
+            };
+            tokio::spawn(source::poll_modbus(src, reading_tx, metrics.clone()));
         }
         Source::Mqtt { broker, topic } => {
             tokio::spawn(source::subscribe_mqtt(

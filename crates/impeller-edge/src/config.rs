@@ -96,6 +96,18 @@ pub enum Source {
         broker: String,
         topic: String,
     },
+    Modbus {
+        /// `host:port` of the controller's Modbus TCP server.
+        address: String,
+        #[serde(default = "d1u8")]
+        unit: u8,
+        /// The controller's register map (see `config/modbus/`).
+        register_map: PathBuf,
+        #[serde(default = "d1000")]
+        poll_ms: u64,
+        #[serde(default = "d1000")]
+        timeout_ms: u64,
+    },
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -135,6 +147,9 @@ fn d1mib() -> u64 {
 fn d64mib() -> u64 {
     64 << 20
 }
+fn d1u8() -> u8 {
+    1
+}
 fn d1f() -> f64 {
     1.0
 }
@@ -165,6 +180,14 @@ impl Config {
         broker_address(&c.hub.broker).map_err(|m| err(format!("hub.broker: {m}")))?;
         if let Source::Mqtt { broker, .. } = &c.source {
             broker_address(broker).map_err(|m| err(format!("source.broker: {m}")))?;
+        }
+        if let Source::Modbus { address, poll_ms, timeout_ms, .. } = &c.source {
+            if address.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
+                return Err(err(format!("source.address `{address}` must be host:port")));
+            }
+            if *poll_ms == 0 || *timeout_ms == 0 {
+                return Err(err("source.poll_ms and source.timeout_ms must be positive".into()));
+            }
         }
         if let Source::Csv { speed, .. } = &c.source
             && !(speed.is_finite() && *speed >= 0.0)
@@ -199,6 +222,20 @@ mod tests {
         assert_eq!(c.device.id, "pump-p101");
         assert!(matches!(c.source, Source::Csv { .. }));
         assert_eq!(c.metrics.listen, "127.0.0.1:9464");
+    }
+
+    #[test]
+    fn the_shipped_register_maps_parse() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/modbus");
+        let mut n = 0;
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            let text = std::fs::read_to_string(&path).unwrap();
+            let map = impeller_core::registers::RegisterMap::parse(&text, &path.display().to_string()).unwrap();
+            assert!(!map.plan().is_empty());
+            n += 1;
+        }
+        assert!(n >= 2);
     }
 
     #[test]

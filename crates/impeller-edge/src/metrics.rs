@@ -11,6 +11,7 @@ use crate::outbox::Class;
 pub struct Metrics {
     pub readings: AtomicU64,
     pub readings_invalid: AtomicU64,
+    pub source_errors: AtomicU64,
     pub frames: AtomicU64,
     pub scored: AtomicU64,
     pub alarms: AtomicU64,
@@ -55,6 +56,12 @@ impl Metrics {
             "counter",
             "Readings refused as malformed.",
             get(&self.readings_invalid).to_string(),
+        );
+        line(
+            "source_errors_total",
+            "counter",
+            "Source failures: controller unreachable, reads refused, malformed responses.",
+            get(&self.source_errors).to_string(),
         );
         line("frames_total", "counter", "Frames given to the model.", get(&self.frames).to_string());
         line("scores_total", "counter", "Frames scored.", get(&self.scored).to_string());
