@@ -22,6 +22,16 @@ pub fn topic(device: &str, kind: &str) -> String {
     format!("{TOPIC_ROOT}/{device}/{kind}")
 }
 
+/// Kinds an agent sends to the hub, each in an [`Envelope`].
+pub const UPLINK_KINDS: [&str; 5] = ["alerts", "telemetry", "samples", "sketches", "events"];
+
+/// `impeller/v1/devices/{device}/{kind}` → (device, kind), for a valid device id.
+pub fn parse_topic(topic: &str) -> Option<(&str, &str)> {
+    let rest = topic.strip_prefix(TOPIC_ROOT)?.strip_prefix('/')?;
+    let (device, kind) = rest.split_once('/')?;
+    (valid_device_id(device) && !kind.contains('/')).then_some((device, kind))
+}
+
 /// Device ids are 1 to 64 of `[A-Za-z0-9._-]`: safe in topics, file names and URLs.
 pub fn valid_device_id(id: &str) -> bool {
     (1..=64).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
@@ -93,6 +103,10 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, WireError> {
 pub struct Ack {
     pub v: u32,
     pub acked: u64,
+}
+
+pub fn encode_ack(acked: u64) -> Vec<u8> {
+    format!(r#"{{"v":{SCHEMA_VERSION},"acked":{acked}}}"#).into_bytes()
 }
 
 pub fn decode_ack(bytes: &[u8]) -> Result<Ack, WireError> {
@@ -248,5 +262,14 @@ mod tests {
         for bad in ["", "a/b", "a+b", "a#", "ä", &"x".repeat(65)] {
             assert!(!valid_device_id(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn topics_parse_back() {
+        assert_eq!(parse_topic(&topic("p-101", "alerts")), Some(("p-101", "alerts")));
+        assert_eq!(parse_topic("impeller/v1/devices/p-101/alerts/x"), None);
+        assert_eq!(parse_topic("impeller/v1/devices/+/alerts"), None);
+        assert_eq!(parse_topic("other/p/alerts"), None);
+        assert_eq!(decode_ack(&encode_ack(42)).unwrap().acked, 42);
     }
 }

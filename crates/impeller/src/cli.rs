@@ -43,6 +43,25 @@ pub enum Command {
     /// Build, sign, verify and inspect model packages.
     #[command(subcommand)]
     Package(PackageCommand),
+    /// Run the hub: receives what the edge agents send and stores each message once. Embedded
+    /// MQTT broker and SQLite by default; runs until Ctrl-C.
+    Hub(HubArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HubArgs {
+    /// Folder for the database (and, later, artifacts); created if missing.
+    #[arg(long, value_name = "DIR", default_value = "impeller-hub-data")]
+    pub data_dir: PathBuf,
+    /// Where the embedded MQTT broker listens (not 1883, which a system broker may hold).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1884")]
+    pub mqtt_listen: std::net::SocketAddr,
+    /// Use this MQTT broker (mqtt://host:port) instead of the embedded one.
+    #[arg(long, value_name = "URL")]
+    pub broker: Option<String>,
+    /// Database URL: sqlite:PATH or postgres://… (default: sqlite in the data folder).
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -38,5 +38,40 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Model(ModelCommand::Inspect { file, json }) => commands::inspect(&file, json),
         Command::Keys(cli::KeysCommand::Generate(args)) => packages::keys_generate(args),
         Command::Package(cmd) => packages::run(cmd),
+        Command::Hub(args) => hub(args),
     }
+}
+
+/// `impeller hub`: starts the hub and logs what it ingests once a minute until Ctrl-C.
+fn hub(args: cli::HubArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", args.data_dir.display()))?;
+    let cfg = impeller_hub::HubConfig {
+        database: args.database.unwrap_or_else(|| format!("sqlite:{}", args.data_dir.join("hub.db").display())),
+        mqtt_listen: args.broker.is_none().then_some(args.mqtt_listen),
+        external_broker: args.broker,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let hub = impeller_hub::Hub::start(&cfg).await?;
+        match &cfg.external_broker {
+            Some(url) => tracing::info!(broker = %url, database = %cfg.database, "hub running"),
+            None => tracing::info!(mqtt = ?cfg.mqtt_listen, database = %cfg.database, "hub running"),
+        }
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break,
+                _ = tick.tick() => {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    let s = &hub.stats;
+                    tracing::info!(stored = s.stored.load(Relaxed), duplicates = s.duplicates.load(Relaxed),
+                        refused = s.refused.load(Relaxed), "ingest");
+                }
+            }
+        }
+        tracing::info!("stopping");
+        Ok(())
+    })
 }

@@ -1,0 +1,146 @@
+//! The hub's connection to MQTT: an embedded rumqttd broker consumed in-process (the default),
+//! or any external MQTT broker through a client. Either way the rest of the hub sees two
+//! channels: publishes coming in on the device topics, and publishes to send.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::mpsc;
+
+/// A publish received on `impeller/v1/devices/+/+`.
+#[derive(Debug)]
+pub struct Received {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+/// A publish to send.
+#[derive(Debug)]
+pub struct Send {
+    pub topic: String,
+    pub payload: Vec<u8>,
+}
+
+#[derive(Debug)]
+pub struct Bus {
+    pub incoming: mpsc::Receiver<Received>,
+    pub outgoing: mpsc::Sender<Send>,
+}
+
+const FILTER: &str = "impeller/v1/devices/+/+";
+
+/// Starts rumqttd listening for MQTT 3.1.1 clients on `listen`, on its own threads.
+pub fn embedded(listen: SocketAddr) -> anyhow::Result<Bus> {
+    let connections = rumqttd::ConnectionSettings {
+        connection_timeout_ms: 60_000,
+        max_payload_size: 4 << 20,
+        max_inflight_count: 500,
+        auth: None,
+        external_auth: None,
+        dynamic_filters: true,
+    };
+    let server =
+        rumqttd::ServerSettings { name: "v4".into(), listen, tls: None, next_connection_delay_ms: 1, connections };
+    let config = rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: 100_000,
+            max_outgoing_packet_count: 1000,
+            // The broker keeps messages in memory only; the agents' outboxes are what is durable.
+            max_segment_size: 16 << 20,
+            max_segment_count: 8,
+            ..Default::default()
+        },
+        v4: Some(HashMap::from([("1".to_string(), server)])),
+        ..Default::default()
+    };
+    let mut broker = rumqttd::Broker::new(config);
+    let (mut link_tx, mut link_rx) = broker.link("impeller-hub")?;
+    std::thread::Builder::new().name("mqtt-broker".into()).spawn(move || {
+        if let Err(error) = broker.start() {
+            tracing::error!(%error, "the embedded MQTT broker stopped");
+        }
+    })?;
+    link_tx.subscribe(FILTER)?;
+
+    let (in_tx, incoming) = mpsc::channel(10_000);
+    std::thread::Builder::new().name("mqtt-link-rx".into()).spawn(move || {
+        loop {
+            match link_rx.recv() {
+                Ok(Some(rumqttd::Notification::Forward(f))) => {
+                    let topic = String::from_utf8_lossy(&f.publish.topic).into_owned();
+                    if in_tx.blocking_send(Received { topic, payload: f.publish.payload.to_vec() }).is_err() {
+                        return;
+                    }
+                }
+                // Without this the router stops scheduling the link after a few thousand messages.
+                Ok(Some(rumqttd::Notification::Unschedule)) => {
+                    if link_rx.ready().is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::error!(%error, "the embedded broker's link closed");
+                    return;
+                }
+            }
+        }
+    })?;
+    let (outgoing, mut out_rx) = mpsc::channel::<Send>(10_000);
+    std::thread::Builder::new().name("mqtt-link-tx".into()).spawn(move || {
+        while let Some(s) = out_rx.blocking_recv() {
+            if let Err(error) = link_tx.publish(s.topic, s.payload) {
+                tracing::error!(%error, "cannot publish through the embedded broker");
+                return;
+            }
+        }
+    })?;
+    Ok(Bus { incoming, outgoing })
+}
+
+/// Connects to an external broker at `mqtt://host:port` as client `impeller-hub`.
+pub fn external(url: &str, client_id: &str) -> anyhow::Result<Bus> {
+    let rest = url.strip_prefix("mqtt://").ok_or_else(|| anyhow::anyhow!("broker `{url}` must start with mqtt://"))?;
+    let (host, port) = rest.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("broker `{url}` needs a port"))?;
+    let port: u16 = port.parse().map_err(|_| anyhow::anyhow!("broker `{url}`: `{port}` is not a port"))?;
+    let mut opts = MqttOptions::new(client_id, host, port);
+    opts.set_keep_alive(Duration::from_secs(30));
+    opts.set_max_packet_size(4 << 20, 4 << 20);
+    opts.set_inflight(500);
+    let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
+    let (in_tx, incoming) = mpsc::channel(10_000);
+    let sub = client.clone();
+    tokio::spawn(async move {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    if let Err(error) = sub.subscribe(FILTER, QoS::AtLeastOnce).await {
+                        tracing::error!(%error, "cannot subscribe to the device topics");
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if in_tx.send(Received { topic: p.topic, payload: p.payload.to_vec() }).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, "broker unreachable; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    });
+    let (outgoing, mut out_rx) = mpsc::channel::<Send>(10_000);
+    tokio::spawn(async move {
+        while let Some(s) = out_rx.recv().await {
+            if let Err(error) = client.publish(s.topic, QoS::AtLeastOnce, false, s.payload).await {
+                tracing::error!(%error, "cannot publish to the broker");
+            }
+        }
+    });
+    Ok(Bus { incoming, outgoing })
+}

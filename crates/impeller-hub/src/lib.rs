@@ -1,0 +1,45 @@
+//! The Impeller hub: the control plane the edge agents talk to. So far: ingestion of what the
+//! agents send, stored once per (device, seq) in SQLite or PostgreSQL and acknowledged after the
+//! commit, behind an embedded rumqttd broker or an external MQTT broker.
+
+pub mod bus;
+pub mod ingest;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// Where the hub keeps things and how agents reach it.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// `sqlite:PATH` or `postgres://…`.
+    pub database: String,
+    /// Listen address of the embedded broker, or `None` with `external_broker`.
+    pub mqtt_listen: Option<SocketAddr>,
+    /// `mqtt://host:port` of an external broker instead of the embedded one.
+    pub external_broker: Option<String>,
+}
+
+/// A running hub's handles.
+#[derive(Debug)]
+pub struct Hub {
+    pub store: store::Store,
+    pub stats: Arc<ingest::IngestStats>,
+    pub ingest: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Hub {
+    /// Opens the database (applying migrations), starts the broker or connects to one, and
+    /// starts ingesting. Must run inside a tokio runtime.
+    pub async fn start(cfg: &HubConfig) -> anyhow::Result<Hub> {
+        let store = store::Store::open(&cfg.database).await?;
+        let bus = match (&cfg.external_broker, cfg.mqtt_listen) {
+            (Some(url), _) => bus::external(url, "impeller-hub")?,
+            (None, Some(listen)) => bus::embedded(listen)?,
+            (None, None) => anyhow::bail!("the hub needs an MQTT listen address or an external broker"),
+        };
+        let stats = Arc::new(ingest::IngestStats::default());
+        let ingest = tokio::spawn(ingest::run(bus, store.clone(), stats.clone(), 1000));
+        Ok(Hub { store, stats, ingest })
+    }
+}

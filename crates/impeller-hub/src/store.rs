@@ -1,0 +1,224 @@
+//! Storage of what the agents send, in SQLite (embedded default) or PostgreSQL (scale-out),
+//! chosen by URL. Numbered migrations per backend are embedded in the binary and applied at
+//! start in one transaction each.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Executor, Row};
+
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "telemetry", include_str!("../migrations/sqlite/0001_telemetry.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] =
+    &[(1, "telemetry", include_str!("../migrations/postgres/0001_telemetry.sql"))];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database URL `{0}`: use sqlite:PATH or postgres://…")]
+    Url(String),
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// One message as received, checked against its topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming {
+    pub device: String,
+    pub seq: u64,
+    pub prev: u64,
+    pub ts_ms: i64,
+    pub kind: String,
+    pub body: String,
+}
+
+/// A stored message, for queries and tests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    pub seq: u64,
+    pub prev: u64,
+    pub ts_ms: i64,
+    pub kind: String,
+    pub body: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum Store {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// What one committed batch did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Committed {
+    /// Messages stored for the first time.
+    pub stored: u64,
+    /// Messages already stored (redeliveries).
+    pub duplicates: u64,
+}
+
+impl Store {
+    /// `sqlite:PATH` (created if missing) or `postgres://…`; migrations applied.
+    pub async fn open(url: &str) -> Result<Store, StoreError> {
+        let store = if url.starts_with("sqlite:") {
+            // WAL with full sync: an acknowledged message survives a power cut of the hub.
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Full)
+                .busy_timeout(std::time::Duration::from_secs(10));
+            Store::Sqlite(SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let opts = PgConnectOptions::from_str(url)?;
+            Store::Postgres(PgPoolOptions::new().max_connections(8).connect_with(opts).await?)
+        } else {
+            return Err(StoreError::Url(url.to_string()));
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        let create = "CREATE TABLE IF NOT EXISTS impeller_migrations \
+                      (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_ms BIGINT NOT NULL)";
+        macro_rules! apply {
+            ($pool:expr, $list:expr) => {{
+                $pool.execute(create).await?;
+                for (version, name, sql) in $list {
+                    let mut tx = $pool.begin().await?;
+                    let done: Option<i64> =
+                        sqlx::query_scalar("SELECT version FROM impeller_migrations WHERE version = $1")
+                            .bind(version)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                    if done.is_some() {
+                        continue;
+                    }
+                    tx.execute(*sql).await?;
+                    sqlx::query("INSERT INTO impeller_migrations (version, name, applied_ms) VALUES ($1, $2, $3)")
+                        .bind(version)
+                        .bind(name)
+                        .bind(now_ms())
+                        .execute(&mut *tx)
+                        .await?;
+                    tx.commit().await?;
+                    tracing::info!(version, name, "database migration applied");
+                }
+            }};
+        }
+        match self {
+            Store::Sqlite(p) => apply!(p, SQLITE_MIGRATIONS),
+            Store::Postgres(p) => apply!(p, POSTGRES_MIGRATIONS),
+        }
+        Ok(())
+    }
+
+    /// Stores a batch in one transaction, each (device, seq) once, and records each device's
+    /// new acknowledged prefix. Returns only after the commit: acknowledge after this.
+    pub async fn commit(&self, batch: &[Incoming], acked: &BTreeMap<String, u64>) -> Result<Committed, StoreError> {
+        let now = now_ms();
+        let mut out = Committed::default();
+        macro_rules! run {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                for m in batch {
+                    let r = sqlx::query(
+                        "INSERT INTO messages (device, seq, prev, ts_ms, kind, body, received_ms) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (device, seq) DO NOTHING",
+                    )
+                    .bind(&m.device)
+                    .bind(m.seq as i64)
+                    .bind(m.prev as i64)
+                    .bind(m.ts_ms)
+                    .bind(&m.kind)
+                    .bind(&m.body)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                    if r.rows_affected() == 1 {
+                        out.stored += 1;
+                    } else {
+                        out.duplicates += 1;
+                    }
+                }
+                for (device, acked) in acked {
+                    sqlx::query(
+                        "INSERT INTO device_streams (device, acked, last_seen_ms) VALUES ($1, $2, $3) \
+                         ON CONFLICT (device) DO UPDATE SET acked = excluded.acked, last_seen_ms = excluded.last_seen_ms",
+                    )
+                    .bind(device)
+                    .bind(*acked as i64)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+            }};
+        }
+        match self {
+            Store::Sqlite(p) => run!(p),
+            Store::Postgres(p) => run!(p),
+        }
+        Ok(out)
+    }
+
+    /// A device's acknowledged prefix and the (seq, prev) of what is stored beyond it.
+    pub async fn stream_state(&self, device: &str) -> Result<(u64, BTreeMap<u64, u64>), StoreError> {
+        macro_rules! run {
+            ($pool:expr) => {{
+                let acked: Option<i64> = sqlx::query_scalar("SELECT acked FROM device_streams WHERE device = $1")
+                    .bind(device)
+                    .fetch_optional($pool)
+                    .await?;
+                let acked = acked.unwrap_or(0);
+                let rows = sqlx::query("SELECT seq, prev FROM messages WHERE device = $1 AND seq > $2")
+                    .bind(device)
+                    .bind(acked)
+                    .fetch_all($pool)
+                    .await?;
+                let mut beyond = BTreeMap::new();
+                for r in rows {
+                    beyond.insert(r.try_get::<i64, _>(0)? as u64, r.try_get::<i64, _>(1)? as u64);
+                }
+                (acked as u64, beyond)
+            }};
+        }
+        Ok(match self {
+            Store::Sqlite(p) => run!(p),
+            Store::Postgres(p) => run!(p),
+        })
+    }
+
+    /// A device's messages, oldest first.
+    pub async fn messages(&self, device: &str) -> Result<Vec<StoredMessage>, StoreError> {
+        macro_rules! run {
+            ($pool:expr) => {{
+                let rows =
+                    sqlx::query("SELECT seq, prev, ts_ms, kind, body FROM messages WHERE device = $1 ORDER BY seq")
+                        .bind(device)
+                        .fetch_all($pool)
+                        .await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    out.push(StoredMessage {
+                        seq: r.try_get::<i64, _>(0)? as u64,
+                        prev: r.try_get::<i64, _>(1)? as u64,
+                        ts_ms: r.try_get(2)?,
+                        kind: r.try_get(3)?,
+                        body: r.try_get(4)?,
+                    });
+                }
+                out
+            }};
+        }
+        Ok(match self {
+            Store::Sqlite(p) => run!(p),
+            Store::Postgres(p) => run!(p),
+        })
+    }
+}
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
