@@ -9,6 +9,9 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Executor, Row};
 
+/// Messages per INSERT statement (7 parameters each; SQLite allows 32,766 per statement).
+const INSERT_CHUNK: usize = 500;
+
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] =
     &[(1, "telemetry", include_str!("../migrations/sqlite/0001_telemetry.sql"))];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] =
@@ -122,25 +125,24 @@ impl Store {
         macro_rules! run {
             ($pool:expr) => {{
                 let mut tx = $pool.begin().await?;
-                for m in batch {
-                    let r = sqlx::query(
-                        "INSERT INTO messages (device, seq, prev, ts_ms, kind, body, received_ms) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (device, seq) DO NOTHING",
-                    )
-                    .bind(&m.device)
-                    .bind(m.seq as i64)
-                    .bind(m.prev as i64)
-                    .bind(m.ts_ms)
-                    .bind(&m.kind)
-                    .bind(&m.body)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                    if r.rows_affected() == 1 {
-                        out.stored += 1;
-                    } else {
-                        out.duplicates += 1;
-                    }
+                // Multi-row inserts: one round trip per chunk, not per message.
+                for chunk in batch.chunks(INSERT_CHUNK) {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "INSERT INTO messages (device, seq, prev, ts_ms, kind, body, received_ms) ",
+                    );
+                    q.push_values(chunk, |mut row, m| {
+                        row.push_bind(&m.device)
+                            .push_bind(m.seq as i64)
+                            .push_bind(m.prev as i64)
+                            .push_bind(m.ts_ms)
+                            .push_bind(&m.kind)
+                            .push_bind(&m.body)
+                            .push_bind(now);
+                    });
+                    q.push(" ON CONFLICT (device, seq) DO NOTHING");
+                    let inserted = q.build().execute(&mut *tx).await?.rows_affected();
+                    out.stored += inserted;
+                    out.duplicates += chunk.len() as u64 - inserted;
                 }
                 for (device, acked) in acked {
                     sqlx::query(

@@ -117,6 +117,9 @@ async fn exactly_once(cfg: HubConfig, host: &str, port: u16) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(hub.stats.refused.load(std::sync::atomic::Ordering::Relaxed), 2, "malformed and spoofed");
+    let resent = (1..=n).filter(|s| s % 7 == 0).count() as u64;
+    let duplicates = hub.stats.duplicates.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(duplicates >= resent, "{duplicates} duplicates counted, {resent} sent");
     // A restarted hub resumes the stream where it was: a redelivery is acknowledged at once.
     let (acked, beyond) = hub.store.stream_state(&device).await.unwrap();
     assert_eq!((acked, beyond.len()), (n, 0));
