@@ -40,7 +40,7 @@ async fn device(port: u16, id: String, n: u64) {
     // An aggregate-sized body: 8 channels of statistics.
     let body = format!(
         r#"{{"from_ms":0,"to_ms":60000,"channels":[{}]}}"#,
-        vec![r#"{"n":600,"mean":31.9,"min":29.8,"max":34.1,"std":1.22}"#; 8].join(",")
+        [r#"{"n":600,"mean":31.9,"min":29.8,"max":34.1,"std":1.22}"#; 8].join(",")
     );
     let publisher = client.clone();
     let id2 = id.clone();
