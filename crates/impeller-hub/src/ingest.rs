@@ -60,6 +60,8 @@ fn check(r: &Received) -> Option<Result<Incoming, String>> {
             Err(format!("{}: envelope kind `{}` differs from the topic's", r.topic, env.kind))
         }
         Ok(env) if env.prev >= env.seq => Err(format!("{}: prev {} is not below seq {}", r.topic, env.prev, env.seq)),
+        // Databases store them as signed 64-bit integers.
+        Ok(env) if env.seq > i64::MAX as u64 => Err(format!("{}: seq {} is out of range", r.topic, env.seq)),
         Ok(env) => Ok(Incoming {
             device: env.device,
             seq: env.seq,
@@ -100,22 +102,14 @@ pub async fn run(mut bus: Bus, store: Store, stats: Arc<IngestStats>, max_batch:
             continue;
         }
         // The streams as they will be once this batch is committed.
-        let mut next: BTreeMap<String, Stream> = BTreeMap::new();
-        for m in &batch {
-            if !next.contains_key(&m.device) {
-                let s = match streams.get(&m.device) {
-                    Some(s) => s.clone(),
-                    None => {
-                        let (acked, beyond) = store.stream_state(&m.device).await?;
-                        Stream { acked, beyond }
-                    }
-                };
-                next.insert(m.device.clone(), s);
+        let next = match next_streams(&streams, &store, &batch).await {
+            Ok(next) => next,
+            Err(error) => {
+                tracing::error!(%error, messages = batch.len(), "cannot read stream state; not acknowledged");
+                tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                continue;
             }
-            if let Some(s) = next.get_mut(&m.device) {
-                s.add(m.seq, m.prev);
-            }
-        }
+        };
         let acked: BTreeMap<String, u64> = next.iter().map(|(d, s)| (d.clone(), s.acked)).collect();
         match store.commit(&batch, &acked).await {
             Ok(c) => {
@@ -136,6 +130,32 @@ pub async fn run(mut bus: Bus, store: Store, stats: Arc<IngestStats>, max_batch:
             }
         }
     }
+}
+
+/// The streams of the batch's devices with the batch added (loaded from the store the first
+/// time a device is seen by this process).
+async fn next_streams(
+    streams: &HashMap<String, Stream>,
+    store: &Store,
+    batch: &[Incoming],
+) -> Result<BTreeMap<String, Stream>, crate::store::StoreError> {
+    let mut next: BTreeMap<String, Stream> = BTreeMap::new();
+    for m in batch {
+        if !next.contains_key(&m.device) {
+            let s = match streams.get(&m.device) {
+                Some(s) => s.clone(),
+                None => {
+                    let (acked, beyond) = store.stream_state(&m.device).await?;
+                    Stream { acked, beyond }
+                }
+            };
+            next.insert(m.device.clone(), s);
+        }
+        if let Some(s) = next.get_mut(&m.device) {
+            s.add(m.seq, m.prev);
+        }
+    }
+    Ok(next)
 }
 
 #[cfg(test)]

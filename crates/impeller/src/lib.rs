@@ -53,7 +53,7 @@ fn hub(args: cli::HubArgs) -> anyhow::Result<()> {
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
-        let hub = impeller_hub::Hub::start(&cfg).await?;
+        let mut hub = impeller_hub::Hub::start(&cfg).await?;
         match &cfg.external_broker {
             Some(url) => tracing::info!(broker = %url, database = %cfg.database, "hub running"),
             None => tracing::info!(mqtt = ?cfg.mqtt_listen, database = %cfg.database, "hub running"),
@@ -63,6 +63,10 @@ fn hub(args: cli::HubArgs) -> anyhow::Result<()> {
         loop {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => break,
+                ended = &mut hub.ingest => {
+                    ended??;
+                    anyhow::bail!("ingestion stopped: the broker link closed");
+                }
                 _ = tick.tick() => {
                     use std::sync::atomic::Ordering::Relaxed;
                     let s = &hub.stats;

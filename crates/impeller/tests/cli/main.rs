@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 mod bad_input;
+mod hub;
 mod packages;
 mod skab;
 mod train_score;
