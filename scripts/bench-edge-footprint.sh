@@ -3,19 +3,23 @@
 # (aggregates, sketches, raw samples and alerts written and published; nobody acknowledges, so
 # the outbox only grows), and the stripped binary size.
 #
-#   scripts/bench-edge-footprint.sh [SKAB_DIR] [BROKER]
+#   scripts/bench-edge-footprint.sh [SKAB_DIR] [BROKER] [csv|mqtt]
 #
-# Replays SKAB's anomaly-free recording (8 channels, one row per second) at 100x speed = 100 Hz,
-# after 10 s of warm-up measures 60 s from /proc: resident memory (now and peak) and CPU time.
+# Source csv (default): replays SKAB's anomaly-free recording (8 channels, one row per second)
+# at 100x speed = 100 Hz. Source mqtt: a third-party publisher (scripts/publish-readings.py,
+# needs paho-mqtt) sends the same rows as one MQTT message per reading at 100 Hz to BROKER,
+# and the agent subscribes. After 10 s of warm-up, measures 60 s from /proc: resident memory
+# (now and peak) and CPU time of the agent alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 skab="${1:-../shared/datasets/skab}"
 broker="${2:-mqtt://127.0.0.1:1883}"
+source="${3:-csv}"
 cargo build --release -p impeller -p impeller-edge >/dev/null 2>&1
 impeller=target/release/impeller
 edge=target/release/impeller-edge
 work=$(mktemp -d)
-trap 'kill "${pid:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'kill "${pid:-0}" "${pub:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
 $impeller -q keys generate --name ops --out "$work" >/dev/null
 $impeller -q train --data "$skab/anomaly-free/anomaly-free.csv" --rows 400 --out "$work/m.json" >/dev/null
@@ -37,13 +41,18 @@ aggregate_interval_s = 60
 sketch_interval_s = 600
 raw_every = 10
 raw_batch = 60
-[source]
-kind = "csv"
-path = "$skab/anomaly-free/anomaly-free.csv"
-speed = 100
 [metrics]
 listen = ""
 TOML
+if [ "$source" = mqtt ]; then
+  hostport=${broker#mqtt://}
+  topic="bench/footprint/readings"
+  printf '[source]\nkind = "mqtt"\nbroker = "%s"\ntopic = "%s"\n' "$broker" "$topic" >> "$work/edge.toml"
+  python3 scripts/publish-readings.py "$skab/anomaly-free/anomaly-free.csv" "${hostport%:*}" "${hostport##*:}" "$topic" 100 &
+  pub=$!
+else
+  printf '[source]\nkind = "csv"\npath = "%s"\nspeed = 100\n' "$skab/anomaly-free/anomaly-free.csv" >> "$work/edge.toml"
+fi
 $edge -q install --config "$work/edge.toml" "$work/p.tar.gz" >/dev/null
 $edge -q run --config "$work/edge.toml" &
 pid=$!
@@ -51,7 +60,7 @@ sleep 10
 ticks=$(getconf CLK_TCK)
 cpu0=$(awk '{print $14 + $15}' "/proc/$pid/stat")
 t0=$(date +%s.%N)
-sleep 60
+sleep ${MEASURE_S:-60}
 cpu1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
 t1=$(date +%s.%N)
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
@@ -59,8 +68,8 @@ hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
 kill "$pid"; wait "$pid" 2>/dev/null || true
 cp "$edge" "$work/edge-stripped"; strip "$work/edge-stripped"
 size=$(stat -c %s "$work/edge-stripped")
-awk -v c0="$cpu0" -v c1="$cpu1" -v t0="$t0" -v t1="$t1" -v hz="$ticks" -v rss="$rss" -v hwm="$hwm" -v size="$size" 'BEGIN {
+awk -v c0="$cpu0" -v c1="$cpu1" -v t0="$t0" -v t1="$t1" -v hz="$ticks" -v rss="$rss" -v hwm="$hwm" -v size="$size" -v src="$source" 'BEGIN {
   printf "resident memory: %.1f MiB now, %.1f MiB peak\n", rss/1024, hwm/1024
-  printf "cpu: %.2f %% of one core over %.0f s (8 channels at 100 Hz)\n", 100*(c1-c0)/hz/(t1-t0), t1-t0
+  printf "cpu: %.2f %% of one core over %.0f s (8 channels at 100 Hz, source %s)\n", 100*(c1-c0)/hz/(t1-t0), t1-t0, src
   printf "stripped binary: %.1f MiB\n", size/1048576
 }'

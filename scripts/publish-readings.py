@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""A third-party device for benchmarks: publishes the rows of a SKAB-layout CSV file as agent
+readings ({"ts_ms": ..., "values": {name: value}}) over MQTT at a fixed rate, one message per
+reading, cycling through the file.
+
+    pip install paho-mqtt
+    scripts/publish-readings.py CSV HOST PORT TOPIC RATE_HZ
+"""
+import csv
+import json
+import sys
+import time
+
+import paho.mqtt.client as mqtt
+
+
+def main():
+    path, host, port, topic, rate = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f, delimiter=";"))
+    names, rows = rows[0][1:], rows[1:]
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-publisher-{time.time_ns()}")
+    client.connect(host, port)
+    client.loop_start()
+    period = 1.0 / rate
+    next_t = time.monotonic()
+    i = 0
+    while True:
+        row = rows[i % len(rows)]
+        values = {n: float(v) for n, v in zip(names, row[1:1 + len(names)])}
+        client.publish(topic, json.dumps({"ts_ms": int(time.time() * 1000), "values": values}), qos=0)
+        i += 1
+        next_t += period
+        time.sleep(max(0.0, next_t - time.monotonic()))
+
+
+if __name__ == "__main__":
+    main()
