@@ -123,6 +123,9 @@ struct Uplink {
     connected: bool,
     queue: VecDeque<Outgoing>,
     sent_seq: u64,
+    /// Sequence numbers sent and not yet acknowledged, oldest first. The window is counted in
+    /// records, not in sequence numbers: after evictions the numbers have gaps.
+    in_flight: VecDeque<u64>,
     last_progress: Instant,
 }
 
@@ -144,7 +147,11 @@ impl Uplink {
         }
         loop {
             if self.queue.is_empty() {
-                if self.sent_seq.saturating_sub(outbox.acked()) >= cfg.hub.max_unacked {
+                let acked = outbox.acked();
+                while self.in_flight.front().is_some_and(|s| *s <= acked) {
+                    self.in_flight.pop_front();
+                }
+                if self.in_flight.len() as u64 >= cfg.hub.max_unacked {
                     return Ok(false); // the hub is behind; wait for acknowledgements
                 }
                 outbox.sync()?;
@@ -159,6 +166,7 @@ impl Uplink {
             match self.client.try_publish(wire::topic(&self.device, kind), QoS::AtLeastOnce, false, payload) {
                 Ok(()) => {
                     self.sent_seq = r.seq;
+                    self.in_flight.push_back(r.seq);
                     self.queue.pop_front();
                     Metrics::add(&metrics.sent, 1);
                 }
@@ -169,6 +177,7 @@ impl Uplink {
 
     fn restart(&mut self, outbox: &mut Outbox) {
         self.queue.clear();
+        self.in_flight.clear();
         outbox.rewind();
         self.sent_seq = outbox.acked();
         self.last_progress = Instant::now();
@@ -283,6 +292,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         connected: false,
         queue: VecDeque::new(),
         sent_seq: outbox.acked(),
+        in_flight: VecDeque::new(),
         last_progress: Instant::now(),
     };
 
