@@ -61,8 +61,12 @@ async fn device(port: u16, id: String, n: u64) {
 
 async fn run(label: &str, database: String, devices: u64, messages: u64) {
     let port = free_port();
-    let cfg =
-        HubConfig { database, mqtt_listen: Some(format!("127.0.0.1:{port}").parse().unwrap()), external_broker: None };
+    let cfg = HubConfig {
+        database,
+        mqtt_listen: Some(format!("127.0.0.1:{port}").parse().unwrap()),
+        external_broker: None,
+        device_auth: false,
+    };
     let hub = Hub::start(&cfg).await.unwrap();
     while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
         tokio::time::sleep(Duration::from_millis(20)).await;

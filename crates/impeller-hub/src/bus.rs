@@ -9,6 +9,8 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
+use crate::fleet::Credentials;
+
 /// A publish received on `impeller/v1/devices/+/+`.
 #[derive(Debug)]
 pub struct Received {
@@ -31,14 +33,26 @@ pub struct Bus {
 
 const FILTER: &str = "impeller/v1/devices/+/+";
 
-/// Starts rumqttd listening for MQTT 3.1.1 clients on `listen`, on its own threads.
-pub fn embedded(listen: SocketAddr) -> anyhow::Result<Bus> {
+/// Starts rumqttd listening for MQTT 3.1.1 clients on `listen`, on its own threads. With
+/// `credentials`, a client must connect as a provisioned device (client id and user name = the
+/// device id, password = its secret); without, anyone may connect.
+pub fn embedded(listen: SocketAddr, credentials: Option<Credentials>) -> anyhow::Result<Bus> {
+    let external_auth: Option<rumqttd::AuthHandler> = credentials.map(|c| {
+        let handler: rumqttd::AuthHandler = std::sync::Arc::new(move |client_id, user, pass| {
+            let ok = c.verify(&client_id, &user, &pass);
+            if !ok {
+                tracing::warn!(%client_id, %user, "refused an MQTT connection: unknown or revoked device, or wrong secret");
+            }
+            Box::pin(std::future::ready(ok))
+        });
+        handler
+    });
     let connections = rumqttd::ConnectionSettings {
         connection_timeout_ms: 60_000,
         max_payload_size: 4 << 20,
         max_inflight_count: 500,
         auth: None,
-        external_auth: None,
+        external_auth,
         dynamic_filters: true,
     };
     let server =

@@ -3,6 +3,7 @@
 //! commit, behind an embedded rumqttd broker or an external MQTT broker.
 
 pub mod bus;
+pub mod fleet;
 pub mod ingest;
 pub mod store;
 
@@ -16,8 +17,11 @@ pub struct HubConfig {
     pub database: String,
     /// Listen address of the embedded broker, or `None` with `external_broker`.
     pub mqtt_listen: Option<SocketAddr>,
-    /// `mqtt://host:port` of an external broker instead of the embedded one.
+    /// `mqtt://host:port` of an external broker instead of the embedded one (which then does
+    /// its own authentication).
     pub external_broker: Option<String>,
+    /// The embedded broker admits only provisioned devices with their secret. Off: anyone.
+    pub device_auth: bool,
 }
 
 /// A running hub's handles.
@@ -35,7 +39,17 @@ impl Hub {
         let store = store::Store::open(&cfg.database).await?;
         let bus = match (&cfg.external_broker, cfg.mqtt_listen) {
             (Some(url), _) => bus::external(url, "impeller-hub")?,
-            (None, Some(listen)) => bus::embedded(listen)?,
+            (None, Some(listen)) => {
+                let credentials = if cfg.device_auth {
+                    let c = fleet::Credentials::default();
+                    c.refresh(&store).await?;
+                    tokio::spawn(c.clone().keep_fresh(store.clone()));
+                    Some(c)
+                } else {
+                    None
+                };
+                bus::embedded(listen, credentials)?
+            }
             (None, None) => anyhow::bail!("the hub needs an MQTT listen address or an external broker"),
         };
         let stats = Arc::new(ingest::IngestStats::default());

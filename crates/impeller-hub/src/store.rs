@@ -2,20 +2,26 @@
 //! chosen by URL. Numbered migrations per backend are embedded in the binary and applied at
 //! start in one transaction each.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Executor, Row};
 
+use crate::fleet::{Credential, Device, hash_secret, random_hex};
+
 /// Messages per INSERT statement (7 parameters each; SQLite allows 32,766 per statement).
 const INSERT_CHUNK: usize = 500;
 
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "telemetry", include_str!("../migrations/sqlite/0001_telemetry.sql"))];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "telemetry", include_str!("../migrations/postgres/0001_telemetry.sql"))];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "telemetry", include_str!("../migrations/sqlite/0001_telemetry.sql")),
+    (2, "fleet", include_str!("../migrations/sqlite/0002_fleet.sql")),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "telemetry", include_str!("../migrations/postgres/0001_telemetry.sql")),
+    (2, "fleet", include_str!("../migrations/postgres/0002_fleet.sql")),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -23,6 +29,14 @@ pub enum StoreError {
     Url(String),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("device `{0}` already exists")]
+    DeviceExists(String),
+    #[error("no device `{0}`")]
+    NoDevice(String),
+    #[error("device id `{0}` must be 1 to 64 of A-Z a-z 0-9 . _ -")]
+    BadDeviceId(String),
+    #[error("no randomness from the operating system: {0}")]
+    Random(String),
 }
 
 /// One message as received, checked against its topic.
@@ -210,6 +224,104 @@ impl Store {
                         kind: r.try_get(3)?,
                         body: r.try_get(4)?,
                     });
+                }
+                out
+            }};
+        }
+        Ok(match self {
+            Store::Sqlite(p) => run!(p),
+            Store::Postgres(p) => run!(p),
+        })
+    }
+}
+
+impl Store {
+    /// Provisions a device; returns its secret, which is not stored and cannot be shown again.
+    pub async fn add_device(
+        &self,
+        id: &str,
+        tags: &BTreeMap<String, String>,
+        profile: &str,
+    ) -> Result<String, StoreError> {
+        if !impeller_core::wire::valid_device_id(id) {
+            return Err(StoreError::BadDeviceId(id.to_string()));
+        }
+        let secret = random_hex(32)?;
+        let salt = random_hex(16)?;
+        let tags_json = serde_json::to_string(tags).unwrap_or_else(|_| "{}".into());
+        let sql = "INSERT INTO devices (id, tags, profile, secret_salt, secret_hash, created_ms) \
+                   VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING";
+        macro_rules! run {
+            ($pool:expr) => {
+                sqlx::query(sql)
+                    .bind(id)
+                    .bind(&tags_json)
+                    .bind(profile)
+                    .bind(&salt)
+                    .bind(hash_secret(&salt, &secret))
+                    .bind(now_ms())
+                    .execute($pool)
+                    .await?
+                    .rows_affected()
+            };
+        }
+        let added = match self {
+            Store::Sqlite(p) => run!(p),
+            Store::Postgres(p) => run!(p),
+        };
+        if added == 0 {
+            return Err(StoreError::DeviceExists(id.to_string()));
+        }
+        Ok(secret)
+    }
+
+    /// Revokes a device: its connections are refused from the next credentials refresh.
+    pub async fn revoke_device(&self, id: &str) -> Result<(), StoreError> {
+        let sql = "UPDATE devices SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL";
+        let n = match self {
+            Store::Sqlite(p) => sqlx::query(sql).bind(now_ms()).bind(id).execute(p).await?.rows_affected(),
+            Store::Postgres(p) => sqlx::query(sql).bind(now_ms()).bind(id).execute(p).await?.rows_affected(),
+        };
+        if n == 0 && !self.devices().await?.iter().any(|d| d.id == id) {
+            return Err(StoreError::NoDevice(id.to_string()));
+        }
+        Ok(())
+    }
+
+    pub async fn devices(&self) -> Result<Vec<Device>, StoreError> {
+        let sql = "SELECT id, tags, profile, created_ms, revoked_ms FROM devices ORDER BY id";
+        macro_rules! run {
+            ($pool:expr) => {{
+                let mut out = Vec::new();
+                for r in sqlx::query(sql).fetch_all($pool).await? {
+                    out.push(Device {
+                        id: r.try_get(0)?,
+                        tags: serde_json::from_str(&r.try_get::<String, _>(1)?).unwrap_or_default(),
+                        profile: r.try_get(2)?,
+                        created_ms: r.try_get(3)?,
+                        revoked_ms: r.try_get(4)?,
+                    });
+                }
+                out
+            }};
+        }
+        Ok(match self {
+            Store::Sqlite(p) => run!(p),
+            Store::Postgres(p) => run!(p),
+        })
+    }
+
+    pub async fn credentials(&self) -> Result<HashMap<String, Credential>, StoreError> {
+        let sql = "SELECT id, secret_salt, secret_hash, revoked_ms FROM devices";
+        macro_rules! run {
+            ($pool:expr) => {{
+                let mut out = HashMap::new();
+                for r in sqlx::query(sql).fetch_all($pool).await? {
+                    let revoked: Option<i64> = r.try_get(3)?;
+                    out.insert(
+                        r.try_get::<String, _>(0)?,
+                        Credential { salt: r.try_get(1)?, hash: r.try_get(2)?, revoked: revoked.is_some() },
+                    );
                 }
                 out
             }};

@@ -46,22 +46,75 @@ pub enum Command {
     /// Run the hub: receives what the edge agents send and stores each message once. Embedded
     /// MQTT broker and SQLite by default; runs until Ctrl-C.
     Hub(HubArgs),
+    /// Provision, list and revoke devices (in the hub's database).
+    #[command(subcommand)]
+    Device(DeviceCommand),
+}
+
+/// Where the hub's database is: `--database URL`, or SQLite in `--data-dir`.
+#[derive(Debug, Args)]
+pub struct HubDb {
+    /// The hub's data folder.
+    #[arg(long, value_name = "DIR", default_value = "impeller-hub-data")]
+    pub data_dir: PathBuf,
+    /// Database URL: sqlite:PATH or postgres://… (default: sqlite in the data folder).
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+}
+
+impl HubDb {
+    pub fn url(&self) -> String {
+        self.database.clone().unwrap_or_else(|| format!("sqlite:{}", self.data_dir.join("hub.db").display()))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Provision a device and print its secret, once (the hub keeps only a hash of it).
+    Add {
+        /// Device id: 1 to 64 of A-Z a-z 0-9 . _ -
+        name: String,
+        /// Tags, e.g. site=north,manufacturer=acme,model=P-200
+        #[arg(long, default_value = "")]
+        tags: String,
+        /// Target profile the device's packages are built for.
+        #[arg(long, default_value = "default")]
+        profile: String,
+        #[command(flatten)]
+        db: HubDb,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List devices.
+    List {
+        #[command(flatten)]
+        db: HubDb,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a device: the broker refuses its connections within seconds.
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        db: HubDb,
+    },
 }
 
 #[derive(Debug, Args)]
 pub struct HubArgs {
-    /// Folder for the database (and, later, artifacts); created if missing.
-    #[arg(long, value_name = "DIR", default_value = "impeller-hub-data")]
-    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub db: HubDb,
     /// Where the embedded MQTT broker listens (not 1883, which a system broker may hold).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1884")]
     pub mqtt_listen: std::net::SocketAddr,
     /// Use this MQTT broker (mqtt://host:port) instead of the embedded one.
     #[arg(long, value_name = "URL")]
     pub broker: Option<String>,
-    /// Database URL: sqlite:PATH or postgres://… (default: sqlite in the data folder).
-    #[arg(long, value_name = "URL")]
-    pub database: Option<String>,
+    /// Let any client connect to the embedded broker (by default only provisioned devices).
+    #[arg(long)]
+    pub allow_anonymous: bool,
 }
 
 #[derive(Debug, Subcommand)]

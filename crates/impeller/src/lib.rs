@@ -39,17 +39,18 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Keys(cli::KeysCommand::Generate(args)) => packages::keys_generate(args),
         Command::Package(cmd) => packages::run(cmd),
         Command::Hub(args) => hub(args),
+        Command::Device(cmd) => device(cmd),
     }
 }
 
 /// `impeller hub`: starts the hub and logs what it ingests once a minute until Ctrl-C.
 fn hub(args: cli::HubArgs) -> anyhow::Result<()> {
-    std::fs::create_dir_all(&args.data_dir)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", args.data_dir.display()))?;
+    create_data_dir(&args.db)?;
     let cfg = impeller_hub::HubConfig {
-        database: args.database.unwrap_or_else(|| format!("sqlite:{}", args.data_dir.join("hub.db").display())),
+        database: args.db.url(),
         mqtt_listen: args.broker.is_none().then_some(args.mqtt_listen),
         external_broker: args.broker,
+        device_auth: !args.allow_anonymous,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
@@ -76,6 +77,64 @@ fn hub(args: cli::HubArgs) -> anyhow::Result<()> {
             }
         }
         tracing::info!("stopping");
+        Ok(())
+    })
+}
+
+fn create_data_dir(db: &cli::HubDb) -> anyhow::Result<()> {
+    if db.database.is_none() {
+        std::fs::create_dir_all(&db.data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", db.data_dir.display()))?;
+    }
+    Ok(())
+}
+
+/// `impeller device …`: works on the hub's database directly (the REST API will take over).
+fn device(cmd: cli::DeviceCommand) -> anyhow::Result<()> {
+    use std::io::Write;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let mut out = std::io::stdout().lock();
+    rt.block_on(async {
+        match cmd {
+            cli::DeviceCommand::Add { name, tags, profile, db, json } => {
+                let tags = impeller_hub::fleet::parse_tags(&tags).map_err(|e| InputError(format!("--tags: {e}")))?;
+                create_data_dir(&db)?;
+                let store = impeller_hub::store::Store::open(&db.url()).await?;
+                let secret = store.add_device(&name, &tags, &profile).await.map_err(|e| match e {
+                    impeller_hub::store::StoreError::DeviceExists(_)
+                    | impeller_hub::store::StoreError::BadDeviceId(_) => anyhow::Error::new(InputError(e.to_string())),
+                    other => other.into(),
+                })?;
+                if json {
+                    writeln!(out, "{}", serde_json::json!({ "id": name, "secret": secret }))?;
+                } else {
+                    writeln!(out, "device {name} provisioned")?;
+                    writeln!(out, "secret: {secret}")?;
+                    writeln!(out, "shown once: put it in the agent's [hub] password, with username = \"{name}\"")?;
+                }
+            }
+            cli::DeviceCommand::List { db, json } => {
+                let store = impeller_hub::store::Store::open(&db.url()).await?;
+                let devices = store.devices().await?;
+                if json {
+                    writeln!(out, "{}", serde_json::to_string(&devices)?)?;
+                } else {
+                    for d in devices {
+                        let tags: Vec<String> = d.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                        let state = if d.revoked_ms.is_some() { "revoked" } else { "active" };
+                        writeln!(out, "{}\t{}\t{}\t{}", d.id, state, d.profile, tags.join(","))?;
+                    }
+                }
+            }
+            cli::DeviceCommand::Revoke { name, db } => {
+                let store = impeller_hub::store::Store::open(&db.url()).await?;
+                store.revoke_device(&name).await.map_err(|e| match e {
+                    impeller_hub::store::StoreError::NoDevice(_) => anyhow::Error::new(InputError(e.to_string())),
+                    other => other.into(),
+                })?;
+                writeln!(out, "device {name} revoked")?;
+            }
+        }
         Ok(())
     })
 }

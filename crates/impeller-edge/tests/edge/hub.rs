@@ -1,5 +1,5 @@
-//! The agent against the real hub: embedded rumqttd broker and SQLite, in this process. Needs
-//! no external service, so it always runs.
+//! The agent against the real hub: embedded rumqttd broker (admitting provisioned devices only)
+//! and SQLite, in this process. Needs no external service, so it always runs.
 
 use std::time::Duration;
 
@@ -17,7 +17,16 @@ fn the_hub_stores_every_message_once_across_agent_restarts() {
         database: format!("sqlite:{}", site.dir.path().join("hub.db").display()),
         mqtt_listen: Some(format!("127.0.0.1:{port}").parse().unwrap()),
         external_broker: None,
+        device_auth: true,
     };
+    // Provisioned first, as an operator would; the agent connects with its secret.
+    let store = rt.block_on(impeller_hub::store::Store::open(&cfg.database)).unwrap();
+    let secret = rt.block_on(store.add_device(&site.device, &Default::default(), "gw-test")).unwrap();
+    let config = std::fs::read_to_string(&site.config).unwrap().replace(
+        "ack_timeout_s = 3",
+        &format!("ack_timeout_s = 3\nusername = \"{}\"\npassword = \"{secret}\"", site.device),
+    );
+    std::fs::write(&site.config, config).unwrap();
     let hub = rt.block_on(Hub::start(&cfg)).unwrap();
     assert!(site.install(&package(3), &[]).status.success());
 

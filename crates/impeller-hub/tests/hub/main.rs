@@ -133,6 +133,7 @@ async fn embedded_broker_and_sqlite_store_each_message_once() {
         database: format!("sqlite:{}", dir.path().join("hub.db").display()),
         mqtt_listen: Some(format!("127.0.0.1:{port}").parse().unwrap()),
         external_broker: None,
+        device_auth: false,
     };
     exactly_once(cfg, "127.0.0.1", port).await;
 }
@@ -146,6 +147,61 @@ async fn external_mosquitto_and_postgres_store_each_message_once() {
         return;
     };
     let (host, port) = broker.strip_prefix("mqtt://").unwrap().rsplit_once(':').unwrap();
-    let cfg = HubConfig { database: pg, mqtt_listen: None, external_broker: Some(broker.clone()) };
+    let cfg = HubConfig { database: pg, mqtt_listen: None, external_broker: Some(broker.clone()), device_auth: false };
     exactly_once(cfg, host, port.parse().unwrap()).await;
+}
+
+/// The outcome of one connection attempt to the embedded broker.
+async fn connects(port: u16, client_id: &str, user: &str, pass: &str) -> bool {
+    let mut opts = MqttOptions::new(client_id, "127.0.0.1", port);
+    opts.set_credentials(user, pass);
+    let (_client, mut ev) = AsyncClient::new(opts, 10);
+    match tokio::time::timeout(Duration::from_secs(5), ev.poll()).await {
+        Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => ack.code == rumqttc::ConnectReturnCode::Success,
+        _ => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_admits_only_provisioned_unrevoked_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = HubConfig {
+        database: format!("sqlite:{}", dir.path().join("hub.db").display()),
+        mqtt_listen: Some(format!("127.0.0.1:{port}").parse().unwrap()),
+        external_broker: None,
+        device_auth: true,
+    };
+    // Provisioned before the hub starts, as `impeller device add` would.
+    let store = impeller_hub::store::Store::open(&cfg.database).await.unwrap();
+    let tags = impeller_hub::fleet::parse_tags("site=north,manufacturer=acme").unwrap();
+    let secret = store.add_device("p-101", &tags, "gw-small").await.unwrap();
+    let other = store.add_device("p-102", &tags, "gw-small").await.unwrap();
+    assert!(store.add_device("p-101", &tags, "gw-small").await.is_err(), "ids are unique");
+    let hub = Hub::start(&cfg).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(Instant::now() < until);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(connects(port, "p-101", "p-101", &secret).await, "the right secret");
+    assert!(!connects(port, "p-101", "p-101", &other).await, "another device's secret");
+    assert!(!connects(port, "p-101", "p-101", "").await, "no secret");
+    assert!(!connects(port, "p-102", "p-101", &secret).await, "client id of another device");
+    assert!(!connects(port, "p-999", "p-999", &secret).await, "unknown device");
+    // Revoked (by another process, through the database): refused after the next refresh.
+    hub.store.revoke_device("p-101").await.unwrap();
+    tokio::time::sleep(impeller_hub::fleet::REFRESH + Duration::from_millis(500)).await;
+    assert!(!connects(port, "p-101", "p-101", &secret).await, "revoked");
+    assert!(connects(port, "p-102", "p-102", &other).await, "the others still connect");
+    let listed = hub.store.devices().await.unwrap();
+    assert_eq!(listed.len(), 2);
+    assert!(listed[0].revoked_ms.is_some() && listed[1].revoked_ms.is_none());
+    assert_eq!(listed[1].tags.get("site").map(String::as_str), Some("north"));
+    // No secret is stored in the clear.
+    let raw = std::fs::read(dir.path().join("hub.db")).unwrap_or_default();
+    let wal = std::fs::read(dir.path().join("hub.db-wal")).unwrap_or_default();
+    for bytes in [raw, wal] {
+        assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "the secret is in the database file");
+    }
 }

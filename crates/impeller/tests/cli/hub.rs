@@ -1,10 +1,13 @@
-//! `impeller hub` as a user starts it: embedded broker and SQLite in a data folder. A device
-//! publishes one message and gets it acknowledged; the database file holds it.
+//! `impeller device add` and `impeller hub` as a user runs them: embedded broker and SQLite in a
+//! data folder. The provisioned device connects with its secret, publishes one message and gets
+//! it acknowledged; a wrong secret is refused; `device list` and `device revoke` work.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use crate::util::impeller;
 
 /// A bare MQTT 3.1.1 client over a socket: CONNECT, SUBSCRIBE, PUBLISH (QoS 0); enough to talk
 /// to the hub without a client library.
@@ -32,9 +35,29 @@ fn string(s: &str) -> Vec<u8> {
     v
 }
 
+fn connect_packet(device: &str, secret: &str) -> Vec<u8> {
+    let mut connect = string("MQTT");
+    connect.extend_from_slice(&[4, 0xC2, 0, 30]); // 3.1.1; user name, password, clean session
+    connect.extend(string(device));
+    connect.extend(string(device));
+    connect.extend(string(secret));
+    packet(0x10, &connect)
+}
+
 #[test]
-fn the_hub_acknowledges_what_a_device_sends() {
+fn a_provisioned_device_is_acknowledged_and_a_wrong_secret_refused() {
     let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let out = impeller(&["device", "add", "cli-test", "--tags", "site=north", "--data-dir", data, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let added: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let secret = added["secret"].as_str().unwrap().to_string();
+    let again = impeller(&["device", "add", "cli-test", "--data-dir", data]);
+    assert_eq!(again.status.code(), Some(3), "a second device with the same id is an input error");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let bad_tags = impeller(&["device", "add", "x", "--tags", "site", "--data-dir", data]);
+    assert_eq!(bad_tags.status.code(), Some(3));
+
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut hub = Command::new(env!("CARGO_BIN_EXE_impeller"))
         .args(["hub", "--data-dir"])
@@ -52,10 +75,17 @@ fn the_hub_acknowledges_what_a_device_sends() {
         std::thread::sleep(Duration::from_millis(50));
     };
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut connect = string("MQTT");
-    connect.extend_from_slice(&[4, 2, 0, 30]);
-    connect.extend(string("cli-test-device"));
-    s.write_all(&packet(0x10, &connect)).unwrap();
+    // A wrong secret: CONNACK with return code 5 (not authorised), or the connection closed.
+    let mut wrong = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    wrong.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    wrong.write_all(&connect_packet("cli-test", "not-the-secret")).unwrap();
+    let mut ack = [0u8; 4];
+    let refused = match wrong.read(&mut ack) {
+        Ok(4) => ack[3] != 0,
+        _ => true,
+    };
+    assert!(refused, "a wrong secret was accepted: {ack:?}");
+    s.write_all(&connect_packet("cli-test", &secret)).unwrap();
     let mut subscribe = vec![0, 1];
     subscribe.extend(string("impeller/v1/devices/cli-test/ack"));
     subscribe.push(0);
@@ -78,5 +108,10 @@ fn the_hub_acknowledges_what_a_device_sends() {
     let _ = hub.kill();
     let _ = hub.wait();
     assert!(String::from_utf8_lossy(&seen).contains(r#""acked":1"#), "no acknowledgement: {seen:?}");
-    assert!(dir.path().join("hub.db").exists());
+    let list = impeller(&["device", "list", "--data-dir", data]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains("cli-test\tactive\tdefault\tsite=north"));
+    assert!(impeller(&["device", "revoke", "cli-test", "--data-dir", data]).status.success());
+    let list = impeller(&["device", "list", "--data-dir", data]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains("cli-test\trevoked"));
+    assert_eq!(impeller(&["device", "revoke", "nobody", "--data-dir", data]).status.code(), Some(3));
 }
