@@ -158,7 +158,7 @@ pub async fn poll_modbus(src: ModbusSource, tx: mpsc::Sender<Reading>, metrics: 
                     Table::Input => c.read_input_registers(read.address, read.count).await,
                 }
             };
-            let what = format!("{:?} registers {}+{}", read.table, read.address, read.count);
+            let what = || format!("{:?} registers {}+{}", read.table, read.address, read.count);
             match tokio::time::timeout(src.timeout, request).await {
                 Ok(Ok(Ok(words))) => match src.map.decode(read, &words) {
                     Ok(decoded) => decoded.into_iter().for_each(|(i, v)| values[i] = v),
@@ -169,15 +169,15 @@ pub async fn poll_modbus(src: ModbusSource, tx: mpsc::Sender<Reading>, metrics: 
                 },
                 Ok(Ok(Err(exception))) => {
                     Metrics::add(&metrics.source_errors, 1);
-                    tracing::warn!(address = %src.address, read = %what, %exception, "the controller refused a read");
+                    tracing::warn!(address = %src.address, read = %what(), %exception, "the controller refused a read");
                 }
                 Ok(Err(error)) => {
-                    tracing::warn!(address = %src.address, read = %what, %error, "lost the controller; reconnecting");
+                    tracing::warn!(address = %src.address, read = %what(), %error, "lost the controller; reconnecting");
                     lost = true;
                     break;
                 }
                 Err(_) => {
-                    tracing::warn!(address = %src.address, read = %what, "no answer in time; reconnecting");
+                    tracing::warn!(address = %src.address, read = %what(), "no answer in time; reconnecting");
                     lost = true;
                     break;
                 }

@@ -68,9 +68,6 @@ async fn run(label: &str, database: String, devices: u64, messages: u64) {
         device_auth: false,
     };
     let hub = Hub::start(&cfg).await.unwrap();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let run_id = format!("{}-{port}", std::process::id());
     let started = Instant::now();
     let tasks: Vec<_> =

@@ -34,7 +34,8 @@ pub struct Hub {
 
 impl Hub {
     /// Opens the database (applying migrations), starts the broker or connects to one, and
-    /// starts ingesting. Must run inside a tokio runtime.
+    /// starts ingesting; returns once the embedded broker accepts connections. Must run inside
+    /// a tokio runtime.
     pub async fn start(cfg: &HubConfig) -> anyhow::Result<Hub> {
         let store = store::Store::open(&cfg.database).await?;
         let bus = match (&cfg.external_broker, cfg.mqtt_listen) {
@@ -48,7 +49,9 @@ impl Hub {
                 } else {
                     None
                 };
-                bus::embedded(listen, credentials)?
+                let bus = bus::embedded(listen, credentials)?;
+                wait_listening(listen).await?;
+                bus
             }
             (None, None) => anyhow::bail!("the hub needs an MQTT listen address or an external broker"),
         };
@@ -56,4 +59,20 @@ impl Hub {
         let ingest = tokio::spawn(ingest::run(bus, store.clone(), stats.clone(), 1000));
         Ok(Hub { store, stats, ingest })
     }
+}
+
+/// The embedded broker binds on its own thread; wait until it accepts connections.
+async fn wait_listening(listen: SocketAddr) -> anyhow::Result<()> {
+    let mut addr = listen;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if tokio::time::Instant::now() > until {
+            anyhow::bail!("the embedded MQTT broker does not accept connections on {listen}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    Ok(())
 }

@@ -17,6 +17,18 @@ fn unique(name: &str) -> String {
     format!("{name}-{}-{}", std::process::id(), free_port())
 }
 
+/// The embedded broker on a free port and SQLite in `dir`.
+fn embedded_sqlite(dir: &std::path::Path, device_auth: bool) -> (HubConfig, u16) {
+    let port = free_port();
+    let cfg = HubConfig {
+        database: format!("sqlite:{}", dir.join("hub.db").display()),
+        mqtt_listen: Some(format!("127.0.0.1:{port}").parse().unwrap()),
+        external_broker: None,
+        device_auth,
+    };
+    (cfg, port)
+}
+
 fn postgres(test: &str) -> Option<String> {
     match std::env::var("IMPELLER_TEST_POSTGRES") {
         Ok(url) if !url.is_empty() => Some(url),
@@ -95,11 +107,6 @@ async fn device_session(host: &str, port: u16, device: &str, n: u64) -> Vec<u64>
 
 async fn exactly_once(cfg: HubConfig, host: &str, port: u16) {
     let hub = Hub::start(&cfg).await.unwrap();
-    let until = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect((host, port)).await.is_err() {
-        assert!(Instant::now() < until, "nothing listens on {host}:{port}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     let device = unique("pump");
     let n = 300;
     let acks = device_session(host, port, &device, n).await;
@@ -128,13 +135,7 @@ async fn exactly_once(cfg: HubConfig, host: &str, port: u16) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_broker_and_sqlite_store_each_message_once() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = HubConfig {
-        database: format!("sqlite:{}", dir.path().join("hub.db").display()),
-        mqtt_listen: Some(format!("127.0.0.1:{port}").parse().unwrap()),
-        external_broker: None,
-        device_auth: false,
-    };
+    let (cfg, port) = embedded_sqlite(dir.path(), false);
     exactly_once(cfg, "127.0.0.1", port).await;
 }
 
@@ -165,13 +166,7 @@ async fn connects(port: u16, client_id: &str, user: &str, pass: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_embedded_broker_admits_only_provisioned_unrevoked_devices() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let cfg = HubConfig {
-        database: format!("sqlite:{}", dir.path().join("hub.db").display()),
-        mqtt_listen: Some(format!("127.0.0.1:{port}").parse().unwrap()),
-        external_broker: None,
-        device_auth: true,
-    };
+    let (cfg, port) = embedded_sqlite(dir.path(), true);
     // Provisioned before the hub starts, as `impeller device add` would.
     let store = impeller_hub::store::Store::open(&cfg.database).await.unwrap();
     let tags = impeller_hub::fleet::parse_tags("site=north,manufacturer=acme").unwrap();
@@ -179,11 +174,6 @@ async fn the_embedded_broker_admits_only_provisioned_unrevoked_devices() {
     let other = store.add_device("p-102", &tags, "gw-small").await.unwrap();
     assert!(store.add_device("p-101", &tags, "gw-small").await.is_err(), "ids are unique");
     let hub = Hub::start(&cfg).await.unwrap();
-    let until = Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(Instant::now() < until);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     assert!(connects(port, "p-101", "p-101", &secret).await, "the right secret");
     assert!(!connects(port, "p-101", "p-101", &other).await, "another device's secret");
     assert!(!connects(port, "p-101", "p-101", "").await, "no secret");
