@@ -43,6 +43,7 @@
 pub mod adapter;
 pub mod calibration;
 pub mod channel;
+pub mod deploy;
 pub mod detector;
 pub mod error;
 pub mod features;

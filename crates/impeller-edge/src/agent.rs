@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use impeller_core::adapter::Adapter;
+use impeller_core::deploy::{Desired, UpdateReport, UpdateState, decode_desired};
 use impeller_core::package::{KeyFile, TrustStore, VerifiedPackage};
 use impeller_core::registers::RegisterMap;
 use impeller_core::wire::{self, ModelRef};
@@ -26,6 +27,7 @@ use crate::outbox::{Outbox, OutboxConfig, Outgoing};
 use crate::produce::{self, Message, Producer};
 use crate::source::{self, Reading};
 use crate::store::ModelStore;
+use crate::update::{DownloadError, Downloader};
 
 /// The model in use, with what turns readings into its frames and frames into messages.
 struct Active {
@@ -84,9 +86,16 @@ enum UplinkEvent {
     Connected,
     Disconnected(String),
     Ack(u64),
+    /// The retained desired state (empty: nothing desired).
+    Desired(Vec<u8>),
 }
 
-async fn uplink_events(mut eventloop: EventLoop, ack_topic: String, tx: mpsc::Sender<UplinkEvent>) {
+async fn uplink_events(
+    mut eventloop: EventLoop,
+    ack_topic: String,
+    desired_topic: String,
+    tx: mpsc::Sender<UplinkEvent>,
+) {
     let mut backoff = Duration::from_millis(500);
     loop {
         match eventloop.poll().await {
@@ -104,6 +113,11 @@ async fn uplink_events(mut eventloop: EventLoop, ack_topic: String, tx: mpsc::Se
                 }
                 Err(error) => tracing::warn!(%error, "ignoring a malformed acknowledgement"),
             },
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == desired_topic => {
+                if tx.send(UplinkEvent::Desired(p.payload.to_vec())).await.is_err() {
+                    return;
+                }
+            }
             Ok(_) => {}
             Err(e) => {
                 if tx.send(UplinkEvent::Disconnected(e.to_string())).await.is_err() {
@@ -229,6 +243,69 @@ fn model_event(name: &str, pkg: &VerifiedPackage) -> Message {
     )
 }
 
+/// Makes `pkg` the running model: the old one's pending aggregates are flushed first.
+fn switch_to(
+    active: &mut Option<Active>,
+    pkg: VerifiedPackage,
+    cfg: &Config,
+    outbox: &mut Outbox,
+    journal: &Journal,
+    metrics: &Metrics,
+) -> anyhow::Result<()> {
+    tracing::info!(model = %pkg.manifest.model.name, release = pkg.manifest.release, "switching to the newly installed model");
+    let event = model_event("model_installed", &pkg);
+    if let Some(mut old) = active.take() {
+        append(outbox, journal, metrics, old.producer.flush(crate::now_ms()))?;
+    }
+    Metrics::set(&metrics.model_release, pkg.manifest.release);
+    Metrics::add(&metrics.installs, 1);
+    *active = Some(Active::new(pkg, cfg)?);
+    outbox.append(event.class, crate::now_ms(), &event.body)?;
+    Ok(())
+}
+
+/// Tells the hub where this device is with the update its desired state asked for.
+fn report(
+    outbox: &mut Outbox,
+    desired: &Desired,
+    state: UpdateState,
+    reason: Option<String>,
+    active: &Option<Active>,
+) -> anyhow::Result<()> {
+    let report = UpdateReport {
+        deployment: desired.deployment.clone(),
+        sha256: desired.package.sha256.clone(),
+        state,
+        reason,
+        running_release: active.as_ref().map(|a| a.pkg.manifest.release),
+    };
+    let event = produce::event("update", serde_json::to_value(&report).unwrap_or_default());
+    outbox.append(event.class, crate::now_ms(), &event.body)?;
+    Ok(())
+}
+
+/// Downloads until done or a permanent error; transient errors are retried with backoff.
+async fn download(
+    downloader: Downloader,
+    desired: Desired,
+    tx: mpsc::Sender<(Desired, Result<Vec<u8>, DownloadError>)>,
+) {
+    let mut backoff = Duration::from_secs(2);
+    loop {
+        match downloader.fetch(&desired.package).await {
+            Err(error) if error.is_transient() => {
+                tracing::warn!(%error, sha256 = %desired.package.sha256, "package download interrupted; resuming later");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+            }
+            result => {
+                let _ = tx.send((desired, result)).await;
+                return;
+            }
+        }
+    }
+}
+
 pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let _lock = lock_data_dir(&cfg.device.data_dir)?;
     let metrics = Arc::new(Metrics::default());
@@ -284,8 +361,20 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     }
     let (client, eventloop) = AsyncClient::new(opts, 1000);
     let ack_topic = wire::topic(&cfg.device.id, "ack");
+    let desired_topic = wire::topic(&cfg.device.id, "desired");
     let (uplink_tx, mut uplink_rx) = mpsc::channel(64);
-    tokio::spawn(uplink_events(eventloop, ack_topic.clone(), uplink_tx));
+    tokio::spawn(uplink_events(eventloop, ack_topic.clone(), desired_topic.clone(), uplink_tx));
+    let downloader = if cfg.hub.api.is_empty() {
+        None
+    } else {
+        let dir = cfg.device.data_dir.join("downloads");
+        Some(Downloader::new(&cfg.hub.api, &cfg.hub.username, &cfg.hub.password, &dir, cfg.models.max_package_bytes)?)
+    };
+    let (done_tx, mut done_rx) = mpsc::channel(4);
+    // The package being downloaded, and packages refused here (not tried again until the
+    // agent restarts: the same bytes would be refused again).
+    let mut downloading: Option<(String, tokio::task::JoinHandle<()>)> = None;
+    let mut refused: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut uplink = Uplink {
         client: client.clone(),
         device: cfg.device.id.clone(),
@@ -367,8 +456,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     tracing::info!(broker = %cfg.hub.broker, "connected to the hub");
                     uplink.connected = true;
                     metrics.hub_connected.store(true, Ordering::Relaxed);
-                    if let Err(error) = client.try_subscribe(ack_topic.clone(), QoS::AtLeastOnce) {
-                        tracing::error!(%error, "cannot subscribe to acknowledgements");
+                    for topic in [&ack_topic, &desired_topic] {
+                        if let Err(error) = client.try_subscribe(topic.clone(), QoS::AtLeastOnce) {
+                            tracing::error!(%error, topic, "cannot subscribe");
+                        }
                     }
                     uplink.restart(&mut outbox);
                     pump.as_mut().reset(tokio::time::Instant::now());
@@ -387,8 +478,62 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     outbox.ack(n)?;
                     metrics.last_hub_contact_ms.store(crate::now_ms(), Ordering::Relaxed);
                 }
+                Some(UplinkEvent::Desired(payload)) => {
+                    let desired = match decode_desired(&payload) {
+                        Ok(Some(d)) => d,
+                        Ok(None) => continue, // no deployment applies: keep what runs
+                        Err(error) => { tracing::warn!(%error, "ignoring a malformed desired state"); continue }
+                    };
+                    let sha = desired.package.sha256.clone();
+                    let installed = store.state().ok().and_then(|s| s.active_sha256);
+                    if installed.as_deref() == Some(sha.as_str()) {
+                        // Already running it (e.g. after a restart): say so, the hub may not know.
+                        report(&mut outbox, &desired, UpdateState::Active, None, &active)?;
+                    } else if refused.contains(&sha) {
+                        tracing::debug!(%sha, "desired package was refused before");
+                    } else if downloading.as_ref().is_some_and(|(s, _)| *s == sha) {
+                        // already on its way
+                    } else if let Some(d) = &downloader {
+                        if let Some((_, old)) = downloading.take() {
+                            old.abort();
+                        }
+                        d.clean(Some(&sha));
+                        tracing::info!(deployment = %desired.deployment, %sha, release = desired.package.release, "downloading the desired package");
+                        report(&mut outbox, &desired, UpdateState::Downloading, None, &active)?;
+                        downloading = Some((sha, tokio::spawn(download(d.clone(), desired, done_tx.clone()))));
+                    } else {
+                        tracing::warn!(%sha, "the hub asks for a new model but hub.api is not set; ignoring");
+                    }
+                }
                 None => anyhow::bail!("the uplink task stopped"),
             },
+            Some((desired, result)) = done_rx.recv() => {
+                let sha = desired.package.sha256.clone();
+                if downloading.as_ref().is_none_or(|(s, _)| *s != sha) {
+                    continue; // superseded by a newer desired state
+                }
+                downloading = None;
+                let installed = result.map_err(|e| e.to_string()).and_then(|bytes| {
+                    store.install(&bytes, &cfg.device.target, crate::now_ms(), None).map_err(|e| e.to_string())
+                });
+                if let Some(d) = &downloader {
+                    d.clean(None);
+                }
+                match installed {
+                    Ok(pkg) => {
+                        generation = store.state()?.generation;
+                        switch_to(&mut active, pkg, &cfg, &mut outbox, &journal, &metrics)?;
+                        report(&mut outbox, &desired, UpdateState::Active, None, &active)?;
+                    }
+                    Err(reason) => {
+                        Metrics::add(&metrics.installs_refused, 1);
+                        tracing::error!(%reason, %sha, "refused the desired package; keeping the current model");
+                        refused.insert(sha);
+                        report(&mut outbox, &desired, UpdateState::Failed, Some(reason), &active)?;
+                    }
+                }
+                pump.as_mut().reset(tokio::time::Instant::now());
+            }
             () = &mut pump => {
                 let busy = uplink.pump(&mut outbox, &cfg, &metrics)?;
                 pump.as_mut().reset(tokio::time::Instant::now() + if busy { BUSY } else { IDLE });
@@ -405,17 +550,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 if state.generation != generation {
                     generation = state.generation;
                     match store.load_active() {
-                        Ok(Some(pkg)) => {
-                            tracing::info!(model = %pkg.manifest.model.name, release = pkg.manifest.release, "switching to the newly installed model");
-                            let event = model_event("model_installed", &pkg);
-                            if let Some(mut old) = active.take() {
-                                append(&mut outbox, &journal, &metrics, old.producer.flush(crate::now_ms()))?;
-                            }
-                            Metrics::set(&metrics.model_release, pkg.manifest.release);
-                            Metrics::add(&metrics.installs, 1);
-                            active = Some(Active::new(pkg, &cfg)?);
-                            outbox.append(event.class, crate::now_ms(), &event.body)?;
-                        }
+                        Ok(Some(pkg)) => switch_to(&mut active, pkg, &cfg, &mut outbox, &journal, &metrics)?,
                         Ok(None) => {}
                         Err(error) => {
                             Metrics::add(&metrics.installs_refused, 1);

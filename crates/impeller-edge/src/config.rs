@@ -36,6 +36,9 @@ pub struct Device {
 #[serde(deny_unknown_fields)]
 pub struct Hub {
     pub broker: String,
+    /// The hub's HTTP API, where packages are downloaded from; empty: no over-the-air updates.
+    #[serde(default)]
+    pub api: String,
     #[serde(default)]
     pub username: String,
     #[serde(default)]

@@ -6,6 +6,7 @@
 //!   sketches, raw samples and alerts; [`agent`]: the main loop and the MQTT uplink.
 //! - [`outbox`]: the durable, quota-bound, priority-aware store-and-forward queue.
 //! - [`store`]: installed models in two slots; [`journal`]: the local alert journal.
+//! - [`update`]: downloads of the packages the hub's desired state names.
 //! - [`metrics`]: Prometheus metrics.
 
 pub mod agent;
@@ -16,6 +17,7 @@ pub mod outbox;
 pub mod produce;
 pub mod source;
 pub mod store;
+pub mod update;
 
 /// Wall-clock milliseconds since the Unix epoch (the shell's clock; the core takes time as
 /// input).

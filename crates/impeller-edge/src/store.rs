@@ -9,6 +9,7 @@ use impeller_core::package::{
     InstallContext, Limits, PackageError, RollbackDirective, TrustStore, VerifiedPackage, check_install, open,
 };
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -41,6 +42,9 @@ pub struct State {
     pub highest_release: Option<u64>,
     /// Bumped on every install, so a running agent notices the change.
     pub generation: u64,
+    /// SHA-256 of the active package file: what the hub's desired state names.
+    #[serde(default)]
+    pub active_sha256: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -111,6 +115,9 @@ impl ModelStore {
         let pkg = open(bytes, &self.trust, self.limits)?;
         let ctx = InstallContext { now_ms, target, installed_release: state.highest_release, rollback };
         check_install(&pkg, &ctx)?;
+        // Before the switch: a package whose model does not reproduce its own golden scores
+        // here must never become the active model.
+        pkg.selftest.run(&pkg.model).map_err(PackageError::from)?;
         let slot = state.active.map_or(Slot::A, Slot::other);
         io(&self.models, std::fs::create_dir_all(&self.models))?;
         let path = self.models.join(slot.file());
@@ -119,6 +126,7 @@ impl ModelStore {
         state.highest_release =
             Some(state.highest_release.map_or(pkg.manifest.release, |h| h.max(pkg.manifest.release)));
         state.generation += 1;
+        state.active_sha256 = Some(impeller_core::hex::encode(&Sha256::digest(bytes)));
         let state_bytes = serde_json::to_vec_pretty(&state).unwrap_or_default();
         io(&self.state_path, write_atomic(&self.state_path, &state_bytes))?;
         Ok(pkg)

@@ -23,6 +23,8 @@ pub struct Received {
 pub struct Send {
     pub topic: String,
     pub payload: Vec<u8>,
+    /// Kept by the broker for later subscribers (desired state); an empty payload clears it.
+    pub retain: bool,
 }
 
 #[derive(Debug)]
@@ -104,9 +106,13 @@ pub fn embedded(listen: SocketAddr, credentials: Option<Credentials>) -> anyhow:
         }
     })?;
     let (outgoing, mut out_rx) = mpsc::channel::<Send>(10_000);
+    let runtime = tokio::runtime::Handle::current();
     std::thread::Builder::new().name("mqtt-link-tx".into()).spawn(move || {
         while let Some(s) = out_rx.blocking_recv() {
-            if let Err(error) = link_tx.publish(s.topic, s.payload) {
+            // `LinkTx::publish` cannot set the retain flag; `send` takes the whole packet.
+            let publish = rumqttd::protocol::Publish::new(s.topic.into_bytes(), s.payload, s.retain);
+            let sent = runtime.block_on(link_tx.send(rumqttd::protocol::Packet::Publish(publish, None)));
+            if let Err(error) = sent {
                 tracing::error!(%error, "cannot publish through the embedded broker");
                 return;
             }
@@ -151,7 +157,7 @@ pub fn external(url: &str, client_id: &str) -> anyhow::Result<Bus> {
     let (outgoing, mut out_rx) = mpsc::channel::<Send>(10_000);
     tokio::spawn(async move {
         while let Some(s) = out_rx.recv().await {
-            if let Err(error) = client.publish(s.topic, QoS::AtLeastOnce, false, s.payload).await {
+            if let Err(error) = client.publish(s.topic, QoS::AtLeastOnce, s.retain, s.payload).await {
                 tracing::error!(%error, "cannot publish to the broker");
             }
         }

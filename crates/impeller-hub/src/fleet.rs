@@ -43,7 +43,7 @@ pub fn random_hex(bytes: usize) -> Result<String, StoreError> {
 }
 
 /// Equal-time comparison, so the time to refuse says nothing about how much was right.
-fn same(a: &str, b: &str) -> bool {
+pub(crate) fn same(a: &str, b: &str) -> bool {
     a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use impeller_core::deploy::UpdateReport;
 use impeller_core::wire;
 
 use crate::bus::{Bus, Received, Send};
@@ -63,6 +64,7 @@ fn check(r: &Received) -> Option<Result<Incoming, String>> {
         // Databases store them as signed 64-bit integers.
         Ok(env) if env.seq > i64::MAX as u64 => Err(format!("{}: seq {} is out of range", r.topic, env.seq)),
         Ok(env) => Ok(Incoming {
+            update: update_report(&env),
             device: env.device,
             seq: env.seq,
             prev: env.prev,
@@ -71,6 +73,25 @@ fn check(r: &Received) -> Option<Result<Incoming, String>> {
             body: env.body.get().to_string(),
         }),
     })
+}
+
+/// The report inside an `update` event. A malformed one is stored as a message all the same
+/// (and logged): the device's stream must not stall on it.
+fn update_report(env: &wire::Envelope) -> Option<UpdateReport> {
+    if env.kind != "events" {
+        return None;
+    }
+    let event: wire::EventBody = serde_json::from_str(env.body.get()).ok()?;
+    if event.event != "update" {
+        return None;
+    }
+    match serde_json::from_value(event.detail) {
+        Ok(u) => Some(u),
+        Err(error) => {
+            tracing::warn!(device = %env.device, seq = env.seq, %error, "malformed update report");
+            None
+        }
+    }
 }
 
 /// Runs until the bus closes. Batches whatever has arrived (up to `max_batch`) into one
@@ -117,7 +138,7 @@ pub async fn run(mut bus: Bus, store: Store, stats: Arc<IngestStats>, max_batch:
                 stats.duplicates.fetch_add(c.duplicates, Ordering::Relaxed);
                 stats.batches.fetch_add(1, Ordering::Relaxed);
                 for (device, n) in &acked {
-                    let ack = Send { topic: wire::topic(device, "ack"), payload: wire::encode_ack(*n) };
+                    let ack = Send { topic: wire::topic(device, "ack"), payload: wire::encode_ack(*n), retain: false };
                     if bus.outgoing.send(ack).await.is_err() {
                         return Ok(());
                     }

@@ -1,17 +1,25 @@
 //! The Impeller hub: the control plane the edge agents talk to. So far: ingestion of what the
 //! agents send, stored once per (device, seq) in SQLite or PostgreSQL and acknowledged after the
-//! commit, behind an embedded rumqttd broker or an external MQTT broker.
+//! commit, behind an embedded rumqttd broker or an external MQTT broker; signed packages,
+//! deployments resolved per device into retained desired state; a REST API.
 
+pub mod api;
+pub mod auth;
 pub mod bus;
+pub mod deploy;
 pub mod fleet;
 pub mod ingest;
 pub mod store;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
+use anyhow::Context;
+use impeller_core::package::{KeyFile, TrustStore};
+
 /// Where the hub keeps things and how agents reach it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct HubConfig {
     /// `sqlite:PATH` or `postgres://…`.
     pub database: String,
@@ -22,6 +30,14 @@ pub struct HubConfig {
     pub external_broker: Option<String>,
     /// The embedded broker admits only provisioned devices with their secret. Off: anyone.
     pub device_auth: bool,
+    /// Listen address of the HTTP API; `None`: no API.
+    pub http_listen: Option<SocketAddr>,
+    /// Folder of uploaded packages.
+    pub packages_dir: PathBuf,
+    /// Public keys (`impeller keys generate`) a package must be signed with to be uploaded.
+    pub trusted_keys: Vec<PathBuf>,
+    /// Largest package accepted, in bytes (0: 64 MiB).
+    pub max_package_bytes: u64,
 }
 
 /// A running hub's handles.
@@ -30,6 +46,10 @@ pub struct Hub {
     pub store: store::Store,
     pub stats: Arc<ingest::IngestStats>,
     pub ingest: tokio::task::JoinHandle<anyhow::Result<()>>,
+    /// Where the API listens (with the port chosen when `http_listen` asked for port 0).
+    pub http_addr: Option<SocketAddr>,
+    /// Wakes the deployment reconciler.
+    pub reconcile: Arc<tokio::sync::Notify>,
 }
 
 impl Hub {
@@ -38,27 +58,58 @@ impl Hub {
     /// a tokio runtime.
     pub async fn start(cfg: &HubConfig) -> anyhow::Result<Hub> {
         let store = store::Store::open(&cfg.database).await?;
+        let trust = load_trust(&cfg.trusted_keys)?;
+        // Devices authenticate to the API with the same credentials as to the broker.
+        let credentials = fleet::Credentials::default();
+        credentials.refresh(&store).await?;
+        tokio::spawn(credentials.clone().keep_fresh(store.clone()));
         let bus = match (&cfg.external_broker, cfg.mqtt_listen) {
             (Some(url), _) => bus::external(url, "impeller-hub")?,
             (None, Some(listen)) => {
-                let credentials = if cfg.device_auth {
-                    let c = fleet::Credentials::default();
-                    c.refresh(&store).await?;
-                    tokio::spawn(c.clone().keep_fresh(store.clone()));
-                    Some(c)
-                } else {
-                    None
-                };
-                let bus = bus::embedded(listen, credentials)?;
+                let bus = bus::embedded(listen, cfg.device_auth.then(|| credentials.clone()))?;
                 wait_listening(listen).await?;
                 bus
             }
             (None, None) => anyhow::bail!("the hub needs an MQTT listen address or an external broker"),
         };
+        let reconcile = Arc::new(tokio::sync::Notify::new());
+        tokio::spawn(deploy::run(store.clone(), bus.outgoing.clone(), reconcile.clone()));
+        let http_addr = match cfg.http_listen {
+            Some(listen) => {
+                let state = api::ApiState {
+                    store: store.clone(),
+                    devices: credentials,
+                    packages_dir: cfg.packages_dir.clone(),
+                    trust: Arc::new(trust),
+                    max_package_bytes: if cfg.max_package_bytes == 0 { 64 << 20 } else { cfg.max_package_bytes },
+                    reconcile: reconcile.clone(),
+                };
+                let listener =
+                    tokio::net::TcpListener::bind(listen).await.with_context(|| format!("HTTP API on {listen}"))?;
+                let addr = listener.local_addr()?;
+                tokio::spawn(async move {
+                    if let Err(error) = axum::serve(listener, api::router(state)).await {
+                        tracing::error!(%error, "the HTTP API stopped");
+                    }
+                });
+                Some(addr)
+            }
+            None => None,
+        };
         let stats = Arc::new(ingest::IngestStats::default());
         let ingest = tokio::spawn(ingest::run(bus, store.clone(), stats.clone(), 1000));
-        Ok(Hub { store, stats, ingest })
+        Ok(Hub { store, stats, ingest, http_addr, reconcile })
     }
+}
+
+pub fn load_trust(paths: &[PathBuf]) -> anyhow::Result<TrustStore> {
+    let mut trust = TrustStore::new();
+    for p in paths {
+        let bytes = std::fs::read(p).with_context(|| format!("reading trusted key {}", p.display()))?;
+        let origin = p.display().to_string();
+        trust.add(KeyFile::parse(&bytes, &origin)?.verifying_key(&origin)?);
+    }
+    Ok(trust)
 }
 
 /// The embedded broker binds on its own thread; wait until it accepts connections.

@@ -9,7 +9,12 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Executor, Row};
 
+use impeller_core::deploy::UpdateReport;
+
 use crate::fleet::{Credential, Device, hash_secret, random_hex};
+
+mod deployments;
+pub use deployments::{DeploymentInfo, DesiredInfo, PackageInfo, TokenInfo, TokenSecret, UpdateInfo};
 
 /// Messages per INSERT statement (7 parameters each; SQLite allows 32,766 per statement).
 const INSERT_CHUNK: usize = 500;
@@ -17,10 +22,12 @@ const INSERT_CHUNK: usize = 500;
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "telemetry", include_str!("../migrations/sqlite/0001_telemetry.sql")),
     (2, "fleet", include_str!("../migrations/sqlite/0002_fleet.sql")),
+    (3, "deployments", include_str!("../migrations/sqlite/0003_deployments.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "telemetry", include_str!("../migrations/postgres/0001_telemetry.sql")),
     (2, "fleet", include_str!("../migrations/postgres/0002_fleet.sql")),
+    (3, "deployments", include_str!("../migrations/postgres/0003_deployments.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +44,12 @@ pub enum StoreError {
     BadDeviceId(String),
     #[error("no randomness from the operating system: {0}")]
     Random(String),
+    #[error("{kind} `{id}` already exists")]
+    Exists { kind: &'static str, id: String },
+    #[error("no {kind} `{id}`")]
+    NotFound { kind: &'static str, id: String },
+    #[error("database content is damaged: {0}")]
+    Corrupt(String),
 }
 
 /// One message as received, checked against its topic.
@@ -48,6 +61,8 @@ pub struct Incoming {
     pub ts_ms: i64,
     pub kind: String,
     pub body: String,
+    /// The device's report on an update, when this is an `update` event.
+    pub update: Option<UpdateReport>,
 }
 
 /// A stored message, for queries and tests.
@@ -157,6 +172,20 @@ impl Store {
                     let inserted = q.build().execute(&mut *tx).await?.rows_affected();
                     out.stored += inserted;
                     out.duplicates += chunk.len() as u64 - inserted;
+                }
+                for m in batch {
+                    let Some(u) = &m.update else { continue };
+                    sqlx::query(deployments::UPSERT_UPDATE)
+                        .bind(&m.device)
+                        .bind(m.seq as i64)
+                        .bind(&u.deployment)
+                        .bind(&u.sha256)
+                        .bind(u.state.as_str())
+                        .bind(&u.reason)
+                        .bind(u.running_release.map(|r| r as i64))
+                        .bind(m.ts_ms)
+                        .execute(&mut *tx)
+                        .await?;
                 }
                 for (device, acked) in acked {
                     sqlx::query(

@@ -115,6 +115,13 @@ pub struct HubArgs {
     /// Let any client connect to the embedded broker (by default only provisioned devices).
     #[arg(long)]
     pub allow_anonymous: bool,
+    /// Where the HTTP API (/api/v1) listens.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    pub http_listen: std::net::SocketAddr,
+    /// Public key (impeller keys generate) that uploaded packages must be signed with; repeat
+    /// for several. Without one, package uploads are refused.
+    #[arg(long = "trusted-key", value_name = "FILE")]
+    pub trusted_keys: Vec<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -51,6 +51,10 @@ fn hub(args: cli::HubArgs) -> anyhow::Result<()> {
         mqtt_listen: args.broker.is_none().then_some(args.mqtt_listen),
         external_broker: args.broker,
         device_auth: !args.allow_anonymous,
+        http_listen: Some(args.http_listen),
+        packages_dir: args.db.data_dir.join("packages"),
+        trusted_keys: args.trusted_keys.clone(),
+        max_package_bytes: 0,
     };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
@@ -58,6 +62,9 @@ fn hub(args: cli::HubArgs) -> anyhow::Result<()> {
         match &cfg.external_broker {
             Some(url) => tracing::info!(broker = %url, database = %cfg.database, "hub running"),
             None => tracing::info!(mqtt = ?cfg.mqtt_listen, database = %cfg.database, "hub running"),
+        }
+        if let Some(addr) = hub.http_addr {
+            tracing::info!(api = %format!("http://{addr}/api/v1"), "HTTP API");
         }
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
         tick.tick().await;

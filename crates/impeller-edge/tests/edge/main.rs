@@ -6,5 +6,6 @@
 mod agent;
 mod hub;
 mod modbus;
+mod ota;
 mod outbox;
 mod support;

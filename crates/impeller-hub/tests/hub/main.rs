@@ -25,6 +25,7 @@ fn embedded_sqlite(dir: &std::path::Path, device_auth: bool) -> (HubConfig, u16)
         mqtt_listen: Some(format!("127.0.0.1:{port}").parse().unwrap()),
         external_broker: None,
         device_auth,
+        ..Default::default()
     };
     (cfg, port)
 }
@@ -148,7 +149,8 @@ async fn external_mosquitto_and_postgres_store_each_message_once() {
         return;
     };
     let (host, port) = broker.strip_prefix("mqtt://").unwrap().rsplit_once(':').unwrap();
-    let cfg = HubConfig { database: pg, mqtt_listen: None, external_broker: Some(broker.clone()), device_auth: false };
+    let cfg =
+        HubConfig { database: pg, mqtt_listen: None, external_broker: Some(broker.clone()), ..Default::default() };
     exactly_once(cfg, host, port.parse().unwrap()).await;
 }
 

@@ -1,0 +1,144 @@
+//! Over-the-air model updates: the download half. The hub's retained `desired` message names a
+//! package by its SHA-256; this fetches it from the hub's API into `downloads/{sha256}.part`,
+//! resuming with an HTTP range request after any interruption (link drop, agent restart), and
+//! hands over the bytes only when their size and SHA-256 match. Verification (signature,
+//! release, expiry, target, self-test) and the switch happen in [`crate::store`].
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use impeller_core::deploy::PackageRef;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("{url}: {message}")]
+    Http { url: String, message: String },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("downloaded {got} bytes, the desired state says {want}")]
+    Size { got: u64, want: u64 },
+    #[error("the downloaded package's SHA-256 is {got}, the desired state says {want}")]
+    Hash { got: String, want: String },
+    #[error("package of {size} bytes is over this device's limit of {limit}")]
+    TooLarge { size: u64, limit: u64 },
+}
+
+impl DownloadError {
+    /// Worth trying again later (the link), as opposed to a package that is wrong.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, DownloadError::Http { .. } | DownloadError::Io { .. })
+    }
+}
+
+/// Fetches packages from the hub's API with the device's credentials.
+#[derive(Debug, Clone)]
+pub struct Downloader {
+    client: reqwest::Client,
+    api: String,
+    username: String,
+    password: String,
+    dir: PathBuf,
+    max_bytes: u64,
+}
+
+impl Downloader {
+    pub fn new(api: &str, username: &str, password: &str, dir: &Path, max_bytes: u64) -> Result<Self, DownloadError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            // Per read, not per download: a slow link may take long for a large package.
+            .read_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| DownloadError::Http { url: api.to_string(), message: e.to_string() })?;
+        Ok(Self {
+            client,
+            api: api.trim_end_matches('/').to_string(),
+            username: username.to_string(),
+            password: password.to_string(),
+            dir: dir.to_path_buf(),
+            max_bytes,
+        })
+    }
+
+    pub fn part_path(&self, sha256: &str) -> PathBuf {
+        self.dir.join(format!("{sha256}.part"))
+    }
+
+    /// Downloads (or finishes downloading) the package and returns its verified bytes.
+    pub async fn fetch(&self, pkg: &PackageRef) -> Result<Vec<u8>, DownloadError> {
+        if pkg.size > self.max_bytes {
+            return Err(DownloadError::TooLarge { size: pkg.size, limit: self.max_bytes });
+        }
+        let path = self.part_path(&pkg.sha256);
+        let io = |source| DownloadError::Io { path: path.clone(), source };
+        std::fs::create_dir_all(&self.dir).map_err(io)?;
+        let mut have = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if have > pkg.size {
+            have = 0;
+        }
+        if have < pkg.size {
+            self.get_from(pkg, &path, have).await?;
+        }
+        let bytes = std::fs::read(&path).map_err(io)?;
+        let check = if bytes.len() as u64 != pkg.size {
+            Err(DownloadError::Size { got: bytes.len() as u64, want: pkg.size })
+        } else {
+            let got = impeller_core::hex::encode(&Sha256::digest(&bytes));
+            if got == pkg.sha256 { Ok(()) } else { Err(DownloadError::Hash { got, want: pkg.sha256.clone() }) }
+        };
+        if let Err(e) = check {
+            // Whatever is on disk is wrong: the next attempt starts from the first byte.
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        Ok(bytes)
+    }
+
+    /// GET from byte `offset` on, appended to the part file.
+    async fn get_from(&self, pkg: &PackageRef, path: &Path, offset: u64) -> Result<(), DownloadError> {
+        let url = format!("{}{}", self.api, pkg.content_path());
+        let http = |message: String| DownloadError::Http { url: url.clone(), message };
+        let io = |source| DownloadError::Io { path: path.to_path_buf(), source };
+        let mut req = self.client.get(&url).basic_auth(&self.username, Some(&self.password));
+        if offset > 0 {
+            req = req.header("range", format!("bytes={offset}-"));
+        }
+        let mut resp = req.send().await.map_err(|e| http(e.to_string()))?;
+        let status = resp.status().as_u16();
+        let mut file = match status {
+            206 => {
+                tracing::info!(sha256 = %pkg.sha256, offset, "resuming a package download");
+                std::fs::OpenOptions::new().append(true).open(path).map_err(io)?
+            }
+            // A server that ignores ranges sends it all: start over.
+            200 => std::fs::File::create(path).map_err(io)?,
+            _ => {
+                let body = resp.text().await.unwrap_or_default();
+                let detail = body.chars().take(300).collect::<String>();
+                return Err(http(format!("HTTP {status}: {detail}")));
+            }
+        };
+        let mut written = if status == 206 { offset } else { 0 };
+        while let Some(chunk) = resp.chunk().await.map_err(|e| http(e.to_string()))? {
+            written += chunk.len() as u64;
+            if written > pkg.size {
+                return Err(DownloadError::Size { got: written, want: pkg.size });
+            }
+            file.write_all(&chunk).map_err(io)?;
+        }
+        file.sync_data().map_err(io)
+    }
+
+    /// Removes part files of packages other than `keep`.
+    pub fn clean(&self, keep: Option<&str>) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".part") && keep.is_none_or(|k| !name.starts_with(k)) {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Over-the-air updates end to end: an in-process hub (embedded broker, SQLite, HTTP API) and
+//! a real agent process. Packages are uploaded and deployed through the API, the agent finds
+//! them in its retained desired state, downloads, verifies and switches, and the hub shows each
+//! device's state per deployment.
+
+use std::time::{Duration, Instant};
+
+use impeller_core::deploy::PackageRef;
+use impeller_core::package::build;
+use impeller_edge::update::{DownloadError, Downloader};
+use impeller_hub::auth::Role;
+use impeller_hub::{Hub, HubConfig};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::support::{Site, free_port, model, package, signer, spec};
+
+struct TestHub {
+    rt: tokio::runtime::Runtime,
+    hub: Hub,
+    api: String,
+    admin: String,
+    packages_dir: std::path::PathBuf,
+    client: reqwest::Client,
+}
+
+impl TestHub {
+    /// A hub trusting the site's signing key, with device authentication on.
+    fn start(site: &Site, mqtt_port: u16) -> TestHub {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let packages_dir = site.dir.path().join("hub-packages");
+        let cfg = HubConfig {
+            database: format!("sqlite:{}", site.dir.path().join("hub.db").display()),
+            mqtt_listen: Some(format!("127.0.0.1:{mqtt_port}").parse().unwrap()),
+            device_auth: true,
+            http_listen: Some("127.0.0.1:0".parse().unwrap()),
+            packages_dir: packages_dir.clone(),
+            trusted_keys: vec![site.dir.path().join("ops.public.json")],
+            ..Default::default()
+        };
+        let hub = rt.block_on(Hub::start(&cfg)).unwrap();
+        let api = format!("http://{}", hub.http_addr.unwrap());
+        let (_, admin) = rt.block_on(hub.store.add_token("test-admin", Role::Admin)).unwrap();
+        TestHub { rt, hub, api, admin, packages_dir, client: reqwest::Client::new() }
+    }
+
+    /// Sends a request with `token` (None: no credentials); returns the status and JSON body.
+    fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Vec<u8>>) -> (u16, Value) {
+        self.rt.block_on(async {
+            let mut req = self.client.request(method.parse().unwrap(), format!("{}{path}", self.api));
+            if let Some(t) = token {
+                req = req.header("authorization", t);
+            }
+            if let Some(b) = body {
+                req = req.header("content-type", "application/json").body(b);
+            }
+            let resp = req.send().await.unwrap();
+            let status = resp.status().as_u16();
+            let ctype = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
+            let bytes = resp.bytes().await.unwrap();
+            let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            if status >= 400 {
+                assert_eq!(ctype.as_deref(), Some("application/problem+json"), "{path}: {value}");
+            }
+            (status, value)
+        })
+    }
+
+    fn bearer(&self) -> String {
+        format!("Bearer {}", self.admin)
+    }
+
+    fn upload(&self, pkg: Vec<u8>) -> String {
+        let (status, body) = self.call("POST", "/api/v1/packages", Some(&self.bearer()), Some(pkg));
+        assert_eq!(status, 201, "{body}");
+        body["sha256"].as_str().unwrap().to_string()
+    }
+
+    fn deploy(&self, name: &str, sha256: &str, condition: &str, priority: i64) {
+        let body = json!({"name": name, "package_sha256": sha256, "target_condition": condition, "priority": priority});
+        let (status, body) =
+            self.call("POST", "/api/v1/deployments", Some(&self.bearer()), Some(serde_json::to_vec(&body).unwrap()));
+        assert_eq!(status, 201, "{body}");
+    }
+
+    /// Waits until `device` reports `state` for deployment `name`; returns its status entry.
+    fn wait_state(&self, name: &str, device: &str, state: &str, site: &Site) -> Value {
+        let until = Instant::now() + Duration::from_secs(40);
+        loop {
+            let (status, body) = self.call("GET", &format!("/api/v1/deployments/{name}"), Some(&self.bearer()), None);
+            assert_eq!(status, 200, "{body}");
+            let entry = body["devices"].as_array().unwrap().iter().find(|d| d["device"] == device).cloned();
+            if let Some(e) = entry.filter(|e| e["state"] == state) {
+                return e;
+            }
+            assert!(Instant::now() < until, "{device} never reached {state} in {name}: {body}\nlog:\n{}", site.log());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Provisions the site's device on the hub and gives the agent its credentials and the API.
+fn provision(hub: &TestHub, site: &Site, tags: Value) -> String {
+    let body = json!({"id": site.device, "tags": tags, "profile": "gw-test"});
+    let (status, creds) =
+        hub.call("POST", "/api/v1/devices", Some(&hub.bearer()), Some(serde_json::to_vec(&body).unwrap()));
+    assert_eq!(status, 201, "{creds}");
+    let secret = creds["secret"].as_str().unwrap().to_string();
+    let config = std::fs::read_to_string(&site.config).unwrap().replace(
+        "ack_timeout_s = 3",
+        &format!("ack_timeout_s = 3\nusername = \"{}\"\npassword = \"{secret}\"\napi = \"{}\"", site.device, hub.api),
+    );
+    std::fs::write(&site.config, config).unwrap();
+    secret
+}
+
+/// An agent's site and a hub whose broker it is configured to use. The replay is long enough
+/// that the agent keeps running through the whole test.
+fn site_and_hub() -> (Site, TestHub) {
+    let port = free_port();
+    let site = Site::new(&format!("mqtt://127.0.0.1:{port}"), 200_000, 20.0, "");
+    let hub = TestHub::start(&site, port);
+    (site, hub)
+}
+
+#[test]
+fn a_deployed_package_is_downloaded_verified_and_run_and_bad_ones_are_refused() {
+    let (site, hub) = site_and_hub();
+    provision(&hub, &site, json!({"site": "north", "manufacturer": "acme"}));
+    let agent = site.start();
+    assert!(agent.wait_metric("readings_total", |v| v > 0.0, Duration::from_secs(20)).is_some(), "{}", site.log());
+    assert_eq!(agent.metric("model_release"), Some(0.0), "no model before the first deployment");
+
+    // First model, over the air.
+    let v1 = hub.upload(package(1));
+    hub.deploy("north-v1", &v1, "tags.site = 'north'", 1);
+    let e = hub.wait_state("north-v1", &site.device, "active", &site);
+    assert_eq!(e["running_release"], 1);
+    assert_eq!(agent.wait_metric("model_release", |v| v == 1.0, Duration::from_secs(5)), Some(1.0));
+    assert!(agent.wait_metric("scores_total", |v| v > 0.0, Duration::from_secs(10)).is_some(), "scores with it");
+
+    // A newer release at a higher priority replaces it.
+    let v2 = hub.upload(package(2));
+    hub.deploy("north-v2", &v2, "tags.manufacturer = 'acme' AND tags.site = 'north'", 2);
+    hub.wait_state("north-v2", &site.device, "active", &site);
+    assert_eq!(agent.wait_metric("model_release", |v| v == 2.0, Duration::from_secs(5)), Some(2.0));
+    let (_, desired) = hub.call("GET", &format!("/api/v1/devices/{}/desired", site.device), Some(&hub.bearer()), None);
+    assert_eq!(desired["desired"]["deployment"], "north-v2");
+    assert_eq!(desired["assignment"]["matched"], json!(["north-v2", "north-v1"]), "{desired}");
+
+    // Signed by a trusted key but built for another device class: refused on the device.
+    let (m, training) = model();
+    let other_target = build(&m, &training, &spec(3, "other-class"), &signer(1)).unwrap();
+    let wrong = hub.upload(other_target);
+    hub.deploy("wrong-target", &wrong, "*", 3);
+    let e = hub.wait_state("wrong-target", &site.device, "failed", &site);
+    assert!(e["reason"].as_str().unwrap().contains("other-class"), "{e}");
+    assert_eq!(e["running_release"], 2, "the current model keeps running");
+
+    // An older release (a rollback attack through the hub): refused.
+    hub.deploy("back-to-v1", &v1, "*", 4);
+    let e = hub.wait_state("back-to-v1", &site.device, "failed", &site);
+    assert!(e["reason"].as_str().unwrap().contains("release"), "{e}");
+    assert_eq!(agent.metric("model_release"), Some(2.0));
+    assert!(agent.metric("model_installs_refused_total").unwrap() >= 2.0);
+
+    // Stopping the newest deployments hands the device back to the one still applying: v2,
+    // which it already runs, so it says so without downloading anything.
+    for name in ["back-to-v1", "wrong-target"] {
+        let (status, body) = hub.call("DELETE", &format!("/api/v1/deployments/{name}"), Some(&hub.bearer()), None);
+        assert_eq!(status, 204, "{body}");
+    }
+    hub.wait_state("north-v2", &site.device, "active", &site);
+    agent.stop();
+}
+
+#[test]
+fn the_api_refuses_whoever_may_not_do_something() {
+    let (site, hub) = site_and_hub();
+    let secret = provision(&hub, &site, json!({"site": "north"}));
+    let (status, body) = hub.call("GET", "/api/v1/devices", None, None);
+    assert_eq!((status, body["code"].as_str()), (401, Some("unauthorized")), "{body}");
+    let (status, _) = hub.call("GET", "/api/v1/devices", Some("Bearer imp_0000_wrong"), None);
+    assert_eq!(status, 401);
+
+    let (_, reader) = hub.rt.block_on(hub.hub.store.add_token("viewer", Role::Read)).unwrap();
+    let reader = format!("Bearer {reader}");
+    let (status, body) = hub.call("GET", "/api/v1/devices", Some(&reader), None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["items"][0]["id"], site.device.as_str());
+    let dep = serde_json::to_vec(&json!({"name": "x", "package_sha256": "ab".repeat(32), "target_condition": "*"}));
+    let (status, body) = hub.call("POST", "/api/v1/deployments", Some(&reader), Some(dep.unwrap()));
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")), "{body}");
+
+    // A device reads its own desired state, not another's, and cannot use operator endpoints.
+    let device = impeller_hub::auth::basic(&site.device, &secret);
+    let (status, _) = hub.call("GET", &format!("/api/v1/devices/{}/desired", site.device), Some(&device), None);
+    assert_eq!(status, 200);
+    let (status, _) = hub.call("GET", "/api/v1/devices/someone-else/desired", Some(&device), None);
+    assert_eq!(status, 403);
+    let (status, _) = hub.call("GET", "/api/v1/deployments", Some(&device), None);
+    assert_eq!(status, 403);
+    let wrong = impeller_hub::auth::basic(&site.device, "not-the-secret");
+    let (status, _) = hub.call("GET", &format!("/api/v1/devices/{}/desired", site.device), Some(&wrong), None);
+    assert_eq!(status, 401);
+
+    // Bad input says what was wrong.
+    let bad = serde_json::to_vec(
+        &json!({"name": "x", "package_sha256": "ab".repeat(32), "target_condition": "tags.site = north"}),
+    );
+    let (status, body) = hub.call("POST", "/api/v1/deployments", Some(&hub.bearer()), Some(bad.unwrap()));
+    assert_eq!((status, body["code"].as_str()), (422, Some("invalid_request")), "{body}");
+    assert!(body["detail"].as_str().unwrap().contains("column 13"), "{body}");
+    let (status, body) = hub.call("POST", "/api/v1/packages", Some(&hub.bearer()), Some(b"not a package".to_vec()));
+    assert_eq!((status, body["code"].as_str()), (422, Some("package_refused")), "{body}");
+    let untrusted = build(&model().0, &model().1, &spec(1, "gw-test"), &signer(9)).unwrap();
+    let (status, body) = hub.call("POST", "/api/v1/packages", Some(&hub.bearer()), Some(untrusted));
+    assert_eq!(status, 422, "a package signed by an unknown key is refused at upload: {body}");
+    let (status, body) = hub.call("GET", "/api/v1/nowhere", Some(&hub.bearer()), None);
+    assert_eq!((status, body["code"].as_str()), (404, Some("not_found")));
+
+    // Revoked: refused at once by the API.
+    let (status, _) = hub.call("POST", &format!("/api/v1/devices/{}/revoke", site.device), Some(&hub.bearer()), None);
+    assert_eq!(status, 204);
+    let (status, _) = hub.call("GET", &format!("/api/v1/devices/{}/desired", site.device), Some(&device), None);
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn an_interrupted_download_resumes_where_it_stopped() {
+    let (site, hub) = site_and_hub();
+    let secret = provision(&hub, &site, json!({}));
+    let bytes = package(1);
+    let sha = hub.upload(bytes.clone());
+    let pkg = PackageRef {
+        sha256: sha.clone(),
+        size: bytes.len() as u64,
+        model: "p101".into(),
+        version: "1.1.0".into(),
+        release: 1,
+    };
+    let dir = site.dir.path().join("downloads");
+    let d = Downloader::new(&hub.api, &site.device, &secret, &dir, 1 << 30).unwrap();
+    let half = bytes.len() / 2;
+
+    // The first half arrived before the link dropped. Spoil the hub's copy of that half: only a
+    // download that asks for the rest, and keeps what it has, still gets the right package.
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(d.part_path(&sha), &bytes[..half]).unwrap();
+    let stored = hub.packages_dir.join(format!("{sha}.pkg"));
+    let mut spoiled = bytes.clone();
+    spoiled[..half].fill(0);
+    std::fs::write(&stored, &spoiled).unwrap();
+    let got = hub.rt.block_on(d.fetch(&pkg)).unwrap();
+    assert_eq!(Sha256::digest(&got).as_slice(), Sha256::digest(&bytes).as_slice());
+
+    // Without a part file the whole (spoiled) file comes, fails its hash and is thrown away.
+    std::fs::remove_file(d.part_path(&sha)).unwrap();
+    let e = hub.rt.block_on(d.fetch(&pkg)).unwrap_err();
+    assert!(matches!(e, DownloadError::Hash { .. }), "{e}");
+    assert!(!d.part_path(&sha).exists(), "a wrong download is not kept");
+
+    // Restored on the hub: the next attempt starts over and succeeds.
+    std::fs::write(&stored, &bytes).unwrap();
+    assert_eq!(hub.rt.block_on(d.fetch(&pkg)).unwrap(), bytes);
+
+    // Wrong credentials: an HTTP error, which the agent retries later.
+    let bad = Downloader::new(&hub.api, &site.device, "wrong", &dir, 1 << 30).unwrap();
+    std::fs::remove_file(d.part_path(&sha)).unwrap();
+    let e = hub.rt.block_on(bad.fetch(&pkg)).unwrap_err();
+    assert!(e.is_transient() && e.to_string().contains("401"), "{e}");
+}

@@ -1,0 +1,582 @@
+//! The REST API under `/api/v1`. Operators call it with an API token, devices with their own
+//! credentials (see [`crate::auth`]). Errors are `application/problem+json` with a `code` from
+//! a closed set ([`Code`]); lists are paginated with `limit` and `after`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use impeller_core::deploy::{self, Condition, DeviceFacts, valid_sha256};
+use impeller_core::package::{self, Limits, TrustStore};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::sync::Notify;
+use tower::ServiceExt;
+
+use crate::auth::{self, AuthError, Caller, Role};
+use crate::fleet::{Credentials, Device};
+use crate::store::{DeploymentInfo, PackageInfo, Store, StoreError, UpdateInfo, now_ms};
+
+/// What the handlers share.
+#[derive(Debug, Clone)]
+pub struct ApiState {
+    pub store: Store,
+    pub devices: Credentials,
+    /// Folder of uploaded packages, `{sha256}.pkg`.
+    pub packages_dir: PathBuf,
+    /// Keys a package must be signed with to be accepted.
+    pub trust: Arc<TrustStore>,
+    pub max_package_bytes: u64,
+    /// Wakes the deployment reconciler after a change.
+    pub reconcile: Arc<Notify>,
+}
+
+/// The closed set of error codes; each maps to one HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Code {
+    Unauthorized,
+    Forbidden,
+    NotFound,
+    Conflict,
+    InvalidRequest,
+    PackageRefused,
+    PayloadTooLarge,
+    Internal,
+}
+
+impl Code {
+    fn status(self) -> StatusCode {
+        match self {
+            Code::Unauthorized => StatusCode::UNAUTHORIZED,
+            Code::Forbidden => StatusCode::FORBIDDEN,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::Conflict => StatusCode::CONFLICT,
+            Code::InvalidRequest | Code::PackageRefused => StatusCode::UNPROCESSABLE_ENTITY,
+            Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Code::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An RFC 9457 problem document.
+#[derive(Debug, Serialize)]
+pub struct Problem {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub title: &'static str,
+    pub status: u16,
+    pub code: Code,
+    pub detail: String,
+}
+
+impl Problem {
+    pub fn new(code: Code, detail: impl Into<String>) -> Problem {
+        let status = code.status();
+        let code_name = serde_json::to_value(code).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default();
+        Problem {
+            kind: format!("https://impeller.dev/problems/{code_name}"),
+            title: status.canonical_reason().unwrap_or("error"),
+            status: status.as_u16(),
+            code,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut r = (status, Json(&self)).into_response();
+        r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if self.code == Code::Unauthorized {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer, Basic realm=\"impeller\""));
+        }
+        r
+    }
+}
+
+impl From<StoreError> for Problem {
+    fn from(e: StoreError) -> Problem {
+        match e {
+            StoreError::NotFound { .. } | StoreError::NoDevice(_) => Problem::new(Code::NotFound, e.to_string()),
+            StoreError::Exists { .. } | StoreError::DeviceExists(_) => Problem::new(Code::Conflict, e.to_string()),
+            StoreError::BadDeviceId(_) => Problem::new(Code::InvalidRequest, e.to_string()),
+            other => {
+                // The detail is logged, not sent: it may name tables or hosts.
+                tracing::error!(error = %other, "api: store error");
+                Problem::new(Code::Internal, "the hub could not complete the request; see its log")
+            }
+        }
+    }
+}
+
+impl From<AuthError> for Problem {
+    fn from(e: AuthError) -> Problem {
+        match e {
+            AuthError::Store(s) => s.into(),
+            other => Problem::new(Code::Unauthorized, other.to_string()),
+        }
+    }
+}
+
+impl From<JsonRejection> for Problem {
+    fn from(e: JsonRejection) -> Problem {
+        Problem::new(Code::InvalidRequest, e.body_text())
+    }
+}
+
+type ApiResult<T> = Result<T, Problem>;
+
+async fn caller(state: &ApiState, headers: &HeaderMap) -> ApiResult<Caller> {
+    let h = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    Ok(auth::authenticate(h, &state.store, &state.devices).await?)
+}
+
+/// An operator with at least `role`.
+async fn operator(state: &ApiState, headers: &HeaderMap, role: Role) -> ApiResult<()> {
+    match caller(state, headers).await? {
+        Caller::Operator { role: r, .. } if r >= role => Ok(()),
+        Caller::Operator { role: r, .. } => Err(Problem::new(
+            Code::Forbidden,
+            format!("this needs the `{}` role; the token has `{}`", role.as_str(), r.as_str()),
+        )),
+        Caller::Device(_) => Err(Problem::new(Code::Forbidden, "devices may not call this")),
+    }
+}
+
+/// An operator who may read, or the device `id` itself.
+async fn reader_or_device(state: &ApiState, headers: &HeaderMap, id: Option<&str>) -> ApiResult<()> {
+    match caller(state, headers).await? {
+        Caller::Operator { .. } => Ok(()),
+        Caller::Device(d) if id.is_none_or(|id| id == d) => Ok(()),
+        Caller::Device(_) => Err(Problem::new(Code::Forbidden, "a device may read only its own state")),
+    }
+}
+
+/// `?limit=&after=`: at most `limit` items (default 100, at most 1000) after the key `after`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PageQuery {
+    pub limit: Option<usize>,
+    pub after: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `after` for the next page; absent on the last one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<String>,
+}
+
+fn page<T>(items: Vec<T>, key: impl Fn(&T) -> &str, q: &PageQuery) -> ApiResult<Page<T>> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Problem::new(Code::InvalidRequest, "limit must be 1 to 1000"));
+    }
+    let mut rest: Vec<T> = match &q.after {
+        Some(a) => items.into_iter().filter(|i| key(i) > a.as_str()).collect(),
+        None => items,
+    };
+    let more = rest.len() > limit;
+    rest.truncate(limit);
+    let next_after = if more { rest.last().map(|i| key(i).to_string()) } else { None };
+    Ok(Page { items: rest, next_after })
+}
+
+fn query<T>(q: Result<Query<T>, axum::extract::rejection::QueryRejection>) -> ApiResult<T> {
+    q.map(|Query(q)| q).map_err(|e| Problem::new(Code::InvalidRequest, e.body_text()))
+}
+
+pub fn router(state: ApiState) -> axum::Router {
+    let upload_limit = usize::try_from(state.max_package_bytes).unwrap_or(usize::MAX).saturating_add(1);
+    axum::Router::new()
+        .route("/api/v1/health", get(health))
+        .route("/api/v1/devices", get(list_devices).post(add_device))
+        .route("/api/v1/devices/{id}", get(get_device))
+        .route("/api/v1/devices/{id}/revoke", post(revoke_device))
+        .route("/api/v1/devices/{id}/desired", get(device_desired))
+        .route("/api/v1/packages", get(list_packages).post(upload_package).layer(DefaultBodyLimit::max(upload_limit)))
+        .route("/api/v1/packages/{sha256}", get(get_package))
+        .route("/api/v1/packages/{sha256}/content", get(package_content))
+        .route("/api/v1/deployments", get(list_deployments).post(create_deployment))
+        .route("/api/v1/deployments/{name}", get(get_deployment).delete(stop_deployment))
+        .fallback(|| async { Problem::new(Code::NotFound, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(Code::InvalidRequest, "this endpoint does not take that method")
+        })
+        .with_state(state)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+/// A device with what it should run and what it last reported.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeviceView {
+    #[serde(flatten)]
+    pub device: serde_json::Value,
+    pub desired_deployment: Option<String>,
+    pub update: Option<serde_json::Value>,
+}
+
+async fn device_views(store: &Store) -> ApiResult<Vec<DeviceView>> {
+    let desired: HashMap<String, String> =
+        store.desired().await?.into_iter().map(|d| (d.device, d.deployment)).collect();
+    let updates: HashMap<String, UpdateInfo> =
+        store.updates().await?.into_iter().map(|u| (u.device.clone(), u)).collect();
+    Ok(store
+        .devices()
+        .await?
+        .into_iter()
+        .map(|d| DeviceView {
+            desired_deployment: desired.get(&d.id).cloned(),
+            update: updates.get(&d.id).and_then(|u| serde_json::to_value(u).ok()),
+            device: serde_json::to_value(&d).unwrap_or_default(),
+        })
+        .collect())
+}
+
+async fn list_devices(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Page<DeviceView>>> {
+    operator(&s, &headers, Role::Read).await?;
+    let q = query(q)?;
+    let views = device_views(&s.store).await?;
+    Ok(Json(page(views, |v| v.device["id"].as_str().unwrap_or_default(), &q)?))
+}
+
+async fn get_device(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DeviceView>> {
+    reader_or_device(&s, &headers, Some(&id)).await?;
+    device_views(&s.store)
+        .await?
+        .into_iter()
+        .find(|v| v.device["id"] == id.as_str())
+        .map(Json)
+        .ok_or_else(|| StoreError::NoDevice(id).into())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDevice {
+    pub id: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub profile: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct NewDeviceCredentials {
+    pub id: String,
+    /// Shown once; the hub keeps only a salted hash.
+    pub secret: String,
+}
+
+async fn add_device(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Json<NewDevice>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<NewDeviceCredentials>)> {
+    operator(&s, &headers, Role::Admin).await?;
+    let Json(d) = body?;
+    let secret = s.store.add_device(&d.id, &d.tags, &d.profile).await?;
+    s.devices.refresh(&s.store).await?;
+    s.reconcile.notify_one();
+    Ok((StatusCode::CREATED, Json(NewDeviceCredentials { id: d.id, secret })))
+}
+
+async fn revoke_device(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    operator(&s, &headers, Role::Admin).await?;
+    s.store.revoke_device(&id).await?;
+    s.devices.refresh(&s.store).await?;
+    s.reconcile.notify_one();
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A device's desired state and why.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DesiredView {
+    pub desired: Option<deploy::Desired>,
+    pub assignment: Option<serde_json::Value>,
+}
+
+async fn device_desired(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<DesiredView>> {
+    reader_or_device(&s, &headers, Some(&id)).await?;
+    let devices = s.store.devices().await?;
+    let device: &Device = devices.iter().find(|d| d.id == id).ok_or_else(|| StoreError::NoDevice(id.clone()))?;
+    let mut deployments = Vec::new();
+    for d in s.store.deployments().await?.into_iter().filter(|d| d.stopped_ms.is_none()) {
+        if let Ok(condition) = Condition::parse(&d.target_condition) {
+            deployments.push(deploy::Deployment {
+                name: d.name,
+                condition,
+                priority: d.priority,
+                created_ms: d.created_ms,
+                package_sha256: d.package_sha256,
+            });
+        }
+    }
+    let facts = DeviceFacts { id: &device.id, profile: &device.profile, tags: &device.tags };
+    let assignment = if device.revoked_ms.is_some() { None } else { deploy::resolve(&facts, &deployments) };
+    let desired = match &assignment {
+        Some(a) => s.store.package(&a.package_sha256).await?.map(|p| deploy::Desired {
+            v: impeller_core::wire::SCHEMA_VERSION,
+            deployment: a.deployment.clone(),
+            package: deploy::PackageRef {
+                sha256: p.sha256,
+                size: p.size,
+                model: p.model,
+                version: p.version,
+                release: p.release,
+            },
+        }),
+        None => None,
+    };
+    Ok(Json(DesiredView { desired, assignment: assignment.and_then(|a| serde_json::to_value(a).ok()) }))
+}
+
+async fn upload_package(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<(StatusCode, Json<PackageInfo>)> {
+    operator(&s, &headers, Role::Operator).await?;
+    let bytes = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            Problem::new(Code::PayloadTooLarge, format!("packages are limited to {} bytes", s.max_package_bytes))
+        }
+        _ => Problem::new(Code::InvalidRequest, e.body_text()),
+    })?;
+    if s.trust.is_empty() {
+        return Err(Problem::new(
+            Code::PackageRefused,
+            "the hub has no trusted signing keys: start it with --trusted-key FILE",
+        ));
+    }
+    let limits = Limits { max_bytes: s.max_package_bytes, ..Limits::default() };
+    let pkg = package::open(&bytes, &s.trust, limits)
+        .map_err(|e| Problem::new(Code::PackageRefused, format!("{}: {e}", e.code())))?;
+    let sha256 = impeller_core::hex::encode(&Sha256::digest(&bytes));
+    let path = s.packages_dir.join(format!("{sha256}.pkg"));
+    let write = {
+        let (path, bytes, dir) = (path.clone(), bytes.clone(), s.packages_dir.clone());
+        tokio::task::spawn_blocking(move || write_durably(&dir, &path, &bytes)).await
+    };
+    if let Err(error) = write.map_err(std::io::Error::other).and_then(|r| r) {
+        tracing::error!(%error, path = %path.display(), "cannot store a package");
+        return Err(Problem::new(Code::Internal, "the hub could not store the package; see its log"));
+    }
+    let m = &pkg.manifest;
+    let info = PackageInfo {
+        sha256,
+        size: bytes.len() as u64,
+        model: m.model.name.clone(),
+        version: m.model.version.clone(),
+        release: m.release,
+        target: m.target.clone(),
+        signed_by: pkg.signed_by.clone(),
+        uploaded_ms: now_ms(),
+    };
+    s.store.put_package(&info).await?;
+    let stored = s.store.package(&info.sha256).await?.unwrap_or(info);
+    Ok((StatusCode::CREATED, Json(stored)))
+}
+
+/// Temporary file, fsync, rename, fsync of the folder: a package is whole or absent.
+fn write_durably(dir: &std::path::Path, path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+async fn list_packages(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Page<PackageInfo>>> {
+    operator(&s, &headers, Role::Read).await?;
+    let q = query(q)?;
+    let mut all = s.store.packages().await?;
+    all.sort_by(|a, b| a.sha256.cmp(&b.sha256));
+    Ok(Json(page(all, |p| &p.sha256, &q)?))
+}
+
+async fn known_package(s: &ApiState, sha256: &str) -> ApiResult<PackageInfo> {
+    if !valid_sha256(sha256) {
+        return Err(Problem::new(Code::InvalidRequest, "a package is named by its SHA-256: 64 lowercase hex digits"));
+    }
+    s.store
+        .package(sha256)
+        .await?
+        .ok_or_else(|| StoreError::NotFound { kind: "package", id: sha256.to_string() }.into())
+}
+
+async fn get_package(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(sha256): Path<String>,
+) -> ApiResult<Json<PackageInfo>> {
+    operator(&s, &headers, Role::Read).await?;
+    Ok(Json(known_package(&s, &sha256).await?))
+}
+
+/// The package file, with range requests (a device resumes an interrupted download) and its
+/// hash as the entity tag.
+async fn package_content(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(sha256): Path<String>,
+    request: Request,
+) -> ApiResult<Response> {
+    reader_or_device(&s, &headers, None).await?;
+    let p = known_package(&s, &sha256).await?;
+    let path = s.packages_dir.join(format!("{}.pkg", p.sha256));
+    let served = tower_http::services::ServeFile::new(&path).oneshot(request).await;
+    let mut response = match served {
+        Ok(r) => r.map(Body::new),
+        Err(error) => match error {},
+    };
+    if response.status() == StatusCode::NOT_FOUND {
+        tracing::error!(path = %path.display(), "a registered package is missing from the artifact folder");
+        return Err(Problem::new(Code::Internal, "the package file is missing on the hub; see its log"));
+    }
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", p.sha256)) {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewDeployment {
+    pub name: String,
+    pub package_sha256: String,
+    /// e.g. `tags.site = 'north' AND profile = 'arm-small'`; `*` for every device.
+    pub target_condition: String,
+    #[serde(default)]
+    pub priority: i64,
+}
+
+async fn create_deployment(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Json<NewDeployment>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<DeploymentInfo>)> {
+    operator(&s, &headers, Role::Operator).await?;
+    let Json(d) = body?;
+    if !impeller_core::wire::valid_device_id(&d.name) {
+        return Err(Problem::new(Code::InvalidRequest, "name must be 1 to 64 of A-Z a-z 0-9 . _ -"));
+    }
+    Condition::parse(&d.target_condition).map_err(|e| Problem::new(Code::InvalidRequest, e.to_string()))?;
+    known_package(&s, &d.package_sha256).await?;
+    let info = DeploymentInfo {
+        name: d.name,
+        package_sha256: d.package_sha256,
+        target_condition: d.target_condition,
+        priority: d.priority,
+        created_ms: now_ms(),
+        stopped_ms: None,
+    };
+    s.store.add_deployment(&info).await?;
+    s.reconcile.notify_one();
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+async fn list_deployments(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    q: Result<Query<PageQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Page<DeploymentInfo>>> {
+    operator(&s, &headers, Role::Read).await?;
+    let q = query(q)?;
+    let mut all = s.store.deployments().await?;
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Json(page(all, |d| &d.name, &q)?))
+}
+
+/// A deployment with where each of its devices is.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeploymentStatus {
+    pub deployment: serde_json::Value,
+    /// Devices by state: `pending` (told, nothing reported yet), then the reported states.
+    pub counts: BTreeMap<String, usize>,
+    pub devices: Vec<DeviceStatus>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeviceStatus {
+    pub device: String,
+    pub state: String,
+    pub reason: Option<String>,
+    pub running_release: Option<u64>,
+}
+
+async fn get_deployment(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<DeploymentStatus>> {
+    operator(&s, &headers, Role::Read).await?;
+    let d = s
+        .store
+        .deployments()
+        .await?
+        .into_iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| StoreError::NotFound { kind: "deployment", id: name.clone() })?;
+    let updates: HashMap<String, UpdateInfo> =
+        s.store.updates().await?.into_iter().map(|u| (u.device.clone(), u)).collect();
+    let mut devices = Vec::new();
+    let mut counts = BTreeMap::new();
+    for desired in s.store.desired().await?.into_iter().filter(|x| x.deployment == name) {
+        let u = updates
+            .get(&desired.device)
+            .filter(|u| u.deployment == desired.deployment && u.package_sha256 == desired.package_sha256);
+        let state = u.map_or("pending".to_string(), |u| u.state.clone());
+        *counts.entry(state.clone()).or_insert(0) += 1;
+        devices.push(DeviceStatus {
+            device: desired.device,
+            state,
+            reason: u.and_then(|u| u.reason.clone()),
+            running_release: u.and_then(|u| u.running_release),
+        });
+    }
+    Ok(Json(DeploymentStatus { deployment: serde_json::to_value(&d).unwrap_or_default(), counts, devices }))
+}
+
+async fn stop_deployment(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    operator(&s, &headers, Role::Operator).await?;
+    s.store.stop_deployment(&name).await?;
+    s.reconcile.notify_one();
+    Ok(StatusCode::NO_CONTENT)
+}
