@@ -33,6 +33,8 @@ target = "bench"
 data_dir = "$work/data"
 [hub]
 broker = "$broker"
+# Set, so the update client is built as on a real device; nothing listens there.
+api = "http://127.0.0.1:9"
 [models]
 trusted_keys = ["$work/ops.public.json"]
 [outbox]

@@ -406,6 +406,71 @@ pub struct UpdateReport {
     pub running_release: Option<u64>,
 }
 
+/// What one model did over a stretch of readings.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Trial {
+    pub scored: u64,
+    pub alarms: u64,
+    /// Scores that were NaN or infinite: a model that produces them is broken.
+    pub nonfinite: u64,
+}
+
+impl Trial {
+    pub fn add(&mut self, score: f64, alarm: bool) {
+        self.scored += 1;
+        self.alarms += u64::from(alarm);
+        self.nonfinite += u64::from(!score.is_finite());
+    }
+
+    pub fn alarm_rate(&self) -> f64 {
+        if self.scored == 0 { 0.0 } else { self.alarms as f64 / self.scored as f64 }
+    }
+}
+
+/// When a new model is judged against the running one: in shadow before the switch, and during
+/// the health watch after it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TrialPolicy {
+    /// Frames the running model must have scored before a judgement is made.
+    pub min_frames: u64,
+    /// How much higher (absolute, 0 to 1) the new model's alarm rate may be.
+    pub max_alarm_rate_increase: f64,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Judgement {
+    Pass,
+    /// Not enough frames yet to say.
+    Undecided,
+    Fail(String),
+}
+
+/// Judges `candidate` against `running` over the same readings.
+pub fn judge(candidate: &Trial, running: &Trial, p: &TrialPolicy) -> Judgement {
+    if candidate.nonfinite > 0 {
+        return Judgement::Fail(format!("{} of {} scores were not finite", candidate.nonfinite, candidate.scored));
+    }
+    if running.scored < p.min_frames {
+        return Judgement::Undecided;
+    }
+    if candidate.scored * 2 < running.scored {
+        return Judgement::Fail(format!(
+            "it scored {} of the {} frames the running model scored (channels or adapter do not fit)",
+            candidate.scored, running.scored
+        ));
+    }
+    let (new, old) = (candidate.alarm_rate(), running.alarm_rate());
+    if new - old > p.max_alarm_rate_increase {
+        return Judgement::Fail(format!(
+            "it alarms on {:.1} % of frames against {:.1} % for the running model (at most {:.1} points more allowed)",
+            new * 100.0,
+            old * 100.0,
+            p.max_alarm_rate_increase * 100.0
+        ));
+    }
+    Judgement::Pass
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -489,6 +554,24 @@ mod tests {
         assert_eq!(a.deployment, "new");
         assert!(a.reason.contains("newest"));
         assert!(resolve(&d, &[dep("south", "tags.site = 'south'", 1, 1)]).is_none());
+    }
+
+    #[test]
+    fn a_candidate_is_judged_on_the_same_frames_as_the_running_model() {
+        let p = TrialPolicy { min_frames: 100, max_alarm_rate_increase: 0.2 };
+        let t = |scored, alarms| Trial { scored, alarms, nonfinite: 0 };
+        assert_eq!(judge(&t(50, 0), &t(50, 0), &p), Judgement::Undecided);
+        assert_eq!(judge(&t(200, 30), &t(200, 0), &p), Judgement::Pass);
+        assert_eq!(judge(&t(200, 10), &t(200, 40), &p), Judgement::Pass, "fewer alarms is fine");
+        let Judgement::Fail(why) = judge(&t(200, 100), &t(200, 20), &p) else { panic!() };
+        assert!(why.contains("50.0 %") && why.contains("10.0 %"), "{why}");
+        assert!(matches!(judge(&t(20, 0), &t(200, 0), &p), Judgement::Fail(w) if w.contains("20 of the 200")));
+        let broken = Trial { scored: 5, alarms: 0, nonfinite: 1 };
+        assert!(matches!(judge(&broken, &t(0, 0), &p), Judgement::Fail(_)), "broken even before enough frames");
+        let mut tr = Trial::default();
+        tr.add(0.5, false);
+        tr.add(f64::NAN, true);
+        assert_eq!((tr.scored, tr.alarms, tr.nonfinite), (2, 1, 1));
     }
 
     #[test]

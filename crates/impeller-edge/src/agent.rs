@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use impeller_core::adapter::Adapter;
-use impeller_core::deploy::{Desired, UpdateReport, UpdateState, decode_desired};
+use impeller_core::deploy::{Desired, Judgement, Trial, TrialPolicy, UpdateReport, UpdateState, decode_desired, judge};
 use impeller_core::package::{KeyFile, TrustStore, VerifiedPackage};
 use impeller_core::registers::RegisterMap;
 use impeller_core::wire::{self, ModelRef};
@@ -55,6 +55,44 @@ impl Active {
         );
         Ok(Self { scorer: Scorer::new(model), adapter, producer, pkg })
     }
+
+    /// Adapts and scores one reading; `None` until the adapter has a whole frame.
+    fn score(&mut self, r: &Reading) -> Option<(i64, Vec<f64>, Verdict)> {
+        let (ts, frame) = self.adapter.push(r.ts_ms, r.values.iter().map(|(k, v)| (k.as_ref(), *v)))?;
+        let verdict = self.scorer.push(ts, &frame);
+        Some((ts, frame, verdict))
+    }
+}
+
+fn count(trial: &mut Trial, verdict: &Verdict) {
+    if let Verdict::Scored(s) = verdict {
+        trial.add(s.score, s.alarm);
+    }
+}
+
+/// Scores `readings` with a fresh copy of `pkg`'s model (nothing is sent).
+fn shadow(pkg: &VerifiedPackage, cfg: &Config, readings: &VecDeque<Reading>) -> anyhow::Result<Trial> {
+    let mut a = Active::new(pkg.clone(), cfg)?;
+    let mut trial = Trial::default();
+    for r in readings {
+        if let Some((_, _, v)) = a.score(r) {
+            count(&mut trial, &v);
+        }
+    }
+    Ok(trial)
+}
+
+/// After a switch: the previous model keeps scoring beside the new one until `until`.
+struct HealthWatch {
+    previous: Active,
+    desired: Desired,
+    until: Instant,
+    new: Trial,
+    old: Trial,
+}
+
+fn trial_policy(cfg: &Config) -> TrialPolicy {
+    TrialPolicy { min_frames: cfg.models.min_trial_frames, max_alarm_rate_increase: cfg.models.max_alarm_rate_increase }
 }
 
 pub fn load_trust(paths: &[PathBuf]) -> anyhow::Result<TrustStore> {
@@ -375,6 +413,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // agent restarts: the same bytes would be refused again).
     let mut downloading: Option<(String, tokio::task::JoinHandle<()>)> = None;
     let mut refused: std::collections::HashSet<String> = std::collections::HashSet::new();
+    let mut recent: VecDeque<Reading> = VecDeque::with_capacity(cfg.models.shadow_readings);
+    let mut watch: Option<HealthWatch> = None;
     let mut uplink = Uplink {
         client: client.clone(),
         device: cfg.device.id.clone(),
@@ -434,10 +474,21 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     continue;
                 };
                 Metrics::add(&metrics.readings, 1);
+                if recent.len() >= cfg.models.shadow_readings {
+                    recent.pop_front();
+                }
+                recent.push_back(reading.clone());
+                if let Some(w) = watch.as_mut()
+                    && let Some((_, _, v)) = w.previous.score(&reading)
+                {
+                    count(&mut w.old, &v);
+                }
                 if let Some(a) = active.as_mut() {
-                    let Some((ts, frame)) = a.adapter.push(reading.ts_ms, reading.values.iter().map(|(k, v)| (k.as_ref(), *v))) else { continue };
+                    let Some((ts, frame, verdict)) = a.score(&reading) else { continue };
                     Metrics::add(&metrics.frames, 1);
-                    let verdict = a.scorer.push(ts, &frame);
+                    if let Some(w) = watch.as_mut() {
+                        count(&mut w.new, &verdict);
+                    }
                     if let Verdict::Scored(s) = verdict {
                         Metrics::add(&metrics.scored, 1);
                         if s.alarm {
@@ -449,6 +500,27 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                         pump.as_mut().reset(tokio::time::Instant::now());
                     }
                     append(&mut outbox, &journal, &metrics, produced)?;
+                }
+                if let Some(w) = &watch {
+                    let judgement = judge(&w.new, &w.old, &trial_policy(&cfg));
+                    if let Judgement::Fail(why) = judgement {
+                        let Some(w) = watch.take() else { continue };
+                        let sha = w.desired.package.sha256.clone();
+                        tracing::error!(reason = %why, %sha, "the new model does worse than the one before it; rolling back");
+                        if store.roll_back()? {
+                            generation = store.state()?.generation;
+                            if let Some(mut bad) = active.replace(w.previous) {
+                                append(&mut outbox, &journal, &metrics, bad.producer.flush(crate::now_ms()))?;
+                            }
+                            Metrics::set(&metrics.model_release, active.as_ref().map_or(0, |a| a.pkg.manifest.release));
+                        }
+                        refused.insert(sha);
+                        report(&mut outbox, &w.desired, UpdateState::RolledBack, Some(format!("health watch: {why}")), &active)?;
+                        pump.as_mut().reset(tokio::time::Instant::now());
+                    } else if Instant::now() >= w.until {
+                        tracing::info!(new = ?w.new, old = ?w.old, "the new model passed its health watch");
+                        watch = None;
+                    }
                 }
             }
             event = uplink_rx.recv() => match event {
@@ -514,7 +586,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 }
                 downloading = None;
                 let installed = result.map_err(|e| e.to_string()).and_then(|bytes| {
-                    store.install(&bytes, &cfg.device.target, crate::now_ms(), None).map_err(|e| e.to_string())
+                    let now = crate::now_ms();
+                    let pkg = store.verify(&bytes, &cfg.device.target, now).map_err(|e| e.to_string())?;
+                    if let Some(a) = &active {
+                        let candidate = shadow(&pkg, &cfg, &recent).map_err(|e| e.to_string())?;
+                        let running = shadow(&a.pkg, &cfg, &recent).map_err(|e| e.to_string())?;
+                        match judge(&candidate, &running, &trial_policy(&cfg)) {
+                            Judgement::Fail(why) => return Err(format!("shadow scoring: {why}")),
+                            Judgement::Undecided => tracing::info!(frames = running.scored, "too few recent frames to shadow-score the new model; installing it"),
+                            Judgement::Pass => tracing::info!(?candidate, ?running, "the new model passed shadow scoring"),
+                        }
+                    }
+                    store.install(&bytes, &cfg.device.target, now, None).map_err(|e| e.to_string())
                 });
                 if let Some(d) = &downloader {
                     d.clean(None);
@@ -522,8 +605,23 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 match installed {
                     Ok(pkg) => {
                         generation = store.state()?.generation;
+                        // The previous model's pending aggregates are sent; from now on it
+                        // only scores, for comparison.
+                        let mut previous = active.take();
+                        if let Some(p) = previous.as_mut() {
+                            append(&mut outbox, &journal, &metrics, p.producer.flush(crate::now_ms()))?;
+                        }
                         switch_to(&mut active, pkg, &cfg, &mut outbox, &journal, &metrics)?;
                         report(&mut outbox, &desired, UpdateState::Active, None, &active)?;
+                        watch = previous.map(|p| {
+                            HealthWatch {
+                                previous: p,
+                                desired: desired.clone(),
+                                until: Instant::now() + Duration::from_secs(cfg.models.health_window_s),
+                                new: Trial::default(),
+                                old: Trial::default(),
+                            }
+                        });
                     }
                     Err(reason) => {
                         Metrics::add(&metrics.installs_refused, 1);
@@ -550,7 +648,10 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 if state.generation != generation {
                     generation = state.generation;
                     match store.load_active() {
-                        Ok(Some(pkg)) => switch_to(&mut active, pkg, &cfg, &mut outbox, &journal, &metrics)?,
+                        Ok(Some(pkg)) => {
+                            watch = None; // installed by hand: the operator decided
+                            switch_to(&mut active, pkg, &cfg, &mut outbox, &journal, &metrics)?;
+                        }
                         Ok(None) => {}
                         Err(error) => {
                             Metrics::add(&metrics.installs_refused, 1);

@@ -57,6 +57,19 @@ pub struct Models {
     pub trusted_keys: Vec<PathBuf>,
     #[serde(default = "d64mib")]
     pub max_package_bytes: u64,
+    /// Recent readings kept to shadow-score a new model before switching to it.
+    #[serde(default = "d1200usize")]
+    pub shadow_readings: usize,
+    /// Frames the running model must have scored before a new one is judged against it.
+    #[serde(default = "d100")]
+    pub min_trial_frames: u64,
+    /// How much higher (0 to 1) a new model's alarm rate may be than the running one's.
+    #[serde(default = "d02")]
+    pub max_alarm_rate_increase: f64,
+    /// After a switch, the old model keeps scoring beside the new one this long; the new one
+    /// is rolled back if it does worse.
+    #[serde(default = "d600")]
+    pub health_window_s: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -120,6 +133,15 @@ pub struct Metrics {
     pub listen: String,
 }
 
+fn d1200usize() -> usize {
+    1200
+}
+fn d100() -> u64 {
+    100
+}
+fn d02() -> f64 {
+    0.2
+}
 fn d30() -> u64 {
     30
 }

@@ -45,6 +45,9 @@ pub struct State {
     /// SHA-256 of the active package file: what the hub's desired state names.
     #[serde(default)]
     pub active_sha256: Option<String>,
+    /// SHA-256 of the package in the other slot: what a rollback returns to.
+    #[serde(default)]
+    pub previous_sha256: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -103,6 +106,29 @@ impl ModelStore {
         }
     }
 
+    /// Verifies a package for this device as [`install`](Self::install) would, without
+    /// installing it: signature, hashes, target, release, expiry, then its self-test.
+    pub fn verify(&self, bytes: &[u8], target: &str, now_ms: i64) -> Result<VerifiedPackage, StoreError> {
+        self.check(bytes, target, now_ms, None, &self.state()?)
+    }
+
+    fn check(
+        &self,
+        bytes: &[u8],
+        target: &str,
+        now_ms: i64,
+        rollback: Option<&RollbackDirective>,
+        state: &State,
+    ) -> Result<VerifiedPackage, StoreError> {
+        let pkg = open(bytes, &self.trust, self.limits)?;
+        let ctx = InstallContext { now_ms, target, installed_release: state.highest_release, rollback };
+        check_install(&pkg, &ctx)?;
+        // A package whose model does not reproduce its own golden scores here must never
+        // become the active model.
+        pkg.selftest.run(&pkg.model).map_err(PackageError::from)?;
+        Ok(pkg)
+    }
+
     /// Verifies a package for this device and makes it the active model.
     pub fn install(
         &self,
@@ -112,24 +138,40 @@ impl ModelStore {
         rollback: Option<&RollbackDirective>,
     ) -> Result<VerifiedPackage, StoreError> {
         let mut state = self.state()?;
-        let pkg = open(bytes, &self.trust, self.limits)?;
-        let ctx = InstallContext { now_ms, target, installed_release: state.highest_release, rollback };
-        check_install(&pkg, &ctx)?;
-        // Before the switch: a package whose model does not reproduce its own golden scores
-        // here must never become the active model.
-        pkg.selftest.run(&pkg.model).map_err(PackageError::from)?;
+        let pkg = self.check(bytes, target, now_ms, rollback, &state)?;
         let slot = state.active.map_or(Slot::A, Slot::other);
         io(&self.models, std::fs::create_dir_all(&self.models))?;
         let path = self.models.join(slot.file());
         io(&path, write_atomic(&path, bytes))?;
         state.active = Some(slot);
+        state.previous_sha256 = state.active_sha256.take();
         state.highest_release =
             Some(state.highest_release.map_or(pkg.manifest.release, |h| h.max(pkg.manifest.release)));
         state.generation += 1;
         state.active_sha256 = Some(impeller_core::hex::encode(&Sha256::digest(bytes)));
-        let state_bytes = serde_json::to_vec_pretty(&state).unwrap_or_default();
-        io(&self.state_path, write_atomic(&self.state_path, &state_bytes))?;
+        self.write_state(&state)?;
         Ok(pkg)
+    }
+
+    fn write_state(&self, state: &State) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec_pretty(state).unwrap_or_default();
+        io(&self.state_path, write_atomic(&self.state_path, &bytes))
+    }
+
+    /// Makes the other slot active again: the model that ran before the last install. The
+    /// highest release stays where it was, so the rolled-back release cannot come back.
+    /// Returns false when there is no previous model.
+    pub fn roll_back(&self) -> Result<bool, StoreError> {
+        let mut state = self.state()?;
+        let Some(active) = state.active else { return Ok(false) };
+        if state.previous_sha256.is_none() || !self.models.join(active.other().file()).exists() {
+            return Ok(false);
+        }
+        state.active = Some(active.other());
+        std::mem::swap(&mut state.active_sha256, &mut state.previous_sha256);
+        state.generation += 1;
+        self.write_state(&state)?;
+        Ok(true)
     }
 
     /// The active model, verified again (signature, hashes, self-test): a file changed on disk

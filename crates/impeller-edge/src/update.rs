@@ -32,10 +32,10 @@ impl DownloadError {
     }
 }
 
-/// Fetches packages from the hub's API with the device's credentials.
+/// Fetches packages from the hub's API with the device's credentials. The HTTP client is made
+/// per download and dropped after it: updates are rare, and an idle agent stays small.
 #[derive(Debug, Clone)]
 pub struct Downloader {
-    client: reqwest::Client,
     api: String,
     username: String,
     password: String,
@@ -45,14 +45,7 @@ pub struct Downloader {
 
 impl Downloader {
     pub fn new(api: &str, username: &str, password: &str, dir: &Path, max_bytes: u64) -> Result<Self, DownloadError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            // Per read, not per download: a slow link may take long for a large package.
-            .read_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| DownloadError::Http { url: api.to_string(), message: e.to_string() })?;
         Ok(Self {
-            client,
             api: api.trim_end_matches('/').to_string(),
             username: username.to_string(),
             password: password.to_string(),
@@ -100,7 +93,13 @@ impl Downloader {
         let url = format!("{}{}", self.api, pkg.content_path());
         let http = |message: String| DownloadError::Http { url: url.clone(), message };
         let io = |source| DownloadError::Io { path: path.to_path_buf(), source };
-        let mut req = self.client.get(&url).basic_auth(&self.username, Some(&self.password));
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(10))
+            // Per read, not per download: a slow link may take long for a large package.
+            .read_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| http(e.to_string()))?;
+        let mut req = client.get(&url).basic_auth(&self.username, Some(&self.password));
         if offset > 0 {
             req = req.header("range", format!("bytes={offset}-"));
         }

@@ -49,6 +49,87 @@ pub enum Command {
     /// Provision, list and revoke devices (in the hub's database).
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// API tokens for operators (in the hub's database: the first admin token comes from here).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Deployments on a running hub (through its API): which package which devices run.
+    #[command(subcommand)]
+    Deploy(DeployCommand),
+}
+
+/// Which hub's API, and the operator's token.
+#[derive(Debug, Args)]
+pub struct ApiArgs {
+    /// The hub's HTTP address.
+    #[arg(long, value_name = "URL", env = "IMPELLER_HUB", default_value = "http://127.0.0.1:8080")]
+    pub hub: String,
+    /// API token (impeller token create).
+    #[arg(long, value_name = "TOKEN", env = "IMPELLER_TOKEN", default_value = "", hide_env_values = true)]
+    pub token: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token and print it, once (the hub keeps only a hash of it).
+    Create {
+        /// A name saying whose token it is.
+        name: String,
+        #[arg(long, value_enum)]
+        role: TokenRole,
+        #[command(flatten)]
+        db: HubDb,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TokenRole {
+    /// Reads everything, changes nothing.
+    Read,
+    /// Uploads packages and manages deployments.
+    Operator,
+    /// Also provisions and revokes devices.
+    Admin,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeployCommand {
+    /// Deploy a package to the devices matching a target condition.
+    Create {
+        /// Deployment name: 1 to 64 of A-Z a-z 0-9 . _ -
+        name: String,
+        /// The package: its SHA-256 (from `impeller package upload`) or a file to upload.
+        #[arg(long)]
+        package: String,
+        /// Which devices, e.g. "tags.site = 'north' AND profile = 'arm-small'"; "*" for all.
+        #[arg(long)]
+        target: String,
+        /// Where several deployments match a device, the highest priority wins.
+        #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
+        priority: i64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List deployments.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Where each device of a deployment is: pending, downloading, verifying, active, failed.
+    Status {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop a deployment: its devices fall back to the next deployment that matches them.
+    Stop {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
 }
 
 /// Where the hub's database is: `--database URL`, or SQLite in `--data-dir`.
@@ -157,6 +238,15 @@ pub enum PackageCommand {
     },
     /// Sign a rollback directive that lets devices of a target install an older release.
     AllowRollback(AllowRollbackArgs),
+    /// Upload a signed package to a running hub; prints its SHA-256.
+    Upload {
+        /// Package file.
+        file: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

@@ -6,6 +6,7 @@ pub mod commands;
 pub mod data;
 pub mod logging;
 pub mod packages;
+pub mod remote;
 pub mod skab;
 
 use impeller_core::package::PackageError;
@@ -40,6 +41,8 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Package(cmd) => packages::run(cmd),
         Command::Hub(args) => hub(args),
         Command::Device(cmd) => device(cmd),
+        Command::Token(cli::TokenCommand::Create { name, role, db }) => token_create(&name, role, &db),
+        Command::Deploy(cmd) => remote::deploy(cmd),
     }
 }
 
@@ -86,6 +89,26 @@ fn hub(args: cli::HubArgs) -> anyhow::Result<()> {
         tracing::info!("stopping");
         Ok(())
     })
+}
+
+/// `impeller token create`: on the database directly, so the first admin token can be made.
+fn token_create(name: &str, role: cli::TokenRole, db: &cli::HubDb) -> anyhow::Result<()> {
+    use impeller_hub::auth::Role;
+    use std::io::Write;
+    let role = match role {
+        cli::TokenRole::Read => Role::Read,
+        cli::TokenRole::Operator => Role::Operator,
+        cli::TokenRole::Admin => Role::Admin,
+    };
+    create_data_dir(db)?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (_, token) = rt.block_on(async {
+        let store = impeller_hub::store::Store::open(&db.url()).await?;
+        anyhow::Ok(store.add_token(name, role).await?)
+    })?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{token}")?;
+    Ok(())
 }
 
 fn create_data_dir(db: &cli::HubDb) -> anyhow::Result<()> {

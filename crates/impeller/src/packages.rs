@@ -29,6 +29,7 @@ pub fn run(cmd: PackageCommand) -> anyhow::Result<()> {
         PackageCommand::Verify(a) => verify(a),
         PackageCommand::Inspect { file, json } => inspect(&file, json),
         PackageCommand::AllowRollback(a) => allow_rollback(a),
+        PackageCommand::Upload { file, api, json } => crate::remote::upload(&file, &api, json),
     }
 }
 

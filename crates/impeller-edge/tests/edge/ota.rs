@@ -13,7 +13,10 @@ use impeller_hub::{Hub, HubConfig};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
-use crate::support::{Site, free_port, model, package, signer, spec};
+use impeller_core::detector::{DetectorConfig, PcaConfig};
+use impeller_core::{TrainConfig, train};
+
+use crate::support::{Site, channels, frames, free_port, model, package, signer, spec};
 
 struct TestHub {
     rt: tokio::runtime::Runtime,
@@ -269,4 +272,69 @@ fn an_interrupted_download_resumes_where_it_stopped() {
     std::fs::remove_file(d.part_path(&sha)).unwrap();
     let e = hub.rt.block_on(bad.fetch(&pkg)).unwrap_err();
     assert!(e.is_transient() && e.to_string().contains("401"), "{e}");
+}
+
+/// A correctly signed package whose model alarms on nearly every frame of normal operation.
+fn hair_trigger_package(release: u64) -> Vec<u8> {
+    let training = frames(400, usize::MAX);
+    let mut cfg = TrainConfig::new(DetectorConfig::Pca(PcaConfig::default()));
+    cfg.calibration.margin = 0.01;
+    let m = train(&channels(), &training, &cfg).unwrap();
+    build(&m, &training, &spec(release, "gw-test"), &signer(1)).unwrap()
+}
+
+fn set_models(site: &Site, settings: &str) {
+    let config =
+        std::fs::read_to_string(&site.config).unwrap().replace("[models]\n", &format!("[models]\n{settings}\n"));
+    std::fs::write(&site.config, config).unwrap();
+}
+
+#[test]
+fn a_model_that_alarms_far_more_is_refused_in_shadow() {
+    let (site, hub) = site_and_hub();
+    provision(&hub, &site, json!({}));
+    let agent = site.start();
+    let v1 = hub.upload(package(1));
+    hub.deploy("v1", &v1, "*", 1);
+    hub.wait_state("v1", &site.device, "active", &site);
+    // Enough recent frames scored by v1 for a judgement (min_trial_frames = 100 by default).
+    assert!(agent.wait_metric("scores_total", |v| v >= 150.0, Duration::from_secs(30)).is_some(), "{}", site.log());
+
+    let hair = hub.upload(hair_trigger_package(2));
+    hub.deploy("hair-trigger", &hair, "*", 2);
+    let e = hub.wait_state("hair-trigger", &site.device, "failed", &site);
+    let reason = e["reason"].as_str().unwrap();
+    assert!(reason.contains("shadow scoring") && reason.contains("alarms on"), "{reason}");
+    assert_eq!(agent.metric("model_release"), Some(1.0), "v1 keeps running");
+    agent.stop();
+}
+
+#[test]
+fn a_model_that_does_worse_after_the_switch_is_rolled_back_by_the_device() {
+    let (site, hub) = site_and_hub();
+    // No shadow judgement (one recent reading is too few), so the bad model gets installed and
+    // only the health watch can catch it.
+    set_models(&site, "shadow_readings = 1\nmin_trial_frames = 50\nhealth_window_s = 120");
+    provision(&hub, &site, json!({}));
+    let agent = site.start();
+    let v1 = hub.upload(package(1));
+    hub.deploy("v1", &v1, "*", 1);
+    hub.wait_state("v1", &site.device, "active", &site);
+
+    let hair = hub.upload(hair_trigger_package(2));
+    hub.deploy("hair-trigger", &hair, "*", 2);
+    hub.wait_state("hair-trigger", &site.device, "active", &site);
+    let e = hub.wait_state("hair-trigger", &site.device, "rolled_back", &site);
+    assert!(e["reason"].as_str().unwrap().contains("health watch"), "{e}");
+    assert_eq!(e["running_release"], 1);
+    assert_eq!(agent.wait_metric("model_release", |v| v == 1.0, Duration::from_secs(5)), Some(1.0));
+    agent.stop();
+
+    // The rollback is durable: after a restart the device runs v1, and says so.
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(site.dir.path().join("data/state.json")).unwrap()).unwrap();
+    assert_eq!(state["active_sha256"], v1.as_str());
+    let agent = site.start();
+    assert_eq!(agent.wait_metric("model_release", |v| v == 1.0, Duration::from_secs(10)), Some(1.0));
+    agent.stop();
 }

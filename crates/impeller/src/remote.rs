@@ -1,0 +1,143 @@
+//! Commands that act on a running hub through its REST API, as any other client would:
+//! `impeller package upload` and `impeller deploy …`.
+
+use std::io::Write;
+
+use anyhow::Context;
+use serde_json::{Value, json};
+
+use crate::InputError;
+use crate::cli::{ApiArgs, DeployCommand};
+
+/// A hub's API with an operator's token.
+struct Api {
+    rt: tokio::runtime::Runtime,
+    client: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn new(args: &ApiArgs) -> anyhow::Result<Api> {
+        if args.token.is_empty() {
+            return Err(
+                InputError("no API token: pass --token or set IMPELLER_TOKEN (impeller token create)".into()).into()
+            );
+        }
+        Ok(Api {
+            rt: tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+            client: reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10)).build()?,
+            base: args.hub.trim_end_matches('/').to_string(),
+            token: args.token.clone(),
+        })
+    }
+
+    /// Sends a request; a problem document from the hub becomes an error that quotes it.
+    fn call(&self, method: &str, path: &str, body: Option<(Vec<u8>, &str)>) -> anyhow::Result<Value> {
+        let url = format!("{}/api/v1{path}", self.base);
+        self.rt.block_on(async {
+            let method = reqwest::Method::from_bytes(method.as_bytes())?;
+            let mut req = self.client.request(method, &url).bearer_auth(&self.token);
+            if let Some((bytes, content_type)) = body {
+                req = req.header("content-type", content_type).body(bytes);
+            }
+            let resp = req.send().await.with_context(|| format!("cannot reach the hub at {url}"))?;
+            let status = resp.status();
+            let bytes = resp.bytes().await.with_context(|| format!("reading the answer from {url}"))?;
+            let value: Value =
+                if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+            if status.is_success() {
+                return Ok(value);
+            }
+            let detail = value["detail"].as_str().unwrap_or("no detail");
+            let code = value["code"].as_str().unwrap_or("unknown");
+            let message = format!("the hub refused ({status}, {code}): {detail}");
+            // What the caller sent was wrong: exit code 3, like other bad input.
+            if status.is_client_error() && status.as_u16() != 401 && status.as_u16() != 403 {
+                return Err(InputError(message).into());
+            }
+            anyhow::bail!(message)
+        })
+    }
+}
+
+/// `impeller package upload FILE`: prints the package's SHA-256, which deployments name.
+pub fn upload(file: &std::path::Path, api: &ApiArgs, json_out: bool) -> anyhow::Result<()> {
+    let api = Api::new(api)?;
+    let sha = upload_with(&api, file)?;
+    let mut out = std::io::stdout().lock();
+    if json_out {
+        writeln!(out, "{}", json!({ "sha256": sha }))?;
+    } else {
+        writeln!(out, "{sha}")?;
+    }
+    Ok(())
+}
+
+fn upload_with(api: &Api, file: &std::path::Path) -> anyhow::Result<String> {
+    let bytes = std::fs::read(file).map_err(|e| InputError(format!("{}: {e}", file.display())))?;
+    let info = api.call("POST", "/packages", Some((bytes, "application/octet-stream")))?;
+    info["sha256"].as_str().map(String::from).context("the hub's answer has no sha256")
+}
+
+pub fn deploy(cmd: DeployCommand) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        DeployCommand::Create { name, package, target, priority, api } => {
+            let api = Api::new(&api)?;
+            // A SHA-256 names an uploaded package; anything else is a file to upload first.
+            let sha = if impeller_core::deploy::valid_sha256(&package) {
+                package
+            } else {
+                upload_with(&api, std::path::Path::new(&package))?
+            };
+            let body = json!({"name": name, "package_sha256": sha, "target_condition": target, "priority": priority});
+            api.call("POST", "/deployments", Some((serde_json::to_vec(&body)?, "application/json")))?;
+            writeln!(out, "deployment {name} created: package {sha}, target {target}, priority {priority}")?;
+        }
+        DeployCommand::List { api, json: as_json } => {
+            let api = Api::new(&api)?;
+            let page = api.call("GET", "/deployments?limit=1000", None)?;
+            if as_json {
+                writeln!(out, "{}", page["items"])?;
+            } else {
+                for d in page["items"].as_array().into_iter().flatten() {
+                    let state = if d["stopped_ms"].is_null() { "active" } else { "stopped" };
+                    writeln!(
+                        out,
+                        "{}\t{state}\tpriority {}\t{}\t{}",
+                        d["name"].as_str().unwrap_or_default(),
+                        d["priority"],
+                        d["package_sha256"].as_str().unwrap_or_default(),
+                        d["target_condition"].as_str().unwrap_or_default()
+                    )?;
+                }
+            }
+        }
+        DeployCommand::Status { name, api, json: as_json } => {
+            let api = Api::new(&api)?;
+            let status = api.call("GET", &format!("/deployments/{name}"), None)?;
+            if as_json {
+                writeln!(out, "{status}")?;
+            } else {
+                let counts: Vec<String> =
+                    status["counts"].as_object().into_iter().flatten().map(|(k, v)| format!("{k} {v}")).collect();
+                writeln!(out, "{name}: {}", if counts.is_empty() { "no devices".into() } else { counts.join(", ") })?;
+                for d in status["devices"].as_array().into_iter().flatten() {
+                    let reason = d["reason"].as_str().map(|r| format!("\t{r}")).unwrap_or_default();
+                    writeln!(
+                        out,
+                        "  {}\t{}{reason}",
+                        d["device"].as_str().unwrap_or_default(),
+                        d["state"].as_str().unwrap_or_default()
+                    )?;
+                }
+            }
+        }
+        DeployCommand::Stop { name, api } => {
+            Api::new(&api)?.call("DELETE", &format!("/deployments/{name}"), None)?;
+            writeln!(out, "deployment {name} stopped")?;
+        }
+    }
+    Ok(())
+}
