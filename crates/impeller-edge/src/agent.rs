@@ -330,7 +330,15 @@ async fn download(
 ) {
     let mut backoff = Duration::from_secs(2);
     loop {
-        match downloader.fetch(&desired.package).await {
+        let (d, pkg) = (downloader.clone(), desired.package.clone());
+        let fetched = tokio::task::spawn_blocking(move || d.fetch(&pkg)).await;
+        let fetched = fetched.unwrap_or_else(|e| {
+            Err(DownloadError::Io {
+                path: downloader.part_path(&desired.package.sha256),
+                source: std::io::Error::other(e),
+            })
+        });
+        match fetched {
             Err(error) if error.is_transient() => {
                 tracing::warn!(%error, sha256 = %desired.package.sha256, "package download interrupted; resuming later");
                 tokio::time::sleep(backoff).await;
@@ -585,6 +593,9 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     continue; // superseded by a newer desired state
                 }
                 downloading = None;
+                if result.is_ok() {
+                    report(&mut outbox, &desired, UpdateState::Verifying, None, &active)?;
+                }
                 let installed = result.map_err(|e| e.to_string()).and_then(|bytes| {
                     let now = crate::now_ms();
                     let pkg = store.verify(&bytes, &cfg.device.target, now).map_err(|e| e.to_string())?;

@@ -4,7 +4,7 @@
 //! hands over the bytes only when their size and SHA-256 match. Verification (signature,
 //! release, expiry, target, self-test) and the switch happen in [`crate::store`].
 
-use std::io::Write;
+use base64::Engine;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -59,7 +59,8 @@ impl Downloader {
     }
 
     /// Downloads (or finishes downloading) the package and returns its verified bytes.
-    pub async fn fetch(&self, pkg: &PackageRef) -> Result<Vec<u8>, DownloadError> {
+    /// Blocking: run it on a blocking thread.
+    pub fn fetch(&self, pkg: &PackageRef) -> Result<Vec<u8>, DownloadError> {
         if pkg.size > self.max_bytes {
             return Err(DownloadError::TooLarge { size: pkg.size, limit: self.max_bytes });
         }
@@ -71,7 +72,7 @@ impl Downloader {
             have = 0;
         }
         if have < pkg.size {
-            self.get_from(pkg, &path, have).await?;
+            self.get_from(pkg, &path, have)?;
         }
         let bytes = std::fs::read(&path).map_err(io)?;
         let check = if bytes.len() as u64 != pkg.size {
@@ -89,21 +90,28 @@ impl Downloader {
     }
 
     /// GET from byte `offset` on, appended to the part file.
-    async fn get_from(&self, pkg: &PackageRef, path: &Path, offset: u64) -> Result<(), DownloadError> {
+    fn get_from(&self, pkg: &PackageRef, path: &Path, offset: u64) -> Result<(), DownloadError> {
         let url = format!("{}{}", self.api, pkg.content_path());
         let http = |message: String| DownloadError::Http { url: url.clone(), message };
         let io = |source| DownloadError::Io { path: path.to_path_buf(), source };
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            // Per read, not per download: a slow link may take long for a large package.
-            .read_timeout(Duration::from_secs(30))
+        // The body may take long on a slow link, but not forever: at least 1 kB/s.
+        let body_time = Duration::from_secs(60 + (pkg.size - offset) / 1000);
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_connect(Some(Duration::from_secs(10)))
+            .timeout_recv_response(Some(Duration::from_secs(30)))
+            .timeout_recv_body(Some(body_time))
+            .http_status_as_error(false)
             .build()
-            .map_err(|e| http(e.to_string()))?;
-        let mut req = client.get(&url).basic_auth(&self.username, Some(&self.password));
+            .into();
+        let credentials = format!("{}:{}", self.username, self.password);
+        let mut req = agent.get(&url).header(
+            "authorization",
+            format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(credentials)),
+        );
         if offset > 0 {
             req = req.header("range", format!("bytes={offset}-"));
         }
-        let mut resp = req.send().await.map_err(|e| http(e.to_string()))?;
+        let mut resp = req.call().map_err(|e| http(e.to_string()))?;
         let status = resp.status().as_u16();
         let mut file = match status {
             206 => {
@@ -113,20 +121,20 @@ impl Downloader {
             // A server that ignores ranges sends it all: start over.
             200 => std::fs::File::create(path).map_err(io)?,
             _ => {
-                let body = resp.text().await.unwrap_or_default();
+                let body = resp.body_mut().with_config().limit(4096).read_to_string().unwrap_or_default();
                 let detail = body.chars().take(300).collect::<String>();
                 return Err(http(format!("HTTP {status}: {detail}")));
             }
         };
-        let mut written = if status == 206 { offset } else { 0 };
-        while let Some(chunk) = resp.chunk().await.map_err(|e| http(e.to_string()))? {
-            written += chunk.len() as u64;
-            if written > pkg.size {
-                return Err(DownloadError::Size { got: written, want: pkg.size });
-            }
-            file.write_all(&chunk).map_err(io)?;
+        let already = if status == 206 { offset } else { 0 };
+        // One byte over the expected size is enough to know the server sends too much.
+        let mut body = resp.body_mut().with_config().limit(pkg.size - already + 1).reader();
+        let copied = std::io::copy(&mut body, &mut file).map_err(|e| http(e.to_string()))?;
+        file.sync_data().map_err(io)?;
+        if already + copied > pkg.size {
+            return Err(DownloadError::Size { got: already + copied, want: pkg.size });
         }
-        file.sync_data().map_err(io)
+        Ok(())
     }
 
     /// Removes part files of packages other than `keep`.

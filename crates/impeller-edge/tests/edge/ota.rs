@@ -254,23 +254,23 @@ fn an_interrupted_download_resumes_where_it_stopped() {
     let mut spoiled = bytes.clone();
     spoiled[..half].fill(0);
     std::fs::write(&stored, &spoiled).unwrap();
-    let got = hub.rt.block_on(d.fetch(&pkg)).unwrap();
+    let got = d.fetch(&pkg).unwrap();
     assert_eq!(Sha256::digest(&got).as_slice(), Sha256::digest(&bytes).as_slice());
 
     // Without a part file the whole (spoiled) file comes, fails its hash and is thrown away.
     std::fs::remove_file(d.part_path(&sha)).unwrap();
-    let e = hub.rt.block_on(d.fetch(&pkg)).unwrap_err();
+    let e = d.fetch(&pkg).unwrap_err();
     assert!(matches!(e, DownloadError::Hash { .. }), "{e}");
     assert!(!d.part_path(&sha).exists(), "a wrong download is not kept");
 
     // Restored on the hub: the next attempt starts over and succeeds.
     std::fs::write(&stored, &bytes).unwrap();
-    assert_eq!(hub.rt.block_on(d.fetch(&pkg)).unwrap(), bytes);
+    assert_eq!(d.fetch(&pkg).unwrap(), bytes);
 
     // Wrong credentials: an HTTP error, which the agent retries later.
     let bad = Downloader::new(&hub.api, &site.device, "wrong", &dir, 1 << 30).unwrap();
     std::fs::remove_file(d.part_path(&sha)).unwrap();
-    let e = hub.rt.block_on(bad.fetch(&pkg)).unwrap_err();
+    let e = bad.fetch(&pkg).unwrap_err();
     assert!(e.is_transient() && e.to_string().contains("401"), "{e}");
 }
 

@@ -62,7 +62,7 @@ fn a_provisioned_device_is_acknowledged_and_a_wrong_secret_refused() {
     let mut hub = Command::new(env!("CARGO_BIN_EXE_impeller"))
         .args(["hub", "--data-dir"])
         .arg(dir.path())
-        .args(["--mqtt-listen", &format!("127.0.0.1:{port}")])
+        .args(["--mqtt-listen", &format!("127.0.0.1:{port}"), "--http-listen", "127.0.0.1:0"])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 mod bad_input;
+mod deploy;
 mod hub;
 mod packages;
 mod skab;
