@@ -57,10 +57,43 @@ impl Active {
     }
 
     /// Adapts and scores one reading; `None` until the adapter has a whole frame.
-    fn score(&mut self, r: &Reading) -> Option<(i64, Vec<f64>, Verdict)> {
-        let (ts, frame) = self.adapter.push(r.ts_ms, r.values.iter().map(|(k, v)| (k.as_ref(), *v)))?;
+    fn score<'a>(
+        &mut self,
+        ts_ms: i64,
+        values: impl IntoIterator<Item = (&'a str, f64)>,
+    ) -> Option<(i64, Vec<f64>, Verdict)> {
+        let (ts, frame) = self.adapter.push(ts_ms, values)?;
         let verdict = self.scorer.push(ts, &frame);
         Some((ts, frame, verdict))
+    }
+}
+
+/// The last readings, kept compactly for shadow scoring: a source sends the same names every
+/// time, so they are stored once per run of identical name lists rather than per reading.
+#[derive(Default)]
+struct Recent {
+    capacity: usize,
+    readings: VecDeque<(i64, Names, Box<[f64]>)>,
+}
+
+type Names = Arc<[Arc<str>]>;
+
+impl Recent {
+    fn push(&mut self, r: &Reading) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.readings.len() >= self.capacity {
+            self.readings.pop_front();
+        }
+        let same = self.readings.back().filter(|(_, names, _)| {
+            names.len() == r.values.len() && names.iter().zip(&r.values).all(|(a, (b, _))| Arc::ptr_eq(a, b) || a == b)
+        });
+        let names = match same {
+            Some((_, names, _)) => names.clone(),
+            None => r.values.iter().map(|(k, _)| k.clone()).collect(),
+        };
+        self.readings.push_back((r.ts_ms, names, r.values.iter().map(|(_, v)| *v).collect()));
     }
 }
 
@@ -71,11 +104,11 @@ fn count(trial: &mut Trial, verdict: &Verdict) {
 }
 
 /// Scores `readings` with a fresh copy of `pkg`'s model (nothing is sent).
-fn shadow(pkg: &VerifiedPackage, cfg: &Config, readings: &VecDeque<Reading>) -> anyhow::Result<Trial> {
+fn shadow(pkg: &VerifiedPackage, cfg: &Config, recent: &Recent) -> anyhow::Result<Trial> {
     let mut a = Active::new(pkg.clone(), cfg)?;
     let mut trial = Trial::default();
-    for r in readings {
-        if let Some((_, _, v)) = a.score(r) {
+    for (ts, names, values) in &recent.readings {
+        if let Some((_, _, v)) = a.score(*ts, names.iter().map(AsRef::as_ref).zip(values.iter().copied())) {
             count(&mut trial, &v);
         }
     }
@@ -421,7 +454,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     // agent restarts: the same bytes would be refused again).
     let mut downloading: Option<(String, tokio::task::JoinHandle<()>)> = None;
     let mut refused: std::collections::HashSet<String> = std::collections::HashSet::new();
-    let mut recent: VecDeque<Reading> = VecDeque::with_capacity(cfg.models.shadow_readings);
+    let mut recent = Recent { capacity: cfg.models.shadow_readings, ..Recent::default() };
     let mut watch: Option<HealthWatch> = None;
     let mut uplink = Uplink {
         client: client.clone(),
@@ -482,17 +515,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     continue;
                 };
                 Metrics::add(&metrics.readings, 1);
-                if recent.len() >= cfg.models.shadow_readings {
-                    recent.pop_front();
-                }
-                recent.push_back(reading.clone());
+                recent.push(&reading);
+                let named = || reading.values.iter().map(|(k, v)| (k.as_ref(), *v));
                 if let Some(w) = watch.as_mut()
-                    && let Some((_, _, v)) = w.previous.score(&reading)
+                    && let Some((_, _, v)) = w.previous.score(reading.ts_ms, named())
                 {
                     count(&mut w.old, &v);
                 }
                 if let Some(a) = active.as_mut() {
-                    let Some((ts, frame, verdict)) = a.score(&reading) else { continue };
+                    let Some((ts, frame, verdict)) = a.score(reading.ts_ms, named()) else { continue };
                     Metrics::add(&metrics.frames, 1);
                     if let Some(w) = watch.as_mut() {
                         count(&mut w.new, &verdict);
