@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use impeller_core::adapter::Adapter;
 use impeller_core::deploy::{Desired, Judgement, Trial, TrialPolicy, UpdateReport, UpdateState, decode_desired, judge};
-use impeller_core::package::{KeyFile, TrustStore, VerifiedPackage};
+use impeller_core::package::{TrustStore, VerifiedPackage};
 use impeller_core::registers::RegisterMap;
 use impeller_core::wire::{self, ModelRef};
 use impeller_core::{Scorer, Verdict};
@@ -132,8 +132,7 @@ pub fn load_trust(paths: &[PathBuf]) -> anyhow::Result<TrustStore> {
     let mut trust = TrustStore::new();
     for p in paths {
         let bytes = std::fs::read(p).with_context(|| format!("reading trusted key {}", p.display()))?;
-        let origin = p.display().to_string();
-        trust.add(KeyFile::parse(&bytes, &origin)?.verifying_key(&origin)?);
+        trust.add_key_file(&bytes, &p.display().to_string())?;
     }
     Ok(trust)
 }
@@ -447,7 +446,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None
     } else {
         let dir = cfg.device.data_dir.join("downloads");
-        Some(Downloader::new(&cfg.hub.api, &cfg.hub.username, &cfg.hub.password, &dir, cfg.models.max_package_bytes)?)
+        Some(Downloader::new(&cfg.hub.api, &cfg.hub.username, &cfg.hub.password, &dir, cfg.models.max_package_bytes))
     };
     let (done_tx, mut done_rx) = mpsc::channel(4);
     // The package being downloaded, and packages refused here (not tried again until the

@@ -44,14 +44,14 @@ pub struct Downloader {
 }
 
 impl Downloader {
-    pub fn new(api: &str, username: &str, password: &str, dir: &Path, max_bytes: u64) -> Result<Self, DownloadError> {
-        Ok(Self {
+    pub fn new(api: &str, username: &str, password: &str, dir: &Path, max_bytes: u64) -> Self {
+        Self {
             api: api.trim_end_matches('/').to_string(),
             username: username.to_string(),
             password: password.to_string(),
             dir: dir.to_path_buf(),
             max_bytes,
-        })
+        }
     }
 
     pub fn part_path(&self, sha256: &str) -> PathBuf {

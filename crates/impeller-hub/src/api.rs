@@ -13,7 +13,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use impeller_core::deploy::{self, Condition, DeviceFacts, valid_sha256};
+use impeller_core::deploy::{self, Condition, valid_sha256};
 use impeller_core::package::{self, Limits, TrustStore};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -325,32 +325,9 @@ async fn device_desired(
     reader_or_device(&s, &headers, Some(&id)).await?;
     let devices = s.store.devices().await?;
     let device: &Device = devices.iter().find(|d| d.id == id).ok_or_else(|| StoreError::NoDevice(id.clone()))?;
-    let mut deployments = Vec::new();
-    for d in s.store.deployments().await?.into_iter().filter(|d| d.stopped_ms.is_none()) {
-        if let Ok(condition) = Condition::parse(&d.target_condition) {
-            deployments.push(deploy::Deployment {
-                name: d.name,
-                condition,
-                priority: d.priority,
-                created_ms: d.created_ms,
-                package_sha256: d.package_sha256,
-            });
-        }
-    }
-    let facts = DeviceFacts { id: &device.id, profile: &device.profile, tags: &device.tags };
-    let assignment = if device.revoked_ms.is_some() { None } else { deploy::resolve(&facts, &deployments) };
+    let assignment = crate::deploy::assign(device, &crate::deploy::active_deployments(&s.store).await?);
     let desired = match &assignment {
-        Some(a) => s.store.package(&a.package_sha256).await?.map(|p| deploy::Desired {
-            v: impeller_core::wire::SCHEMA_VERSION,
-            deployment: a.deployment.clone(),
-            package: deploy::PackageRef {
-                sha256: p.sha256,
-                size: p.size,
-                model: p.model,
-                version: p.version,
-                release: p.release,
-            },
-        }),
+        Some(a) => s.store.package(&a.package_sha256).await?.map(|p| crate::deploy::desired_message(a, &p)),
         None => None,
     };
     Ok(Json(DesiredView { desired, assignment: assignment.and_then(|a| serde_json::to_value(a).ok()) }))

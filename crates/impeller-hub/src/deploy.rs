@@ -9,12 +9,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use impeller_core::deploy::{self, Condition, DeviceFacts, PackageRef};
+use impeller_core::deploy::{self, Assignment, Condition, DeviceFacts, PackageRef};
 use impeller_core::wire;
 use tokio::sync::{Notify, mpsc};
 
 use crate::bus::Send;
-use crate::store::{DesiredInfo, Store, StoreError, now_ms};
+use crate::fleet::Device;
+use crate::store::{DesiredInfo, PackageInfo, Store, StoreError, now_ms};
 
 const PERIOD: Duration = Duration::from_secs(5);
 
@@ -42,17 +43,12 @@ pub enum ReconcileError {
     Closed,
 }
 
-/// One pass; returns how many desired messages it published.
-pub async fn reconcile(
-    store: &Store,
-    outgoing: &mpsc::Sender<Send>,
-    published: &mut HashMap<String, Vec<u8>>,
-) -> Result<usize, ReconcileError> {
-    let packages: HashMap<String, _> = store.packages().await?.into_iter().map(|p| (p.sha256.clone(), p)).collect();
-    let mut deployments = Vec::new();
+/// The deployments that apply (not stopped), parsed.
+pub async fn active_deployments(store: &Store) -> Result<Vec<deploy::Deployment>, StoreError> {
+    let mut out = Vec::new();
     for d in store.deployments().await?.into_iter().filter(|d| d.stopped_ms.is_none()) {
         match Condition::parse(&d.target_condition) {
-            Ok(condition) => deployments.push(deploy::Deployment {
+            Ok(condition) => out.push(deploy::Deployment {
                 name: d.name,
                 condition,
                 priority: d.priority,
@@ -63,26 +59,46 @@ pub async fn reconcile(
             Err(error) => tracing::error!(deployment = %d.name, %error, "skipping a deployment"),
         }
     }
+    Ok(out)
+}
+
+/// The deployment that applies to `device`; none for a revoked one.
+pub fn assign(device: &Device, deployments: &[deploy::Deployment]) -> Option<Assignment> {
+    if device.revoked_ms.is_some() {
+        return None;
+    }
+    deploy::resolve(&DeviceFacts { id: &device.id, profile: &device.profile, tags: &device.tags }, deployments)
+}
+
+/// The `desired` message for an assignment to package `p`.
+pub fn desired_message(a: &Assignment, p: &PackageInfo) -> deploy::Desired {
+    deploy::Desired {
+        v: wire::SCHEMA_VERSION,
+        deployment: a.deployment.clone(),
+        package: PackageRef {
+            sha256: p.sha256.clone(),
+            size: p.size,
+            model: p.model.clone(),
+            version: p.version.clone(),
+            release: p.release,
+        },
+    }
+}
+
+/// One pass; returns how many desired messages it published.
+pub async fn reconcile(
+    store: &Store,
+    outgoing: &mpsc::Sender<Send>,
+    published: &mut HashMap<String, Vec<u8>>,
+) -> Result<usize, ReconcileError> {
+    let packages: HashMap<String, _> = store.packages().await?.into_iter().map(|p| (p.sha256.clone(), p)).collect();
+    let deployments = active_deployments(store).await?;
     let recorded: HashMap<String, DesiredInfo> =
         store.desired().await?.into_iter().map(|d| (d.device.clone(), d)).collect();
     let mut sent = 0;
     for device in store.devices().await? {
-        let facts = DeviceFacts { id: &device.id, profile: &device.profile, tags: &device.tags };
-        let assignment = if device.revoked_ms.is_some() { None } else { deploy::resolve(&facts, &deployments) };
-        let desired = assignment.as_ref().and_then(|a| {
-            let p = packages.get(&a.package_sha256)?;
-            Some(deploy::Desired {
-                v: wire::SCHEMA_VERSION,
-                deployment: a.deployment.clone(),
-                package: PackageRef {
-                    sha256: p.sha256.clone(),
-                    size: p.size,
-                    model: p.model.clone(),
-                    version: p.version.clone(),
-                    release: p.release,
-                },
-            })
-        });
+        let assignment = assign(&device, &deployments);
+        let desired = assignment.as_ref().and_then(|a| Some(desired_message(a, packages.get(&a.package_sha256)?)));
         let payload = desired.as_ref().map(|d| serde_json::to_vec(d).unwrap_or_default()).unwrap_or_default();
         let before = recorded.get(&device.id);
         let unchanged_here = published.get(&device.id) == Some(&payload);

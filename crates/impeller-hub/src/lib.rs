@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
-use impeller_core::package::{KeyFile, TrustStore};
+use impeller_core::package::TrustStore;
 
 /// Where the hub keeps things and how agents reach it.
 #[derive(Debug, Clone, Default)]
@@ -106,8 +106,7 @@ pub fn load_trust(paths: &[PathBuf]) -> anyhow::Result<TrustStore> {
     let mut trust = TrustStore::new();
     for p in paths {
         let bytes = std::fs::read(p).with_context(|| format!("reading trusted key {}", p.display()))?;
-        let origin = p.display().to_string();
-        trust.add(KeyFile::parse(&bytes, &origin)?.verifying_key(&origin)?);
+        trust.add_key_file(&bytes, &p.display().to_string())?;
     }
     Ok(trust)
 }

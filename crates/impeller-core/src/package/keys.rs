@@ -152,6 +152,13 @@ impl TrustStore {
         self.keys.insert(key_id(&key), key);
     }
 
+    /// Adds the public key in a key file's bytes (`impeller keys generate`); `origin` names the
+    /// file in errors.
+    pub fn add_key_file(&mut self, bytes: &[u8], origin: &str) -> Result<(), PackageError> {
+        self.add(KeyFile::parse(bytes, origin)?.verifying_key(origin)?);
+        Ok(())
+    }
+
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }

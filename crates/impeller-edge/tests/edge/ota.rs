@@ -243,7 +243,7 @@ fn an_interrupted_download_resumes_where_it_stopped() {
         release: 1,
     };
     let dir = site.dir.path().join("downloads");
-    let d = Downloader::new(&hub.api, &site.device, &secret, &dir, 1 << 30).unwrap();
+    let d = Downloader::new(&hub.api, &site.device, &secret, &dir, 1 << 30);
     let half = bytes.len() / 2;
 
     // The first half arrived before the link dropped. Spoil the hub's copy of that half: only a
@@ -268,7 +268,7 @@ fn an_interrupted_download_resumes_where_it_stopped() {
     assert_eq!(d.fetch(&pkg).unwrap(), bytes);
 
     // Wrong credentials: an HTTP error, which the agent retries later.
-    let bad = Downloader::new(&hub.api, &site.device, "wrong", &dir, 1 << 30).unwrap();
+    let bad = Downloader::new(&hub.api, &site.device, "wrong", &dir, 1 << 30);
     std::fs::remove_file(d.part_path(&sha)).unwrap();
     let e = bad.fetch(&pkg).unwrap_err();
     assert!(e.is_transient() && e.to_string().contains("401"), "{e}");
