@@ -3,7 +3,10 @@
 # (aggregates, sketches, raw samples and alerts written and published; nobody acknowledges, so
 # the outbox only grows), and the stripped binary size.
 #
-#   scripts/bench-edge-footprint.sh [SKAB_DIR] [BROKER] [csv|mqtt]
+#   scripts/bench-edge-footprint.sh [SKAB_DIR] [BROKER] [csv|mqtt] [SHADOW_READINGS]
+#
+# SHADOW_READINGS overrides [models] shadow_readings (default 1200), to see what the
+# shadow-scoring buffer costs.
 #
 # Source csv (default): replays SKAB's anomaly-free recording (8 channels, one row per second)
 # at 100x speed = 100 Hz. Source mqtt: a third-party publisher (scripts/publish-readings.py,
@@ -15,6 +18,7 @@ cd "$(dirname "$0")/.."
 skab="${1:-../shared/datasets/skab}"
 broker="${2:-mqtt://127.0.0.1:1883}"
 source="${3:-csv}"
+shadow="${4:-1200}"
 cargo build --release -p impeller -p impeller-edge >/dev/null 2>&1
 impeller=target/release/impeller
 edge=target/release/impeller-edge
@@ -37,6 +41,7 @@ broker = "$broker"
 api = "http://127.0.0.1:9"
 [models]
 trusted_keys = ["$work/ops.public.json"]
+shadow_readings = $shadow
 [outbox]
 [uplink]
 aggregate_interval_s = 60
