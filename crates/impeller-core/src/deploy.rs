@@ -329,6 +329,19 @@ pub struct Desired {
     pub v: u32,
     pub deployment: String,
     pub package: PackageRef,
+    /// Set when the hub aborted a deployment this device may have taken: a device running that
+    /// package whose previous model is `package` goes back to it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackRef>,
+}
+
+/// The aborted deployment and package a device should leave.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRef {
+    pub deployment: String,
+    pub sha256: String,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -366,6 +379,11 @@ pub fn decode_desired(bytes: &[u8]) -> Result<Option<Desired>, crate::wire::Wire
     if !valid_sha256(&d.package.sha256) {
         return Err(WireError::Invalid("package.sha256 must be 64 lowercase hex digits".into()));
     }
+    if let Some(r) = &d.rollback
+        && !valid_sha256(&r.sha256)
+    {
+        return Err(WireError::Invalid("rollback.sha256 must be 64 lowercase hex digits".into()));
+    }
     Ok(Some(d))
 }
 
@@ -375,6 +393,7 @@ pub fn decode_desired(bytes: &[u8]) -> Result<Option<Desired>, crate::wire::Wire
 pub enum UpdateState {
     Downloading,
     Verifying,
+    Shadow,
     Active,
     Failed,
     RolledBack,
@@ -385,6 +404,7 @@ impl UpdateState {
         match self {
             UpdateState::Downloading => "downloading",
             UpdateState::Verifying => "verifying",
+            UpdateState::Shadow => "shadow",
             UpdateState::Active => "active",
             UpdateState::Failed => "failed",
             UpdateState::RolledBack => "rolled_back",
@@ -586,6 +606,7 @@ mod tests {
                 version: "1".into(),
                 release: 3,
             },
+            rollback: None,
         };
         let bytes = serde_json::to_vec(&d).unwrap();
         assert_eq!(decode_desired(&bytes).unwrap(), Some(d.clone()));
@@ -593,6 +614,13 @@ mod tests {
         let mut bad = d.clone();
         bad.package.sha256 = "../../etc/passwd".into();
         assert!(decode_desired(&serde_json::to_vec(&bad).unwrap()).is_err());
+        let mut with_rollback = d.clone();
+        with_rollback.rollback =
+            Some(RollbackRef { deployment: "north-v3".into(), sha256: "cd".repeat(32), reason: "aborted".into() });
+        let bytes = serde_json::to_vec(&with_rollback).unwrap();
+        assert_eq!(decode_desired(&bytes).unwrap(), Some(with_rollback.clone()));
+        with_rollback.rollback.as_mut().unwrap().sha256 = "x".into();
+        assert!(decode_desired(&serde_json::to_vec(&with_rollback).unwrap()).is_err());
         let mut v2 = d;
         v2.v = 2;
         assert!(decode_desired(&serde_json::to_vec(&v2).unwrap()).is_err());

@@ -56,6 +56,7 @@ pub mod package;
 pub mod pipeline;
 pub mod registers;
 pub mod rng;
+pub mod rollout;
 pub mod scorer;
 pub mod sketch;
 pub mod stats;

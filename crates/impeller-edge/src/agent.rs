@@ -115,6 +115,26 @@ fn shadow(pkg: &VerifiedPackage, cfg: &Config, recent: &Recent) -> anyhow::Resul
     Ok(trial)
 }
 
+/// Shadow scoring: `candidate` and the `running` model score the recent readings; the
+/// candidate is refused if it does worse.
+fn shadow_judgement(
+    candidate: &VerifiedPackage,
+    running: &VerifiedPackage,
+    cfg: &Config,
+    recent: &Recent,
+) -> Result<(), String> {
+    let new = shadow(candidate, cfg, recent).map_err(|e| e.to_string())?;
+    let old = shadow(running, cfg, recent).map_err(|e| e.to_string())?;
+    match judge(&new, &old, &trial_policy(cfg)) {
+        Judgement::Fail(why) => return Err(format!("shadow scoring: {why}")),
+        Judgement::Undecided => {
+            tracing::info!(frames = old.scored, "too few recent frames to shadow-score the new model; installing it")
+        }
+        Judgement::Pass => tracing::info!(?new, ?old, "the new model passed shadow scoring"),
+    }
+    Ok(())
+}
+
 /// After a switch: the previous model keeps scoring beside the new one until `until`.
 struct HealthWatch {
     previous: Active,
@@ -342,9 +362,20 @@ fn report(
     reason: Option<String>,
     active: &Option<Active>,
 ) -> anyhow::Result<()> {
+    report_on(outbox, &desired.deployment, &desired.package.sha256, state, reason, active)
+}
+
+fn report_on(
+    outbox: &mut Outbox,
+    deployment: &str,
+    sha256: &str,
+    state: UpdateState,
+    reason: Option<String>,
+    active: &Option<Active>,
+) -> anyhow::Result<()> {
     let report = UpdateReport {
-        deployment: desired.deployment.clone(),
-        sha256: desired.package.sha256.clone(),
+        deployment: deployment.to_string(),
+        sha256: sha256.to_string(),
         state,
         reason,
         running_release: active.as_ref().map(|a| a.pkg.manifest.release),
@@ -595,7 +626,32 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                         Err(error) => { tracing::warn!(%error, "ignoring a malformed desired state"); continue }
                     };
                     let sha = desired.package.sha256.clone();
-                    let installed = store.state().ok().and_then(|s| s.active_sha256);
+                    let state = match store.state() {
+                        Ok(s) => s,
+                        Err(error) => { tracing::error!(%error, "cannot read the model state"); continue }
+                    };
+                    // The hub aborted a rollout this device took: back to the model before it.
+                    if let Some(r) = &desired.rollback
+                        && state.active_sha256.as_deref() == Some(r.sha256.as_str())
+                    {
+                        if state.previous_sha256.as_deref() == Some(sha.as_str()) && store.roll_back()? {
+                            tracing::warn!(deployment = %r.deployment, reason = %r.reason, "the hub rolls this device back");
+                            generation = store.state()?.generation;
+                            watch = None;
+                            refused.insert(r.sha256.clone());
+                            match store.load_active() {
+                                Ok(Some(pkg)) => switch_to(&mut active, pkg, &cfg, &mut outbox, &journal, &metrics)?,
+                                Ok(None) => {}
+                                Err(error) => tracing::error!(%error, "the previous model fails verification now"),
+                            }
+                            report_on(&mut outbox, &r.deployment, &r.sha256, UpdateState::RolledBack, Some(r.reason.clone()), &active)?;
+                            report(&mut outbox, &desired, UpdateState::Active, None, &active)?;
+                            pump.as_mut().reset(tokio::time::Instant::now());
+                            continue;
+                        }
+                        tracing::warn!(deployment = %r.deployment, "asked to roll back, but the previous model here is not the desired one");
+                    }
+                    let installed = state.active_sha256;
                     if installed.as_deref() == Some(sha.as_str()) {
                         // Already running it (e.g. after a restart): say so, the hub may not know.
                         report(&mut outbox, &desired, UpdateState::Active, None, &active)?;
@@ -626,20 +682,27 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 if result.is_ok() {
                     report(&mut outbox, &desired, UpdateState::Verifying, None, &active)?;
                 }
-                let installed = result.map_err(|e| e.to_string()).and_then(|bytes| {
-                    let now = crate::now_ms();
-                    let pkg = store.verify(&bytes, &cfg.device.target, now).map_err(|e| e.to_string())?;
-                    if let Some(a) = &active {
-                        let candidate = shadow(&pkg, &cfg, &recent).map_err(|e| e.to_string())?;
-                        let running = shadow(&a.pkg, &cfg, &recent).map_err(|e| e.to_string())?;
-                        match judge(&candidate, &running, &trial_policy(&cfg)) {
-                            Judgement::Fail(why) => return Err(format!("shadow scoring: {why}")),
-                            Judgement::Undecided => tracing::info!(frames = running.scored, "too few recent frames to shadow-score the new model; installing it"),
-                            Judgement::Pass => tracing::info!(?candidate, ?running, "the new model passed shadow scoring"),
+                let installed = match result.map_err(|e| e.to_string()) {
+                    Err(e) => Err(e),
+                    Ok(bytes) => {
+                        let now = crate::now_ms();
+                        match store.verify(&bytes, &cfg.device.target, now) {
+                            Err(e) => Err(e.to_string()),
+                            Ok(pkg) => {
+                                let verdict = match &active {
+                                    None => Ok(()),
+                                    Some(a) => {
+                                        report(&mut outbox, &desired, UpdateState::Shadow, None, &active)?;
+                                        shadow_judgement(&pkg, &a.pkg, &cfg, &recent)
+                                    }
+                                };
+                                verdict.and_then(|()| {
+                                    store.install(&bytes, &cfg.device.target, now, None).map_err(|e| e.to_string())
+                                })
+                            }
                         }
                     }
-                    store.install(&bytes, &cfg.device.target, now, None).map_err(|e| e.to_string())
-                });
+                };
                 if let Some(d) = &downloader {
                     d.clean(None);
                 }

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use impeller_core::deploy::{self, Condition, valid_sha256};
 use impeller_core::package::{self, Limits, TrustStore};
+use impeller_core::rollout::Rollout;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
@@ -142,9 +143,10 @@ async fn caller(state: &ApiState, headers: &HeaderMap) -> ApiResult<Caller> {
 }
 
 /// An operator with at least `role`.
-async fn operator(state: &ApiState, headers: &HeaderMap, role: Role) -> ApiResult<()> {
+/// An operator with at least `role`; returns the token's id.
+async fn operator(state: &ApiState, headers: &HeaderMap, role: Role) -> ApiResult<String> {
     match caller(state, headers).await? {
-        Caller::Operator { role: r, .. } if r >= role => Ok(()),
+        Caller::Operator { role: r, token_id } if r >= role => Ok(token_id),
         Caller::Operator { role: r, .. } => Err(Problem::new(
             Code::Forbidden,
             format!("this needs the `{}` role; the token has `{}`", role.as_str(), r.as_str()),
@@ -210,6 +212,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/api/v1/packages/{sha256}/content", get(package_content))
         .route("/api/v1/deployments", get(list_deployments).post(create_deployment))
         .route("/api/v1/deployments/{name}", get(get_deployment).delete(stop_deployment))
+        .route("/api/v1/deployments/{name}/abort", post(abort_deployment))
         .fallback(|| async { Problem::new(Code::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             Problem::new(Code::InvalidRequest, "this endpoint does not take that method")
@@ -233,8 +236,13 @@ pub struct DeviceView {
 async fn device_views(store: &Store) -> ApiResult<Vec<DeviceView>> {
     let desired: HashMap<String, String> =
         store.desired().await?.into_iter().map(|d| (d.device, d.deployment)).collect();
-    let updates: HashMap<String, UpdateInfo> =
-        store.updates().await?.into_iter().map(|u| (u.device.clone(), u)).collect();
+    // Each device's latest report, whichever deployment it was about.
+    let mut updates: HashMap<String, UpdateInfo> = HashMap::new();
+    for u in store.updates().await? {
+        if updates.get(&u.device).is_none_or(|v| v.seq < u.seq) {
+            updates.insert(u.device.clone(), u);
+        }
+    }
     Ok(store
         .devices()
         .await?
@@ -325,9 +333,9 @@ async fn device_desired(
     reader_or_device(&s, &headers, Some(&id)).await?;
     let devices = s.store.devices().await?;
     let device: &Device = devices.iter().find(|d| d.id == id).ok_or_else(|| StoreError::NoDevice(id.clone()))?;
-    let assignment = crate::deploy::assign(device, &crate::deploy::active_deployments(&s.store).await?);
+    let (assignment, rollback) = crate::deploy::Plan::load(&s.store).await?.assign(device);
     let desired = match &assignment {
-        Some(a) => s.store.package(&a.package_sha256).await?.map(|p| crate::deploy::desired_message(a, &p)),
+        Some(a) => s.store.package(&a.package_sha256).await?.map(|p| crate::deploy::desired_message(a, &p, rollback)),
         None => None,
     };
     Ok(Json(DesiredView { desired, assignment: assignment.and_then(|a| serde_json::to_value(a).ok()) }))
@@ -458,6 +466,9 @@ pub struct NewDeployment {
     pub target_condition: String,
     #[serde(default)]
     pub priority: i64,
+    /// Waves, soak and health gates; absent: every device at once.
+    #[serde(default)]
+    pub rollout: Option<Rollout>,
 }
 
 async fn create_deployment(
@@ -471,14 +482,24 @@ async fn create_deployment(
         return Err(Problem::new(Code::InvalidRequest, "name must be 1 to 64 of A-Z a-z 0-9 . _ -"));
     }
     Condition::parse(&d.target_condition).map_err(|e| Problem::new(Code::InvalidRequest, e.to_string()))?;
+    if let Some(r) = &d.rollout {
+        r.validate().map_err(|e| Problem::new(Code::InvalidRequest, e))?;
+    }
     known_package(&s, &d.package_sha256).await?;
+    let created_ms = now_ms();
     let info = DeploymentInfo {
         name: d.name,
         package_sha256: d.package_sha256,
         target_condition: d.target_condition,
         priority: d.priority,
-        created_ms: now_ms(),
+        created_ms,
         stopped_ms: None,
+        rollout: d.rollout,
+        wave: 0,
+        wave_started_ms: created_ms,
+        completed_ms: None,
+        aborted_ms: None,
+        abort_reason: None,
     };
     s.store.add_deployment(&info).await?;
     s.reconcile.notify_one();
@@ -501,6 +522,8 @@ async fn list_deployments(
 #[derive(Debug, Serialize, Deserialize)]
 pub struct DeploymentStatus {
     pub deployment: serde_json::Value,
+    /// Waves and what the rollout waits for; absent for a deployment without a rollout.
+    pub rollout: Option<serde_json::Value>,
     /// Devices by state: `pending` (told, nothing reported yet), then the reported states.
     pub counts: BTreeMap<String, usize>,
     pub devices: Vec<DeviceStatus>,
@@ -514,37 +537,76 @@ pub struct DeviceStatus {
     pub running_release: Option<u64>,
 }
 
+async fn deployment_named(s: &ApiState, name: &str) -> ApiResult<DeploymentInfo> {
+    s.store
+        .deployments()
+        .await?
+        .into_iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| StoreError::NotFound { kind: "deployment", id: name.to_string() }.into())
+}
+
 async fn get_deployment(
     State(s): State<ApiState>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<Json<DeploymentStatus>> {
     operator(&s, &headers, Role::Read).await?;
-    let d = s
-        .store
-        .deployments()
-        .await?
-        .into_iter()
-        .find(|d| d.name == name)
-        .ok_or_else(|| StoreError::NotFound { kind: "deployment", id: name.clone() })?;
-    let updates: HashMap<String, UpdateInfo> =
-        s.store.updates().await?.into_iter().map(|u| (u.device.clone(), u)).collect();
+    let d = deployment_named(&s, &name).await?;
+    let plan = crate::deploy::Plan::load(&s.store).await?;
+    // The devices told to run it, and those a staged rollout took (kept after an abort).
+    let mut ids: Vec<String> =
+        s.store.desired().await?.into_iter().filter(|x| x.deployment == name).map(|x| x.device).collect();
+    ids.extend(s.store.members().await?.into_iter().filter(|m| m.deployment == name).map(|m| m.device));
+    ids.sort();
+    ids.dedup();
     let mut devices = Vec::new();
     let mut counts = BTreeMap::new();
-    for desired in s.store.desired().await?.into_iter().filter(|x| x.deployment == name) {
-        let u = updates
-            .get(&desired.device)
-            .filter(|u| u.deployment == desired.deployment && u.package_sha256 == desired.package_sha256);
+    for device in ids {
+        let u = plan.report(&d, &device);
         let state = u.map_or("pending".to_string(), |u| u.state.clone());
         *counts.entry(state.clone()).or_insert(0) += 1;
         devices.push(DeviceStatus {
-            device: desired.device,
+            device,
             state,
             reason: u.and_then(|u| u.reason.clone()),
             running_release: u.and_then(|u| u.running_release),
         });
     }
-    Ok(Json(DeploymentStatus { deployment: serde_json::to_value(&d).unwrap_or_default(), counts, devices }))
+    let rollout = crate::deploy::rollout_status(&s.store, &d).await?.and_then(|r| serde_json::to_value(r).ok());
+    Ok(Json(DeploymentStatus { deployment: serde_json::to_value(&d).unwrap_or_default(), rollout, counts, devices }))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbortRequest {
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Aborts a deployment by hand: it stops applying and the devices a staged rollout took are
+/// rolled back, as when a health gate fails.
+async fn abort_deployment(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<StatusCode> {
+    let token = operator(&s, &headers, Role::Operator).await?;
+    let body = body.map_err(|e| Problem::new(Code::InvalidRequest, e.body_text()))?;
+    let req: AbortRequest = if body.is_empty() {
+        AbortRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| Problem::new(Code::InvalidRequest, format!("body: {e}")))?
+    };
+    let reason = req.reason.filter(|r| !r.trim().is_empty()).unwrap_or_else(|| "aborted by hand".into());
+    if reason.len() > 1000 {
+        return Err(Problem::new(Code::InvalidRequest, "reason: at most 1000 bytes"));
+    }
+    deployment_named(&s, &name).await?;
+    s.store.abort_deployment(&name, &format!("{reason} (token {token})")).await?;
+    s.reconcile.notify_one();
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn stop_deployment(

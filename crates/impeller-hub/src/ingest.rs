@@ -95,8 +95,15 @@ fn update_report(env: &wire::Envelope) -> Option<UpdateReport> {
 }
 
 /// Runs until the bus closes. Batches whatever has arrived (up to `max_batch`) into one
-/// transaction; on a database error nothing is acknowledged and the agents send again.
-pub async fn run(mut bus: Bus, store: Store, stats: Arc<IngestStats>, max_batch: usize) -> anyhow::Result<()> {
+/// transaction; on a database error nothing is acknowledged and the agents send again. Wakes
+/// `deployments` when a batch held update reports, so rollouts move on without waiting.
+pub async fn run(
+    mut bus: Bus,
+    store: Store,
+    stats: Arc<IngestStats>,
+    max_batch: usize,
+    deployments: Arc<tokio::sync::Notify>,
+) -> anyhow::Result<()> {
     let mut streams: HashMap<String, Stream> = HashMap::new();
     let mut received = Vec::with_capacity(max_batch);
     loop {
@@ -137,6 +144,9 @@ pub async fn run(mut bus: Bus, store: Store, stats: Arc<IngestStats>, max_batch:
                 stats.stored.fetch_add(c.stored, Ordering::Relaxed);
                 stats.duplicates.fetch_add(c.duplicates, Ordering::Relaxed);
                 stats.batches.fetch_add(1, Ordering::Relaxed);
+                if batch.iter().any(|m| m.update.is_some()) {
+                    deployments.notify_one();
+                }
                 for (device, n) in &acked {
                     let ack = Send { topic: wire::topic(device, "ack"), payload: wire::encode_ack(*n), retain: false };
                     if bus.outgoing.send(ack).await.is_err() {

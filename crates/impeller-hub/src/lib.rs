@@ -97,7 +97,7 @@ impl Hub {
             None => None,
         };
         let stats = Arc::new(ingest::IngestStats::default());
-        let ingest = tokio::spawn(ingest::run(bus, store.clone(), stats.clone(), 1000));
+        let ingest = tokio::spawn(ingest::run(bus, store.clone(), stats.clone(), 1000, reconcile.clone()));
         Ok(Hub { store, stats, ingest, http_addr, reconcile })
     }
 }

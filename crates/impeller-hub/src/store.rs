@@ -9,12 +9,14 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Executor, Row};
 
-use impeller_core::deploy::UpdateReport;
+use impeller_core::deploy::{UpdateReport, UpdateState};
 
 use crate::fleet::{Credential, Device, hash_secret, random_hex};
 
 mod deployments;
-pub use deployments::{DeploymentInfo, DesiredInfo, PackageInfo, TokenInfo, TokenSecret, UpdateInfo};
+pub use deployments::{
+    AlertActivity, DeploymentInfo, DesiredInfo, Member, PackageInfo, TokenInfo, TokenSecret, UpdateInfo,
+};
 
 /// Messages per INSERT statement (7 parameters each; SQLite allows 32,766 per statement).
 const INSERT_CHUNK: usize = 500;
@@ -23,11 +25,13 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "telemetry", include_str!("../migrations/sqlite/0001_telemetry.sql")),
     (2, "fleet", include_str!("../migrations/sqlite/0002_fleet.sql")),
     (3, "deployments", include_str!("../migrations/sqlite/0003_deployments.sql")),
+    (4, "rollouts", include_str!("../migrations/sqlite/0004_rollouts.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "telemetry", include_str!("../migrations/postgres/0001_telemetry.sql")),
     (2, "fleet", include_str!("../migrations/postgres/0002_fleet.sql")),
     (3, "deployments", include_str!("../migrations/postgres/0003_deployments.sql")),
+    (4, "rollouts", include_str!("../migrations/postgres/0004_rollouts.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -184,6 +188,7 @@ impl Store {
                         .bind(&u.reason)
                         .bind(u.running_release.map(|r| r as i64))
                         .bind(m.ts_ms)
+                        .bind((u.state == UpdateState::Active).then_some(m.seq as i64))
                         .execute(&mut *tx)
                         .await?;
                 }

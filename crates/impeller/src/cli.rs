@@ -107,6 +107,8 @@ pub enum DeployCommand {
         #[arg(long, default_value_t = 0, allow_negative_numbers = true)]
         priority: i64,
         #[command(flatten)]
+        rollout: RolloutArgs,
+        #[command(flatten)]
         api: ApiArgs,
     },
     /// List deployments.
@@ -124,12 +126,60 @@ pub enum DeployCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Stop a deployment: its devices fall back to the next deployment that matches them.
+    /// Stop a deployment: its devices fall back to the next deployment that matches them
+    /// (a device keeps a newer release than the one it falls back to).
     Stop {
         name: String,
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Abort a deployment: it stops, and the devices its rollout took go back to the model
+    /// they ran before it.
+    Abort {
+        name: String,
+        /// Why, for the record.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+/// A staged rollout; without `--waves` a deployment reaches every device at once.
+#[derive(Debug, Args)]
+pub struct RolloutArgs {
+    /// Cumulative percentages of the devices, e.g. 1,10,100.
+    #[arg(long, value_delimiter = ',')]
+    pub waves: Vec<f64>,
+    /// How long each wave runs before the next starts, e.g. 30s, 10m, 2h.
+    #[arg(long, default_value = "10m", value_parser = parse_duration_s)]
+    pub soak: u64,
+    /// Share of a wave's devices that must run the new model before the next wave.
+    #[arg(long, default_value_t = 0.9)]
+    pub min_active: f64,
+    /// Abort when more than this share of the devices refused the package.
+    #[arg(long, default_value_t = 0.0)]
+    pub max_failed: f64,
+    /// Abort when more than this share of the devices rolled it back by themselves.
+    #[arg(long, default_value_t = 0.0)]
+    pub max_rolled_back: f64,
+    /// Abort when alerts per device-day rise by more than this against the previous model.
+    #[arg(long)]
+    pub max_alert_rate_increase: Option<f64>,
+}
+
+/// `90`, `90s`, `15m`, `2h`, `1d` → seconds.
+pub fn parse_duration_s(s: &str) -> Result<u64, String> {
+    let (digits, unit) = s.find(|c: char| !c.is_ascii_digit()).map_or((s, ""), |i| s.split_at(i));
+    let n: u64 = digits.parse().map_err(|_| format!("`{s}`: a whole number with s, m, h or d, e.g. 10m"))?;
+    let scale = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("`{s}`: the unit must be s, m, h or d")),
+    };
+    n.checked_mul(scale).ok_or_else(|| format!("`{s}` is too long"))
 }
 
 /// Where the hub's database is: `--database URL`, or SQLite in `--data-dir`.

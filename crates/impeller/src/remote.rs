@@ -83,7 +83,7 @@ fn upload_with(api: &Api, file: &std::path::Path) -> anyhow::Result<String> {
 pub fn deploy(cmd: DeployCommand) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match cmd {
-        DeployCommand::Create { name, package, target, priority, api } => {
+        DeployCommand::Create { name, package, target, priority, rollout, api } => {
             let api = Api::new(&api)?;
             // A SHA-256 names an uploaded package; anything else is a file to upload first.
             let sha = if impeller_core::deploy::valid_sha256(&package) {
@@ -91,9 +91,25 @@ pub fn deploy(cmd: DeployCommand) -> anyhow::Result<()> {
             } else {
                 upload_with(&api, std::path::Path::new(&package))?
             };
-            let body = json!({"name": name, "package_sha256": sha, "target_condition": target, "priority": priority});
+            let mut body =
+                json!({"name": name, "package_sha256": sha, "target_condition": target, "priority": priority});
+            let staged = !rollout.waves.is_empty();
+            if staged {
+                body["rollout"] = json!({
+                    "waves": rollout.waves,
+                    "soak_s": rollout.soak,
+                    "min_active": rollout.min_active,
+                    "max_failed": rollout.max_failed,
+                    "max_rolled_back": rollout.max_rolled_back,
+                    "max_alert_rate_increase": rollout.max_alert_rate_increase,
+                });
+            }
             api.call("POST", "/deployments", Some((serde_json::to_vec(&body)?, "application/json")))?;
             writeln!(out, "deployment {name} created: package {sha}, target {target}, priority {priority}")?;
+            if staged {
+                let waves: Vec<String> = rollout.waves.iter().map(|w| format!("{w} %")).collect();
+                writeln!(out, "rolling out in waves of {}, {} s each", waves.join(", "), rollout.soak)?;
+            }
         }
         DeployCommand::List { api, json: as_json } => {
             let api = Api::new(&api)?;
@@ -102,7 +118,15 @@ pub fn deploy(cmd: DeployCommand) -> anyhow::Result<()> {
                 writeln!(out, "{}", page["items"])?;
             } else {
                 for d in page["items"].as_array().into_iter().flatten() {
-                    let state = if d["stopped_ms"].is_null() { "active" } else { "stopped" };
+                    let state = if !d["stopped_ms"].is_null() {
+                        "stopped"
+                    } else if !d["aborted_ms"].is_null() {
+                        "aborted"
+                    } else if d["rollout"].is_object() && d["completed_ms"].is_null() {
+                        "rolling out"
+                    } else {
+                        "active"
+                    };
                     writeln!(
                         out,
                         "{}\t{state}\tpriority {}\t{}\t{}",
@@ -123,6 +147,15 @@ pub fn deploy(cmd: DeployCommand) -> anyhow::Result<()> {
                 let counts: Vec<String> =
                     status["counts"].as_object().into_iter().flatten().map(|(k, v)| format!("{k} {v}")).collect();
                 writeln!(out, "{name}: {}", if counts.is_empty() { "no devices".into() } else { counts.join(", ") })?;
+                let r = &status["rollout"];
+                if r.is_object() {
+                    let note = r["note"].as_str().map(|n| format!(": {n}")).unwrap_or_default();
+                    writeln!(out, "rollout {} at wave {}{note}", r["phase"].as_str().unwrap_or_default(), r["wave"])?;
+                    for w in r["waves"].as_array().into_iter().flatten() {
+                        let devices = w["devices"].as_array().map_or(0, Vec::len);
+                        writeln!(out, "  wave {} ({} %): {devices} devices", w["wave"], w["percent"])?;
+                    }
+                }
                 for d in status["devices"].as_array().into_iter().flatten() {
                     let reason = d["reason"].as_str().map(|r| format!("\t{r}")).unwrap_or_default();
                     writeln!(
@@ -137,6 +170,11 @@ pub fn deploy(cmd: DeployCommand) -> anyhow::Result<()> {
         DeployCommand::Stop { name, api } => {
             Api::new(&api)?.call("DELETE", &format!("/deployments/{name}"), None)?;
             writeln!(out, "deployment {name} stopped")?;
+        }
+        DeployCommand::Abort { name, reason, api } => {
+            let body = serde_json::to_vec(&json!({ "reason": reason }))?;
+            Api::new(&api)?.call("POST", &format!("/deployments/{name}/abort"), Some((body, "application/json")))?;
+            writeln!(out, "deployment {name} aborted; the devices it reached roll back")?;
         }
     }
     Ok(())

@@ -338,3 +338,117 @@ fn a_model_that_does_worse_after_the_switch_is_rolled_back_by_the_device() {
     assert_eq!(agent.wait_metric("model_release", |v| v == 1.0, Duration::from_secs(10)), Some(1.0));
     agent.stop();
 }
+
+impl TestHub {
+    fn deploy_staged(&self, name: &str, sha256: &str, priority: i64, rollout: Value) {
+        let body = json!({"name": name, "package_sha256": sha256, "target_condition": "*", "priority": priority,
+                          "rollout": rollout});
+        let (status, body) =
+            self.call("POST", "/api/v1/deployments", Some(&self.bearer()), Some(serde_json::to_vec(&body).unwrap()));
+        assert_eq!(status, 201, "{body}");
+    }
+
+    fn status(&self, name: &str) -> Value {
+        let (status, body) = self.call("GET", &format!("/api/v1/deployments/{name}"), Some(&self.bearer()), None);
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Waits until deployment `name`'s rollout reaches `phase`; returns its status.
+    fn wait_phase(&self, name: &str, phase: &str, sites: &[Site]) -> Value {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let body = self.status(name);
+            if body["rollout"]["phase"] == phase {
+                return body;
+            }
+            let logs: Vec<String> = sites.iter().map(Site::log).collect();
+            assert!(Instant::now() < until, "{name} never reached {phase}: {body}\nlogs:\n{}", logs.join("\n---\n"));
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Three agents: a good release rolls out wave by wave; a release that raises far more alerts
+/// is stopped by the alert-rate gate after its first wave, and the hub rolls that device back
+/// while the others never download it.
+#[test]
+fn a_staged_rollout_advances_wave_by_wave_and_a_failed_gate_rolls_its_wave_back() {
+    let port = free_port();
+    let broker = format!("mqtt://127.0.0.1:{port}");
+    let sites: Vec<Site> = (0..3).map(|_| Site::new(&broker, 200_000, 20.0, "")).collect();
+    let hub = TestHub::start(&sites[0], port);
+    let agents: Vec<_> = sites
+        .iter()
+        .map(|site| {
+            // No shadow scoring and no health watch: here only the hub's gates judge.
+            set_models(site, "shadow_readings = 1\nhealth_window_s = 0");
+            provision(&hub, site, json!({"site": "north"}));
+            site.start()
+        })
+        .collect();
+    let v1 = hub.upload(package(1));
+    hub.deploy("v1", &v1, "*", 1);
+    for site in &sites {
+        hub.wait_state("v1", &site.device, "active", site);
+    }
+
+    // v2: a third of the fleet first (one device), then everyone once it runs it for 4 s.
+    let v2 = hub.upload(package(2));
+    hub.deploy_staged("v2", &v2, 2, json!({"waves": [33, 100], "soak_s": 4, "min_active": 1.0}));
+    let until = Instant::now() + Duration::from_secs(10);
+    let first = loop {
+        let devices = hub.status("v2")["rollout"]["waves"][0]["devices"].clone();
+        if devices.as_array().is_some_and(|d| !d.is_empty()) || Instant::now() > until {
+            break devices;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(first.as_array().map(Vec::len), Some(1), "{first}");
+    let waiting = sites.iter().find(|s| first[0] != s.device.as_str()).unwrap();
+    let (_, view) = hub.call("GET", &format!("/api/v1/devices/{}/desired", waiting.device), Some(&hub.bearer()), None);
+    assert_eq!(view["desired"]["deployment"], "v1", "{view}");
+    assert!(view["assignment"]["reason"].as_str().unwrap().contains("has not reached this device yet"), "{view}");
+
+    let done = hub.wait_phase("v2", "complete", &sites);
+    assert_eq!(done["counts"], json!({"active": 3}), "{done}");
+    let waves = done["rollout"]["waves"].as_array().unwrap();
+    assert_eq!((waves[0]["devices"].as_array().unwrap().len(), waves[1]["devices"].as_array().unwrap().len()), (1, 2));
+    // The second wave started only after the first device ran v2 for the soak time.
+    let deployment = &done["deployment"];
+    assert!(deployment["wave_started_ms"].as_i64().unwrap() >= deployment["created_ms"].as_i64().unwrap() + 4000);
+
+    // v3 alarms on nearly everything: its first device installs it (nothing on the device
+    // stops it here), the alert-rate gate aborts the rollout, the hub rolls that device back.
+    let v3 = hub.upload(hair_trigger_package(3));
+    hub.deploy_staged(
+        "v3",
+        &v3,
+        3,
+        json!({"waves": [33, 100], "soak_s": 3, "min_active": 1.0, "max_alert_rate_increase": 5.0}),
+    );
+    let aborted = hub.wait_phase("v3", "aborted", &sites);
+    let note = aborted["rollout"]["note"].as_str().unwrap();
+    assert!(note.contains("alerts rose from"), "{aborted}");
+    let member = aborted["rollout"]["waves"][0]["devices"][0].as_str().unwrap().to_string();
+    let site = sites.iter().find(|s| s.device == member).unwrap();
+    let e = hub.wait_state("v3", &member, "rolled_back", site);
+    assert!(e["reason"].as_str().unwrap().contains("the hub aborted `v3`"), "{e}");
+    assert_eq!(e["running_release"], 2);
+    hub.wait_state("v2", &member, "active", site);
+    assert_eq!(aborted["devices"].as_array().unwrap().len(), 1, "only the first wave took v3: {aborted}");
+    for (site, agent) in sites.iter().zip(&agents) {
+        assert_eq!(
+            agent.wait_metric("model_release", |v| v == 2.0, Duration::from_secs(10)),
+            Some(2.0),
+            "{}",
+            site.log()
+        );
+    }
+    // v3 is refused from now on: aborting again is a conflict.
+    let (status, body) = hub.call("POST", "/api/v1/deployments/v3/abort", Some(&hub.bearer()), None);
+    assert_eq!(status, 409, "{body}");
+    for agent in agents {
+        agent.stop();
+    }
+}

@@ -1,6 +1,8 @@
 //! Operators' API tokens, packages, deployments, published desired state and devices' update
 //! reports.
 
+use impeller_core::rollout::Rollout;
+use impeller_core::wire::AggregateBody;
 use serde::Serialize;
 use sqlx::Row;
 
@@ -46,6 +48,35 @@ pub struct DeploymentInfo {
     pub priority: i64,
     pub created_ms: i64,
     pub stopped_ms: Option<i64>,
+    /// None: every device it applies to at once.
+    pub rollout: Option<Rollout>,
+    /// The wave reached (0-based) and when it started.
+    pub wave: usize,
+    pub wave_started_ms: i64,
+    pub completed_ms: Option<i64>,
+    pub aborted_ms: Option<i64>,
+    pub abort_reason: Option<String>,
+}
+
+impl DeploymentInfo {
+    /// A staged rollout still choosing which devices get it.
+    pub fn rolling_out(&self) -> bool {
+        self.rollout.is_some() && self.completed_ms.is_none() && self.applies()
+    }
+
+    /// Neither stopped nor aborted.
+    pub fn applies(&self) -> bool {
+        self.stopped_ms.is_none() && self.aborted_ms.is_none()
+    }
+}
+
+/// A device a staged rollout has taken, in wave `wave` (0-based).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Member {
+    pub deployment: String,
+    pub device: String,
+    pub wave: usize,
+    pub added_ms: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -57,6 +88,7 @@ pub struct DesiredInfo {
     pub published_ms: i64,
 }
 
+/// A device's latest report on one deployment.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct UpdateInfo {
     pub device: String,
@@ -67,6 +99,17 @@ pub struct UpdateInfo {
     pub reason: Option<String>,
     pub running_release: Option<u64>,
     pub ts_ms: i64,
+    /// The device's first report on this deployment, and its first `active` one.
+    pub first_seq: u64,
+    pub first_ts_ms: i64,
+    pub active_seq: Option<u64>,
+}
+
+/// Alerts a device raised over a stretch of its messages, and how long it scored then.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct AlertActivity {
+    pub alerts: u64,
+    pub scored_ms: i64,
 }
 
 /// Runs one statement on whichever pool the store has.
@@ -179,14 +222,17 @@ impl Store {
     }
 
     pub async fn add_deployment(&self, d: &DeploymentInfo) -> Result<(), StoreError> {
-        let sql = "INSERT INTO deployments (name, package_sha256, target_condition, priority, created_ms) \
-                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT (name) DO NOTHING";
+        let sql = "INSERT INTO deployments \
+                   (name, package_sha256, target_condition, priority, created_ms, rollout, wave, wave_started_ms) \
+                   VALUES ($1, $2, $3, $4, $5, $6, 0, $5) ON CONFLICT (name) DO NOTHING";
+        let rollout = d.rollout.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default());
         let n = on_pool!(self, |p| sqlx::query(sql)
             .bind(&d.name)
             .bind(&d.package_sha256)
             .bind(&d.target_condition)
             .bind(d.priority)
             .bind(d.created_ms)
+            .bind(&rollout)
             .execute(p)
             .await?
             .rows_affected());
@@ -206,23 +252,140 @@ impl Store {
         Ok(())
     }
 
+    /// Moves a staged rollout to wave `wave`, starting now.
+    pub async fn start_wave(&self, name: &str, wave: usize) -> Result<(), StoreError> {
+        let sql = "UPDATE deployments SET wave = $1, wave_started_ms = $2 WHERE name = $3";
+        on_pool!(self, |p| sqlx::query(sql)
+            .bind(wave as i64)
+            .bind(now_ms())
+            .bind(name)
+            .execute(p)
+            .await?
+            .rows_affected());
+        Ok(())
+    }
+
+    /// Marks a staged rollout complete: it applies to every device it matches from now on.
+    pub async fn complete_rollout(&self, name: &str) -> Result<(), StoreError> {
+        let sql = "UPDATE deployments SET completed_ms = $1 WHERE name = $2 AND completed_ms IS NULL";
+        on_pool!(self, |p| sqlx::query(sql).bind(now_ms()).bind(name).execute(p).await?.rows_affected());
+        Ok(())
+    }
+
+    /// Aborts a deployment: it no longer applies, and the devices that took it are rolled back.
+    pub async fn abort_deployment(&self, name: &str, reason: &str) -> Result<(), StoreError> {
+        let sql = "UPDATE deployments SET aborted_ms = $1, abort_reason = $2 \
+                   WHERE name = $3 AND aborted_ms IS NULL AND stopped_ms IS NULL";
+        let n = on_pool!(self, |p| sqlx::query(sql)
+            .bind(now_ms())
+            .bind(reason)
+            .bind(name)
+            .execute(p)
+            .await?
+            .rows_affected());
+        if n == 0 {
+            return match self.deployments().await?.into_iter().find(|d| d.name == name) {
+                None => Err(StoreError::NotFound { kind: "deployment", id: name.to_string() }),
+                Some(_) => Err(StoreError::Exists { kind: "ended deployment", id: name.to_string() }),
+            };
+        }
+        Ok(())
+    }
+
     pub async fn deployments(&self) -> Result<Vec<DeploymentInfo>, StoreError> {
-        let sql = "SELECT name, package_sha256, target_condition, priority, created_ms, stopped_ms \
+        let sql = "SELECT name, package_sha256, target_condition, priority, created_ms, stopped_ms, \
+                   rollout, wave, wave_started_ms, completed_ms, aborted_ms, abort_reason \
                    FROM deployments ORDER BY created_ms, name";
         Ok(on_pool!(self, |p| {
             let mut out = Vec::new();
             for r in sqlx::query(sql).fetch_all(p).await? {
+                let name: String = r.try_get(0)?;
+                let rollout = match r.try_get::<Option<String>, _>(6)? {
+                    None => None,
+                    Some(json) => Some(serde_json::from_str(&json).map_err(|e| {
+                        StoreError::Corrupt(format!("deployment {name} has an unreadable rollout: {e}"))
+                    })?),
+                };
                 out.push(DeploymentInfo {
-                    name: r.try_get(0)?,
+                    name,
                     package_sha256: r.try_get(1)?,
                     target_condition: r.try_get(2)?,
                     priority: r.try_get(3)?,
                     created_ms: r.try_get(4)?,
                     stopped_ms: r.try_get(5)?,
+                    rollout,
+                    wave: r.try_get::<i64, _>(7)?.max(0) as usize,
+                    wave_started_ms: r.try_get::<Option<i64>, _>(8)?.unwrap_or(0),
+                    completed_ms: r.try_get(9)?,
+                    aborted_ms: r.try_get(10)?,
+                    abort_reason: r.try_get(11)?,
                 });
             }
             out
         }))
+    }
+
+    /// Adds devices to a rollout's wave, all or none (so nobody sees half a wave).
+    pub async fn add_members(&self, deployment: &str, devices: &[String], wave: usize) -> Result<(), StoreError> {
+        let sql = "INSERT INTO rollout_members (deployment, device, wave, added_ms) VALUES ($1, $2, $3, $4) \
+                   ON CONFLICT (deployment, device) DO NOTHING";
+        let now = now_ms();
+        on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            for device in devices {
+                sqlx::query(sql).bind(deployment).bind(device).bind(wave as i64).bind(now).execute(&mut *tx).await?;
+            }
+            tx.commit().await?
+        });
+        Ok(())
+    }
+
+    pub async fn members(&self) -> Result<Vec<Member>, StoreError> {
+        let sql = "SELECT deployment, device, wave, added_ms FROM rollout_members ORDER BY deployment, wave, device";
+        Ok(on_pool!(self, |p| {
+            let mut out = Vec::new();
+            for r in sqlx::query(sql).fetch_all(p).await? {
+                out.push(Member {
+                    deployment: r.try_get(0)?,
+                    device: r.try_get(1)?,
+                    wave: r.try_get::<i64, _>(2)?.max(0) as usize,
+                    added_ms: r.try_get(3)?,
+                });
+            }
+            out
+        }))
+    }
+
+    /// Alerts and scoring time in a device's messages with `after < seq < before` and
+    /// `ts_ms >= since_ms` (device clock). Scoring time is the span of the aggregates that
+    /// scored anything.
+    pub async fn alert_activity(
+        &self,
+        device: &str,
+        after: u64,
+        before: u64,
+        since_ms: i64,
+    ) -> Result<AlertActivity, StoreError> {
+        let sql = "SELECT kind, body FROM messages WHERE device = $1 AND kind IN ('alerts', 'telemetry') \
+                   AND seq > $2 AND seq < $3 AND ts_ms >= $4";
+        let rows: Vec<(String, String)> = on_pool!(self, |p| sqlx::query_as(sql)
+            .bind(device)
+            .bind(after.min(i64::MAX as u64) as i64)
+            .bind(before.min(i64::MAX as u64) as i64)
+            .bind(since_ms)
+            .fetch_all(p)
+            .await?);
+        let mut out = AlertActivity::default();
+        for (kind, body) in rows {
+            if kind == "alerts" {
+                out.alerts += 1;
+            } else if let Ok(a) = serde_json::from_str::<AggregateBody>(&body)
+                && a.scored > 0
+            {
+                out.scored_ms += (a.end_ms - a.start_ms).max(0);
+            }
+        }
+        Ok(out)
     }
 
     pub async fn set_desired(&self, d: &DesiredInfo) -> Result<(), StoreError> {
@@ -269,8 +432,8 @@ impl Store {
     }
 
     pub async fn updates(&self) -> Result<Vec<UpdateInfo>, StoreError> {
-        let sql = "SELECT device, seq, deployment, package_sha256, state, reason, running_release, ts_ms \
-                   FROM device_updates ORDER BY device";
+        let sql = "SELECT device, seq, deployment, package_sha256, state, reason, running_release, ts_ms, \
+                   first_seq, first_ts_ms, active_seq FROM update_reports ORDER BY device, deployment";
         Ok(on_pool!(self, |p| {
             let mut out = Vec::new();
             for r in sqlx::query(sql).fetch_all(p).await? {
@@ -283,6 +446,9 @@ impl Store {
                     reason: r.try_get(5)?,
                     running_release: r.try_get::<Option<i64>, _>(6)?.map(|v| v as u64),
                     ts_ms: r.try_get(7)?,
+                    first_seq: r.try_get::<i64, _>(8)? as u64,
+                    first_ts_ms: r.try_get(9)?,
+                    active_seq: r.try_get::<Option<i64>, _>(10)?.map(|v| v as u64),
                 });
             }
             out
@@ -290,11 +456,13 @@ impl Store {
     }
 }
 
-/// Upserts update reports inside an ingest transaction; a report older (by seq) than the one
-/// stored is ignored, so redeliveries and reordering cannot move a device backwards.
-pub(super) const UPSERT_UPDATE: &str = "INSERT INTO device_updates \
-    (device, seq, deployment, package_sha256, state, reason, running_release, ts_ms) \
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (device) DO UPDATE SET \
-    seq = excluded.seq, deployment = excluded.deployment, package_sha256 = excluded.package_sha256, \
-    state = excluded.state, reason = excluded.reason, running_release = excluded.running_release, \
-    ts_ms = excluded.ts_ms WHERE device_updates.seq < excluded.seq";
+/// Upserts update reports inside an ingest transaction, one row per (device, deployment); a
+/// report older (by seq) than the one stored is ignored, so redeliveries and reordering cannot
+/// move a device backwards. `$9` is the seq when the report says `active`, else NULL.
+pub(super) const UPSERT_UPDATE: &str = "INSERT INTO update_reports \
+    (device, seq, deployment, package_sha256, state, reason, running_release, ts_ms, first_seq, first_ts_ms, active_seq) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $2, $8, $9) ON CONFLICT (device, deployment) DO UPDATE SET \
+    seq = excluded.seq, package_sha256 = excluded.package_sha256, state = excluded.state, \
+    reason = excluded.reason, running_release = excluded.running_release, ts_ms = excluded.ts_ms, \
+    active_seq = COALESCE(update_reports.active_seq, excluded.active_seq) \
+    WHERE update_reports.seq < excluded.seq";

@@ -197,3 +197,122 @@ async fn the_embedded_broker_admits_only_provisioned_unrevoked_devices() {
         assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "the secret is in the database file");
     }
 }
+
+/// One message of `device` as ingest hands it to the store.
+fn incoming(device: &str, seq: u64, ts_ms: i64, kind: &str, body: serde_json::Value) -> impeller_hub::store::Incoming {
+    let update = (kind == "events").then(|| serde_json::from_value(body["detail"].clone()).unwrap());
+    impeller_hub::store::Incoming {
+        device: device.to_string(),
+        seq,
+        prev: seq - 1,
+        ts_ms,
+        kind: kind.to_string(),
+        body: body.to_string(),
+        update,
+    }
+}
+
+/// What staged rollouts keep: the policy and wave, members, aborts, update reports per
+/// deployment with the first and first-active report, and alert activity around them.
+async fn rollout_records(url: &str) {
+    use impeller_hub::store::{DeploymentInfo, PackageInfo, Store, StoreError};
+    let store = Store::open(url).await.unwrap();
+    let name = unique("staged");
+    let sha = format!("{:0>64x}", impeller_core::rollout::rank(&name, "sha"));
+    let package = PackageInfo {
+        sha256: sha.clone(),
+        size: 1,
+        model: "m".into(),
+        version: "1".into(),
+        release: 1,
+        target: "t".into(),
+        signed_by: "k".into(),
+        uploaded_ms: 1,
+    };
+    store.put_package(&package).await.unwrap();
+    let policy: impeller_core::rollout::Rollout =
+        serde_json::from_value(serde_json::json!({"waves": [10, 100], "max_alert_rate_increase": 2.0})).unwrap();
+    let d = DeploymentInfo {
+        name: name.clone(),
+        package_sha256: sha.clone(),
+        target_condition: "*".into(),
+        priority: 0,
+        created_ms: 1000,
+        stopped_ms: None,
+        rollout: Some(policy.clone()),
+        wave: 0,
+        wave_started_ms: 1000,
+        completed_ms: None,
+        aborted_ms: None,
+        abort_reason: None,
+    };
+    store.add_deployment(&d).await.unwrap();
+    let find = |all: Vec<DeploymentInfo>| all.into_iter().find(|x| x.name == name).unwrap();
+    assert_eq!(find(store.deployments().await.unwrap()), d);
+    assert!(d.rolling_out());
+
+    let (a, b, c) = (unique("a"), unique("b"), unique("c"));
+    store.add_members(&name, &[a.clone(), b.clone()], 0).await.unwrap();
+    store.add_members(&name, &[b.clone(), c.clone()], 1).await.unwrap();
+    let waves: Vec<(String, usize)> = store
+        .members()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|m| m.deployment == name)
+        .map(|m| (m.device, m.wave))
+        .collect();
+    assert_eq!(waves.len(), 3);
+    assert!(waves.contains(&(b.clone(), 0)), "a device stays in the wave that took it: {waves:?}");
+
+    store.start_wave(&name, 1).await.unwrap();
+    let now = find(store.deployments().await.unwrap());
+    assert_eq!(now.wave, 1);
+    assert!(now.wave_started_ms > 1000);
+    store.abort_deployment(&name, "gate failed").await.unwrap();
+    let now = find(store.deployments().await.unwrap());
+    assert_eq!(now.abort_reason.as_deref(), Some("gate failed"));
+    assert!(!now.applies() && !now.rolling_out());
+    assert!(matches!(store.abort_deployment(&name, "again").await, Err(StoreError::Exists { .. })));
+    assert!(matches!(store.abort_deployment(&unique("none"), "x").await, Err(StoreError::NotFound { .. })));
+
+    // Device `a`: scored 1 h with one alert, took the package, scored 2 h with one alert.
+    let agg = |ms: i64| serde_json::json!({"start_ms": 0, "end_ms": ms, "scored": 10, "alarms": 1, "channels": []});
+    let alert = serde_json::json!({"any": "alert body"});
+    let update = |state: &str, dep: &str| serde_json::json!({"event": "update", "detail": {"deployment": dep, "sha256": sha, "state": state}});
+    let batch = vec![
+        incoming(&a, 1, 100, "telemetry", agg(3_600_000)),
+        incoming(&a, 2, 110, "alerts", alert.clone()),
+        incoming(&a, 3, 120, "events", update("downloading", &name)),
+        incoming(&a, 4, 130, "events", update("active", &name)),
+        incoming(&a, 5, 140, "alerts", alert.clone()),
+        incoming(&a, 6, 150, "telemetry", agg(7_200_000)),
+        incoming(&a, 7, 160, "events", update("downloading", "other")),
+    ];
+    let acked = [(a.clone(), 7)].into_iter().collect();
+    store.commit(&batch, &acked).await.unwrap();
+    // A redelivered older report changes nothing.
+    store.commit(&batch[2..3], &acked).await.unwrap();
+    let reports: Vec<_> = store.updates().await.unwrap().into_iter().filter(|u| u.device == a).collect();
+    assert_eq!(reports.len(), 2, "one row per deployment: {reports:?}");
+    let r = reports.iter().find(|u| u.deployment == name).unwrap();
+    assert_eq!((r.state.as_str(), r.seq, r.first_seq, r.first_ts_ms, r.active_seq), ("active", 4, 3, 120, Some(4)));
+    let after = store.alert_activity(&a, 4, u64::MAX, i64::MIN).await.unwrap();
+    assert_eq!((after.alerts, after.scored_ms), (1, 7_200_000));
+    let before = store.alert_activity(&a, 0, 3, 0).await.unwrap();
+    assert_eq!((before.alerts, before.scored_ms), (1, 3_600_000));
+    let too_old = store.alert_activity(&a, 0, 3, 105).await.unwrap();
+    assert_eq!((too_old.alerts, too_old.scored_ms), (1, 0), "the window starts at since_ms");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_records_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    rollout_records(&format!("sqlite:{}", dir.path().join("hub.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rollout_records_on_postgres() {
+    let Some(url) = postgres("rollout_records_on_postgres") else { return };
+    rollout_records(&url).await;
+}
