@@ -153,7 +153,8 @@ pub fn deploy(cmd: DeployCommand) -> anyhow::Result<()> {
                     writeln!(out, "rollout {} at wave {}{note}", r["phase"].as_str().unwrap_or_default(), r["wave"])?;
                     for w in r["waves"].as_array().into_iter().flatten() {
                         let devices = w["devices"].as_array().map_or(0, Vec::len);
-                        writeln!(out, "  wave {} ({} %): {devices} devices", w["wave"], w["percent"])?;
+                        let percent = w["percent"].as_f64().unwrap_or_default();
+                        writeln!(out, "  wave {} ({percent} %): {devices} devices", w["wave"])?;
                     }
                 }
                 for d in status["devices"].as_array().into_iter().flatten() {

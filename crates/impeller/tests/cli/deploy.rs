@@ -51,12 +51,13 @@ fn an_operator_uploads_deploys_inspects_and_stops_through_the_api() {
 
     let http = free_port();
     let hub_url = format!("http://127.0.0.1:{http}");
-    let mut hub = Command::new(env!("CARGO_BIN_EXE_impeller"))
+    let hub = Command::new(env!("CARGO_BIN_EXE_impeller"))
         .args(["hub", "--data-dir", &data, "--mqtt-listen", &format!("127.0.0.1:{}", free_port())])
         .args(["--http-listen", &format!("127.0.0.1:{http}"), "--trusted-key", &d("ops.public.json")])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _hub = KillOnDrop(hub);
     let until = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
         assert!(Instant::now() < until, "the hub's API did not listen");
@@ -115,6 +116,47 @@ fn an_operator_uploads_deploys_inspects_and_stops_through_the_api() {
     assert!(out.status.success(), "{}", stderr(&out));
     let out = api(&["deploy", "list"], &reader);
     assert!(stdout(&out).contains("north\tstopped"), "{}", stdout(&out));
-    let _ = hub.kill();
-    let _ = hub.wait();
+
+    // A staged rollout: its first wave takes pump-1 (the only device), which never reports,
+    // so the rollout waits; then an operator aborts it.
+    let staged = ["deploy", "create", "staged", "--package", &sha, "--target", "*", "--priority", "5"];
+    let out = api(&[&staged[..], &["--waves", "10,100", "--soak", "1x"]].concat(), &token);
+    assert_eq!(out.status.code(), Some(2), "a bad duration is a usage error: {}", stderr(&out));
+    let out = api(&[&staged[..], &["--waves", "50,20"]].concat(), &token);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("rollout.waves[1] = 20"), "{}", stderr(&out));
+    let out = api(&[&staged[..], &["--waves", "10,100", "--soak", "2m", "--max-failed", "0.1"]].concat(), &token);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("waves of 10 %, 100 %, 120 s each"), "{}", stdout(&out));
+    let until = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let out = api(&["deploy", "status", "staged"], &reader);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let text = stdout(&out);
+        if text.contains("wave 1 (10 %): 1 devices") {
+            break text;
+        }
+        assert!(Instant::now() < until, "the first wave never took pump-1: {text}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status.contains("rollout rolling_out at wave 1: wave 1 soaks"), "{status}");
+    assert!(status.contains("pump-1\tpending"), "{status}");
+    let out = api(&["deploy", "abort", "staged", "--reason", "wrong package"], &token);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = api(&["deploy", "status", "staged"], &reader);
+    assert!(stdout(&out).contains("rollout aborted at wave 1: wrong package"), "{}", stdout(&out));
+    let out = api(&["deploy", "list"], &reader);
+    assert!(stdout(&out).contains("staged\taborted"), "{}", stdout(&out));
+    let out = api(&["deploy", "abort", "staged"], &token);
+    assert_eq!(out.status.code(), Some(3), "aborting twice is a conflict: {}", stderr(&out));
+}
+
+/// Stops the hub however the test ends.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
