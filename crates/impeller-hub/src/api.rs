@@ -46,6 +46,7 @@ pub enum Code {
     Unauthorized,
     Forbidden,
     NotFound,
+    MethodNotAllowed,
     Conflict,
     InvalidRequest,
     PackageRefused,
@@ -59,6 +60,7 @@ impl Code {
             Code::Unauthorized => StatusCode::UNAUTHORIZED,
             Code::Forbidden => StatusCode::FORBIDDEN,
             Code::NotFound => StatusCode::NOT_FOUND,
+            Code::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Code::Conflict => StatusCode::CONFLICT,
             Code::InvalidRequest | Code::PackageRefused => StatusCode::UNPROCESSABLE_ENTITY,
             Code::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -142,7 +144,6 @@ async fn caller(state: &ApiState, headers: &HeaderMap) -> ApiResult<Caller> {
     Ok(auth::authenticate(h, &state.store, &state.devices).await?)
 }
 
-/// An operator with at least `role`.
 /// An operator with at least `role`; returns the token's id.
 async fn operator(state: &ApiState, headers: &HeaderMap, role: Role) -> ApiResult<String> {
     match caller(state, headers).await? {
@@ -203,6 +204,7 @@ pub fn router(state: ApiState) -> axum::Router {
     let upload_limit = usize::try_from(state.max_package_bytes).unwrap_or(usize::MAX).saturating_add(1);
     axum::Router::new()
         .route("/api/v1/health", get(health))
+        .route("/api/v1/openapi.json", get(|| async { Json(crate::openapi::document()) }))
         .route("/api/v1/devices", get(list_devices).post(add_device))
         .route("/api/v1/devices/{id}", get(get_device))
         .route("/api/v1/devices/{id}/revoke", post(revoke_device))
@@ -215,7 +217,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/api/v1/deployments/{name}/abort", post(abort_deployment))
         .fallback(|| async { Problem::new(Code::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
-            Problem::new(Code::InvalidRequest, "this endpoint does not take that method")
+            Problem::new(Code::MethodNotAllowed, "this endpoint does not take that method")
         })
         .with_state(state)
 }

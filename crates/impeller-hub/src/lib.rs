@@ -9,6 +9,7 @@ pub mod bus;
 pub mod deploy;
 pub mod fleet;
 pub mod ingest;
+pub mod openapi;
 pub mod store;
 
 use std::net::SocketAddr;

@@ -9,6 +9,8 @@ use impeller_core::wire;
 use impeller_hub::{Hub, HubConfig};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
+mod openapi;
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }

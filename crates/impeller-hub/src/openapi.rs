@@ -1,0 +1,342 @@
+//! The OpenAPI 3.1 document of `/api/v1`, served at `/api/v1/openapi.json`. Written by hand
+//! beside the handlers (the core's types stay free of API annotations); schemathesis checks
+//! every response of a running hub against it (`tests/hub/openapi.rs`).
+
+use serde_json::{Map, Value, json};
+
+fn schema(name: &str) -> Value {
+    json!({"$ref": format!("#/components/schemas/{name}")})
+}
+
+fn nullable(kind: &str) -> Value {
+    json!({"type": [kind, "null"]})
+}
+
+fn nullable_ref(name: &str) -> Value {
+    json!({"oneOf": [schema(name), {"type": "null"}]})
+}
+
+fn object(required: &[&str], properties: Value) -> Value {
+    json!({"type": "object", "required": required, "properties": properties})
+}
+
+fn uint() -> Value {
+    json!({"type": "integer", "minimum": 0})
+}
+fn int() -> Value {
+    json!({"type": "integer"})
+}
+fn string() -> Value {
+    json!({"type": "string"})
+}
+fn sha256() -> Value {
+    json!({"type": "string", "pattern": "^[0-9a-f]{64}$"})
+}
+
+fn json_body(name: &str) -> Value {
+    json!({"required": true, "content": {"application/json": {"schema": schema(name)}}})
+}
+
+fn ok(description: &str, name: &str) -> Value {
+    json!({"description": description, "content": {"application/json": {"schema": schema(name)}}})
+}
+
+fn page_of(name: &str) -> Value {
+    object(&["items"], json!({"items": {"type": "array", "items": schema(name)}, "next_after": string()}))
+}
+
+/// An operation: `responses` holds the successes; problems are added for `problems`.
+fn op(summary: &str, tag: &str, who: Who, responses: Value, problems: &[u16]) -> Map<String, Value> {
+    let mut o = Map::new();
+    o.insert("summary".into(), json!(summary));
+    o.insert("tags".into(), json!([tag]));
+    o.insert("security".into(), who.security());
+    let mut r = responses.as_object().cloned().unwrap_or_default();
+    let mut codes: Vec<u16> = problems.to_vec();
+    if !matches!(who, Who::Anyone) {
+        codes.extend([401, 403]);
+    }
+    codes.extend([422, 500]);
+    for code in codes {
+        r.insert(code.to_string(), json!({"$ref": format!("#/components/responses/Problem{code}")}));
+    }
+    o.insert("responses".into(), Value::Object(r));
+    o
+}
+
+#[derive(Clone, Copy)]
+enum Who {
+    Anyone,
+    Operator,
+    OperatorOrDevice,
+}
+
+impl Who {
+    fn security(self) -> Value {
+        match self {
+            Who::Anyone => json!([]),
+            Who::Operator => json!([{"token": []}]),
+            Who::OperatorOrDevice => json!([{"token": []}, {"device": []}]),
+        }
+    }
+}
+
+fn with(mut o: Map<String, Value>, key: &str, value: Value) -> Map<String, Value> {
+    o.insert(key.into(), value);
+    o
+}
+
+fn path_param(name: &str, description: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "description": description, "schema": string()})
+}
+
+fn paging() -> Value {
+    json!([
+        {"name": "limit", "in": "query", "description": "1 to 1000, default 100",
+         "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+        {"name": "after", "in": "query", "description": "the `next_after` of the previous page", "schema": string()}
+    ])
+}
+
+fn schemas() -> Value {
+    let device_props = json!({
+        "id": string(), "tags": {"type": "object", "additionalProperties": string()}, "profile": string(),
+        "created_ms": int(), "revoked_ms": nullable("integer"),
+    });
+    let mut device_view = device_props.as_object().cloned().unwrap_or_default();
+    device_view.insert("desired_deployment".into(), nullable("string"));
+    device_view.insert("update".into(), nullable_ref("UpdateReport"));
+    json!({
+        "Problem": object(&["type", "title", "status", "code", "detail"], json!({
+            "type": string(), "title": string(), "status": int(), "detail": string(),
+            "code": {"type": "string", "enum": ["unauthorized", "forbidden", "not_found", "method_not_allowed", "conflict",
+                     "invalid_request", "package_refused", "payload_too_large", "internal"]},
+        })),
+        "Health": object(&["status", "version"], json!({"status": string(), "version": string()})),
+        "Device": object(&["id", "tags", "profile", "created_ms", "revoked_ms"], device_props),
+        "DeviceView": object(&["id", "tags", "profile", "created_ms", "desired_deployment", "update"],
+                             Value::Object(device_view)),
+        "DevicePage": page_of("DeviceView"),
+        "NewDevice": {
+            "type": "object", "required": ["id"], "additionalProperties": false,
+            "properties": {
+                "id": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+                "tags": {"type": "object", "additionalProperties": string()},
+                "profile": string(),
+            },
+        },
+        "NewDeviceCredentials": object(&["id", "secret"], json!({"id": string(), "secret": string()})),
+        "UpdateReport": object(
+            &["device", "seq", "deployment", "package_sha256", "state", "reason", "running_release", "ts_ms",
+              "first_seq", "first_ts_ms", "active_seq"],
+            json!({
+                "device": string(), "seq": uint(), "deployment": string(), "package_sha256": string(),
+                "state": {"type": "string", "enum": ["downloading", "verifying", "shadow", "active", "failed", "rolled_back"]},
+                "reason": nullable("string"), "running_release": nullable("integer"), "ts_ms": int(),
+                "first_seq": uint(), "first_ts_ms": int(), "active_seq": nullable("integer"),
+            })),
+        "PackageRef": object(&["sha256", "size", "model", "version", "release"], json!({
+            "sha256": sha256(), "size": uint(), "model": string(), "version": string(), "release": uint(),
+        })),
+        "RollbackRef": object(&["deployment", "sha256", "reason"],
+                              json!({"deployment": string(), "sha256": sha256(), "reason": string()})),
+        "Desired": object(&["v", "deployment", "package"], json!({
+            "v": uint(), "deployment": string(), "package": schema("PackageRef"), "rollback": schema("RollbackRef"),
+        })),
+        "Assignment": object(&["deployment", "package_sha256", "matched", "reason"], json!({
+            "deployment": string(), "package_sha256": string(), "matched": {"type": "array", "items": string()},
+            "reason": string(),
+        })),
+        "DesiredView": object(&["desired", "assignment"],
+                              json!({"desired": nullable_ref("Desired"), "assignment": nullable_ref("Assignment")})),
+        "Package": object(&["sha256", "size", "model", "version", "release", "target", "signed_by", "uploaded_ms"],
+            json!({"sha256": sha256(), "size": uint(), "model": string(), "version": string(), "release": uint(),
+                   "target": string(), "signed_by": string(), "uploaded_ms": int()})),
+        "PackagePage": page_of("Package"),
+        "Rollout": {
+            "type": "object", "required": ["waves"], "additionalProperties": false,
+            "description": "Cumulative percentages, the last 100; see docs/specs/deployments.md",
+            "properties": {
+                "waves": {"type": "array", "minItems": 1, "maxItems": 20,
+                          "items": {"type": "number", "exclusiveMinimum": 0, "maximum": 100}},
+                "soak_s": {"type": "integer", "minimum": 0, "maximum": 2_592_000},
+                "min_active": {"type": "number", "minimum": 0, "maximum": 1},
+                "max_failed": {"type": "number", "minimum": 0, "maximum": 1},
+                "max_rolled_back": {"type": "number", "minimum": 0, "maximum": 1},
+                "max_alert_rate_increase": {"type": ["number", "null"], "minimum": 0},
+            },
+        },
+        "NewDeployment": {
+            "type": "object", "required": ["name", "package_sha256", "target_condition"],
+            "additionalProperties": false,
+            "properties": {
+                "name": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+                "package_sha256": sha256(),
+                "target_condition": {"type": "string", "minLength": 1, "maxLength": 4096,
+                                     "description": "e.g. tags.site = 'north' AND profile = 'gw'; * for all"},
+                "priority": int(),
+                "rollout": nullable_ref("Rollout"),
+            },
+        },
+        "Deployment": object(
+            &["name", "package_sha256", "target_condition", "priority", "created_ms", "stopped_ms", "rollout",
+              "wave", "wave_started_ms", "completed_ms", "aborted_ms", "abort_reason"],
+            json!({
+                "name": string(), "package_sha256": string(), "target_condition": string(), "priority": int(),
+                "created_ms": int(), "stopped_ms": nullable("integer"), "rollout": nullable_ref("Rollout"),
+                "wave": uint(), "wave_started_ms": int(), "completed_ms": nullable("integer"),
+                "aborted_ms": nullable("integer"), "abort_reason": nullable("string"),
+            })),
+        "DeploymentPage": page_of("Deployment"),
+        "RolloutStatus": object(&["phase", "wave", "waves", "note"], json!({
+            "phase": {"type": "string", "enum": ["rolling_out", "complete", "aborted", "stopped"]},
+            "wave": uint(),
+            "waves": {"type": "array", "items": object(&["wave", "percent", "devices"], json!({
+                "wave": uint(), "percent": {"type": "number"}, "devices": {"type": "array", "items": string()},
+            }))},
+            "note": nullable("string"),
+        })),
+        "DeviceStatus": object(&["device", "state", "reason", "running_release"], json!({
+            "device": string(), "state": string(), "reason": nullable("string"), "running_release": nullable("integer"),
+        })),
+        "DeploymentStatus": object(&["deployment", "rollout", "counts", "devices"], json!({
+            "deployment": schema("Deployment"), "rollout": nullable_ref("RolloutStatus"),
+            "counts": {"type": "object", "additionalProperties": uint()},
+            "devices": {"type": "array", "items": schema("DeviceStatus")},
+        })),
+        "AbortRequest": {"type": "object", "additionalProperties": false,
+                         "properties": {"reason": {"type": ["string", "null"], "maxLength": 1000}}},
+    })
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut problems = Map::new();
+    for (code, why) in [
+        (401, "no or wrong credentials"),
+        (403, "the caller may not do this"),
+        (404, "no such resource"),
+        (409, "it exists already, or has ended"),
+        (413, "the package is larger than the hub accepts"),
+        (422, "the request is invalid, or the package was refused"),
+        (500, "the hub failed; the detail is in its log"),
+    ] {
+        problems.insert(
+            format!("Problem{code}"),
+            json!({"description": why, "content": {"application/problem+json": {"schema": schema("Problem")}}}),
+        );
+    }
+    let id = path_param("id", "device id");
+    let sha = json!({"name": "sha256", "in": "path", "required": true, "schema": sha256()});
+    let name = path_param("name", "deployment name");
+    let no_content = json!({"204": {"description": "done"}});
+    json!({
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Impeller hub API",
+            "version": "1",
+            "description": "Fleet, packages and deployments of an Impeller hub. Errors are RFC 9457 problem \
+                documents with a `code` from a closed set. Operators send `Authorization: Bearer imp_…` \
+                (impeller token create); devices send HTTP Basic with their id and secret.",
+        },
+        "servers": [{"url": "/"}],
+        "paths": {
+            "/api/v1/health": {"get": op("Liveness and version", "hub", Who::Anyone, json!({"200": ok("up", "Health")}), &[])},
+            "/api/v1/openapi.json": {"get": op("This document", "hub", Who::Anyone,
+                json!({"200": {"description": "OpenAPI 3.1", "content": {"application/json": {}}}}), &[])},
+            "/api/v1/devices": {
+                "get": with(op("List devices", "devices", Who::Operator, json!({"200": ok("a page", "DevicePage")}), &[]),
+                            "parameters", paging()),
+                "post": with(op("Provision a device; its secret is shown once", "devices", Who::Operator,
+                                json!({"201": ok("provisioned", "NewDeviceCredentials")}), &[409]),
+                             "requestBody", json_body("NewDevice")),
+            },
+            "/api/v1/devices/{id}": {
+                "parameters": [id.clone()],
+                "get": op("One device (a device may read itself)", "devices", Who::OperatorOrDevice,
+                          json!({"200": ok("the device", "DeviceView")}), &[404]),
+            },
+            "/api/v1/devices/{id}/revoke": {
+                "parameters": [id.clone()],
+                "post": op("Revoke a device: refused by the broker and the API from now on", "devices", Who::Operator,
+                           no_content.clone(), &[404]),
+            },
+            "/api/v1/devices/{id}/desired": {
+                "parameters": [id.clone()],
+                "get": op("What the device should run, and why", "devices", Who::OperatorOrDevice,
+                          json!({"200": ok("desired state", "DesiredView")}), &[404]),
+            },
+            "/api/v1/packages": {
+                "get": with(op("List packages", "packages", Who::Operator, json!({"200": ok("a page", "PackagePage")}), &[]),
+                            "parameters", paging()),
+                "post": with(op("Upload a signed package (checked against the hub's trusted keys)", "packages",
+                                Who::Operator, json!({"201": ok("stored", "Package")}), &[413]),
+                             "requestBody", json!({"required": true, "content": {"application/octet-stream":
+                                 {"schema": {"type": "string", "format": "binary"}}}})),
+            },
+            "/api/v1/packages/{sha256}": {
+                "parameters": [sha.clone()],
+                "get": op("One package", "packages", Who::Operator, json!({"200": ok("the package", "Package")}), &[404]),
+            },
+            "/api/v1/packages/{sha256}/content": {
+                "parameters": [sha.clone()],
+                "get": op("The package file; range requests; ETag is its SHA-256", "packages", Who::OperatorOrDevice,
+                    json!({
+                        "200": {"description": "the file", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                        "206": {"description": "the requested range", "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+                        "304": {"description": "not modified"},
+                        "416": {"description": "the range is outside the file"},
+                    }), &[404]),
+            },
+            "/api/v1/deployments": {
+                "get": with(op("List deployments", "deployments", Who::Operator,
+                               json!({"200": ok("a page", "DeploymentPage")}), &[]), "parameters", paging()),
+                "post": with(op("Create a deployment, optionally as a staged rollout", "deployments", Who::Operator,
+                                json!({"201": ok("created", "Deployment")}), &[404, 409]),
+                             "requestBody", json_body("NewDeployment")),
+            },
+            "/api/v1/deployments/{name}": {
+                "parameters": [name.clone()],
+                "get": op("A deployment: each device's state, counts, waves", "deployments", Who::Operator,
+                          json!({"200": ok("status", "DeploymentStatus")}), &[404]),
+                "delete": op("Stop a deployment: its devices fall back to what applies below it", "deployments",
+                             Who::Operator, no_content.clone(), &[404]),
+            },
+            "/api/v1/deployments/{name}/abort": {
+                "parameters": [name.clone()],
+                "post": with(op("Abort a deployment and roll back the devices its rollout took", "deployments",
+                                Who::Operator, no_content, &[404, 409]),
+                             "requestBody", json!({"required": false, "content": {"application/json": {"schema": schema("AbortRequest")}}})),
+            },
+        },
+        "components": {
+            "schemas": schemas(),
+            "responses": problems,
+            "securitySchemes": {
+                "token": {"type": "http", "scheme": "bearer", "description": "an operator's API token"},
+                "device": {"type": "http", "scheme": "basic", "description": "a device's id and secret"},
+            },
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reference_resolves() {
+        let doc = document();
+        let text = doc.to_string();
+        let mut rest = text.as_str();
+        let mut seen = 0;
+        while let Some(i) = rest.find("\"$ref\":\"#/components/") {
+            rest = &rest[i + 21..];
+            let end = rest.find('"').unwrap_or(rest.len());
+            let path: Vec<&str> = rest[..end].split('/').collect();
+            assert!(doc["components"][path[0]][path[1]].is_object(), "dangling $ref to {path:?}");
+            seen += 1;
+        }
+        assert!(seen > 30, "only {seen} references");
+    }
+}
