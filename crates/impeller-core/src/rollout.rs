@@ -133,23 +133,20 @@ pub fn step(policy: &Rollout, wave: usize, wave_started_ms: i64, now_ms: i64, e:
         return Step::Wait("no device to roll out to".into());
     }
     let share = |n: usize| n as f64 / e.members as f64;
-    if share(e.failed) > policy.max_failed {
-        return Step::Abort(format!(
-            "{} of {} devices refused the package ({:.0} %, at most {:.0} % allowed)",
-            e.failed,
-            e.members,
-            100.0 * share(e.failed),
-            100.0 * policy.max_failed
-        ));
-    }
-    if share(e.rolled_back) > policy.max_rolled_back {
-        return Step::Abort(format!(
-            "{} of {} devices rolled the new model back by themselves ({:.0} %, at most {:.0} % allowed)",
-            e.rolled_back,
-            e.members,
-            100.0 * share(e.rolled_back),
-            100.0 * policy.max_rolled_back
-        ));
+    let over = |n: usize, max: f64, what: &str| {
+        (share(n) > max).then(|| {
+            Step::Abort(format!(
+                "{n} of {} devices {what} ({:.0} %, at most {:.0} % allowed)",
+                e.members,
+                100.0 * share(n),
+                100.0 * max
+            ))
+        })
+    };
+    if let Some(abort) = over(e.failed, policy.max_failed, "refused the package")
+        .or_else(|| over(e.rolled_back, policy.max_rolled_back, "rolled the new model back by themselves"))
+    {
+        return abort;
     }
     let soaked_ms = now_ms.saturating_sub(wave_started_ms);
     let soak_ms = policy.soak_s as i64 * 1000;
