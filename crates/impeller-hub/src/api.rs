@@ -559,7 +559,7 @@ async fn get_deployment(
     // The devices told to run it, and those a staged rollout took (kept after an abort).
     let mut ids: Vec<String> =
         s.store.desired().await?.into_iter().filter(|x| x.deployment == name).map(|x| x.device).collect();
-    ids.extend(s.store.members().await?.into_iter().filter(|m| m.deployment == name).map(|m| m.device));
+    ids.extend(plan.members.keys().filter(|(dep, _)| *dep == name).map(|(_, dev)| dev.clone()));
     ids.sort();
     ids.dedup();
     let mut devices = Vec::new();
@@ -575,7 +575,7 @@ async fn get_deployment(
             running_release: u.and_then(|u| u.running_release),
         });
     }
-    let rollout = crate::deploy::rollout_status(&s.store, &d).await?.and_then(|r| serde_json::to_value(r).ok());
+    let rollout = crate::deploy::rollout_status(&s.store, &plan, &d).await?.and_then(|r| serde_json::to_value(r).ok());
     Ok(Json(DeploymentStatus { deployment: serde_json::to_value(&d).unwrap_or_default(), rollout, counts, devices }))
 }
 

@@ -57,8 +57,8 @@ pub struct Plan {
     pub deployments: Vec<DeploymentInfo>,
     /// The deployments that apply (neither stopped nor aborted), parsed.
     applying: Vec<deploy::Deployment>,
-    /// (deployment, device) pairs a staged rollout has taken.
-    members: HashSet<(String, String)>,
+    /// (deployment, device) pairs a staged rollout has taken, with the wave (0-based).
+    pub members: HashMap<(String, String), usize>,
     /// Latest report per (device, deployment).
     updates: HashMap<(String, String), UpdateInfo>,
 }
@@ -80,7 +80,7 @@ impl Plan {
                 Err(error) => tracing::error!(deployment = %d.name, %error, "skipping a deployment"),
             }
         }
-        let members = store.members().await?.into_iter().map(|m| (m.deployment, m.device)).collect();
+        let members = store.members().await?.into_iter().map(|m| ((m.deployment, m.device), m.wave)).collect();
         let updates =
             store.updates().await?.into_iter().map(|u| ((u.device.clone(), u.deployment.clone()), u)).collect();
         Ok(Plan { deployments, applying, members, updates })
@@ -91,7 +91,7 @@ impl Plan {
     }
 
     fn is_member(&self, deployment: &str, device: &str) -> bool {
-        self.members.contains(&(deployment.to_string(), device.to_string()))
+        self.members.contains_key(&(deployment.to_string(), device.to_string()))
     }
 
     /// The report `device` sent on `d`, if it is about `d`'s package.
@@ -210,7 +210,7 @@ async fn evidence(
     let live: HashSet<&str> = devices.iter().filter(|x| x.revoked_ms.is_none()).map(|x| x.id.as_str()).collect();
     let mut e = Evidence::default();
     let (mut before, mut after) = ((0u64, 0i64), (0u64, 0i64));
-    for (_, device) in plan.members.iter().filter(|(dep, dev)| *dep == d.name && live.contains(dev.as_str())) {
+    for (_, device) in plan.members.keys().filter(|(dep, dev)| *dep == d.name && live.contains(dev.as_str())) {
         e.members += 1;
         let Some(u) = plan.report(d, device) else { continue };
         match u.state.as_str() {
@@ -249,9 +249,13 @@ async fn next_step(
     Ok(Some(rollout::step(policy, d.wave, d.wave_started_ms, now, &e)))
 }
 
-pub async fn rollout_status(store: &Store, d: &DeploymentInfo) -> Result<Option<RolloutStatus>, StoreError> {
+/// Where `d`'s rollout stands, from one snapshot (`plan`) so waves and notes agree.
+pub async fn rollout_status(
+    store: &Store,
+    plan: &Plan,
+    d: &DeploymentInfo,
+) -> Result<Option<RolloutStatus>, StoreError> {
     let Some(policy) = &d.rollout else { return Ok(None) };
-    let plan = Plan::load(store).await?;
     let devices = store.devices().await?;
     let mut waves: Vec<WaveStatus> = policy
         .waves
@@ -259,9 +263,12 @@ pub async fn rollout_status(store: &Store, d: &DeploymentInfo) -> Result<Option<
         .enumerate()
         .map(|(i, &percent)| WaveStatus { wave: i + 1, percent, devices: Vec::new() })
         .collect();
-    for m in store.members().await?.into_iter().filter(|m| m.deployment == d.name) {
-        if let Some(w) = waves.get_mut(m.wave) {
-            w.devices.push(m.device);
+    let mut taken: Vec<(&usize, &String)> =
+        plan.members.iter().filter(|((dep, _), _)| *dep == d.name).map(|((_, dev), wave)| (wave, dev)).collect();
+    taken.sort();
+    for (wave, device) in taken {
+        if let Some(w) = waves.get_mut(*wave) {
+            w.devices.push(device.clone());
         }
     }
     let (phase, note) = if d.stopped_ms.is_some() {
@@ -271,7 +278,7 @@ pub async fn rollout_status(store: &Store, d: &DeploymentInfo) -> Result<Option<
     } else if d.completed_ms.is_some() {
         ("complete", None)
     } else {
-        let note = match next_step(store, &plan, d, &devices).await? {
+        let note = match next_step(store, plan, d, &devices).await? {
             Some(Step::Wait(why)) => Some(why),
             Some(Step::Abort(why)) => Some(format!("about to abort: {why}")),
             _ => None,
