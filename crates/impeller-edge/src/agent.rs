@@ -26,7 +26,7 @@ use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxConfig, Outgoing};
 use crate::produce::{self, Message, Producer};
 use crate::source::{self, Reading};
-use crate::store::ModelStore;
+use crate::store::{ModelStore, PendingWatch};
 use crate::update::{DownloadError, Downloader};
 
 /// The model in use, with what turns readings into its frames and frames into messages.
@@ -138,10 +138,48 @@ fn shadow_judgement(
 /// After a switch: the previous model keeps scoring beside the new one until `until`.
 struct HealthWatch {
     previous: Active,
-    desired: Desired,
+    deployment: String,
+    sha256: String,
     until: Instant,
     new: Trial,
     old: Trial,
+}
+
+impl HealthWatch {
+    fn new(previous: Active, deployment: String, sha256: String, window: Duration) -> HealthWatch {
+        HealthWatch {
+            previous,
+            deployment,
+            sha256,
+            until: Instant::now() + window,
+            new: Trial::default(),
+            old: Trial::default(),
+        }
+    }
+}
+
+/// The health watch a previous run of the agent had under way, if it still applies.
+fn resumed_watch(store: &ModelStore, cfg: &Config) -> anyhow::Result<Option<HealthWatch>> {
+    let state = store.state()?;
+    let Some(w) = state.watch else { return Ok(None) };
+    let left_ms = w.until_ms - crate::now_ms();
+    if state.active_sha256.as_deref() != Some(w.sha256.as_str()) || left_ms <= 0 {
+        store.set_watch(None)?;
+        return Ok(None);
+    }
+    match store.load_previous() {
+        Ok(Some(pkg)) => {
+            tracing::info!(deployment = %w.deployment, left_s = left_ms / 1000, "resuming the new model's health watch");
+            let window = Duration::from_millis(left_ms as u64);
+            Ok(Some(HealthWatch::new(Active::new(pkg, cfg)?, w.deployment, w.sha256, window)))
+        }
+        Ok(None) => Ok(None),
+        Err(error) => {
+            tracing::error!(%error, "the previous model fails verification; the health watch cannot resume");
+            store.set_watch(None)?;
+            Ok(None)
+        }
+    }
 }
 
 fn trial_policy(cfg: &Config) -> TrialPolicy {
@@ -485,7 +523,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
     let mut downloading: Option<(String, tokio::task::JoinHandle<()>)> = None;
     let mut refused: std::collections::HashSet<String> = std::collections::HashSet::new();
     let mut recent = Recent { capacity: cfg.models.shadow_readings, ..Recent::default() };
-    let mut watch: Option<HealthWatch> = None;
+    let mut watch: Option<HealthWatch> = if active.is_some() { resumed_watch(&store, &cfg)? } else { None };
     let mut uplink = Uplink {
         client: client.clone(),
         device: cfg.device.id.clone(),
@@ -574,7 +612,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     let judgement = judge(&w.new, &w.old, &trial_policy(&cfg));
                     if let Judgement::Fail(why) = judgement {
                         let Some(w) = watch.take() else { continue };
-                        let sha = w.desired.package.sha256.clone();
+                        let sha = w.sha256.clone();
                         tracing::error!(reason = %why, %sha, "the new model does worse than the one before it; rolling back");
                         if store.roll_back()? {
                             generation = store.state()?.generation;
@@ -583,12 +621,13 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                             }
                             Metrics::set(&metrics.model_release, active.as_ref().map_or(0, |a| a.pkg.manifest.release));
                         }
+                        report_on(&mut outbox, &w.deployment, &sha, UpdateState::RolledBack, Some(format!("health watch: {why}")), &active)?;
                         refused.insert(sha);
-                        report(&mut outbox, &w.desired, UpdateState::RolledBack, Some(format!("health watch: {why}")), &active)?;
                         pump.as_mut().reset(tokio::time::Instant::now());
                     } else if Instant::now() >= w.until {
                         tracing::info!(new = ?w.new, old = ?w.old, "the new model passed its health watch");
                         watch = None;
+                        store.set_watch(None)?;
                     }
                 }
             }
@@ -717,15 +756,18 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                         }
                         switch_to(&mut active, pkg, &cfg, &mut outbox, &journal, &metrics)?;
                         report(&mut outbox, &desired, UpdateState::Active, None, &active)?;
-                        watch = previous.map(|p| {
-                            HealthWatch {
-                                previous: p,
-                                desired: desired.clone(),
-                                until: Instant::now() + Duration::from_secs(cfg.models.health_window_s),
-                                new: Trial::default(),
-                                old: Trial::default(),
+                        watch = match previous {
+                            Some(p) => {
+                                let window = Duration::from_secs(cfg.models.health_window_s);
+                                store.set_watch(Some(PendingWatch {
+                                    deployment: desired.deployment.clone(),
+                                    sha256: sha.clone(),
+                                    until_ms: crate::now_ms() + window.as_millis() as i64,
+                                }))?;
+                                Some(HealthWatch::new(p, desired.deployment.clone(), sha.clone(), window))
                             }
-                        });
+                            None => None,
+                        };
                     }
                     Err(reason) => {
                         Metrics::add(&metrics.installs_refused, 1);

@@ -48,6 +48,19 @@ pub struct State {
     /// SHA-256 of the package in the other slot: what a rollback returns to.
     #[serde(default)]
     pub previous_sha256: Option<String>,
+    /// A health watch under way, so a restarted agent resumes it rather than let the new model
+    /// run unwatched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<PendingWatch>,
+}
+
+/// The health watch of the active package (`sha256`, from `deployment`) until `until_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PendingWatch {
+    pub deployment: String,
+    pub sha256: String,
+    pub until_ms: i64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -149,8 +162,19 @@ impl ModelStore {
             Some(state.highest_release.map_or(pkg.manifest.release, |h| h.max(pkg.manifest.release)));
         state.generation += 1;
         state.active_sha256 = Some(impeller_core::hex::encode(&Sha256::digest(bytes)));
+        state.watch = None;
         self.write_state(&state)?;
         Ok(pkg)
+    }
+
+    /// Records (or, with None, ends) the health watch of the active package.
+    pub fn set_watch(&self, watch: Option<PendingWatch>) -> Result<(), StoreError> {
+        let mut state = self.state()?;
+        if state.watch != watch {
+            state.watch = watch;
+            self.write_state(&state)?;
+        }
+        Ok(())
     }
 
     fn write_state(&self, state: &State) -> Result<(), StoreError> {
@@ -170,6 +194,7 @@ impl ModelStore {
         state.active = Some(active.other());
         std::mem::swap(&mut state.active_sha256, &mut state.previous_sha256);
         state.generation += 1;
+        state.watch = None;
         self.write_state(&state)?;
         Ok(true)
     }
@@ -179,6 +204,19 @@ impl ModelStore {
     /// was valid when installed keeps running rather than leave the pump unwatched.
     pub fn load_active(&self) -> Result<Option<VerifiedPackage>, StoreError> {
         let Some(slot) = self.state()?.active else { return Ok(None) };
+        self.load_slot(slot)
+    }
+
+    /// The model in the other slot (what a rollback returns to), verified the same way.
+    pub fn load_previous(&self) -> Result<Option<VerifiedPackage>, StoreError> {
+        let state = self.state()?;
+        match (state.active, state.previous_sha256) {
+            (Some(slot), Some(_)) => self.load_slot(slot.other()),
+            _ => Ok(None),
+        }
+    }
+
+    fn load_slot(&self, slot: Slot) -> Result<Option<VerifiedPackage>, StoreError> {
         let path = self.models.join(slot.file());
         let bytes = io(&path, std::fs::read(&path))?;
         let pkg = open(&bytes, &self.trust, self.limits)?;

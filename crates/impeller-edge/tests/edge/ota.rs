@@ -452,3 +452,35 @@ fn a_staged_rollout_advances_wave_by_wave_and_a_failed_gate_rolls_its_wave_back(
         agent.stop();
     }
 }
+
+/// An agent stopped during a health watch resumes it when it starts again: the bad model is
+/// still caught and rolled back, not left to run unwatched.
+#[test]
+fn a_health_watch_resumes_after_a_restart() {
+    let (site, hub) = site_and_hub();
+    // The watch needs 300 frames of the old model (~15 s at this replay speed) to judge, so
+    // the agent is stopped long before it can.
+    set_models(&site, "shadow_readings = 1\nmin_trial_frames = 300\nhealth_window_s = 600");
+    provision(&hub, &site, json!({}));
+    let agent = site.start();
+    let v1 = hub.upload(package(1));
+    hub.deploy("v1", &v1, "*", 1);
+    hub.wait_state("v1", &site.device, "active", &site);
+    let hair = hub.upload(hair_trigger_package(2));
+    hub.deploy("hair-trigger", &hair, "*", 2);
+    hub.wait_state("hair-trigger", &site.device, "active", &site);
+    agent.stop();
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(site.dir.path().join("data/state.json")).unwrap()).unwrap();
+    assert_eq!(state["watch"]["sha256"], hair.as_str(), "the watch is on disk: {state}");
+
+    let agent = site.start();
+    let e = hub.wait_state("hair-trigger", &site.device, "rolled_back", &site);
+    assert!(e["reason"].as_str().unwrap().contains("health watch"), "{e}");
+    assert_eq!(agent.wait_metric("model_release", |v| v == 1.0, Duration::from_secs(5)), Some(1.0));
+    assert!(site.log().contains("resuming the new model's health watch"), "{}", site.log());
+    agent.stop();
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(site.dir.path().join("data/state.json")).unwrap()).unwrap();
+    assert!(state.get("watch").is_none(), "the watch ended with the rollback: {state}");
+}
