@@ -6,6 +6,7 @@
 pub mod api;
 pub mod auth;
 pub mod bus;
+pub mod config;
 pub mod deploy;
 pub mod fleet;
 pub mod ingest;

@@ -45,7 +45,8 @@ pub enum Command {
     Package(PackageCommand),
     /// Run the hub: receives what the edge agents send and stores each message once. Embedded
     /// MQTT broker and SQLite by default; runs until Ctrl-C.
-    Hub(HubArgs),
+    #[command(args_conflicts_with_subcommands = true)]
+    Hub(HubCommand),
     /// Provision, list and revoke devices (in the hub's database).
     #[command(subcommand)]
     Device(DeviceCommand),
@@ -235,24 +236,47 @@ pub enum DeviceCommand {
 
 #[derive(Debug, Args)]
 pub struct HubArgs {
-    #[command(flatten)]
-    pub db: HubDb,
-    /// Where the embedded MQTT broker listens (not 1883, which a system broker may hold).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:1884")]
-    pub mqtt_listen: std::net::SocketAddr,
+    /// Configuration file (`impeller hub generate-config` prints the commented default); the
+    /// flags below override it.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The hub's data folder [default: impeller-hub-data].
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Database URL: sqlite:PATH or postgres://… [default: sqlite in the data folder].
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+    /// Where the embedded MQTT broker listens (not 1883, which a system broker may hold)
+    /// [default: 127.0.0.1:1884].
+    #[arg(long, value_name = "ADDR")]
+    pub mqtt_listen: Option<std::net::SocketAddr>,
     /// Use this MQTT broker (mqtt://host:port) instead of the embedded one.
     #[arg(long, value_name = "URL")]
     pub broker: Option<String>,
     /// Let any client connect to the embedded broker (by default only provisioned devices).
     #[arg(long)]
     pub allow_anonymous: bool,
-    /// Where the HTTP API (/api/v1) listens.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
-    pub http_listen: std::net::SocketAddr,
+    /// Where the HTTP API (/api/v1) listens [default: 127.0.0.1:8080].
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<std::net::SocketAddr>,
     /// Public key (impeller keys generate) that uploaded packages must be signed with; repeat
-    /// for several. Without one, package uploads are refused.
+    /// for several (added to the file's). Without one, package uploads are refused.
     #[arg(long = "trusted-key", value_name = "FILE")]
     pub trusted_keys: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct HubCommand {
+    #[command(subcommand)]
+    pub action: Option<HubAction>,
+    #[command(flatten)]
+    pub run: HubArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HubAction {
+    /// Print the commented default configuration file.
+    GenerateConfig,
 }
 
 #[derive(Debug, Subcommand)]

@@ -39,26 +39,57 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Model(ModelCommand::Inspect { file, json }) => commands::inspect(&file, json),
         Command::Keys(cli::KeysCommand::Generate(args)) => packages::keys_generate(args),
         Command::Package(cmd) => packages::run(cmd),
-        Command::Hub(args) => hub(args),
+        Command::Hub(cli::HubCommand { action: Some(cli::HubAction::GenerateConfig), .. }) => {
+            use std::io::Write;
+            std::io::stdout().lock().write_all(impeller_hub::config::DEFAULT.as_bytes())?;
+            Ok(())
+        }
+        Command::Hub(cli::HubCommand { action: None, run }) => hub(run),
         Command::Device(cmd) => device(cmd),
         Command::Token(cli::TokenCommand::Create { name, role, db }) => token_create(&name, role, &db),
         Command::Deploy(cmd) => remote::deploy(cmd),
     }
 }
 
+/// The hub's settings: the configuration file (or the built-in defaults), then the flags.
+fn hub_settings(args: cli::HubArgs) -> anyhow::Result<impeller_hub::config::FileConfig> {
+    use impeller_hub::config::FileConfig;
+    let mut c = match &args.config {
+        Some(path) => {
+            let origin = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| InputError(format!("{origin}: {e}")))?;
+            FileConfig::parse(&text, &origin).map_err(|e| InputError(e.to_string()))?
+        }
+        None => FileConfig::default_file(),
+    };
+    if let Some(d) = args.data_dir {
+        c.data_dir = d;
+    }
+    if let Some(db) = args.database {
+        c.database = db;
+    }
+    if let Some(listen) = args.mqtt_listen {
+        c.mqtt.listen = listen;
+    }
+    if let Some(broker) = args.broker {
+        c.mqtt.broker = broker;
+    }
+    c.mqtt.allow_anonymous |= args.allow_anonymous;
+    if let Some(listen) = args.http_listen {
+        c.http.listen = listen;
+    }
+    c.packages.trusted_keys.extend(args.trusted_keys);
+    Ok(c)
+}
+
 /// `impeller hub`: starts the hub and logs what it ingests once a minute until Ctrl-C.
 fn hub(args: cli::HubArgs) -> anyhow::Result<()> {
-    create_data_dir(&args.db)?;
-    let cfg = impeller_hub::HubConfig {
-        database: args.db.url(),
-        mqtt_listen: args.broker.is_none().then_some(args.mqtt_listen),
-        external_broker: args.broker,
-        device_auth: !args.allow_anonymous,
-        http_listen: Some(args.http_listen),
-        packages_dir: args.db.data_dir.join("packages"),
-        trusted_keys: args.trusted_keys.clone(),
-        max_package_bytes: 0,
-    };
+    let settings = hub_settings(args)?;
+    if settings.database.is_empty() {
+        std::fs::create_dir_all(&settings.data_dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", settings.data_dir.display()))?;
+    }
+    let cfg = settings.hub_config();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let mut hub = impeller_hub::Hub::start(&cfg).await?;

@@ -115,3 +115,50 @@ fn a_provisioned_device_is_acknowledged_and_a_wrong_secret_refused() {
     assert!(String::from_utf8_lossy(&list.stdout).contains("cli-test\trevoked"));
     assert_eq!(impeller(&["device", "revoke", "nobody", "--data-dir", data]).status.code(), Some(3));
 }
+
+#[test]
+fn the_hub_runs_from_its_generated_configuration_file_and_refuses_a_wrong_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = impeller(&["hub", "generate-config"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let default = String::from_utf8(out.stdout).unwrap();
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (mqtt, http, http_flag) = (free(), free(), free());
+    let data = dir.path().join("data");
+    let text = default
+        .replace("127.0.0.1:1884", &format!("127.0.0.1:{mqtt}"))
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{http}"))
+        .replace("data_dir = \"impeller-hub-data\"", &format!("data_dir = {:?}", data.display().to_string()));
+    let config = dir.path().join("hub.toml");
+    std::fs::write(&config, &text).unwrap();
+
+    // A typo is refused with the file and line named, and nothing starts.
+    let typo = dir.path().join("typo.toml");
+    std::fs::write(&typo, text.replace("allow_anonymous", "allow_anonymus")).unwrap();
+    let out = impeller(&["hub", "--config", typo.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("typo.toml") && err.contains("line") && err.contains("allow_anonymus"), "{err}");
+
+    // The file's broker port and data folder, with the API port overridden by a flag.
+    let hub = Command::new(env!("CARGO_BIN_EXE_impeller"))
+        .args(["hub", "--config", config.to_str().unwrap(), "--http-listen", &format!("127.0.0.1:{http_flag}")])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _hub = Kill(hub);
+    let until = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", http_flag)).is_err() || TcpStream::connect(("127.0.0.1", mqtt)).is_err() {
+        assert!(Instant::now() < until, "the hub did not listen where its configuration says");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(TcpStream::connect(("127.0.0.1", http)).is_err(), "the flag overrides the file's API address");
+    assert!(data.join("hub.db").exists(), "SQLite in the file's data folder");
+}

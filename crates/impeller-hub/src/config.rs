@@ -1,0 +1,138 @@
+//! The hub's configuration file: versioned, every field documented in `config/hub.toml`
+//! (printed by `impeller hub generate-config`), unknown fields refused.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::HubConfig;
+
+pub const DEFAULT: &str = include_str!("../config/hub.toml");
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub version: u32,
+    pub data_dir: PathBuf,
+    #[serde(default)]
+    pub database: String,
+    pub mqtt: Mqtt,
+    pub http: Http,
+    pub packages: Packages,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Mqtt {
+    pub listen: SocketAddr,
+    #[serde(default)]
+    pub broker: String,
+    #[serde(default)]
+    pub allow_anonymous: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Http {
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Packages {
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
+    pub max_bytes: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{origin}: {message}")]
+pub struct ConfigError {
+    pub origin: String,
+    pub message: String,
+}
+
+impl FileConfig {
+    /// The built-in defaults (the commented default file).
+    pub fn default_file() -> FileConfig {
+        #[allow(clippy::expect_used)] // the shipped file is checked by a test
+        Self::parse(DEFAULT, "built-in hub.toml").expect("the built-in hub.toml parses")
+    }
+
+    /// Reads untrusted text; errors name `origin` and the line and column.
+    pub fn parse(text: &str, origin: &str) -> Result<FileConfig, ConfigError> {
+        let err = |message: String| ConfigError { origin: origin.to_string(), message };
+        let c: FileConfig = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        if c.version != 1 {
+            return Err(err(format!("version {} is not supported (this build reads 1)", c.version)));
+        }
+        if !c.database.is_empty()
+            && !["sqlite:", "postgres://", "postgresql://"].iter().any(|p| c.database.starts_with(p))
+        {
+            return Err(err(format!("database `{}`: use sqlite:PATH or postgres://…", c.database)));
+        }
+        if !c.mqtt.broker.is_empty() && !c.mqtt.broker.starts_with("mqtt://") {
+            return Err(err(format!("mqtt.broker `{}` must start with mqtt://", c.mqtt.broker)));
+        }
+        if c.packages.max_bytes == 0 {
+            return Err(err("packages.max_bytes must be positive".into()));
+        }
+        Ok(c)
+    }
+
+    /// The database URL: the one given, or SQLite in the data folder.
+    pub fn database_url(&self) -> String {
+        if self.database.is_empty() {
+            format!("sqlite:{}", self.data_dir.join("hub.db").display())
+        } else {
+            self.database.clone()
+        }
+    }
+
+    pub fn hub_config(&self) -> HubConfig {
+        let external = (!self.mqtt.broker.is_empty()).then(|| self.mqtt.broker.clone());
+        HubConfig {
+            database: self.database_url(),
+            mqtt_listen: external.is_none().then_some(self.mqtt.listen),
+            external_broker: external,
+            device_auth: !self.mqtt.allow_anonymous,
+            http_listen: Some(self.http.listen),
+            packages_dir: self.data_dir.join("packages"),
+            trusted_keys: self.packages.trusted_keys.clone(),
+            max_package_bytes: self.packages.max_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_file_parses_to_the_documented_defaults() {
+        let c = FileConfig::default_file();
+        let h = c.hub_config();
+        assert_eq!(h.mqtt_listen, Some("127.0.0.1:1884".parse().unwrap()));
+        assert_eq!(h.http_listen, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(h.database, "sqlite:impeller-hub-data/hub.db");
+        assert!(h.device_auth && h.external_broker.is_none() && h.trusted_keys.is_empty());
+        assert_eq!(h.max_package_bytes, 64 << 20);
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_the_place_named() {
+        let typo = DEFAULT.replace("allow_anonymous", "allow_anonymus");
+        let e = FileConfig::parse(&typo, "hub.toml").unwrap_err().to_string();
+        assert!(e.starts_with("hub.toml: ") && e.contains("allow_anonymus") && e.contains("line"), "{e}");
+        let port = DEFAULT.replace("127.0.0.1:8080", "127.0.0.1:80800");
+        assert!(FileConfig::parse(&port, "x").unwrap_err().to_string().contains("listen"));
+        let db = DEFAULT.replace("database = \"\"", "database = \"mysql://x\"");
+        assert!(FileConfig::parse(&db, "x").unwrap_err().to_string().contains("mysql"));
+        let v2 = DEFAULT.replace("version = 1", "version = 2");
+        assert!(FileConfig::parse(&v2, "x").unwrap_err().to_string().contains("version 2"));
+        let external = DEFAULT.replace("broker = \"\"", "broker = \"mqtt://10.0.0.5:1883\"");
+        let h = FileConfig::parse(&external, "x").unwrap().hub_config();
+        assert_eq!((h.mqtt_listen, h.external_broker.as_deref()), (None, Some("mqtt://10.0.0.5:1883")));
+    }
+}
