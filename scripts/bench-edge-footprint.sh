@@ -5,6 +5,9 @@
 #
 #   scripts/bench-edge-footprint.sh [SKAB_DIR] [BROKER] [csv|mqtt] [SHADOW_READINGS]
 #
+# PROFILE=release (default) or PROFILE=edge (the size-optimised profile gateways get) picks
+# the agent's build.
+#
 # SHADOW_READINGS overrides [models] shadow_readings (default 1200), to see what the
 # shadow-scoring buffer costs.
 #
@@ -19,9 +22,11 @@ skab="${1:-../shared/datasets/skab}"
 broker="${2:-mqtt://127.0.0.1:1883}"
 source="${3:-csv}"
 shadow="${4:-1200}"
-cargo build --release -p impeller -p impeller-edge >/dev/null 2>&1
+profile="${PROFILE:-release}"
+cargo build --release -p impeller >/dev/null 2>&1
+cargo build --profile "$profile" -p impeller-edge >/dev/null 2>&1
 impeller=target/release/impeller
-edge=target/release/impeller-edge
+edge=target/$profile/impeller-edge
 work=$(mktemp -d)
 trap 'kill "${pid:-0}" "${pub:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
 
