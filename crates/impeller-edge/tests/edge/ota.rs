@@ -309,21 +309,28 @@ fn a_model_that_alarms_far_more_is_refused_in_shadow() {
     agent.stop();
 }
 
+/// An agent with `models` settings that ran v1 and has just switched to a hair-trigger v2;
+/// returns it with both packages' hashes.
+fn switched_to_hair_trigger(site: &Site, hub: &TestHub, models: &str) -> (crate::support::Agent, String, String) {
+    set_models(site, models);
+    provision(hub, site, json!({}));
+    let agent = site.start();
+    let v1 = hub.upload(package(1));
+    hub.deploy("v1", &v1, "*", 1);
+    hub.wait_state("v1", &site.device, "active", site);
+    let hair = hub.upload(hair_trigger_package(2));
+    hub.deploy("hair-trigger", &hair, "*", 2);
+    hub.wait_state("hair-trigger", &site.device, "active", site);
+    (agent, v1, hair)
+}
+
 #[test]
 fn a_model_that_does_worse_after_the_switch_is_rolled_back_by_the_device() {
     let (site, hub) = site_and_hub();
     // No shadow judgement (one recent reading is too few), so the bad model gets installed and
     // only the health watch can catch it.
-    set_models(&site, "shadow_readings = 1\nmin_trial_frames = 50\nhealth_window_s = 120");
-    provision(&hub, &site, json!({}));
-    let agent = site.start();
-    let v1 = hub.upload(package(1));
-    hub.deploy("v1", &v1, "*", 1);
-    hub.wait_state("v1", &site.device, "active", &site);
-
-    let hair = hub.upload(hair_trigger_package(2));
-    hub.deploy("hair-trigger", &hair, "*", 2);
-    hub.wait_state("hair-trigger", &site.device, "active", &site);
+    let (agent, v1, _) =
+        switched_to_hair_trigger(&site, &hub, "shadow_readings = 1\nmin_trial_frames = 50\nhealth_window_s = 120");
     let e = hub.wait_state("hair-trigger", &site.device, "rolled_back", &site);
     assert!(e["reason"].as_str().unwrap().contains("health watch"), "{e}");
     assert_eq!(e["running_release"], 1);
@@ -460,15 +467,8 @@ fn a_health_watch_resumes_after_a_restart() {
     let (site, hub) = site_and_hub();
     // The watch needs 300 frames of the old model (~15 s at this replay speed) to judge, so
     // the agent is stopped long before it can.
-    set_models(&site, "shadow_readings = 1\nmin_trial_frames = 300\nhealth_window_s = 600");
-    provision(&hub, &site, json!({}));
-    let agent = site.start();
-    let v1 = hub.upload(package(1));
-    hub.deploy("v1", &v1, "*", 1);
-    hub.wait_state("v1", &site.device, "active", &site);
-    let hair = hub.upload(hair_trigger_package(2));
-    hub.deploy("hair-trigger", &hair, "*", 2);
-    hub.wait_state("hair-trigger", &site.device, "active", &site);
+    let (agent, _, hair) =
+        switched_to_hair_trigger(&site, &hub, "shadow_readings = 1\nmin_trial_frames = 300\nhealth_window_s = 600");
     agent.stop();
     let state: Value =
         serde_json::from_slice(&std::fs::read(site.dir.path().join("data/state.json")).unwrap()).unwrap();
