@@ -77,6 +77,11 @@ cpu1=$(awk '{print $14 + $15}' "/proc/$pid/stat")
 t1=$(date +%s.%N)
 rss=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
 hwm=$(awk '/VmHWM/ {print $2}' "/proc/$pid/status")
+# Where the resident pages are: per mapping (the agent's code, heap, libraries), from smaps.
+where=$(awk -v exe="$(readlink -f "$edge")" '
+  /^[0-9a-f]+-[0-9a-f]+ / { name = ($6 == "") ? "other anonymous" : ($6 == exe ? "agent code and data" : $6) }
+  /^Rss:/ { rss[name] += $2 }
+  END { for (n in rss) if (rss[n] >= 100) printf "  %5.1f MiB  %s\n", rss[n]/1024, n }' "/proc/$pid/smaps" | sort -rn)
 kill "$pid"; wait "$pid" 2>/dev/null || true
 cp "$edge" "$work/edge-stripped"; strip "$work/edge-stripped"
 size=$(stat -c %s "$work/edge-stripped")
@@ -85,3 +90,5 @@ awk -v c0="$cpu0" -v c1="$cpu1" -v t0="$t0" -v t1="$t1" -v hz="$ticks" -v rss="$
   printf "cpu: %.2f %% of one core over %.0f s (8 channels at 100 Hz, source %s)\n", 100*(c1-c0)/hz/(t1-t0), t1-t0, src
   printf "stripped binary: %.1f MiB\n", size/1048576
 }'
+echo "resident by mapping:"
+echo "$where"

@@ -297,8 +297,11 @@ pub struct Assignment {
 }
 
 /// The deployment that applies to `device`, if any.
-pub fn resolve(device: &DeviceFacts<'_>, deployments: &[Deployment]) -> Option<Assignment> {
-    let mut matched: Vec<&Deployment> = deployments.iter().filter(|d| d.condition.matches(device)).collect();
+pub fn resolve<'a>(
+    device: &DeviceFacts<'_>,
+    deployments: impl IntoIterator<Item = &'a Deployment>,
+) -> Option<Assignment> {
+    let mut matched: Vec<&Deployment> = deployments.into_iter().filter(|d| d.condition.matches(device)).collect();
     matched.sort_by(|a, b| b.priority.cmp(&a.priority).then(b.created_ms.cmp(&a.created_ms)).then(a.name.cmp(&b.name)));
     let winner = *matched.first()?;
     let reason = match matched.get(1) {

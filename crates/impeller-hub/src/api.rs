@@ -539,23 +539,14 @@ pub struct DeviceStatus {
     pub running_release: Option<u64>,
 }
 
-async fn deployment_named(s: &ApiState, name: &str) -> ApiResult<DeploymentInfo> {
-    s.store
-        .deployments()
-        .await?
-        .into_iter()
-        .find(|d| d.name == name)
-        .ok_or_else(|| StoreError::NotFound { kind: "deployment", id: name.to_string() }.into())
-}
-
 async fn get_deployment(
     State(s): State<ApiState>,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<Json<DeploymentStatus>> {
     operator(&s, &headers, Role::Read).await?;
-    let d = deployment_named(&s, &name).await?;
     let plan = crate::deploy::Plan::load(&s.store).await?;
+    let d = plan.info(&name).cloned().ok_or_else(|| StoreError::NotFound { kind: "deployment", id: name.clone() })?;
     // The devices told to run it, and those a staged rollout took (kept after an abort).
     let mut ids: Vec<String> =
         s.store.desired().await?.into_iter().filter(|x| x.deployment == name).map(|x| x.device).collect();
@@ -605,7 +596,6 @@ async fn abort_deployment(
     if reason.len() > 1000 {
         return Err(Problem::new(Code::InvalidRequest, "reason: at most 1000 bytes"));
     }
-    deployment_named(&s, &name).await?;
     s.store.abort_deployment(&name, &format!("{reason} (token {token})")).await?;
     s.reconcile.notify_one();
     Ok(StatusCode::NO_CONTENT)

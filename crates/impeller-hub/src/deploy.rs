@@ -20,12 +20,11 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::bus::Send;
 use crate::fleet::Device;
-use crate::store::{DeploymentInfo, DesiredInfo, PackageInfo, Store, StoreError, UpdateInfo, now_ms};
+use crate::store::{AlertActivity, DeploymentInfo, DesiredInfo, PackageInfo, Store, StoreError, UpdateInfo, now_ms};
 
 const PERIOD: Duration = Duration::from_secs(5);
 /// How far back (device clock) the alert gate looks for the previous model's alert rate.
 const ALERT_BASELINE_MS: i64 = 7 * 86_400_000;
-const DAY_MS: f64 = 86_400_000.0;
 
 /// Runs until `outgoing` closes.
 pub async fn run(store: Store, outgoing: mpsc::Sender<Send>, wake: Arc<Notify>) {
@@ -86,7 +85,7 @@ impl Plan {
         Ok(Plan { deployments, applying, members, updates })
     }
 
-    fn info(&self, name: &str) -> Option<&DeploymentInfo> {
+    pub fn info(&self, name: &str) -> Option<&DeploymentInfo> {
         self.deployments.iter().find(|d| d.name == name)
     }
 
@@ -110,13 +109,11 @@ impl Plan {
         if device.revoked_ms.is_some() {
             return (None, None);
         }
-        let reached: Vec<deploy::Deployment> = self
+        let reached = self
             .applying
             .iter()
-            .filter(|d| self.info(&d.name).is_none_or(|i| !i.rolling_out() || self.is_member(&d.name, &device.id)))
-            .cloned()
-            .collect();
-        let mut assignment = deploy::resolve(&facts(device), &reached);
+            .filter(|d| self.info(&d.name).is_none_or(|i| !i.rolling_out() || self.is_member(&d.name, &device.id)));
+        let mut assignment = deploy::resolve(&facts(device), reached);
         if let Some(all) = self.resolve_all(device)
             && assignment.as_ref().is_none_or(|a| a.deployment != all.deployment)
             && let Some(waiting) = self.info(&all.deployment)
@@ -209,7 +206,7 @@ async fn evidence(
 ) -> Result<Evidence, StoreError> {
     let live: HashSet<&str> = devices.iter().filter(|x| x.revoked_ms.is_none()).map(|x| x.id.as_str()).collect();
     let mut e = Evidence::default();
-    let (mut before, mut after) = ((0u64, 0i64), (0u64, 0i64));
+    let (mut before, mut after) = (AlertActivity::default(), AlertActivity::default());
     for (_, device) in plan.members.keys().filter(|(dep, dev)| *dep == d.name && live.contains(dev.as_str())) {
         e.members += 1;
         let Some(u) = plan.report(d, device) else { continue };
@@ -219,18 +216,15 @@ async fn evidence(
             "active" => {
                 e.active += 1;
                 if let (true, Some(active_seq)) = (with_alerts, u.active_seq) {
-                    let a = store.alert_activity(device, active_seq, u64::MAX, i64::MIN).await?;
-                    let b = store.alert_activity(device, 0, u.first_seq, u.first_ts_ms - ALERT_BASELINE_MS).await?;
-                    after = (after.0 + a.alerts, after.1 + a.scored_ms);
-                    before = (before.0 + b.alerts, before.1 + b.scored_ms);
+                    after.add(store.alert_activity(device, active_seq, u64::MAX, i64::MIN).await?);
+                    before.add(store.alert_activity(device, 0, u.first_seq, u.first_ts_ms - ALERT_BASELINE_MS).await?);
                 }
             }
             _ => {}
         }
     }
-    let per_day = |(alerts, ms): (u64, i64)| if ms > 0 { alerts as f64 / (ms as f64 / DAY_MS) } else { 0.0 };
-    if after.1 > 0 {
-        e.alerts = Some(AlertRates { before_per_day: per_day(before), after_per_day: per_day(after) });
+    if after.scored_ms > 0 {
+        e.alerts = Some(AlertRates { before_per_day: before.per_day(), after_per_day: after.per_day() });
     }
     Ok(e)
 }
@@ -296,13 +290,11 @@ async fn advance_rollouts(store: &Store, devices: &[Device]) -> Result<(), Store
         let Some(policy) = d.rollout.clone() else { continue };
         let targets = targets(&plan, &d, devices);
         loop {
+            let (taken, waiting): (Vec<&Device>, Vec<&Device>) =
+                targets.iter().partition(|t| plan.is_member(&d.name, &t.id));
             let want = policy.wave_size(d.wave, targets.len());
-            let new: Vec<String> = targets
-                .iter()
-                .filter(|t| !plan.is_member(&d.name, &t.id))
-                .take(want.saturating_sub(targets.iter().filter(|t| plan.is_member(&d.name, &t.id)).count()))
-                .map(|t| t.id.clone())
-                .collect();
+            let new: Vec<String> =
+                waiting.iter().take(want.saturating_sub(taken.len())).map(|t| t.id.clone()).collect();
             if !new.is_empty() {
                 tracing::info!(deployment = %d.name, wave = d.wave + 1, devices = ?new, "rollout takes devices");
                 store.add_members(&d.name, &new, d.wave).await?;

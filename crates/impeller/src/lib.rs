@@ -85,10 +85,8 @@ fn hub_settings(args: cli::HubArgs) -> anyhow::Result<impeller_hub::config::File
 /// `impeller hub`: starts the hub and logs what it ingests once a minute until Ctrl-C.
 fn hub(args: cli::HubArgs) -> anyhow::Result<()> {
     let settings = hub_settings(args)?;
-    if settings.database.is_empty() {
-        std::fs::create_dir_all(&settings.data_dir)
-            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", settings.data_dir.display()))?;
-    }
+    let database = (!settings.database.is_empty()).then(|| settings.database.clone());
+    create_data_dir(&cli::HubDb { data_dir: settings.data_dir.clone(), database })?;
     let cfg = settings.hub_config();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {

@@ -90,8 +90,7 @@ impl TestHub {
     fn wait_state(&self, name: &str, device: &str, state: &str, site: &Site) -> Value {
         let until = Instant::now() + Duration::from_secs(40);
         loop {
-            let (status, body) = self.call("GET", &format!("/api/v1/deployments/{name}"), Some(&self.bearer()), None);
-            assert_eq!(status, 200, "{body}");
+            let body = self.status(name);
             let entry = body["devices"].as_array().unwrap().iter().find(|d| d["device"] == device).cloned();
             if let Some(e) = entry.filter(|e| e["state"] == state) {
                 return e;

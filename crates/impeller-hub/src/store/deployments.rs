@@ -112,6 +112,18 @@ pub struct AlertActivity {
     pub scored_ms: i64,
 }
 
+impl AlertActivity {
+    pub fn add(&mut self, other: AlertActivity) {
+        self.alerts += other.alerts;
+        self.scored_ms += other.scored_ms;
+    }
+
+    /// Alerts per day of scoring; 0 without any scoring time.
+    pub fn per_day(&self) -> f64 {
+        if self.scored_ms > 0 { self.alerts as f64 / (self.scored_ms as f64 / 86_400_000.0) } else { 0.0 }
+    }
+}
+
 /// Runs one statement on whichever pool the store has.
 macro_rules! on_pool {
     ($store:expr, |$pool:ident| $body:expr) => {

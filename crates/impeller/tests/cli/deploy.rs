@@ -4,7 +4,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{impeller, skab_csv, stderr, stdout};
+use crate::util::{KillOnDrop, impeller, skab_csv, stderr, stdout};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -149,14 +149,4 @@ fn an_operator_uploads_deploys_inspects_and_stops_through_the_api() {
     assert!(stdout(&out).contains("staged\taborted"), "{}", stdout(&out));
     let out = api(&["deploy", "abort", "staged"], &token);
     assert_eq!(out.status.code(), Some(3), "aborting twice is a conflict: {}", stderr(&out));
-}
-
-/// Stops the hub however the test ends.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }

@@ -7,7 +7,7 @@ use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::impeller;
+use crate::util::{KillOnDrop, impeller};
 
 /// A bare MQTT 3.1.1 client over a socket: CONNECT, SUBSCRIBE, PUBLISH (QoS 0); enough to talk
 /// to the hub without a client library.
@@ -146,14 +146,7 @@ fn the_hub_runs_from_its_generated_configuration_file_and_refuses_a_wrong_one() 
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _hub = Kill(hub);
+    let _hub = KillOnDrop(hub);
     let until = Instant::now() + Duration::from_secs(20);
     while TcpStream::connect(("127.0.0.1", http_flag)).is_err() || TcpStream::connect(("127.0.0.1", mqtt)).is_err() {
         assert!(Instant::now() < until, "the hub did not listen where its configuration says");

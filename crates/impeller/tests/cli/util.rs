@@ -62,3 +62,13 @@ pub fn skab_csv(n: usize, anomaly_from: usize) -> String {
     }
     s
 }
+
+/// Stops a spawned process (a hub) however the test ends.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
