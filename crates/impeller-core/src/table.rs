@@ -318,6 +318,28 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     Some(((days_from_civil(y, mo, d) * 24 + h) * 60 + mi) * 60_000 + sec * 1000 + ms)
 }
 
+/// Milliseconds since the epoch as `YYYY-MM-DD hh:mm:ss.fff` (UTC), the inverse of
+/// [`parse_timestamp`], for writing files in the SKAB layout.
+pub fn format_timestamp(ms: i64) -> String {
+    let (days, in_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    let (y, m, d) = civil_from_days(days);
+    let (h, mi, s, f) = (in_day / 3_600_000, in_day / 60_000 % 60, in_day / 1000 % 60, in_day % 1000);
+    format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02}.{f:03}")
+}
+
+/// The proleptic Gregorian date of a day number (Howard Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, i64, i64) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
 fn days_in_month(y: i64, m: i64) -> i64 {
     match m {
         2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
@@ -355,6 +377,14 @@ mod tests {
         assert!(t.rows[1][0].is_nan(), "an empty cell is a missing reading");
         assert_eq!(t.labels, Some(vec![false, true]));
         assert_eq!(t.changepoints, Some(vec![false, true]));
+    }
+
+    #[test]
+    fn formatted_timestamps_parse_back() {
+        for ms in [0, 1_583_748_873_123, 951_782_400_000, -86_400_001, 4_102_444_799_999] {
+            assert_eq!(parse_timestamp(&format_timestamp(ms)), Some(ms), "{}", format_timestamp(ms));
+        }
+        assert_eq!(format_timestamp(1_583_748_873_123), "2020-03-09 10:14:33.123");
     }
 
     #[test]

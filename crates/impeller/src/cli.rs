@@ -56,6 +56,40 @@ pub enum Command {
     /// Deployments on a running hub (through its API): which package which devices run.
     #[command(subcommand)]
     Deploy(DeployCommand),
+    /// Simulate a fleet of pumps (physics, three manufacturers, faults, drift) and write each
+    /// pump's readings as a SKAB-layout CSV file, with the ground truth in fleet.json.
+    Sim(SimArgs),
+}
+
+/// The simulated fleet: how many pumps, from which seed, what happens to them.
+#[derive(Debug, Clone, Args)]
+pub struct FleetArgs {
+    /// Pumps in the fleet (manufacturers and sites take turns).
+    #[arg(long, default_value_t = 24)]
+    pub pumps: usize,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Share of the pumps (0 to 1) that develop a fault; the six fault kinds take turns.
+    #[arg(long, default_value_t = 0.5)]
+    pub faulty_share: f64,
+    /// A heat wave at this site (+10 °C over an hour), starting with the faults' window.
+    #[arg(long, value_name = "SITE")]
+    pub heat_wave: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct SimArgs {
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+    /// Simulated hours of readings.
+    #[arg(long, default_value_t = 12.0)]
+    pub hours: f64,
+    /// Faults begin between these fractions of the simulated time.
+    #[arg(long, default_value = "0.25,0.75", value_name = "FROM,TO")]
+    pub faults_between: String,
+    /// Where the files go (created).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 /// Which hub's API, and the operator's token.
@@ -414,6 +448,27 @@ pub enum Bench {
     /// The SKAB leaderboard protocol: per file, train on the first 400 rows, score the rest
     /// causally one row at a time; F1, false- and missed-alarm rates summed over all files.
     Skab(SkabArgs),
+    /// A simulated fleet: one model per manufacturer trained on each class's healthy history,
+    /// then every pump scored frame by frame through its adapter; per fault class how many
+    /// were caught and how fast, and false alarms per healthy pump-day.
+    Fleet(FleetBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FleetBenchArgs {
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+    /// Hours of healthy history to train on.
+    #[arg(long, default_value_t = 12.0)]
+    pub train_hours: f64,
+    /// Hours scored after training; faults begin within its middle half.
+    #[arg(long, default_value_t = 12.0)]
+    pub hours: f64,
+    /// Print per-pump outcomes too.
+    #[arg(long)]
+    pub per_pump: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod commands;
 pub mod data;
+pub mod fleet;
 pub mod logging;
 pub mod packages;
 pub mod remote;
@@ -34,6 +35,8 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
     use cli::{Bench, Command, ModelCommand};
     match cli.command {
         Command::Bench(Bench::Skab(args)) => commands::bench_skab(args),
+        Command::Bench(Bench::Fleet(args)) => fleet::bench(args),
+        Command::Sim(args) => fleet::sim(args),
         Command::Train(args) => commands::train(args),
         Command::Score(args) => commands::score(args),
         Command::Model(ModelCommand::Inspect { file, json }) => commands::inspect(&file, json),

@@ -6,6 +6,7 @@
 
 mod bad_input;
 mod deploy;
+mod fleet;
 mod hub;
 mod packages;
 mod skab;

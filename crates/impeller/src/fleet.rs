@@ -1,0 +1,319 @@
+//! Simulated fleets: writing them as files (`impeller sim`), training one model per device class
+//! (manufacturer) on healthy history, and scoring what detectors did against the fleet's ground
+//! truth (`impeller bench fleet`, and the demo's summary).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::Context;
+use impeller_core::adapter::Adapter;
+use impeller_core::detector::{DetectorConfig, PcaConfig};
+use impeller_core::gaps::GapPolicy;
+use impeller_core::model::Model;
+use impeller_core::scorer::Verdict;
+use impeller_core::{Channel, Frame, Scorer, TrainConfig, train};
+use impeller_sim::{
+    DriftKind, FaultKind, Fleet, FleetSpec, MANUFACTURERS, Manufacturer, PumpPlan, SITES, csv_header, csv_line,
+};
+use serde::Serialize;
+
+use crate::InputError;
+use crate::cli::{FleetArgs, FleetBenchArgs, SimArgs};
+use crate::commands::{emit, emit_json};
+
+pub const HOUR_MS: i64 = 3_600_000;
+
+/// Writes each pump's readings from `from_ms` to `to_ms` as `DIR/PUMP.csv` (SKAB layout, the
+/// manufacturer's names and units, ground-truth labels) and the plan as `DIR/fleet.json`.
+pub fn write_fleet(fleet: &Fleet, dir: &Path, from_ms: i64, to_ms: i64) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    for p in &fleet.pumps {
+        let path = dir.join(format!("{}.csv", p.id));
+        let file = std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+        let mut out = std::io::BufWriter::new(file);
+        let sim = fleet.simulate(p, from_ms, to_ms);
+        out.write_all(csv_header(&sim.manufacturer()).as_bytes())?;
+        for s in sim {
+            out.write_all(csv_line(&s).as_bytes())?;
+        }
+        out.flush().with_context(|| format!("writing {}", path.display()))?;
+    }
+    let truth = serde_json::to_vec_pretty(fleet)?;
+    std::fs::write(dir.join("fleet.json"), truth).with_context(|| format!("writing {}/fleet.json", dir.display()))
+}
+
+/// The training configuration for a pump class: PCA over the rolling mean and spread of each
+/// channel, windows restarted at the seams between pumps' histories.
+pub fn class_train_config() -> TrainConfig {
+    let mut cfg = TrainConfig::new(DetectorConfig::Pca(PcaConfig::default()));
+    cfg.gaps = GapPolicy { max_time_gap_ms: Some(60_000), ..GapPolicy::default() };
+    cfg.features.window = 15;
+    cfg.calibration.smoothing = 15;
+    cfg.calibration.quantile = 0.999;
+    cfg.calibration.margin = 1.5;
+    cfg.calibration.debounce = impeller_core::calibration::Debounce { k: 5, n: 8 };
+    cfg
+}
+
+/// Model frames of one pump, through its manufacturer's adapter (as the agent makes them).
+fn pump_frames(fleet: &Fleet, p: &PumpPlan, m: &Manufacturer, from_ms: i64, to_ms: i64) -> Vec<Frame> {
+    let channels = m.channels();
+    let Ok(mut adapter) = Adapter::new(&m.adapter(), &channels) else { return Vec::new() };
+    let columns = m.columns();
+    let mut frames = Vec::new();
+    for s in fleet.simulate(p, from_ms, to_ms) {
+        if let Some((ts_ms, values)) = adapter.push(s.ts_ms, columns.iter().copied().zip(s.values.iter().copied())) {
+            frames.push(Frame { ts_ms, values });
+        }
+    }
+    frames
+}
+
+/// Trains one model for a manufacturer's pumps on their history in `[from_ms, to_ms)`, one
+/// pump after another (shifted in time, so rolling windows restart between them).
+pub fn train_class(fleet: &Fleet, m: &Manufacturer, from_ms: i64, to_ms: i64, seed: u64) -> anyhow::Result<Model> {
+    let mut frames: Vec<Frame> = Vec::new();
+    let span = to_ms - from_ms + HOUR_MS;
+    for (i, p) in fleet.pumps.iter().filter(|p| p.manufacturer == m.name).enumerate() {
+        let shift = span * i as i64;
+        frames.extend(pump_frames(fleet, p, m, from_ms, to_ms).into_iter().map(|mut f| {
+            f.ts_ms += shift;
+            f
+        }));
+    }
+    let mut cfg = class_train_config();
+    cfg.seed = seed;
+    let channels: Vec<Channel> = m.channels();
+    train(&channels, &frames, &cfg).with_context(|| format!("training the {} model", m.name))
+}
+
+/// When each alarm episode of a pump began, scoring `[from_ms, to_ms)` frame by frame.
+pub fn alarm_starts(
+    fleet: &Fleet,
+    p: &PumpPlan,
+    m: &Manufacturer,
+    model: &Model,
+    from_ms: i64,
+    to_ms: i64,
+) -> Vec<i64> {
+    let mut scorer = Scorer::new(std::sync::Arc::new(model.clone()));
+    let mut starts = Vec::new();
+    let mut in_alarm = false;
+    for f in pump_frames(fleet, p, m, from_ms, to_ms) {
+        if let Verdict::Scored(s) = scorer.push(f.ts_ms, &f.values) {
+            if s.alarm && !in_alarm {
+                starts.push(f.ts_ms);
+            }
+            in_alarm = s.alarm;
+        }
+    }
+    starts
+}
+
+/// What one pump's alerts mean against the ground truth.
+#[derive(Debug, Clone, Serialize)]
+pub struct PumpOutcome {
+    pub pump: String,
+    pub manufacturer: String,
+    pub site: String,
+    pub fault: Option<FaultKind>,
+    /// Alert after the onset: how long after it, in seconds.
+    pub delay_s: Option<f64>,
+    /// Alerts that began while the pump was healthy.
+    pub false_alarms: usize,
+    /// Healthy time observed, in hours (for false alarms per pump-day).
+    pub healthy_h: f64,
+}
+
+/// Scores alert start times (per pump id) against the fleet's ground truth over
+/// `[from_ms, to_ms)`.
+pub fn outcomes(fleet: &Fleet, alerts: &BTreeMap<String, Vec<i64>>, from_ms: i64, to_ms: i64) -> Vec<PumpOutcome> {
+    fleet
+        .pumps
+        .iter()
+        .map(|p| {
+            let fault = p.faults.first();
+            let onset = fault.map_or(i64::MAX, |f| f.onset_ms);
+            let starts = alerts.get(&p.id).map(Vec::as_slice).unwrap_or_default();
+            let in_window = |t: &&i64| (from_ms..to_ms).contains(*t);
+            PumpOutcome {
+                pump: p.id.clone(),
+                manufacturer: p.manufacturer.clone(),
+                site: p.site.clone(),
+                fault: fault.map(|f| f.kind),
+                delay_s: starts.iter().filter(in_window).find(|&&t| t >= onset).map(|t| (t - onset) as f64 / 1000.0),
+                false_alarms: starts.iter().filter(in_window).filter(|&&t| t < onset).count(),
+                healthy_h: (onset.min(to_ms) - from_ms).max(0) as f64 / HOUR_MS as f64,
+            }
+        })
+        .collect()
+}
+
+/// Per fault class: pumps, detected, median delay; and false alarms per pump-day overall.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClassSummary {
+    pub fault: String,
+    pub pumps: usize,
+    pub detected: usize,
+    pub median_delay_min: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
+    pub classes: Vec<ClassSummary>,
+    pub false_alarms: usize,
+    pub healthy_pump_days: f64,
+    pub false_alarms_per_pump_day: f64,
+}
+
+pub fn summarise(outcomes: &[PumpOutcome]) -> Summary {
+    let mut classes = Vec::new();
+    for kind in FaultKind::ALL {
+        let of: Vec<&PumpOutcome> = outcomes.iter().filter(|o| o.fault == Some(kind)).collect();
+        if of.is_empty() {
+            continue;
+        }
+        let mut delays: Vec<f64> = of.iter().filter_map(|o| o.delay_s).collect();
+        delays.sort_by(f64::total_cmp);
+        classes.push(ClassSummary {
+            fault: kind.name().to_string(),
+            pumps: of.len(),
+            detected: delays.len(),
+            median_delay_min: (!delays.is_empty()).then(|| delays[delays.len() / 2] / 60.0),
+        });
+    }
+    let false_alarms = outcomes.iter().map(|o| o.false_alarms).sum();
+    let healthy_pump_days = outcomes.iter().map(|o| o.healthy_h).sum::<f64>() / 24.0;
+    Summary {
+        classes,
+        false_alarms,
+        healthy_pump_days,
+        false_alarms_per_pump_day: if healthy_pump_days > 0.0 { false_alarms as f64 / healthy_pump_days } else { 0.0 },
+    }
+}
+
+/// The summary as a table.
+pub fn write_summary(out: &mut dyn Write, s: &Summary) -> std::io::Result<()> {
+    writeln!(out, "{:<20} {:>6} {:>9} {:>18}", "fault", "pumps", "detected", "median delay (min)")?;
+    for c in &s.classes {
+        let delay = c.median_delay_min.map_or("-".to_string(), |d| format!("{d:.1}"));
+        writeln!(out, "{:<20} {:>6} {:>9} {:>18}", c.fault, c.pumps, c.detected, delay)?;
+    }
+    writeln!(
+        out,
+        "false alarms: {} in {:.1} healthy pump-days ({:.2} per pump-day)",
+        s.false_alarms, s.healthy_pump_days, s.false_alarms_per_pump_day
+    )
+}
+
+/// The fleet plan for these flags: readings from `start_ms` for `hours`, faults between the
+/// given fractions of that span.
+pub fn plan(args: &FleetArgs, start_ms: i64, hours: f64, faults_between: (f64, f64)) -> anyhow::Result<Fleet> {
+    if !(0.0..=1.0).contains(&args.faulty_share) {
+        return Err(InputError(format!("--faulty-share {}: must be between 0 and 1", args.faulty_share)).into());
+    }
+    if !(hours > 0.0 && hours <= 24.0 * 366.0) {
+        return Err(InputError(format!("--hours {hours}: must be above 0 and at most a year")).into());
+    }
+    if args.pumps == 0 || args.pumps > 100_000 {
+        return Err(InputError(format!("--pumps {}: must be 1 to 100000", args.pumps)).into());
+    }
+    let duration_s = (hours * 3600.0) as u64;
+    let at = |f: f64| (duration_s as f64 * f) as u64;
+    let mut site_drifts = Vec::new();
+    if let Some(site) = &args.heat_wave {
+        if !SITES.iter().any(|s| s.name == site) {
+            let names: Vec<&str> = SITES.iter().map(|s| s.name).collect();
+            return Err(InputError(format!("--heat-wave {site}: no such site (sites: {})", names.join(", "))).into());
+        }
+        site_drifts.push((site.clone(), DriftKind::AmbientShift { delta_c: 10.0 }, at(faults_between.0), 3600.0));
+    }
+    Ok(Fleet::plan(&FleetSpec {
+        pumps: args.pumps,
+        seed: args.seed,
+        start_ms,
+        duration_s,
+        faulty_share: args.faulty_share,
+        faults_between_s: (at(faults_between.0), at(faults_between.1)),
+        site_drifts,
+    }))
+}
+
+fn parse_fractions(text: &str) -> anyhow::Result<(f64, f64)> {
+    let bad = || InputError(format!("--faults-between {text}: expected FROM,TO with 0 ≤ FROM ≤ TO ≤ 1"));
+    let (a, b) = text.split_once(',').ok_or_else(bad)?;
+    let (a, b): (f64, f64) = (a.trim().parse().map_err(|_| bad())?, b.trim().parse().map_err(|_| bad())?);
+    if !(0.0 <= a && a <= b && b <= 1.0) {
+        return Err(bad().into());
+    }
+    Ok((a, b))
+}
+
+/// Whole hours, so that files from two runs line up.
+fn this_hour_ms() -> i64 {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    now - now.rem_euclid(HOUR_MS)
+}
+
+pub fn sim(args: SimArgs) -> anyhow::Result<()> {
+    let between = parse_fractions(&args.faults_between)?;
+    let fleet = plan(&args.fleet, this_hour_ms(), args.hours, between)?;
+    write_fleet(&fleet, &args.out, fleet.start_ms, fleet.end_ms)?;
+    let faulty = fleet.pumps.iter().filter(|p| !p.faults.is_empty()).count();
+    emit(|out| {
+        writeln!(
+            out,
+            "wrote {} pumps ({} with a fault) over {} h to {} (ground truth in fleet.json)",
+            fleet.pumps.len(),
+            faulty,
+            args.hours,
+            args.out.display()
+        )?;
+        for m in MANUFACTURERS {
+            writeln!(out, "  {} {}: every {} ms, columns {}", m.name, m.model, m.sample_ms, m.columns().join(", "))?;
+        }
+        Ok(())
+    })
+}
+
+#[derive(Debug, Serialize)]
+struct FleetReport {
+    summary: Summary,
+    pumps: Vec<PumpOutcome>,
+}
+
+pub fn bench(args: FleetBenchArgs) -> anyhow::Result<()> {
+    let train_ms = (args.train_hours * 3600.0 * 1000.0) as i64;
+    if train_ms <= 0 {
+        return Err(InputError(format!("--train-hours {}: must be above 0", args.train_hours)).into());
+    }
+    let start = this_hour_ms();
+    let fleet = plan(&args.fleet, start, args.hours, (0.25, 0.75))?;
+    let mut alerts = BTreeMap::new();
+    for m in MANUFACTURERS {
+        let model = train_class(&fleet, &m, start - train_ms, start, args.fleet.seed)?;
+        for p in fleet.pumps.iter().filter(|p| p.manufacturer == m.name) {
+            alerts.insert(p.id.clone(), alarm_starts(&fleet, p, &m, &model, start, fleet.end_ms));
+        }
+    }
+    let pumps = outcomes(&fleet, &alerts, start, fleet.end_ms);
+    let summary = summarise(&pumps);
+    if args.json {
+        return emit_json(&FleetReport { summary, pumps });
+    }
+    emit(|out| {
+        if args.per_pump {
+            for o in &pumps {
+                let fault = o.fault.map_or("-", FaultKind::name);
+                let delay = o.delay_s.map_or("-".to_string(), |d| format!("{:.1} min", d / 60.0));
+                writeln!(
+                    out,
+                    "{} {:<9} {:<10} {:<19} delay {:<10} false alarms {}",
+                    o.pump, o.manufacturer, o.site, fault, delay, o.false_alarms
+                )?;
+            }
+        }
+        write_summary(out, &summary)
+    })
+}
