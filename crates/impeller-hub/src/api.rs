@@ -23,7 +23,7 @@ use tower::ServiceExt;
 
 use crate::auth::{self, AuthError, Caller, Role};
 use crate::fleet::{Credentials, Device};
-use crate::store::{DeploymentInfo, PackageInfo, Store, StoreError, UpdateInfo, now_ms};
+use crate::store::{AlertFilter, AlertSummary, DeploymentInfo, PackageInfo, Store, StoreError, UpdateInfo, now_ms};
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -215,6 +215,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/api/v1/deployments", get(list_deployments).post(create_deployment))
         .route("/api/v1/deployments/{name}", get(get_deployment).delete(stop_deployment))
         .route("/api/v1/deployments/{name}/abort", post(abort_deployment))
+        .route("/api/v1/alerts", get(list_alerts))
         .fallback(|| async { Problem::new(Code::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             Problem::new(Code::MethodNotAllowed, "this endpoint does not take that method")
@@ -266,6 +267,67 @@ async fn list_devices(
     let q = query(q)?;
     let views = device_views(&s.store).await?;
     Ok(Json(page(views, |v| v.device["id"].as_str().unwrap_or_default(), &q)?))
+}
+
+/// `GET /alerts`: the fleet's alerts in time order, narrowed by device or by tags.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertQuery {
+    pub device: Option<String>,
+    pub site: Option<String>,
+    pub manufacturer: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    pub limit: Option<usize>,
+    /// `next_after` of the previous page.
+    pub after: Option<String>,
+}
+
+async fn list_alerts(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    q: Result<Query<AlertQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Page<AlertSummary>>> {
+    operator(&s, &headers, Role::Read).await?;
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Problem::new(Code::InvalidRequest, "limit must be 1 to 1000"));
+    }
+    let after = match &q.after {
+        None => None,
+        Some(a) => Some(
+            parse_alert_cursor(a)
+                .ok_or_else(|| Problem::new(Code::InvalidRequest, "after: pass the next_after of the previous page"))?,
+        ),
+    };
+    let devices = if q.site.is_some() || q.manufacturer.is_some() || q.device.is_some() {
+        let tag =
+            |d: &Device, key: &str, want: &Option<String>| want.as_ref().is_none_or(|w| d.tags.get(key) == Some(w));
+        let ids = s.store.devices().await?.into_iter().filter(|d| {
+            q.device.as_ref().is_none_or(|id| d.id == *id)
+                && tag(d, "site", &q.site)
+                && tag(d, "manufacturer", &q.manufacturer)
+        });
+        Some(ids.map(|d| d.id).collect())
+    } else {
+        None
+    };
+    let filter = AlertFilter { devices, since_ms: q.since_ms, until_ms: q.until_ms, after, limit: limit + 1 };
+    let mut items = s.store.alerts(&filter).await?;
+    let more = items.len() > limit;
+    items.truncate(limit);
+    let next_after = if more { items.last().map(|a| format!("{}/{}/{}", a.ts_ms, a.device, a.seq)) } else { None };
+    Ok(Json(Page { items, next_after }))
+}
+
+/// `TS/DEVICE/SEQ` (device ids hold no `/`).
+fn parse_alert_cursor(text: &str) -> Option<(i64, String, u64)> {
+    let mut parts = text.splitn(3, '/');
+    let ts = parts.next()?.parse().ok()?;
+    let device = parts.next()?.to_string();
+    let seq = parts.next()?.parse().ok()?;
+    Some((ts, device, seq))
 }
 
 async fn get_device(

@@ -90,6 +90,21 @@ fn path_param(name: &str, description: &str) -> Value {
     json!({"name": name, "in": "path", "required": true, "description": description, "schema": string()})
 }
 
+/// Query parameters of `GET /alerts`: filters, then paging.
+fn alert_filters() -> Value {
+    let mut params = vec![
+        json!({"name": "device", "in": "query", "schema": string()}),
+        json!({"name": "site", "in": "query", "description": "devices tagged site=…", "schema": string()}),
+        json!({"name": "manufacturer", "in": "query", "description": "devices tagged manufacturer=…", "schema": string()}),
+        json!({"name": "since_ms", "in": "query", "description": "from this time (ms since the epoch)", "schema": {"type": "integer"}}),
+        json!({"name": "until_ms", "in": "query", "description": "before this time", "schema": {"type": "integer"}}),
+    ];
+    if let Value::Array(p) = paging() {
+        params.extend(p);
+    }
+    Value::Array(params)
+}
+
 fn paging() -> Value {
     json!([
         {"name": "limit", "in": "query", "description": "1 to 1000, default 100",
@@ -204,6 +219,13 @@ fn schemas() -> Value {
             "counts": {"type": "object", "additionalProperties": uint()},
             "devices": {"type": "array", "items": schema("DeviceStatus")},
         })),
+        "Alert": object(&["device", "seq", "ts_ms", "started_ms", "model", "model_version", "score", "threshold", "top_features"], json!({
+            "device": string(), "seq": uint(), "ts_ms": {"type": "integer"}, "started_ms": {"type": "integer"},
+            "model": string(), "model_version": string(), "score": {"type": "number"}, "threshold": {"type": "number"},
+            "top_features": {"type": "array", "items": {"type": "array", "prefixItems": [string(), {"type": "number"}],
+                                                       "minItems": 2, "maxItems": 2}},
+        })),
+        "AlertPage": page_of("Alert"),
         "AbortRequest": {"type": "object", "additionalProperties": false,
                          "properties": {"reason": {"type": ["string", "null"], "maxLength": 1000}}},
     })
@@ -307,6 +329,11 @@ pub fn document() -> Value {
                 "post": with(op("Abort a deployment and roll back the devices its rollout took", "deployments",
                                 Who::Operator, no_content, &[404, 409]),
                              "requestBody", json!({"required": false, "content": {"application/json": {"schema": schema("AbortRequest")}}})),
+            },
+            "/api/v1/alerts": {
+                "get": with(op("The fleet's alerts in time order, by device, site or manufacturer", "alerts",
+                               Who::Operator, json!({"200": ok("a page", "AlertPage")}), &[]),
+                            "parameters", alert_filters()),
             },
         },
         "components": {

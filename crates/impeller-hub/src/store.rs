@@ -13,10 +13,22 @@ use impeller_core::deploy::{UpdateReport, UpdateState};
 
 use crate::fleet::{Credential, Device, hash_secret, random_hex};
 
+/// Runs the same sqlx code on whichever pool the store holds.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match $store {
+            Store::Sqlite($pool) => $body,
+            Store::Postgres($pool) => $body,
+        }
+    };
+}
+
 mod deployments;
+mod queries;
 pub use deployments::{
     AlertActivity, DeploymentInfo, DesiredInfo, Member, PackageInfo, TokenInfo, TokenSecret, UpdateInfo,
 };
+pub use queries::{AlertFilter, AlertSummary};
 
 /// Messages per INSERT statement (7 parameters each; SQLite allows 32,766 per statement).
 const INSERT_CHUNK: usize = 500;
@@ -26,12 +38,14 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (2, "fleet", include_str!("../migrations/sqlite/0002_fleet.sql")),
     (3, "deployments", include_str!("../migrations/sqlite/0003_deployments.sql")),
     (4, "rollouts", include_str!("../migrations/sqlite/0004_rollouts.sql")),
+    (5, "queries", include_str!("../migrations/sqlite/0005_queries.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "telemetry", include_str!("../migrations/postgres/0001_telemetry.sql")),
     (2, "fleet", include_str!("../migrations/postgres/0002_fleet.sql")),
     (3, "deployments", include_str!("../migrations/postgres/0003_deployments.sql")),
     (4, "rollouts", include_str!("../migrations/postgres/0004_rollouts.sql")),
+    (5, "queries", include_str!("../migrations/postgres/0005_queries.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -125,15 +125,6 @@ impl AlertActivity {
 }
 
 /// Runs one statement on whichever pool the store has.
-macro_rules! on_pool {
-    ($store:expr, |$pool:ident| $body:expr) => {
-        match $store {
-            Store::Sqlite($pool) => $body,
-            Store::Postgres($pool) => $body,
-        }
-    };
-}
-
 impl Store {
     /// Creates an API token; returns it (`imp_{id}_{secret}`), which is shown once.
     pub async fn add_token(&self, name: &str, role: Role) -> Result<(TokenInfo, String), StoreError> {

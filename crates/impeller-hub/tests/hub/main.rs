@@ -318,3 +318,117 @@ async fn rollout_records_on_postgres() {
     let Some(url) = postgres("rollout_records_on_postgres") else { return };
     rollout_records(&url).await;
 }
+
+fn alert_body(ts_ms: i64) -> serde_json::Value {
+    serde_json::json!({
+        "model": {"name": "m", "version": "1", "release": 1}, "started_ms": ts_ms, "score": 2.0,
+        "threshold": 1.5, "top_features": [["flow_mean", 4.2]], "channels": ["flow"], "window": [],
+    })
+}
+
+/// The fleet's alerts in time order: by device, by time range, resumed after a cursor, and
+/// found past a thousand other alerts (the query filters devices in rounds).
+async fn alert_queries(url: &str) {
+    use impeller_hub::store::{AlertFilter, Store};
+    let store = Store::open(url).await.unwrap();
+    let (a, b) = (unique("busy"), unique("quiet"));
+    let mut batch: Vec<_> = (1..=1200).map(|i| incoming(&a, i, 10_000 + i as i64, "alerts", alert_body(1))).collect();
+    batch.push(incoming(&b, 1, 10_600, "alerts", alert_body(2)));
+    batch.push(incoming(&b, 2, 11_300, "alerts", alert_body(3)));
+    batch.push(incoming(&b, 3, 11_400, "telemetry", serde_json::json!({"not": "an alert"})));
+    let acked = [(a.clone(), 1200), (b.clone(), 3)].into_iter().collect();
+    for chunk in batch.chunks(500) {
+        store.commit(chunk, &acked).await.unwrap();
+    }
+    let only = |devices: &[&String]| Some(devices.iter().map(|d| d.to_string()).collect::<Vec<_>>());
+    let quiet = store.alerts(&AlertFilter { devices: only(&[&b]), limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(
+        quiet.iter().map(|x| (x.seq, x.ts_ms, x.started_ms)).collect::<Vec<_>>(),
+        [(1, 10_600, 2), (2, 11_300, 3)]
+    );
+    assert_eq!(quiet[0].top_features, [("flow_mean".to_string(), 4.2)]);
+
+    let both = only(&[&a, &b]);
+    let range = AlertFilter {
+        devices: both.clone(),
+        since_ms: Some(10_599),
+        until_ms: Some(10_601),
+        limit: 10,
+        ..Default::default()
+    };
+    let got: Vec<(String, u64)> = store.alerts(&range).await.unwrap().into_iter().map(|x| (x.device, x.seq)).collect();
+    assert_eq!(got, [(a.clone(), 599), (a.clone(), 600), (b.clone(), 1)], "ordered by time, then device");
+
+    let first = store.alerts(&AlertFilter { devices: both.clone(), limit: 700, ..Default::default() }).await.unwrap();
+    let last = first.last().unwrap();
+    let rest = AlertFilter {
+        devices: both,
+        after: Some((last.ts_ms, last.device.clone(), last.seq)),
+        limit: 1000,
+        ..Default::default()
+    };
+    let rest = store.alerts(&rest).await.unwrap();
+    assert_eq!(first.len() + rest.len(), 1202, "every alert once across the two pages");
+    assert!(
+        first
+            .iter()
+            .chain(&rest)
+            .zip(first.iter().chain(&rest).skip(1))
+            .all(|(x, y)| (x.ts_ms, &x.device) <= (y.ts_ms, &y.device))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_queries_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    alert_queries(&format!("sqlite:{}", dir.path().join("hub.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alert_queries_on_postgres() {
+    let Some(url) = postgres("alert_queries_on_postgres") else { return };
+    alert_queries(&url).await;
+}
+
+/// `GET /api/v1/alerts?site=…`: the site's devices' alerts, paged with `next_after`; a reader
+/// token is enough, none is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn alerts_by_site_through_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cfg, _) = embedded_sqlite(dir.path(), false);
+    cfg.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    let hub = Hub::start(&cfg).await.unwrap();
+    let (_, token) = hub.store.add_token("reader", impeller_hub::auth::Role::Read).await.unwrap();
+    for (id, site) in [("n1", "north"), ("n2", "north"), ("s1", "south")] {
+        let tags = [("site".to_string(), site.to_string())].into_iter().collect();
+        hub.store.add_device(id, &tags, "gw").await.unwrap();
+        let batch: Vec<_> = (1..=3).map(|i| incoming(id, i, 1000 * i as i64, "alerts", alert_body(0))).collect();
+        hub.store.commit(&batch, &[(id.to_string(), 3)].into_iter().collect()).await.unwrap();
+    }
+    let client = reqwest::Client::new();
+    let base = format!("http://{}/api/v1/alerts", hub.http_addr.unwrap());
+    let get = |query: String, auth: bool| {
+        let mut req = client.get(format!("{base}?{query}"));
+        if auth {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), serde_json::from_slice::<serde_json::Value>(&resp.bytes().await.unwrap()).unwrap())
+        }
+    };
+    let (status, page) = get("site=north&limit=4".into(), true).await;
+    assert_eq!(status, 200, "{page}");
+    let devices = |p: &serde_json::Value| {
+        p["items"].as_array().unwrap().iter().map(|i| i["device"].as_str().unwrap().to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(devices(&page), ["n1", "n2", "n1", "n2"]);
+    let after = page["next_after"].as_str().unwrap().to_string();
+    let (_, next) = get(format!("site=north&limit=4&after={after}"), true).await;
+    assert_eq!(devices(&next), ["n1", "n2"]);
+    assert!(next.get("next_after").is_none(), "{next}");
+    let (_, south) = get("site=south&since_ms=2000".into(), true).await;
+    assert_eq!(south["items"].as_array().unwrap().len(), 2);
+    assert_eq!(get("site=north".into(), false).await.0, 401);
+    assert_eq!(get("after=garbage".into(), true).await.0, 422);
+}
