@@ -198,7 +198,7 @@ impl Fleet {
 
     /// Each pump's readings from `from_ms` to `to_ms`.
     pub fn simulate(&self, pump: &PumpPlan, from_ms: i64, to_ms: i64) -> PumpSim {
-        PumpSim::new(pump, from_ms, to_ms)
+        PumpSim::new(pump, self.start_ms, from_ms, to_ms)
     }
 }
 
@@ -240,17 +240,21 @@ pub struct PumpSim {
     rng: Rng,
     valve: Wander,
     tank: Wander,
+    /// The fleet's start: noise streams and the daily cycle count from it, so the same seed
+    /// gives the same readings whenever the simulation is run.
+    origin_ms: i64,
     t_ms: i64,
     end_ms: i64,
 }
 
 impl PumpSim {
-    pub fn new(plan: &PumpPlan, from_ms: i64, to_ms: i64) -> PumpSim {
+    pub fn new(plan: &PumpPlan, origin_ms: i64, from_ms: i64, to_ms: i64) -> PumpSim {
         let manufacturer = Manufacturer::by_name(&plan.manufacturer).unwrap_or(MANUFACTURERS[0]);
         let site = SITES.into_iter().find(|s| s.name == plan.site).unwrap_or(SITES[0]);
         // Each window of time has its own stream, so training and live data never repeat.
-        let mut rng = Rng::new(plan.seed ^ (from_ms as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let period = manufacturer.sample_ms as i64;
+        let from_ms = origin_ms + (from_ms - origin_ms).div_euclid(period) * period;
+        let mut rng = Rng::new(plan.seed ^ ((from_ms - origin_ms) as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15));
         let mut sim = PumpSim {
             pump: Pump::new(plan.design.clone()),
             valve: Wander { value: plan.valve_opening, mean: plan.valve_opening, sigma: 0.04, tau_s: 1200.0 },
@@ -259,7 +263,8 @@ impl PumpSim {
             manufacturer,
             site,
             rng: rng.fork(),
-            t_ms: from_ms.div_euclid(period) * period,
+            origin_ms,
+            t_ms: from_ms,
             end_ms: to_ms,
         };
         // Settle temperatures and the process wander before the first sample.
@@ -285,8 +290,8 @@ impl PumpSim {
         for f in &self.plan.faults {
             f.kind.apply(ramp(t_ms, f.onset_ms, f.kind.ramp_s()), &mut deg);
         }
-        let day = (t_ms.rem_euclid(86_400_000)) as f64 / 86_400_000.0;
-        // Coolest before dawn, warmest mid-afternoon.
+        // The fleet starts at 06:00 local time: coolest before dawn, warmest mid-afternoon.
+        let day = (t_ms - self.origin_ms + 6 * 3_600_000).rem_euclid(86_400_000) as f64 / 86_400_000.0;
         let mut ambient =
             self.site.ambient_c + self.site.daily_swing_c * libm::sin(std::f64::consts::TAU * (day - 0.375));
         let mut speed = self.plan.speed_rpm;
@@ -362,6 +367,10 @@ mod tests {
         assert_eq!(a, b);
         let take = |f: &Fleet| f.simulate(&f.pumps[4], f.start_ms, f.end_ms).take(500).collect::<Vec<_>>();
         assert_eq!(take(&a), take(&b));
+        // Run at another time, the readings are the same relative to the fleet's start.
+        let later = Fleet::plan(&FleetSpec { start_ms: spec().start_ms + 12_345_000, ..spec() });
+        let values = |f: &Fleet| take(f).into_iter().map(|s| (s.ts_ms - f.start_ms, s.values)).collect::<Vec<_>>();
+        assert_eq!(values(&a), values(&later));
         let other = Fleet::plan(&FleetSpec { seed: 8, ..spec() });
         assert_ne!(a.pumps, other.pumps);
     }

@@ -56,6 +56,10 @@ pub enum Command {
     /// Deployments on a running hub (through its API): which package which devices run.
     #[command(subcommand)]
     Deploy(DeployCommand),
+    /// The whole lifecycle on this machine: a hub, a simulated fleet with an edge agent per
+    /// pump, training, signed packages, staged rollouts, faults, and the alerts checked
+    /// against the simulator's ground truth. Ctrl-C stops it.
+    Demo(DemoArgs),
     /// Simulate a fleet of pumps (physics, three manufacturers, faults, drift) and write each
     /// pump's readings as a SKAB-layout CSV file, with the ground truth in fleet.json.
     Sim(SimArgs),
@@ -75,6 +79,34 @@ pub struct FleetArgs {
     /// A heat wave at this site (+10 °C over an hour), starting with the faults' window.
     #[arg(long, value_name = "SITE")]
     pub heat_wave: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    #[command(flatten)]
+    pub fleet: FleetArgs,
+    /// Simulated hours of live operation (faults begin between 30 % and 70 % of it).
+    #[arg(long, default_value_t = 6.0)]
+    pub hours: f64,
+    /// Hours of healthy history the first models train on.
+    #[arg(long, default_value_t = 48.0)]
+    pub train_hours: f64,
+    /// Simulated seconds per real second.
+    #[arg(long, default_value_t = 360.0)]
+    pub speed: f64,
+    /// Seconds each rollout wave soaks before the next.
+    #[arg(long, default_value_t = 4)]
+    pub soak_s: u64,
+    /// Where the hub's database, packages, agents' outboxes and the fleet's files go (must be
+    /// empty or new; kept afterwards). Default: a temporary folder, removed at the end.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// The hub's HTTP API (port 0: any free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub http_listen: String,
+    /// The embedded MQTT broker's port (default: any free port).
+    #[arg(long, value_name = "PORT")]
+    pub mqtt_port: Option<u16>,
 }
 
 #[derive(Debug, Args)]
@@ -448,7 +480,7 @@ pub enum Bench {
     /// The SKAB leaderboard protocol: per file, train on the first 400 rows, score the rest
     /// causally one row at a time; F1, false- and missed-alarm rates summed over all files.
     Skab(SkabArgs),
-    /// A simulated fleet: one model per manufacturer trained on each class's healthy history,
+    /// A simulated fleet: one model per class (manufacturer and site) trained on its healthy history,
     /// then every pump scored frame by frame through its adapter; per fault class how many
     /// were caught and how fast, and false alarms per healthy pump-day.
     Fleet(FleetBenchArgs),
@@ -458,12 +490,16 @@ pub enum Bench {
 pub struct FleetBenchArgs {
     #[command(flatten)]
     pub fleet: FleetArgs,
-    /// Hours of healthy history to train on.
-    #[arg(long, default_value_t = 12.0)]
+    /// Hours of healthy history to train on (two days: the daily temperature cycle twice).
+    #[arg(long, default_value_t = 48.0)]
     pub train_hours: f64,
     /// Hours scored after training; faults begin within its middle half.
     #[arg(long, default_value_t = 12.0)]
     pub hours: f64,
+    /// One model per manufacturer across all sites, instead of one per manufacturer and site
+    /// (to measure what pooling costs).
+    #[arg(long)]
+    pub pool_sites: bool,
     /// Print per-pump outcomes too.
     #[arg(long)]
     pub per_pump: bool,

@@ -70,12 +70,69 @@ fn pump_frames(fleet: &Fleet, p: &PumpPlan, m: &Manufacturer, from_ms: i64, to_m
     frames
 }
 
-/// Trains one model for a manufacturer's pumps on their history in `[from_ms, to_ms)`, one
-/// pump after another (shifted in time, so rolling windows restart between them).
-pub fn train_class(fleet: &Fleet, m: &Manufacturer, from_ms: i64, to_ms: i64, seed: u64) -> anyhow::Result<Model> {
+/// A device class: one manufacturer's pumps at one site. Pooling sites would teach the model
+/// that a motor at 130 °C is normal because the hottest site's motors run warm; one class per
+/// operating environment keeps "normal" tight (measured in docs/BENCHMARKS.md).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Class {
+    pub manufacturer: Manufacturer,
+    /// `None`: every site pooled (for comparison: `impeller bench fleet --pool-sites`).
+    pub site: Option<&'static str>,
+}
+
+impl Class {
+    /// Every class that has pumps in the fleet.
+    pub fn all(fleet: &Fleet, pool_sites: bool) -> Vec<Class> {
+        let sites: Vec<Option<&'static str>> =
+            if pool_sites { vec![None] } else { SITES.iter().map(|s| Some(s.name)).collect() };
+        let mut out = Vec::new();
+        for manufacturer in MANUFACTURERS {
+            for &site in &sites {
+                let c = Class { manufacturer, site };
+                if fleet.pumps.iter().any(|p| c.contains(p)) {
+                    out.push(c);
+                }
+            }
+        }
+        out
+    }
+
+    pub fn contains(&self, p: &PumpPlan) -> bool {
+        p.manufacturer == self.manufacturer.name && self.site.is_none_or(|s| p.site == s)
+    }
+
+    /// `acme-gulf`, or `acme` for all sites.
+    pub fn name(&self) -> String {
+        match self.site {
+            Some(site) => format!("{}-{site}", self.manufacturer.name),
+            None => self.manufacturer.name.to_string(),
+        }
+    }
+
+    /// The deployment target condition that selects this class's devices.
+    pub fn target_condition(&self) -> String {
+        let m = format!("tags.manufacturer = '{}'", self.manufacturer.name);
+        match self.site {
+            Some(site) => format!("{m} AND tags.site = '{site}'"),
+            None => m,
+        }
+    }
+}
+
+/// Trains one model for a class on its pumps' history in `[from_ms, to_ms)`, one pump after
+/// another (shifted in time, so rolling windows restart between them). Returns the model and
+/// the frames it was trained on (for the package's self-test and drift reference).
+pub fn train_class(
+    fleet: &Fleet,
+    class: &Class,
+    from_ms: i64,
+    to_ms: i64,
+    seed: u64,
+) -> anyhow::Result<(Model, Vec<Frame>)> {
+    let m = &class.manufacturer;
     let mut frames: Vec<Frame> = Vec::new();
     let span = to_ms - from_ms + HOUR_MS;
-    for (i, p) in fleet.pumps.iter().filter(|p| p.manufacturer == m.name).enumerate() {
+    for (i, p) in fleet.pumps.iter().filter(|p| class.contains(p)).enumerate() {
         let shift = span * i as i64;
         frames.extend(pump_frames(fleet, p, m, from_ms, to_ms).into_iter().map(|mut f| {
             f.ts_ms += shift;
@@ -85,7 +142,8 @@ pub fn train_class(fleet: &Fleet, m: &Manufacturer, from_ms: i64, to_ms: i64, se
     let mut cfg = class_train_config();
     cfg.seed = seed;
     let channels: Vec<Channel> = m.channels();
-    train(&channels, &frames, &cfg).with_context(|| format!("training the {} model", m.name))
+    let model = train(&channels, &frames, &cfg).with_context(|| format!("training the {} model", class.name()))?;
+    Ok((model, frames))
 }
 
 /// When each alarm episode of a pump began, scoring `[from_ms, to_ms)` frame by frame.
@@ -291,10 +349,10 @@ pub fn bench(args: FleetBenchArgs) -> anyhow::Result<()> {
     let start = this_hour_ms();
     let fleet = plan(&args.fleet, start, args.hours, (0.25, 0.75))?;
     let mut alerts = BTreeMap::new();
-    for m in MANUFACTURERS {
-        let model = train_class(&fleet, &m, start - train_ms, start, args.fleet.seed)?;
-        for p in fleet.pumps.iter().filter(|p| p.manufacturer == m.name) {
-            alerts.insert(p.id.clone(), alarm_starts(&fleet, p, &m, &model, start, fleet.end_ms));
+    for class in Class::all(&fleet, args.pool_sites) {
+        let (model, _) = train_class(&fleet, &class, start - train_ms, start, args.fleet.seed)?;
+        for p in fleet.pumps.iter().filter(|p| class.contains(p)) {
+            alerts.insert(p.id.clone(), alarm_starts(&fleet, p, &class.manufacturer, &model, start, fleet.end_ms));
         }
     }
     let pumps = outcomes(&fleet, &alerts, start, fleet.end_ms);

@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod commands;
 pub mod data;
+pub mod demo;
 pub mod fleet;
 pub mod logging;
 pub mod packages;
@@ -37,6 +38,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Bench(Bench::Skab(args)) => commands::bench_skab(args),
         Command::Bench(Bench::Fleet(args)) => fleet::bench(args),
         Command::Sim(args) => fleet::sim(args),
+        Command::Demo(args) => demo::run(args),
         Command::Train(args) => commands::train(args),
         Command::Score(args) => commands::score(args),
         Command::Model(ModelCommand::Inspect { file, json }) => commands::inspect(&file, json),

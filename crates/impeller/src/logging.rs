@@ -4,11 +4,11 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
-/// `RUST_LOG` wins when set; otherwise `-v` / `-q` move the level from `info`.
-pub fn init(verbose: u8, quiet: bool) {
+/// `RUST_LOG` wins when set; otherwise `-v` / `-q` move the level from `default`.
+pub fn init(verbose: u8, quiet: bool, default: &'static str) {
     let level = match (quiet, verbose) {
         (true, _) => "error",
-        (false, 0) => "info",
+        (false, 0) => default,
         (false, 1) => "debug",
         (false, _) => "trace",
     };

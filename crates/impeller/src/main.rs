@@ -7,7 +7,10 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = impeller::cli::Cli::parse();
-    impeller::logging::init(cli.verbose, cli.quiet);
+    // The demo tells its story on standard output; two dozen agents' routine logs, and the
+    // embedded broker's notes on their connections ending when the demo stops, would drown it.
+    let default = if matches!(cli.command, impeller::cli::Command::Demo(_)) { "error,rumqttd=off" } else { "info" };
+    impeller::logging::init(cli.verbose, cli.quiet, default);
     match impeller::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

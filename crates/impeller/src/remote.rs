@@ -10,11 +10,58 @@ use crate::InputError;
 use crate::cli::{ApiArgs, DeployCommand};
 
 /// A hub's API with an operator's token.
-struct Api {
-    rt: tokio::runtime::Runtime,
+#[derive(Debug, Clone)]
+pub struct HubClient {
     client: reqwest::Client,
     base: String,
     token: String,
+}
+
+impl HubClient {
+    pub fn new(base: &str, token: &str) -> anyhow::Result<HubClient> {
+        Ok(HubClient {
+            client: reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10)).build()?,
+            base: base.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+        })
+    }
+
+    /// Sends a request; a problem document from the hub becomes an error that quotes it.
+    pub async fn call(&self, method: &str, path: &str, body: Option<(Vec<u8>, &str)>) -> anyhow::Result<Value> {
+        let url = format!("{}/api/v1{path}", self.base);
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        let mut req = self.client.request(method, &url).bearer_auth(&self.token);
+        if let Some((bytes, content_type)) = body {
+            req = req.header("content-type", content_type).body(bytes);
+        }
+        let resp = req.send().await.with_context(|| format!("cannot reach the hub at {url}"))?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.with_context(|| format!("reading the answer from {url}"))?;
+        let value: Value =
+            if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
+        if status.is_success() {
+            return Ok(value);
+        }
+        let detail = value["detail"].as_str().unwrap_or("no detail");
+        let code = value["code"].as_str().unwrap_or("unknown");
+        let message = format!("the hub refused ({status}, {code}): {detail}");
+        // What the caller sent was wrong: exit code 3, like other bad input.
+        if status.is_client_error() && status.as_u16() != 401 && status.as_u16() != 403 {
+            return Err(InputError(message).into());
+        }
+        anyhow::bail!(message)
+    }
+
+    /// POSTs a JSON body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.call("POST", path, Some((serde_json::to_vec(body)?, "application/json"))).await
+    }
+}
+
+/// The same, for commands that run once and block.
+struct Api {
+    rt: tokio::runtime::Runtime,
+    hub: HubClient,
 }
 
 impl Api {
@@ -26,38 +73,12 @@ impl Api {
         }
         Ok(Api {
             rt: tokio::runtime::Builder::new_current_thread().enable_all().build()?,
-            client: reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10)).build()?,
-            base: args.hub.trim_end_matches('/').to_string(),
-            token: args.token.clone(),
+            hub: HubClient::new(&args.hub, &args.token)?,
         })
     }
 
-    /// Sends a request; a problem document from the hub becomes an error that quotes it.
     fn call(&self, method: &str, path: &str, body: Option<(Vec<u8>, &str)>) -> anyhow::Result<Value> {
-        let url = format!("{}/api/v1{path}", self.base);
-        self.rt.block_on(async {
-            let method = reqwest::Method::from_bytes(method.as_bytes())?;
-            let mut req = self.client.request(method, &url).bearer_auth(&self.token);
-            if let Some((bytes, content_type)) = body {
-                req = req.header("content-type", content_type).body(bytes);
-            }
-            let resp = req.send().await.with_context(|| format!("cannot reach the hub at {url}"))?;
-            let status = resp.status();
-            let bytes = resp.bytes().await.with_context(|| format!("reading the answer from {url}"))?;
-            let value: Value =
-                if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
-            if status.is_success() {
-                return Ok(value);
-            }
-            let detail = value["detail"].as_str().unwrap_or("no detail");
-            let code = value["code"].as_str().unwrap_or("unknown");
-            let message = format!("the hub refused ({status}, {code}): {detail}");
-            // What the caller sent was wrong: exit code 3, like other bad input.
-            if status.is_client_error() && status.as_u16() != 401 && status.as_u16() != 403 {
-                return Err(InputError(message).into());
-            }
-            anyhow::bail!(message)
-        })
+        self.rt.block_on(self.hub.call(method, path, body))
     }
 }
 

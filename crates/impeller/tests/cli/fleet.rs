@@ -70,3 +70,40 @@ fn bad_fleet_flags_are_refused_with_the_flag_named() {
         assert!(stderr(&o).contains(says), "{}", stderr(&o));
     }
 }
+
+/// The demo end to end on a small fleet: hub, agents, training, signed packages, staged
+/// rollouts, alerts judged against the ground truth. The demo itself fails when a rollout does
+/// not complete or no fault is caught; here we also check what it leaves in `--dir`.
+#[test]
+fn the_demo_rolls_out_models_and_catches_faults() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let o = impeller(&[
+        "demo",
+        "--pumps",
+        "6",
+        "--faulty-share",
+        "1",
+        "--hours",
+        "3",
+        "--speed",
+        "720",
+        "--soak-s",
+        "1",
+        "--dir",
+        data.to_str().unwrap(),
+    ]);
+    let (out, err) = (stdout(&o), stderr(&o));
+    assert!(o.status.success(), "{out}\n{err}");
+    // Six pumps: one per manufacturer at each of two sites, so six classes and rollouts.
+    assert!(out.contains("rollouts: 6 complete; 6/6 devices run their model"), "{out}");
+    // An impeller losing a piece shows at once in vibration on every manufacturer's sensors.
+    let imbalance = out.lines().find(|l| l.starts_with("impeller_imbalance")).unwrap();
+    assert_eq!(imbalance.split_whitespace().take(3).collect::<Vec<_>>(), ["impeller_imbalance", "1", "1"], "{out}");
+    assert!(out.contains(", caught"), "alerts were narrated as they came: {out}");
+    assert!(data.join("hub.db").is_file() && data.join("fleet/fleet.json").is_file());
+    assert_eq!(std::fs::read_dir(data.join("agents")).unwrap().count(), 6, "one agent data folder per pump");
+
+    let o = impeller(&["demo", "--dir", data.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(3), "a used folder is refused: {}", stderr(&o));
+}

@@ -1,0 +1,411 @@
+//! `impeller demo`: the lifecycle on one machine, on embedded defaults. A hub (embedded broker,
+//! SQLite, package folder), a simulated fleet with a real edge agent per pump (in this process,
+//! each with its own outbox on disk, talking MQTT and HTTP to the hub like any other), one
+//! model per manufacturer trained on the fleet's healthy history, signed, uploaded and rolled
+//! out in waves through the API; then faults begin and the hub's alerts are checked against
+//! the simulator's ground truth as they arrive.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use impeller_core::package::{PackageSpec, Signer25519, build};
+use impeller_hub::auth::Role;
+use impeller_hub::{Hub, HubConfig};
+use impeller_sim::{MANUFACTURERS, Manufacturer, PumpPlan};
+use serde_json::json;
+
+use crate::InputError;
+use crate::cli::DemoArgs;
+use crate::commands::emit;
+use crate::fleet::{Class, HOUR_MS, outcomes, plan, summarise, train_class, write_fleet, write_summary};
+use crate::remote::HubClient;
+
+/// Faults begin between these fractions of the live period: after the rollout, with time left
+/// to catch the slow ones.
+const FAULTS_BETWEEN: (f64, f64) = (0.3, 0.7);
+
+fn say(text: impl std::fmt::Display) -> anyhow::Result<()> {
+    emit(|out| writeln!(out, "{text}"))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Simulated time since the fleet's start, as `+2h05m`.
+fn sim_clock(ms: i64) -> String {
+    let m = ms.max(0) / 60_000;
+    format!("+{}h{:02}m", m / 60, m % 60)
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+pub fn run(args: DemoArgs) -> anyhow::Result<()> {
+    if !(args.speed >= 1.0 && args.speed <= 10_000.0) {
+        return Err(InputError(format!("--speed {}: must be 1 to 10000", args.speed)).into());
+    }
+    let (dir, _temp) = match &args.dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+            if std::fs::read_dir(d)?.next().is_some() {
+                return Err(InputError(format!("--dir {}: must be empty or new", d.display())).into());
+            }
+            (d.clone(), None)
+        }
+        None => {
+            let t = tempfile::Builder::new().prefix("impeller-demo-").tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(demo(&args, &dir))
+}
+
+async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
+    let started = Instant::now();
+    // 1. Keys and hub.
+    let mut secret = [0u8; 32];
+    getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness from the operating system: {e}"))?;
+    let signer = Signer25519::from_secret(secret);
+    let public_key = dir.join("ops.public.json");
+    std::fs::write(&public_key, signer.public_file().to_json())?;
+    let mqtt_port = match args.mqtt_port {
+        Some(p) => p,
+        None => free_port()?,
+    };
+    let cfg = HubConfig {
+        database: format!("sqlite:{}", dir.join("hub.db").display()),
+        mqtt_listen: Some(format!("127.0.0.1:{mqtt_port}").parse()?),
+        device_auth: true,
+        http_listen: Some(
+            args.http_listen.parse().map_err(|_| InputError(format!("--http-listen {}", args.http_listen)))?,
+        ),
+        packages_dir: dir.join("packages"),
+        trusted_keys: vec![public_key.clone()],
+        ..Default::default()
+    };
+    let hub = Hub::start(&cfg).await.context("starting the hub")?;
+    let api_base = format!("http://{}", hub.http_addr.context("the hub has no API address")?);
+    let (_, token) = hub.store.add_token("demo", Role::Admin).await?;
+    let api = HubClient::new(&api_base, &token)?;
+    say(format_args!("Impeller demo in {}", dir.display()))?;
+    say(format_args!(
+        "  hub: MQTT 127.0.0.1:{mqtt_port} (devices authenticate), API {api_base}/api/v1, SQLite, package signing key {}",
+        signer.key_id()
+    ))?;
+
+    // 2. The fleet: healthy history for training, then the live period the agents replay.
+    let train_ms = (args.train_hours * HOUR_MS as f64) as i64;
+    let fleet = plan(&args.fleet, now_ms(), args.hours, FAULTS_BETWEEN)?;
+    write_fleet(&fleet, &dir.join("fleet"), fleet.start_ms, fleet.end_ms)?;
+    let faulty = fleet.pumps.iter().filter(|p| !p.faults.is_empty()).count();
+    say(format_args!(
+        "  fleet: {} pumps at {} sites from {} manufacturers; {} will develop a fault (ground truth: {})",
+        fleet.pumps.len(),
+        impeller_sim::SITES.len(),
+        MANUFACTURERS.len(),
+        faulty,
+        dir.join("fleet/fleet.json").display()
+    ))?;
+
+    // 3. One model per class (manufacturer and site), packaged and signed, uploaded.
+    let mut packages = Vec::new();
+    for class in Class::all(&fleet, false) {
+        let m = class.manufacturer;
+        let t = Instant::now();
+        let (model, frames) = train_class(&fleet, &class, fleet.start_ms - train_ms, fleet.start_ms, args.fleet.seed)?;
+        let created = now_ms();
+        let spec = PackageSpec {
+            name: class.name(),
+            version: "1".into(),
+            release: 1,
+            target: target_of(&m),
+            created_ms: created,
+            expires_ms: created + 30 * 24 * HOUR_MS,
+            pipeline_run: Some("demo".into()),
+            metrics: BTreeMap::new(),
+        };
+        let bytes = build(&model, &frames, &spec, &signer)?;
+        let uploaded = api.call("POST", "/packages", Some((bytes.clone(), "application/octet-stream"))).await?;
+        let sha = uploaded["sha256"].as_str().context("upload answer without sha256")?.to_string();
+        say(format_args!(
+            "  trained {}: PCA on {} channels, {} frames ({} h of {} pumps), {:.1} s; package {} KiB, signed, sha256 {}…",
+            spec.name,
+            model.channels.len(),
+            frames.len(),
+            args.train_hours,
+            fleet.pumps.iter().filter(|p| class.contains(p)).count(),
+            t.elapsed().as_secs_f64(),
+            bytes.len() / 1024,
+            &sha[..12]
+        ))?;
+        packages.push((class, sha));
+    }
+
+    // 4. Devices, provisioned through the API, and their agents.
+    let mut agents = Vec::new();
+    for p in &fleet.pumps {
+        let m = Manufacturer::by_name(&p.manufacturer).context("unknown manufacturer")?;
+        let creds = api
+            .post_json(
+                "/devices",
+                &json!({"id": p.id, "tags": {"site": p.site, "manufacturer": m.name, "model": m.model}, "profile": target_of(&m)}),
+            )
+            .await?;
+        let secret = creds["secret"].as_str().context("no secret in the answer")?;
+        let config = agent_config(dir, p, &m, mqtt_port, &api_base, secret, &public_key, args.speed)?;
+        agents.push(tokio::spawn(impeller_edge::agent::run(config)));
+    }
+    let replay_started = Instant::now();
+    say(format_args!(
+        "  {} edge agents started, each replaying its pump at {}× real time through its manufacturer's adapter",
+        agents.len(),
+        args.speed
+    ))?;
+
+    // 5. Staged rollouts, one per class.
+    let mut deployments = Vec::new();
+    for (class, sha) in &packages {
+        let dep = format!("{}-v1", class.name());
+        let target = class.target_condition();
+        api.post_json(
+            "/deployments",
+            &json!({
+                "name": dep, "package_sha256": sha, "target_condition": target,
+                "priority": 1,
+                "rollout": {"waves": [10, 50, 100], "soak_s": args.soak_s, "max_failed": 0, "max_rolled_back": 0},
+            }),
+        )
+        .await?;
+        deployments.push(dep);
+    }
+    say(format_args!(
+        "  {} rollouts (one per manufacturer and site) in waves of 10 %, 50 %, 100 %, {} s soak each",
+        deployments.len(),
+        args.soak_s
+    ))?;
+
+    // 6. Watch: rollout progress, alerts checked against the truth as they come.
+    let live_wall_s = args.hours * 3600.0 / args.speed;
+    let deadline = Instant::now() + Duration::from_secs_f64(live_wall_s + 5.0);
+    let mut waves: BTreeMap<String, (String, u64, u64)> = BTreeMap::new();
+    let mut last_rollout_line = String::new();
+    let mut cursor: Option<String> = None;
+    let mut alerts: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    let by_id: HashMap<&str, &PumpPlan> = fleet.pumps.iter().map(|p| (p.id.as_str(), p)).collect();
+    let mut last_status = Instant::now();
+    let mut interrupted = false;
+    while Instant::now() < deadline {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => { interrupted = true; break }
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+        for dep in &deployments {
+            if waves.get(dep).is_some_and(|(phase, _, _)| phase == "complete" || phase == "aborted") {
+                continue;
+            }
+            let status = api.call("GET", &format!("/deployments/{dep}"), None).await?;
+            let phase = status["rollout"]["phase"].as_str().unwrap_or("-").to_string();
+            if phase == "aborted" {
+                let note = status["rollout"]["note"].as_str().unwrap_or("no reason given");
+                say(format_args!("  [{}] {dep} aborted: {note}", elapsed(started)))?;
+            }
+            let wave = status["rollout"]["wave"].as_u64().unwrap_or(0);
+            let active = status["counts"]["active"].as_u64().unwrap_or(0);
+            waves.insert(dep.clone(), (phase, wave, active));
+        }
+        let line = rollout_line(&waves, fleet.pumps.len());
+        if line != last_rollout_line {
+            say(format_args!("  [{}] {line}", elapsed(started)))?;
+            last_rollout_line = line;
+        }
+        let path = match &cursor {
+            Some(c) => format!("/alerts?limit=1000&after={c}"),
+            None => "/alerts?limit=1000".to_string(),
+        };
+        let page = api.call("GET", &path, None).await?;
+        for a in page["items"].as_array().into_iter().flatten() {
+            let device = a["device"].as_str().unwrap_or_default();
+            let at = a["started_ms"].as_i64().unwrap_or_default();
+            cursor = Some(format!("{}/{}/{}", a["ts_ms"], device, a["seq"]));
+            let seen = alerts.entry(device.to_string()).or_default();
+            seen.push(at);
+            let Some(p) = by_id.get(device) else { continue };
+            let (verdict, caught) = judge(p, at);
+            // A fault keeps alarming; say so once per pump. Every false alarm is news.
+            if caught && seen.iter().filter(|&&t| p.faults.iter().any(|f| f.onset_ms <= t)).count() > 1 {
+                continue;
+            }
+            let top = a["top_features"][0][0].as_str().unwrap_or("?");
+            say(format_args!(
+                "  [{}] sim {} alert on {device} ({}, {}), driven by {top}: {verdict}",
+                elapsed(started),
+                sim_clock(at - fleet.start_ms),
+                p.manufacturer,
+                p.site
+            ))?;
+        }
+        if last_status.elapsed() >= Duration::from_secs(10) {
+            last_status = Instant::now();
+            let sim = (replay_started.elapsed().as_secs_f64() * args.speed * 1000.0) as i64;
+            say(format_args!(
+                "  [{}] sim {} of {}: {} messages stored, {} alerts",
+                elapsed(started),
+                sim_clock(sim.min(fleet.end_ms - fleet.start_ms)),
+                sim_clock(fleet.end_ms - fleet.start_ms),
+                hub.stats.stored.load(std::sync::atomic::Ordering::Relaxed),
+                alerts.values().map(Vec::len).sum::<usize>()
+            ))?;
+        }
+    }
+    // The agents may lag behind the replay on a busy machine: wait until what they send stops
+    // growing, so the summary judges everything they scored.
+    if !interrupted {
+        let stored = || hub.stats.stored.load(std::sync::atomic::Ordering::Relaxed);
+        let (mut last, mut still) = (stored(), Instant::now());
+        let give_up = Instant::now() + Duration::from_secs(120);
+        while still.elapsed() < Duration::from_secs(3) && Instant::now() < give_up {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            if stored() != last {
+                (last, still) = (stored(), Instant::now());
+            }
+        }
+        let page = api
+            .call(
+                "GET",
+                &format!("/alerts?limit=1000{}", cursor.map(|c| format!("&after={c}")).unwrap_or_default()),
+                None,
+            )
+            .await?;
+        for a in page["items"].as_array().into_iter().flatten() {
+            let device = a["device"].as_str().unwrap_or_default();
+            alerts.entry(device.to_string()).or_default().push(a["started_ms"].as_i64().unwrap_or_default());
+        }
+    }
+    for a in &agents {
+        a.abort();
+    }
+
+    // 7. Summary against the ground truth.
+    let results = outcomes(&fleet, &alerts, fleet.start_ms, fleet.end_ms);
+    let summary = summarise(&results);
+    emit(|out| {
+        writeln!(out)?;
+        if interrupted {
+            writeln!(out, "Stopped early (Ctrl-C); the summary covers what ran.")?;
+        }
+        writeln!(out, "Summary after {} ({} simulated hours):", elapsed(started), args.hours)?;
+        write_summary(out, &summary)?;
+        writeln!(out, "{}", rollout_line(&waves, fleet.pumps.len()))?;
+        writeln!(out, "messages stored at the hub: {}", hub.stats.stored.load(std::sync::atomic::Ordering::Relaxed))?;
+        writeln!(out, "not yet in the demo: drift monitors, retraining, the dashboard (open issues 6 and 7)")
+    })?;
+    if interrupted {
+        return Ok(());
+    }
+    let missing: Vec<&str> = deployments
+        .iter()
+        .filter(|d| waves.get(*d).is_none_or(|(phase, _, _)| phase != "complete"))
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        anyhow::bail!("rollouts did not complete: {}", missing.join(", "));
+    }
+    if faulty > 0 && summary.classes.iter().all(|c| c.detected == 0) {
+        anyhow::bail!("no fault was detected: the models or the uplink are not working");
+    }
+    Ok(())
+}
+
+/// All rollouts in one line: how many are at which wave, and devices running their model.
+fn rollout_line(waves: &BTreeMap<String, (String, u64, u64)>, devices: usize) -> String {
+    let mut at: BTreeMap<String, usize> = BTreeMap::new();
+    for (phase, wave, _) in waves.values() {
+        let label = match phase.as_str() {
+            "rolling_out" => format!("at wave {wave}"),
+            other => other.replace('_', " "),
+        };
+        *at.entry(label).or_default() += 1;
+    }
+    let active: u64 = waves.values().map(|(_, _, a)| a).sum();
+    let parts: Vec<String> = at.into_iter().map(|(label, n)| format!("{n} {label}")).collect();
+    format!("rollouts: {}; {active}/{devices} devices run their model", parts.join(", "))
+}
+
+fn elapsed(started: Instant) -> String {
+    let s = started.elapsed().as_secs();
+    format!("{:02}:{:02}", s / 60, s % 60)
+}
+
+/// What an alert at `at_ms` on pump `p` means by the ground truth, and whether it caught a fault.
+fn judge(p: &PumpPlan, at_ms: i64) -> (String, bool) {
+    let minutes = |ms: i64| ms as f64 / 60_000.0;
+    match p.faults.iter().filter(|f| f.onset_ms <= at_ms).max_by_key(|f| f.onset_ms) {
+        Some(f) => (format!("{} began {:.0} min earlier, caught", f.kind.name(), minutes(at_ms - f.onset_ms)), true),
+        None => match p.faults.first() {
+            Some(f) => {
+                (format!("false alarm ({} begins {:.0} min later)", f.kind.name(), minutes(f.onset_ms - at_ms)), false)
+            }
+            None => ("false alarm (this pump stays healthy)".to_string(), false),
+        },
+    }
+}
+
+/// Packages are built per device class: a manufacturer's gateways.
+fn target_of(m: &Manufacturer) -> String {
+    format!("{}-gateway", m.name)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn agent_config(
+    dir: &Path,
+    p: &PumpPlan,
+    m: &Manufacturer,
+    mqtt_port: u16,
+    api: &str,
+    secret: &str,
+    public_key: &Path,
+    speed: f64,
+) -> anyhow::Result<impeller_edge::config::Config> {
+    let data_dir: PathBuf = dir.join("agents").join(&p.id);
+    #[derive(serde::Serialize)]
+    struct Section {
+        adapter: impeller_core::adapter::AdapterConfig,
+    }
+    let adapter = toml::to_string(&Section { adapter: m.adapter() })?;
+    let quote = |s: String| toml::Value::String(s).to_string();
+    let text = format!(
+        r#"version = 1
+[device]
+id = "{id}"
+target = "{target}"
+data_dir = {data_dir}
+[hub]
+broker = "mqtt://127.0.0.1:{mqtt_port}"
+api = "{api}"
+username = "{id}"
+password = "{secret}"
+ack_timeout_s = 10
+[models]
+trusted_keys = [{public_key}]
+health_window_s = 30
+[outbox]
+[uplink]
+[source]
+kind = "csv"
+path = {csv}
+speed = {speed}
+rebase_time = false
+{adapter}"#,
+        id = p.id,
+        target = target_of(m),
+        data_dir = quote(data_dir.display().to_string()),
+        public_key = quote(public_key.display().to_string()),
+        csv = quote(dir.join("fleet").join(format!("{}.csv", p.id)).display().to_string()),
+    );
+    impeller_edge::config::Config::parse(&text, &format!("demo agent {}", p.id)).map_err(anyhow::Error::from)
+}
