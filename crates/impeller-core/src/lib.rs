@@ -45,6 +45,7 @@ pub mod calibration;
 pub mod channel;
 pub mod deploy;
 pub mod detector;
+pub mod drift;
 pub mod error;
 pub mod features;
 pub mod gaps;

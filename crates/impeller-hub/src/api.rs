@@ -23,7 +23,9 @@ use tower::ServiceExt;
 
 use crate::auth::{self, AuthError, Caller, Role};
 use crate::fleet::{Credentials, Device};
-use crate::store::{AlertFilter, AlertSummary, DeploymentInfo, PackageInfo, Store, StoreError, UpdateInfo, now_ms};
+use crate::store::{
+    AlertSummary, DeploymentInfo, DriftReport, FleetFilter, PackageInfo, Store, StoreError, UpdateInfo, now_ms,
+};
 
 /// What the handlers share.
 #[derive(Debug, Clone)]
@@ -216,6 +218,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/api/v1/deployments/{name}", get(get_deployment).delete(stop_deployment))
         .route("/api/v1/deployments/{name}/abort", post(abort_deployment))
         .route("/api/v1/alerts", get(list_alerts))
+        .route("/api/v1/drift", get(list_drift))
         .fallback(|| async { Problem::new(Code::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             Problem::new(Code::MethodNotAllowed, "this endpoint does not take that method")
@@ -269,10 +272,11 @@ async fn list_devices(
     Ok(Json(page(views, |v| v.device["id"].as_str().unwrap_or_default(), &q)?))
 }
 
-/// `GET /alerts`: the fleet's alerts in time order, narrowed by device or by tags.
+/// `GET /alerts` and `GET /drift`: the fleet's records in time order, narrowed by device or by
+/// tags.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AlertQuery {
+pub struct FleetQuery {
     pub device: Option<String>,
     pub site: Option<String>,
     pub manufacturer: Option<String>,
@@ -283,13 +287,8 @@ pub struct AlertQuery {
     pub after: Option<String>,
 }
 
-async fn list_alerts(
-    State(s): State<ApiState>,
-    headers: HeaderMap,
-    q: Result<Query<AlertQuery>, axum::extract::rejection::QueryRejection>,
-) -> ApiResult<Json<Page<AlertSummary>>> {
-    operator(&s, &headers, Role::Read).await?;
-    let q = query(q)?;
+/// The store filter for a query (asking one more than the page for `next_after`), and the page size.
+async fn fleet_filter(s: &ApiState, q: &FleetQuery) -> ApiResult<(FleetFilter, usize)> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(Problem::new(Code::InvalidRequest, "limit must be 1 to 1000"));
@@ -297,7 +296,7 @@ async fn list_alerts(
     let after = match &q.after {
         None => None,
         Some(a) => Some(
-            parse_alert_cursor(a)
+            parse_cursor(a)
                 .ok_or_else(|| Problem::new(Code::InvalidRequest, "after: pass the next_after of the previous page"))?,
         ),
     };
@@ -313,16 +312,42 @@ async fn list_alerts(
     } else {
         None
     };
-    let filter = AlertFilter { devices, since_ms: q.since_ms, until_ms: q.until_ms, after, limit: limit + 1 };
-    let mut items = s.store.alerts(&filter).await?;
+    Ok((FleetFilter { devices, since_ms: q.since_ms, until_ms: q.until_ms, after, limit: limit + 1 }, limit))
+}
+
+/// A page of `items` fetched with one extra; `key` makes the cursor of an item.
+fn fleet_page<T>(mut items: Vec<T>, limit: usize, key: impl Fn(&T) -> String) -> Page<T> {
     let more = items.len() > limit;
     items.truncate(limit);
-    let next_after = if more { items.last().map(|a| format!("{}/{}/{}", a.ts_ms, a.device, a.seq)) } else { None };
-    Ok(Json(Page { items, next_after }))
+    let next_after = if more { items.last().map(key) } else { None };
+    Page { items, next_after }
+}
+
+async fn list_alerts(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    q: Result<Query<FleetQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Page<AlertSummary>>> {
+    operator(&s, &headers, Role::Read).await?;
+    let (filter, limit) = fleet_filter(&s, &query(q)?).await?;
+    let items = s.store.alerts(&filter).await?;
+    Ok(Json(fleet_page(items, limit, |a| format!("{}/{}/{}", a.ts_ms, a.device, a.seq))))
+}
+
+/// `GET /drift`: each sketch's drift against its reference, ordered by the interval's end.
+async fn list_drift(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    q: Result<Query<FleetQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Page<DriftReport>>> {
+    operator(&s, &headers, Role::Read).await?;
+    let (filter, limit) = fleet_filter(&s, &query(q)?).await?;
+    let items = s.store.drift_reports(&filter).await?;
+    Ok(Json(fleet_page(items, limit, |r| format!("{}/{}/{}", r.end_ms, r.device, r.seq))))
 }
 
 /// `TS/DEVICE/SEQ` (device ids hold no `/`).
-fn parse_alert_cursor(text: &str) -> Option<(i64, String, u64)> {
+fn parse_cursor(text: &str) -> Option<(i64, String, u64)> {
     let mut parts = text.splitn(3, '/');
     let ts = parts.next()?.parse().ok()?;
     let device = parts.next()?.to_string();

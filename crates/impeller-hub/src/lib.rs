@@ -1,13 +1,17 @@
 //! The Impeller hub: the control plane the edge agents talk to. So far: ingestion of what the
 //! agents send, stored once per (device, seq) in SQLite or PostgreSQL and acknowledged after the
 //! commit, behind an embedded rumqttd broker or an external MQTT broker; signed packages,
-//! deployments resolved per device into retained desired state; a REST API.
+//! deployments resolved per device into retained desired state; drift monitoring; a REST API.
+
+// The OpenAPI document is one `json!` literal, deeper than the default macro recursion allows.
+#![recursion_limit = "256"]
 
 pub mod api;
 pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod deploy;
+pub mod drift;
 pub mod fleet;
 pub mod ingest;
 pub mod openapi;
@@ -60,7 +64,7 @@ impl Hub {
     /// a tokio runtime.
     pub async fn start(cfg: &HubConfig) -> anyhow::Result<Hub> {
         let store = store::Store::open(&cfg.database).await?;
-        let trust = load_trust(&cfg.trusted_keys)?;
+        let trust = Arc::new(load_trust(&cfg.trusted_keys)?);
         // Devices authenticate to the API with the same credentials as to the broker.
         let credentials = fleet::Credentials::default();
         credentials.refresh(&store).await?;
@@ -76,13 +80,20 @@ impl Hub {
         };
         let reconcile = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(deploy::run(store.clone(), bus.outgoing.clone(), reconcile.clone()));
+        tokio::spawn(drift::run(
+            store.clone(),
+            cfg.packages_dir.clone(),
+            trust.clone(),
+            impeller_core::drift::DriftPolicy::default(),
+            std::time::Duration::from_secs(2),
+        ));
         let http_addr = match cfg.http_listen {
             Some(listen) => {
                 let state = api::ApiState {
                     store: store.clone(),
                     devices: credentials,
                     packages_dir: cfg.packages_dir.clone(),
-                    trust: Arc::new(trust),
+                    trust: trust.clone(),
                     max_package_bytes: if cfg.max_package_bytes == 0 { 64 << 20 } else { cfg.max_package_bytes },
                     reconcile: reconcile.clone(),
                 };

@@ -90,8 +90,8 @@ fn path_param(name: &str, description: &str) -> Value {
     json!({"name": name, "in": "path", "required": true, "description": description, "schema": string()})
 }
 
-/// Query parameters of `GET /alerts`: filters, then paging.
-fn alert_filters() -> Value {
+/// Query parameters of `GET /alerts` and `GET /drift`: filters, then paging.
+fn fleet_filters() -> Value {
     let mut params = vec![
         json!({"name": "device", "in": "query", "schema": string()}),
         json!({"name": "site", "in": "query", "description": "devices tagged site=…", "schema": string()}),
@@ -226,6 +226,18 @@ fn schemas() -> Value {
                                                        "minItems": 2, "maxItems": 2}},
         })),
         "AlertPage": page_of("Alert"),
+        "FeatureDrift": object(&["feature", "psi", "ks", "wasserstein"], json!({
+            "feature": string(), "psi": {"type": "number"}, "ks": {"type": "number"}, "wasserstein": {"type": "number"},
+        })),
+        "DriftReport": object(&["device", "seq", "start_ms", "end_ms", "model", "model_version", "count",
+                                "max_wasserstein", "max_psi", "page_hinkley", "state", "features"], json!({
+            "device": string(), "seq": uint(), "start_ms": {"type": "integer"}, "end_ms": {"type": "integer"},
+            "model": string(), "model_version": string(), "count": uint(), "max_wasserstein": {"type": "number"},
+            "max_psi": {"type": "number"}, "page_hinkley": {"type": "number"},
+            "state": {"type": "string", "enum": ["unknown", "stable", "warning", "drift", "no_reference", "unreadable"]},
+            "features": {"type": "array", "items": schema("FeatureDrift")},
+        })),
+        "DriftPage": page_of("DriftReport"),
         "AbortRequest": {"type": "object", "additionalProperties": false,
                          "properties": {"reason": {"type": ["string", "null"], "maxLength": 1000}}},
     })
@@ -333,7 +345,12 @@ pub fn document() -> Value {
             "/api/v1/alerts": {
                 "get": with(op("The fleet's alerts in time order, by device, site or manufacturer", "alerts",
                                Who::Operator, json!({"200": ok("a page", "AlertPage")}), &[]),
-                            "parameters", alert_filters()),
+                            "parameters", fleet_filters()),
+            },
+            "/api/v1/drift": {
+                "get": with(op("Drift of each sketch against its package's reference, with the device's monitor state",
+                               "drift", Who::Operator, json!({"200": ok("a page", "DriftPage")}), &[]),
+                            "parameters", fleet_filters()),
             },
         },
         "components": {

@@ -28,7 +28,7 @@ mod queries;
 pub use deployments::{
     AlertActivity, DeploymentInfo, DesiredInfo, Member, PackageInfo, TokenInfo, TokenSecret, UpdateInfo,
 };
-pub use queries::{AlertFilter, AlertSummary};
+pub use queries::{AlertSummary, DriftReport, FleetFilter};
 
 /// Messages per INSERT statement (7 parameters each; SQLite allows 32,766 per statement).
 const INSERT_CHUNK: usize = 500;
@@ -39,6 +39,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "deployments", include_str!("../migrations/sqlite/0003_deployments.sql")),
     (4, "rollouts", include_str!("../migrations/sqlite/0004_rollouts.sql")),
     (5, "queries", include_str!("../migrations/sqlite/0005_queries.sql")),
+    (6, "drift", include_str!("../migrations/sqlite/0006_drift.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "telemetry", include_str!("../migrations/postgres/0001_telemetry.sql")),
@@ -46,6 +47,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (3, "deployments", include_str!("../migrations/postgres/0003_deployments.sql")),
     (4, "rollouts", include_str!("../migrations/postgres/0004_rollouts.sql")),
     (5, "queries", include_str!("../migrations/postgres/0005_queries.sql")),
+    (6, "drift", include_str!("../migrations/postgres/0006_drift.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -76,7 +76,8 @@ pub struct FleetArgs {
     /// Share of the pumps (0 to 1) that develop a fault; the six fault kinds take turns.
     #[arg(long, default_value_t = 0.5)]
     pub faulty_share: f64,
-    /// A heat wave at this site (+10 °C over an hour), starting with the faults' window.
+    /// A heat wave at this site (+10 °C over an hour), starting with the faults' window: drift,
+    /// not a fault.
     #[arg(long, value_name = "SITE")]
     pub heat_wave: Option<String>,
 }

@@ -195,6 +195,8 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     let mut waves: BTreeMap<String, (String, u64, u64)> = BTreeMap::new();
     let mut last_rollout_line = String::new();
     let mut cursor: Option<String> = None;
+    let mut drift_cursor: Option<String> = None;
+    let mut drifting: BTreeMap<String, i64> = BTreeMap::new();
     let mut alerts: BTreeMap<String, Vec<i64>> = BTreeMap::new();
     let by_id: HashMap<&str, &PumpPlan> = fleet.pumps.iter().map(|p| (p.id.as_str(), p)).collect();
     let mut last_status = Instant::now();
@@ -249,6 +251,32 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
                 p.site
             ))?;
         }
+        let path = match &drift_cursor {
+            Some(c) => format!("/drift?limit=1000&after={c}"),
+            None => "/drift?limit=1000".to_string(),
+        };
+        let page = api.call("GET", &path, None).await?;
+        for r in page["items"].as_array().into_iter().flatten() {
+            let device = r["device"].as_str().unwrap_or_default();
+            let end = r["end_ms"].as_i64().unwrap_or_default();
+            drift_cursor = Some(format!("{end}/{device}/{}", r["seq"]));
+            if r["state"] != "drift" || drifting.contains_key(device) {
+                continue;
+            }
+            drifting.insert(device.to_string(), end);
+            let Some(p) = by_id.get(device) else { continue };
+            let worst = &r["features"][0];
+            say(format_args!(
+                "  [{}] sim {} drift on {device} ({}, {}): {} moved {:.1} σ from training, {}",
+                elapsed(started),
+                sim_clock(end - fleet.start_ms),
+                p.manufacturer,
+                p.site,
+                worst["feature"].as_str().unwrap_or("?"),
+                worst["wasserstein"].as_f64().unwrap_or(0.0),
+                drift_cause(p, end)
+            ))?;
+        }
         if last_status.elapsed() >= Duration::from_secs(10) {
             last_status = Instant::now();
             let sim = (replay_started.elapsed().as_secs_f64() * args.speed * 1000.0) as i64;
@@ -301,8 +329,19 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         writeln!(out, "Summary after {} ({} simulated hours):", elapsed(started), args.hours)?;
         write_summary(out, &summary)?;
         writeln!(out, "{}", rollout_line(&waves, fleet.pumps.len()))?;
+        let explained = drifting
+            .iter()
+            .filter(|(d, end)| by_id.get(d.as_str()).is_some_and(|p| !drift_cause(p, **end).starts_with("no cause")))
+            .count();
+        writeln!(
+            out,
+            "drift: {} of {} devices flagged ({} with a cause in the ground truth: a fault or a site's drift)",
+            drifting.len(),
+            fleet.pumps.len(),
+            explained
+        )?;
         writeln!(out, "messages stored at the hub: {}", hub.stats.stored.load(std::sync::atomic::Ordering::Relaxed))?;
-        writeln!(out, "not yet in the demo: drift monitors, retraining, the dashboard (open issues 6 and 7)")
+        writeln!(out, "not yet in the demo: retraining on drift, the dashboard (open issues 6 and 7)")
     })?;
     if interrupted {
         return Ok(());
@@ -352,6 +391,22 @@ fn judge(p: &PumpPlan, at_ms: i64) -> (String, bool) {
             }
             None => ("false alarm (this pump stays healthy)".to_string(), false),
         },
+    }
+}
+
+/// What the ground truth says moved a pump's data by `at_ms`.
+fn drift_cause(p: &PumpPlan, at_ms: i64) -> String {
+    if let Some(d) = p.drifts.iter().find(|d| d.onset_ms <= at_ms) {
+        let what = match d.kind {
+            impeller_sim::DriftKind::AmbientShift { delta_c } => format!("the site's ambient moved {delta_c:+} °C"),
+            impeller_sim::DriftKind::SensorAgeing { signal, .. } => format!("a {} sensor ageing", signal.channel().0),
+            impeller_sim::DriftKind::OperatingPoint { speed_rpm } => format!("a new operating point ({speed_rpm} rpm)"),
+        };
+        return format!("{what} {:.0} min earlier", (at_ms - d.onset_ms) as f64 / 60_000.0);
+    }
+    match p.faults.iter().find(|f| f.onset_ms <= at_ms) {
+        Some(f) => format!("{} began {:.0} min earlier", f.kind.name(), (at_ms - f.onset_ms) as f64 / 60_000.0),
+        None => "no cause in the ground truth".to_string(),
     }
 }
 

@@ -1,13 +1,17 @@
-//! Reading back what the fleet sent: alerts across devices, in time order.
+//! Reading back what the fleet sent, across devices in time order: alerts, and the drift of
+//! each sketch against its package's reference.
 
+use std::collections::HashMap;
+
+use impeller_core::drift::{DriftMonitor, FeatureDrift};
 use impeller_core::wire::AlertBody;
 use serde::Serialize;
 
 use super::{Store, StoreError};
 
-/// Which alerts: a time range, and optionally only these devices.
+/// Which records: a time range, and optionally only these devices.
 #[derive(Debug, Clone, Default)]
-pub struct AlertFilter {
+pub struct FleetFilter {
     /// `None`: every device.
     pub devices: Option<Vec<String>>,
     pub since_ms: Option<i64>,
@@ -36,7 +40,7 @@ const CHUNK: i64 = 1000;
 
 impl Store {
     /// Alerts ordered by (time, device, seq), at most `filter.limit`.
-    pub async fn alerts(&self, filter: &AlertFilter) -> Result<Vec<AlertSummary>, StoreError> {
+    pub async fn alerts(&self, filter: &FleetFilter) -> Result<Vec<AlertSummary>, StoreError> {
         let sql = "SELECT device, seq, ts_ms, body FROM messages WHERE kind = 'alerts' \
                    AND ts_ms >= $1 AND ts_ms < $2 AND (ts_ms, device, seq) > ($3, $4, $5) \
                    ORDER BY ts_ms, device, seq LIMIT $6";
@@ -73,6 +77,147 @@ impl Store {
                     score: a.score,
                     threshold: a.threshold,
                     top_features: a.top_features,
+                });
+                if out.len() >= filter.limit {
+                    return Ok(out);
+                }
+            }
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+/// One sketch judged against its reference, and the device's monitor state after it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DriftReport {
+    pub device: String,
+    pub seq: u64,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub model: String,
+    pub model_version: String,
+    pub count: u64,
+    /// The monitor's statistic: the worst feature's Wasserstein distance, in training standard
+    /// deviations; and the worst PSI, for reference.
+    pub max_wasserstein: f64,
+    pub max_psi: f64,
+    pub page_hinkley: f64,
+    /// `unknown`, `stable`, `warning` or `drift` (or `no_reference`: the hub has no package
+    /// for the model the device ran).
+    pub state: String,
+    /// The most drifted features, worst first.
+    pub features: Vec<FeatureDrift>,
+    #[serde(skip)]
+    pub monitor: DriftMonitor,
+}
+
+type DriftRow = (String, i64, i64, i64, String, String, i64, f64, f64, f64, String, String, String);
+
+impl Store {
+    pub async fn put_drift(&self, r: &DriftReport) -> Result<(), StoreError> {
+        let sql = "INSERT INTO drift_reports (device, seq, start_ms, end_ms, model, model_version, count, \
+                   max_wasserstein, max_psi, page_hinkley, state, features, monitor) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (device, seq) DO NOTHING";
+        let features = serde_json::to_string(&r.features).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let monitor = serde_json::to_string(&r.monitor).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        on_pool!(self, |p| sqlx::query(sql)
+            .bind(&r.device)
+            .bind(r.seq.min(i64::MAX as u64) as i64)
+            .bind(r.start_ms)
+            .bind(r.end_ms)
+            .bind(&r.model)
+            .bind(&r.model_version)
+            .bind(r.count.min(i64::MAX as u64) as i64)
+            .bind(r.max_wasserstein)
+            .bind(r.max_psi)
+            .bind(r.page_hinkley)
+            .bind(&r.state)
+            .bind(features)
+            .bind(monitor)
+            .execute(p)
+            .await
+            .map(|_| ())?);
+        Ok(())
+    }
+
+    /// Sketch messages without a drift report yet, oldest first per device: (device, seq, body).
+    pub async fn unjudged_sketches(&self, limit: i64) -> Result<Vec<(String, i64, String)>, StoreError> {
+        let sql = "SELECT m.device, m.seq, m.body FROM messages m LEFT JOIN drift_reports d \
+                   ON d.device = m.device AND d.seq = m.seq WHERE m.kind = 'sketches' AND d.seq IS NULL \
+                   ORDER BY m.device, m.seq LIMIT $1";
+        Ok(on_pool!(self, |p| sqlx::query_as(sql).bind(limit).fetch_all(p).await?))
+    }
+
+    /// Each (device, model)'s monitor after its latest report.
+    pub async fn drift_monitors(&self) -> Result<HashMap<(String, String), DriftMonitor>, StoreError> {
+        let sql = "SELECT device, model, monitor FROM drift_reports ORDER BY device, seq";
+        let rows: Vec<(String, String, String)> = on_pool!(self, |p| sqlx::query_as(sql).fetch_all(p).await?);
+        let mut out = HashMap::new();
+        for (device, model, monitor) in rows {
+            let m = serde_json::from_str(&monitor).map_err(|e| StoreError::Corrupt(format!("drift monitor: {e}")))?;
+            out.insert((device, model), m);
+        }
+        Ok(out)
+    }
+
+    /// Drift reports ordered by (end of interval, device, seq), at most `filter.limit`.
+    pub async fn drift_reports(&self, filter: &FleetFilter) -> Result<Vec<DriftReport>, StoreError> {
+        let sql = "SELECT device, seq, start_ms, end_ms, model, model_version, count, max_wasserstein, max_psi, \
+                   page_hinkley, state, features, monitor FROM drift_reports WHERE end_ms >= $1 AND end_ms < $2 \
+                   AND (end_ms, device, seq) > ($3, $4, $5) ORDER BY end_ms, device, seq LIMIT $6";
+        let mut cursor = filter
+            .after
+            .clone()
+            .map_or((i64::MIN, String::new(), -1), |(t, d, s)| (t, d, s.min(i64::MAX as u64) as i64));
+        let mut out = Vec::new();
+        loop {
+            let rows: Vec<DriftRow> = on_pool!(self, |p| sqlx::query_as(sql)
+                .bind(filter.since_ms.unwrap_or(i64::MIN))
+                .bind(filter.until_ms.unwrap_or(i64::MAX))
+                .bind(cursor.0)
+                .bind(&cursor.1)
+                .bind(cursor.2)
+                .bind(CHUNK)
+                .fetch_all(p)
+                .await?);
+            let done = (rows.len() as i64) < CHUNK;
+            for (
+                device,
+                seq,
+                start_ms,
+                end_ms,
+                model,
+                model_version,
+                count,
+                max_wasserstein,
+                max_psi,
+                page_hinkley,
+                state,
+                f,
+                m,
+            ) in rows
+            {
+                cursor = (end_ms, device.clone(), seq);
+                if filter.devices.as_ref().is_some_and(|d| !d.contains(&device)) {
+                    continue;
+                }
+                let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("drift report {device}/{seq}: {e}"));
+                out.push(DriftReport {
+                    features: serde_json::from_str(&f).map_err(corrupt)?,
+                    monitor: serde_json::from_str(&m).map_err(corrupt)?,
+                    device,
+                    seq: seq as u64,
+                    start_ms,
+                    end_ms,
+                    model,
+                    model_version,
+                    count: count as u64,
+                    max_wasserstein,
+                    max_psi,
+                    page_hinkley,
+                    state,
                 });
                 if out.len() >= filter.limit {
                     return Ok(out);

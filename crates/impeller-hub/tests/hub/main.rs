@@ -329,7 +329,7 @@ fn alert_body(ts_ms: i64) -> serde_json::Value {
 /// The fleet's alerts in time order: by device, by time range, resumed after a cursor, and
 /// found past a thousand other alerts (the query filters devices in rounds).
 async fn alert_queries(url: &str) {
-    use impeller_hub::store::{AlertFilter, Store};
+    use impeller_hub::store::{FleetFilter, Store};
     let store = Store::open(url).await.unwrap();
     let (a, b) = (unique("busy"), unique("quiet"));
     let mut batch: Vec<_> = (1..=1200).map(|i| incoming(&a, i, 10_000 + i as i64, "alerts", alert_body(1))).collect();
@@ -341,7 +341,7 @@ async fn alert_queries(url: &str) {
         store.commit(chunk, &acked).await.unwrap();
     }
     let only = |devices: &[&String]| Some(devices.iter().map(|d| d.to_string()).collect::<Vec<_>>());
-    let quiet = store.alerts(&AlertFilter { devices: only(&[&b]), limit: 10, ..Default::default() }).await.unwrap();
+    let quiet = store.alerts(&FleetFilter { devices: only(&[&b]), limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(
         quiet.iter().map(|x| (x.seq, x.ts_ms, x.started_ms)).collect::<Vec<_>>(),
         [(1, 10_600, 2), (2, 11_300, 3)]
@@ -349,7 +349,7 @@ async fn alert_queries(url: &str) {
     assert_eq!(quiet[0].top_features, [("flow_mean".to_string(), 4.2)]);
 
     let both = only(&[&a, &b]);
-    let range = AlertFilter {
+    let range = FleetFilter {
         devices: both.clone(),
         since_ms: Some(10_599),
         until_ms: Some(10_601),
@@ -359,9 +359,9 @@ async fn alert_queries(url: &str) {
     let got: Vec<(String, u64)> = store.alerts(&range).await.unwrap().into_iter().map(|x| (x.device, x.seq)).collect();
     assert_eq!(got, [(a.clone(), 599), (a.clone(), 600), (b.clone(), 1)], "ordered by time, then device");
 
-    let first = store.alerts(&AlertFilter { devices: both.clone(), limit: 700, ..Default::default() }).await.unwrap();
+    let first = store.alerts(&FleetFilter { devices: both.clone(), limit: 700, ..Default::default() }).await.unwrap();
     let last = first.last().unwrap();
-    let rest = AlertFilter {
+    let rest = FleetFilter {
         devices: both,
         after: Some((last.ts_ms, last.device.clone(), last.seq)),
         limit: 1000,
@@ -431,4 +431,98 @@ async fn alerts_by_site_through_the_api() {
     assert_eq!(south["items"].as_array().unwrap().len(), 2);
     assert_eq!(get("site=north".into(), false).await.0, 401);
     assert_eq!(get("after=garbage".into(), true).await.0, 422);
+}
+
+/// A device's sketches are judged against the reference inside the package of the model that
+/// made them: the same distribution is stable, a shifted channel is drift and named, a model the
+/// hub has no package for and an unreadable body are recorded as such, not retried forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_judged_against_the_packages_reference() {
+    use impeller_core::package::{PackageSpec, Signer25519, build, reference_sketch};
+    use impeller_core::{Channel, Frame, TrainConfig, detector::DetectorConfig, detector::PcaConfig, train};
+
+    let dir = tempfile::tempdir().unwrap();
+    let signer = Signer25519::from_secret([7; 32]);
+    let key = dir.path().join("ops.public.json");
+    std::fs::write(&key, signer.public_file().to_json()).unwrap();
+    let (mut cfg, _) = embedded_sqlite(dir.path(), false);
+    cfg.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.trusted_keys = vec![key];
+    cfg.packages_dir = dir.path().join("packages");
+    std::fs::create_dir_all(&cfg.packages_dir).unwrap();
+    let hub = Hub::start(&cfg).await.unwrap();
+    let (_, token) = hub.store.add_token("admin", impeller_hub::auth::Role::Admin).await.unwrap();
+
+    // Two channels that move together with a little noise; `offset` shifts the second.
+    let frames = |n: usize, seed: u64, offset: f64| -> Vec<Frame> {
+        let mut rng = impeller_core::rng::Rng::new(seed);
+        (0..n)
+            .map(|i| {
+                let load = (i as f64 / 50.0).sin();
+                let values = vec![10.0 + load + 0.1 * rng.next_f64(), 5.0 + 0.5 * load + 0.1 * rng.next_f64() + offset];
+                Frame { ts_ms: 1000 * i as i64, values }
+            })
+            .collect()
+    };
+    let channels = [Channel::new("flow", "m3/h"), Channel::new("pressure", "bar")];
+    let training = frames(3000, 1, 0.0);
+    let model = train(&channels, &training, &TrainConfig::new(DetectorConfig::Pca(PcaConfig::default()))).unwrap();
+    let spec = PackageSpec {
+        name: "drifty".into(),
+        version: "1".into(),
+        release: 3,
+        target: "gw".into(),
+        created_ms: 0,
+        expires_ms: i64::MAX,
+        pipeline_run: None,
+        metrics: Default::default(),
+    };
+    let pkg = build(&model, &training, &spec, &signer).unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/packages", hub.http_addr.unwrap()))
+        .header("authorization", format!("Bearer {token}"))
+        .body(pkg)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 201);
+
+    let sketch_msg = |seq: u64, name: &str, f: &[Frame]| {
+        let body = serde_json::json!({
+            "model": {"name": name, "version": "1", "release": 3}, "start_ms": f[0].ts_ms,
+            "end_ms": f[f.len() - 1].ts_ms, "features": model.feature_names(), "sketch": reference_sketch(&model, f),
+        });
+        incoming("pump-d", seq, 1000 + seq as i64, "sketches", body)
+    };
+    let mut batch: Vec<_> = (1..=4).map(|i| sketch_msg(i, "drifty", &frames(942, 10 + i, 0.0))).collect();
+    // The pressure moves by about four of its standard deviations.
+    batch.extend((5..=8).map(|i| sketch_msg(i, "drifty", &frames(942, 10 + i, 1.5))));
+    batch.push(sketch_msg(9, "never-uploaded", &frames(942, 30, 0.0)));
+    batch.push(incoming("pump-d", 10, 1010, "sketches", serde_json::json!({"not": "a sketch"})));
+    hub.store.commit(&batch, &[("pump-d".to_string(), 10)].into_iter().collect()).await.unwrap();
+
+    let until = Instant::now() + Duration::from_secs(20);
+    let reports = loop {
+        let all = hub
+            .store
+            .drift_reports(&impeller_hub::store::FleetFilter { limit: 100, ..Default::default() })
+            .await
+            .unwrap();
+        if all.len() == 10 || Instant::now() > until {
+            break all;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let mut by_seq: Vec<_> = reports.iter().map(|r| (r.seq, r.state.as_str(), r.max_wasserstein)).collect();
+    by_seq.sort_by_key(|r| r.0);
+    assert_eq!(by_seq.len(), 10, "{by_seq:?}");
+    for (seq, state, psi) in &by_seq[..4] {
+        assert_eq!(*state, "stable", "sketch {seq}: distance {psi}");
+    }
+    for (seq, state, _) in &by_seq[4..8] {
+        assert_eq!(*state, "drift", "sketch {seq}: {by_seq:?}");
+    }
+    let shifted = reports.iter().find(|r| r.seq == 5).unwrap();
+    assert!(shifted.features[0].feature.starts_with("pressure"), "{:?}", shifted.features);
+    assert_eq!((by_seq[8].1, by_seq[9].1), ("no_reference", "unreadable"));
 }

@@ -101,6 +101,11 @@ fn the_demo_rolls_out_models_and_catches_faults() {
     let imbalance = out.lines().find(|l| l.starts_with("impeller_imbalance")).unwrap();
     assert_eq!(imbalance.split_whitespace().take(3).collect::<Vec<_>>(), ["impeller_imbalance", "1", "1"], "{out}");
     assert!(out.contains(", caught"), "alerts were narrated as they came: {out}");
+    // Every pump develops a fault; the hub's drift monitor flags pumps whose data moved, and
+    // the ground truth has a cause for each.
+    let drift = out.lines().find(|l| l.starts_with("drift: ")).unwrap();
+    let numbers: Vec<usize> = drift.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).collect();
+    assert!(numbers[0] >= 3 && numbers[1] == 6 && numbers[2] == numbers[0], "{drift}");
     assert!(data.join("hub.db").is_file() && data.join("fleet/fleet.json").is_file());
     assert_eq!(std::fs::read_dir(data.join("agents")).unwrap().count(), 6, "one agent data folder per pump");
 

@@ -1,0 +1,140 @@
+//! The drift monitor: every sketch a device sends is compared with the reference sketch in the
+//! package of the model that produced it (PSI, Kolmogorov–Smirnov and Wasserstein per feature),
+//! and the device's sequential monitor for that model (Page–Hinkley on the worst Wasserstein
+//! distance, with hysteresis,
+//! `impeller_core::drift`) moves on. Each judgement is stored with the monitor's state after it,
+//! so a restarted hub carries on where it stopped and judges what arrived meanwhile.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use impeller_core::drift::{DriftMonitor, DriftPolicy, compare};
+use impeller_core::package::{self, Limits, TrustStore};
+use impeller_core::sketch::Sketch;
+use impeller_core::wire::{ModelRef, SketchBody};
+
+use crate::store::{DriftReport, Store, StoreError};
+
+/// Features kept in each report, worst first.
+const TOP_FEATURES: usize = 5;
+
+/// Judges new sketches every `period` until the process ends.
+pub async fn run(store: Store, packages_dir: PathBuf, trust: Arc<TrustStore>, policy: DriftPolicy, period: Duration) {
+    let mut monitor =
+        Monitor { store, packages_dir, trust, policy, references: HashMap::new(), monitors: HashMap::new() };
+    match monitor.store.drift_monitors().await {
+        Ok(m) => monitor.monitors = m,
+        Err(error) => tracing::error!(%error, "cannot load the drift monitors' state; starting afresh"),
+    }
+    let mut tick = tokio::time::interval(period);
+    loop {
+        tick.tick().await;
+        if let Err(error) = monitor.judge_pending().await {
+            tracing::error!(%error, "drift monitor pass failed; retrying");
+        }
+    }
+}
+
+struct Monitor {
+    store: Store,
+    packages_dir: PathBuf,
+    trust: Arc<TrustStore>,
+    policy: DriftPolicy,
+    /// Reference sketches by (model, version, release).
+    references: HashMap<(String, String, u64), Arc<Sketch>>,
+    /// Per (device, model name).
+    monitors: HashMap<(String, String), DriftMonitor>,
+}
+
+impl Monitor {
+    async fn judge_pending(&mut self) -> Result<(), StoreError> {
+        loop {
+            let batch = self.store.unjudged_sketches(500).await?;
+            if batch.is_empty() {
+                return Ok(());
+            }
+            for (device, seq, body) in batch {
+                let report = self.judge(&device, seq.max(0) as u64, &body).await?;
+                if report.state == "drift" {
+                    tracing::warn!(%device, model = %report.model, wasserstein = report.max_wasserstein,
+                        feature = report.features.first().map_or("", |f| f.feature.as_str()), "drift");
+                }
+                self.store.put_drift(&report).await?;
+            }
+        }
+    }
+
+    async fn judge(&mut self, device: &str, seq: u64, body: &str) -> Result<DriftReport, StoreError> {
+        let mut report = DriftReport {
+            device: device.to_string(),
+            seq,
+            start_ms: 0,
+            end_ms: 0,
+            model: String::new(),
+            model_version: String::new(),
+            count: 0,
+            max_wasserstein: 0.0,
+            max_psi: 0.0,
+            page_hinkley: 0.0,
+            state: "unreadable".into(),
+            features: Vec::new(),
+            monitor: DriftMonitor::default(),
+        };
+        // Ingest checked the envelope, not the body; one that does not parse is recorded as such.
+        let Ok(sketch) = serde_json::from_str::<SketchBody>(body) else { return Ok(report) };
+        report.start_ms = sketch.start_ms;
+        report.end_ms = sketch.end_ms;
+        report.model = sketch.model.name.clone();
+        report.model_version = sketch.model.version.clone();
+        report.count = sketch.sketch.count;
+        let Some(reference) = self.reference(&sketch.model).await? else {
+            report.state = "no_reference".into();
+            return Ok(report);
+        };
+        let Some(comparison) = compare(&reference, &sketch.sketch, &sketch.features) else {
+            report.state = "unreadable".into();
+            return Ok(report);
+        };
+        let monitor = self.monitors.entry((device.to_string(), sketch.model.name.clone())).or_default();
+        let state = monitor.update(&comparison, &self.policy);
+        report.state = state.as_str().into();
+        report.max_wasserstein = comparison.max_wasserstein();
+        report.max_psi = comparison.max_psi();
+        report.page_hinkley = monitor.page_hinkley();
+        report.monitor = monitor.clone();
+        report.features = comparison.features.into_iter().take(TOP_FEATURES).collect();
+        Ok(report)
+    }
+
+    /// The reference sketch of the package built for `model`, read (and verified) once.
+    async fn reference(&mut self, model: &ModelRef) -> Result<Option<Arc<Sketch>>, StoreError> {
+        let key = (model.name.clone(), model.version.clone(), model.release);
+        if let Some(r) = self.references.get(&key) {
+            return Ok(Some(r.clone()));
+        }
+        let packages = self.store.packages().await?;
+        let Some(info) =
+            packages.iter().find(|p| p.model == model.name && p.version == model.version && p.release == model.release)
+        else {
+            return Ok(None);
+        };
+        let path = self.packages_dir.join(format!("{}.pkg", info.sha256));
+        let opened = tokio::fs::read(&path).await.map_err(|e| e.to_string()).and_then(|bytes| {
+            let limits = Limits { max_bytes: u64::MAX, ..Limits::default() };
+            package::open(&bytes, &self.trust, limits).map_err(|e| e.to_string())
+        });
+        match opened {
+            Ok(pkg) => {
+                let r = Arc::new(pkg.reference);
+                self.references.insert(key, r.clone());
+                Ok(Some(r))
+            }
+            Err(error) => {
+                tracing::error!(%error, path = %path.display(), "cannot read a stored package's drift reference");
+                Ok(None)
+            }
+        }
+    }
+}
