@@ -56,6 +56,11 @@ pub enum Command {
     /// Deployments on a running hub (through its API): which package which devices run.
     #[command(subcommand)]
     Deploy(DeployCommand),
+    /// The fleet's alerts on a running hub (through its API), oldest first.
+    Alerts(FleetQueryArgs),
+    /// Drift of the devices' features against their models' training data, as the hub judged
+    /// each sketch (through its API), oldest first.
+    Drift(FleetQueryArgs),
     /// The whole lifecycle on this machine: a hub, a simulated fleet with an edge agent per
     /// pump, training, signed packages, staged rollouts, faults, and the alerts checked
     /// against the simulator's ground truth. Ctrl-C stops it.
@@ -63,6 +68,29 @@ pub enum Command {
     /// Simulate a fleet of pumps (physics, three manufacturers, faults, drift) and write each
     /// pump's readings as a SKAB-layout CSV file, with the ground truth in fleet.json.
     Sim(SimArgs),
+}
+
+/// Which devices and when, for `impeller alerts` and `impeller drift`.
+#[derive(Debug, Args)]
+pub struct FleetQueryArgs {
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Devices tagged site=…
+    #[arg(long)]
+    pub site: Option<String>,
+    /// Devices tagged manufacturer=…
+    #[arg(long)]
+    pub manufacturer: Option<String>,
+    /// How far back (by the devices' clocks), e.g. 30m, 6h, 2d.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_s, default_value = "1d")]
+    pub since: u64,
+    /// At most this many, the most recent.
+    #[arg(long, default_value_t = 50)]
+    pub limit: usize,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 /// The simulated fleet: how many pumps, from which seed, what happens to them.

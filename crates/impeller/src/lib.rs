@@ -39,6 +39,8 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Bench(Bench::Fleet(args)) => fleet::bench(args),
         Command::Sim(args) => fleet::sim(args),
         Command::Demo(args) => demo::run(args),
+        Command::Alerts(q) => remote::alerts(q),
+        Command::Drift(q) => remote::drift(q),
         Command::Train(args) => commands::train(args),
         Command::Score(args) => commands::score(args),
         Command::Model(ModelCommand::Inspect { file, json }) => commands::inspect(&file, json),

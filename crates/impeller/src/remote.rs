@@ -7,7 +7,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use crate::InputError;
-use crate::cli::{ApiArgs, DeployCommand};
+use crate::cli::{ApiArgs, DeployCommand, FleetQueryArgs};
 
 /// A hub's API with an operator's token.
 #[derive(Debug, Clone)]
@@ -198,6 +198,110 @@ pub fn deploy(cmd: DeployCommand) -> anyhow::Result<()> {
             Api::new(&api)?.call("POST", &format!("/deployments/{name}/abort"), Some((body, "application/json")))?;
             writeln!(out, "deployment {name} aborted; the devices it reached roll back")?;
         }
+    }
+    Ok(())
+}
+
+/// `a=b&c=d`, values percent-encoded (tag values are free text).
+fn query_string(pairs: &[(&str, String)]) -> String {
+    let encode = |v: &str| {
+        v.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    pairs.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect::<Vec<_>>().join("&")
+}
+
+/// Every item of a fleet query (`/alerts`, `/drift`) in the window, keeping the last `limit`.
+fn fleet_items(api: &Api, path: &str, q: &FleetQueryArgs) -> anyhow::Result<Vec<Value>> {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let mut pairs = vec![("since_ms", (now - q.since.min(i64::MAX as u64 / 1000) as i64 * 1000).to_string())];
+    for (key, value) in [("device", &q.device), ("site", &q.site), ("manufacturer", &q.manufacturer)] {
+        if let Some(v) = value {
+            pairs.push((key, v.clone()));
+        }
+    }
+    pairs.push(("limit", "1000".into()));
+    let mut items = std::collections::VecDeque::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut page_pairs = pairs.clone();
+        if let Some(a) = &after {
+            page_pairs.push(("after", a.clone()));
+        }
+        let page = api.call("GET", &format!("{path}?{}", query_string(&page_pairs)), None)?;
+        for item in page["items"].as_array().into_iter().flatten() {
+            items.push_back(item.clone());
+            if items.len() > q.limit {
+                items.pop_front();
+            }
+        }
+        match page["next_after"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => return Ok(items.into()),
+        }
+    }
+}
+
+fn utc(ms: &Value) -> String {
+    impeller_core::table::format_timestamp(ms.as_i64().unwrap_or_default())
+}
+
+/// `impeller alerts`.
+pub fn alerts(q: FleetQueryArgs) -> anyhow::Result<()> {
+    let api = Api::new(&q.api)?;
+    let items = fleet_items(&api, "/alerts", &q)?;
+    let mut out = std::io::stdout().lock();
+    if q.json {
+        writeln!(out, "{}", Value::Array(items))?;
+        return Ok(());
+    }
+    for a in &items {
+        writeln!(
+            out,
+            "{}\t{}\t{} {}\tscore {:.2} (threshold {:.2})\t{}",
+            utc(&a["started_ms"]),
+            a["device"].as_str().unwrap_or_default(),
+            a["model"].as_str().unwrap_or_default(),
+            a["model_version"].as_str().unwrap_or_default(),
+            a["score"].as_f64().unwrap_or_default(),
+            a["threshold"].as_f64().unwrap_or_default(),
+            a["top_features"][0][0].as_str().unwrap_or_default()
+        )?;
+    }
+    if items.is_empty() {
+        writeln!(out, "no alerts")?;
+    }
+    Ok(())
+}
+
+/// `impeller drift`.
+pub fn drift(q: FleetQueryArgs) -> anyhow::Result<()> {
+    let api = Api::new(&q.api)?;
+    let items = fleet_items(&api, "/drift", &q)?;
+    let mut out = std::io::stdout().lock();
+    if q.json {
+        writeln!(out, "{}", Value::Array(items))?;
+        return Ok(());
+    }
+    for r in &items {
+        writeln!(
+            out,
+            "{}\t{}\t{} {}\t{}\t{:.2} σ\t{}",
+            utc(&r["end_ms"]),
+            r["device"].as_str().unwrap_or_default(),
+            r["model"].as_str().unwrap_or_default(),
+            r["model_version"].as_str().unwrap_or_default(),
+            r["state"].as_str().unwrap_or_default(),
+            r["max_wasserstein"].as_f64().unwrap_or_default(),
+            r["features"][0]["feature"].as_str().unwrap_or_default()
+        )?;
+    }
+    if items.is_empty() {
+        writeln!(out, "no drift reports")?;
     }
     Ok(())
 }

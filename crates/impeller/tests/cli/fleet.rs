@@ -111,4 +111,44 @@ fn the_demo_rolls_out_models_and_catches_faults() {
 
     let o = impeller(&["demo", "--dir", data.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(3), "a used folder is refused: {}", stderr(&o));
+
+    // Afterwards, an operator opens the demo's hub and asks it what happened, through the API.
+    let data = data.to_str().unwrap();
+    let o = impeller(&["token", "create", "ops", "--role", "read", "--data-dir", data]);
+    let token = stdout(&o).trim().to_string();
+    let port = |_| std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (http, mqtt) = (port(()), port(()));
+    let hub = std::process::Command::new(env!("CARGO_BIN_EXE_impeller"))
+        .args(["hub", "--data-dir", data, "--mqtt-listen", &format!("127.0.0.1:{mqtt}")])
+        .args(["--http-listen", &format!("127.0.0.1:{http}"), "--trusted-key", &format!("{data}/ops.public.json")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let _hub = crate::util::KillOnDrop(hub);
+    let url = format!("http://127.0.0.1:{http}");
+    let query = |what: &str, extra: &[&str]| {
+        let mut args = vec![what, "--hub", &url, "--token", &token, "--since", "30d"];
+        args.extend(extra);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let o = impeller(&args);
+            if o.status.success() || std::time::Instant::now() > until {
+                return o;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    };
+    // Pumps 4 to 6 are at the second site, the gulf.
+    let o = query("alerts", &["--site", "gulf"]);
+    let alerts = stdout(&o);
+    assert!(o.status.success() && !alerts.trim().is_empty(), "{alerts}{}", stderr(&o));
+    for line in alerts.lines() {
+        let device = line.split('\t').nth(1).unwrap();
+        assert!(["pump-004", "pump-005", "pump-006"].contains(&device), "{line}");
+    }
+    let o = query("drift", &["--limit", "4"]);
+    let drift = stdout(&o);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(drift.lines().count(), 4, "{drift}");
+    assert!(drift.lines().all(|l| l.contains(" σ")), "{drift}");
 }
