@@ -225,11 +225,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
             say(format_args!("  [{}] {line}", elapsed(started)))?;
             last_rollout_line = line;
         }
-        let path = match &cursor {
-            Some(c) => format!("/alerts?limit=1000&after={c}"),
-            None => "/alerts?limit=1000".to_string(),
-        };
-        let page = api.call("GET", &path, None).await?;
+        let page = api.call("GET", &page_after("/alerts", &cursor), None).await?;
         for a in page["items"].as_array().into_iter().flatten() {
             let device = a["device"].as_str().unwrap_or_default();
             let at = a["started_ms"].as_i64().unwrap_or_default();
@@ -251,11 +247,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
                 p.site
             ))?;
         }
-        let path = match &drift_cursor {
-            Some(c) => format!("/drift?limit=1000&after={c}"),
-            None => "/drift?limit=1000".to_string(),
-        };
-        let page = api.call("GET", &path, None).await?;
+        let page = api.call("GET", &page_after("/drift", &drift_cursor), None).await?;
         for r in page["items"].as_array().into_iter().flatten() {
             let device = r["device"].as_str().unwrap_or_default();
             let end = r["end_ms"].as_i64().unwrap_or_default();
@@ -302,13 +294,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
                 (last, still) = (stored(), Instant::now());
             }
         }
-        let page = api
-            .call(
-                "GET",
-                &format!("/alerts?limit=1000{}", cursor.map(|c| format!("&after={c}")).unwrap_or_default()),
-                None,
-            )
-            .await?;
+        let page = api.call("GET", &page_after("/alerts", &cursor), None).await?;
         for a in page["items"].as_array().into_iter().flatten() {
             let device = a["device"].as_str().unwrap_or_default();
             alerts.entry(device.to_string()).or_default().push(a["started_ms"].as_i64().unwrap_or_default());
@@ -373,6 +359,14 @@ fn rollout_line(waves: &BTreeMap<String, (String, u64, u64)>, devices: usize) ->
     let active: u64 = waves.values().map(|(_, _, a)| a).sum();
     let parts: Vec<String> = at.into_iter().map(|(label, n)| format!("{n} {label}")).collect();
     format!("rollouts: {}; {active}/{devices} devices run their model", parts.join(", "))
+}
+
+/// The next page of a fleet query after `cursor` (from the start when there is none).
+fn page_after(path: &str, cursor: &Option<String>) -> String {
+    match cursor {
+        Some(c) => format!("{path}?limit=1000&after={c}"),
+        None => format!("{path}?limit=1000"),
+    }
 }
 
 fn elapsed(started: Instant) -> String {

@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use impeller_core::drift::{DriftMonitor, FeatureDrift};
 use impeller_core::wire::AlertBody;
 use serde::Serialize;
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
 
 use super::{Store, StoreError};
 
@@ -44,13 +46,45 @@ impl Store {
         let sql = "SELECT device, seq, ts_ms, body FROM messages WHERE kind = 'alerts' \
                    AND ts_ms >= $1 AND ts_ms < $2 AND (ts_ms, device, seq) > ($3, $4, $5) \
                    ORDER BY ts_ms, device, seq LIMIT $6";
+        let key = |r: &(String, i64, i64, String)| (r.2, r.0.clone(), r.1);
+        self.scan(sql, filter, key, |(device, seq, ts_ms, body)| {
+            // Bodies were checked on ingest; one that no longer parses is skipped, not fatal.
+            let Ok(a) = serde_json::from_str::<AlertBody>(&body) else { return Ok(None) };
+            Ok(Some(AlertSummary {
+                device,
+                seq: seq as u64,
+                ts_ms,
+                started_ms: a.started_ms,
+                model: a.model.name,
+                model_version: a.model.version,
+                score: a.score,
+                threshold: a.threshold,
+                top_features: a.top_features,
+            }))
+        })
+        .await
+    }
+
+    /// Runs a time-ordered query over the fleet in chunks, resuming after the (time, device,
+    /// seq) `key` of the last row, keeping rows of the filter's devices that `take` keeps,
+    /// until `filter.limit`. `sql` binds since, until, the cursor's three parts and the chunk.
+    async fn scan<R, T>(
+        &self,
+        sql: &'static str,
+        filter: &FleetFilter,
+        key: impl Fn(&R) -> (i64, String, i64),
+        mut take: impl FnMut(R) -> Result<Option<T>, StoreError>,
+    ) -> Result<Vec<T>, StoreError>
+    where
+        R: Send + Unpin + for<'r> sqlx::FromRow<'r, SqliteRow> + for<'r> sqlx::FromRow<'r, PgRow>,
+    {
         let mut cursor = filter
             .after
             .clone()
             .map_or((i64::MIN, String::new(), -1), |(t, d, s)| (t, d, s.min(i64::MAX as u64) as i64));
         let mut out = Vec::new();
         loop {
-            let rows: Vec<(String, i64, i64, String)> = on_pool!(self, |p| sqlx::query_as(sql)
+            let rows: Vec<R> = on_pool!(self, |p| sqlx::query_as(sql)
                 .bind(filter.since_ms.unwrap_or(i64::MIN))
                 .bind(filter.until_ms.unwrap_or(i64::MAX))
                 .bind(cursor.0)
@@ -60,26 +94,16 @@ impl Store {
                 .fetch_all(p)
                 .await?);
             let done = (rows.len() as i64) < CHUNK;
-            for (device, seq, ts_ms, body) in rows {
-                cursor = (ts_ms, device.clone(), seq);
-                if filter.devices.as_ref().is_some_and(|d| !d.contains(&device)) {
+            for row in rows {
+                cursor = key(&row);
+                if filter.devices.as_ref().is_some_and(|d| !d.contains(&cursor.1)) {
                     continue;
                 }
-                // Bodies were checked on ingest; one that no longer parses is skipped, not fatal.
-                let Ok(a) = serde_json::from_str::<AlertBody>(&body) else { continue };
-                out.push(AlertSummary {
-                    device,
-                    seq: seq as u64,
-                    ts_ms,
-                    started_ms: a.started_ms,
-                    model: a.model.name,
-                    model_version: a.model.version,
-                    score: a.score,
-                    threshold: a.threshold,
-                    top_features: a.top_features,
-                });
-                if out.len() >= filter.limit {
-                    return Ok(out);
+                if let Some(item) = take(row)? {
+                    out.push(item);
+                    if out.len() >= filter.limit {
+                        return Ok(out);
+                    }
                 }
             }
             if done {
@@ -167,23 +191,9 @@ impl Store {
         let sql = "SELECT device, seq, start_ms, end_ms, model, model_version, count, max_wasserstein, max_psi, \
                    page_hinkley, state, features, monitor FROM drift_reports WHERE end_ms >= $1 AND end_ms < $2 \
                    AND (end_ms, device, seq) > ($3, $4, $5) ORDER BY end_ms, device, seq LIMIT $6";
-        let mut cursor = filter
-            .after
-            .clone()
-            .map_or((i64::MIN, String::new(), -1), |(t, d, s)| (t, d, s.min(i64::MAX as u64) as i64));
-        let mut out = Vec::new();
-        loop {
-            let rows: Vec<DriftRow> = on_pool!(self, |p| sqlx::query_as(sql)
-                .bind(filter.since_ms.unwrap_or(i64::MIN))
-                .bind(filter.until_ms.unwrap_or(i64::MAX))
-                .bind(cursor.0)
-                .bind(&cursor.1)
-                .bind(cursor.2)
-                .bind(CHUNK)
-                .fetch_all(p)
-                .await?);
-            let done = (rows.len() as i64) < CHUNK;
-            for (
+        let key = |r: &DriftRow| (r.3, r.0.clone(), r.1);
+        self.scan(sql, filter, key, |row| {
+            let (
                 device,
                 seq,
                 start_ms,
@@ -197,35 +207,24 @@ impl Store {
                 state,
                 f,
                 m,
-            ) in rows
-            {
-                cursor = (end_ms, device.clone(), seq);
-                if filter.devices.as_ref().is_some_and(|d| !d.contains(&device)) {
-                    continue;
-                }
-                let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("drift report {device}/{seq}: {e}"));
-                out.push(DriftReport {
-                    features: serde_json::from_str(&f).map_err(corrupt)?,
-                    monitor: serde_json::from_str(&m).map_err(corrupt)?,
-                    device,
-                    seq: seq as u64,
-                    start_ms,
-                    end_ms,
-                    model,
-                    model_version,
-                    count: count as u64,
-                    max_wasserstein,
-                    max_psi,
-                    page_hinkley,
-                    state,
-                });
-                if out.len() >= filter.limit {
-                    return Ok(out);
-                }
-            }
-            if done {
-                return Ok(out);
-            }
-        }
+            ) = row;
+            let corrupt = |e: serde_json::Error| StoreError::Corrupt(format!("drift report {device}/{seq}: {e}"));
+            Ok(Some(DriftReport {
+                features: serde_json::from_str(&f).map_err(corrupt)?,
+                monitor: serde_json::from_str(&m).map_err(corrupt)?,
+                device,
+                seq: seq as u64,
+                start_ms,
+                end_ms,
+                model,
+                model_version,
+                count: count as u64,
+                max_wasserstein,
+                max_psi,
+                page_hinkley,
+                state,
+            }))
+        })
+        .await
     }
 }

@@ -526,3 +526,55 @@ async fn drift_is_judged_against_the_packages_reference() {
     assert!(shifted.features[0].feature.starts_with("pressure"), "{:?}", shifted.features);
     assert_eq!((by_seq[8].1, by_seq[9].1), ("no_reference", "unreadable"));
 }
+
+/// What the drift monitor keeps, on each backend: unjudged sketches, reports with their
+/// features and monitor state, each (device, seq) once.
+async fn drift_records(url: &str) {
+    use impeller_core::drift::{DriftMonitor, FeatureDrift};
+    use impeller_hub::store::{DriftReport, FleetFilter, Store};
+    let store = Store::open(url).await.unwrap();
+    let device = unique("drifting");
+    let batch = vec![
+        incoming(&device, 1, 100, "sketches", serde_json::json!({"any": 1})),
+        incoming(&device, 2, 200, "sketches", serde_json::json!({"any": 2})),
+    ];
+    store.commit(&batch, &[(device.clone(), 2)].into_iter().collect()).await.unwrap();
+    let ours =
+        |all: Vec<(String, i64, String)>| all.into_iter().filter(|s| s.0 == device).map(|s| s.1).collect::<Vec<_>>();
+    assert_eq!(ours(store.unjudged_sketches(100_000).await.unwrap()), [1, 2]);
+
+    let monitor = DriftMonitor { n: 1, sum: 0.5, ..DriftMonitor::default() };
+    let report = DriftReport {
+        device: device.clone(),
+        seq: 1,
+        start_ms: 0,
+        end_ms: 100,
+        model: "m".into(),
+        model_version: "1".into(),
+        count: 300,
+        max_wasserstein: 1.25,
+        max_psi: 3.5,
+        page_hinkley: 0.5,
+        state: "stable".into(),
+        features: vec![FeatureDrift { feature: "flow.mean".into(), psi: 3.5, ks: 0.4, wasserstein: 1.25 }],
+        monitor: monitor.clone(),
+    };
+    store.put_drift(&report).await.unwrap();
+    store.put_drift(&DriftReport { state: "drift".into(), ..report.clone() }).await.unwrap();
+    assert_eq!(ours(store.unjudged_sketches(100_000).await.unwrap()), [2]);
+    assert_eq!(store.drift_monitors().await.unwrap()[&(device.clone(), "m".to_string())], monitor);
+    let filter = FleetFilter { devices: Some(vec![device.clone()]), limit: 10, ..Default::default() };
+    assert_eq!(store.drift_reports(&filter).await.unwrap(), [report], "stored once, as first written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_records_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    drift_records(&format!("sqlite:{}", dir.path().join("hub.db").display())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_records_on_postgres() {
+    let Some(url) = postgres("drift_records_on_postgres") else { return };
+    drift_records(&url).await;
+}
