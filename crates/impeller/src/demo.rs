@@ -48,6 +48,9 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     if !(args.speed >= 1.0 && args.speed <= 10_000.0) {
         return Err(InputError(format!("--speed {}: must be 1 to 10000", args.speed)).into());
     }
+    if !(args.train_hours >= 1.0 && args.train_hours <= 24.0 * 60.0) {
+        return Err(InputError(format!("--train-hours {}: must be 1 to 1440", args.train_hours)).into());
+    }
     let (dir, _temp) = match &args.dir {
         Some(d) => {
             std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;

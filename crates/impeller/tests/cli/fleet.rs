@@ -69,6 +69,11 @@ fn bad_fleet_flags_are_refused_with_the_flag_named() {
         assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
         assert!(stderr(&o).contains(says), "{}", stderr(&o));
     }
+    for (args, says) in [(["--speed", "0"], "--speed 0"), (["--train-hours", "0"], "--train-hours 0")] {
+        let o = impeller(&[&["demo"], &args[..]].concat());
+        assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+        assert!(stderr(&o).contains(says), "the demo checks its flags before starting anything: {}", stderr(&o));
+    }
 }
 
 /// The demo end to end on a small fleet: hub, agents, training, signed packages, staged
