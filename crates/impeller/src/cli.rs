@@ -47,7 +47,7 @@ pub enum Command {
     /// MQTT broker and SQLite by default; runs until Ctrl-C.
     #[command(args_conflicts_with_subcommands = true)]
     Hub(HubCommand),
-    /// Provision, list and revoke devices (in the hub's database).
+    /// Provision, list and revoke devices on a running hub (through its API).
     #[command(subcommand)]
     Device(DeviceCommand),
     /// API tokens for operators (in the hub's database: the first admin token comes from here).
@@ -298,6 +298,7 @@ impl HubDb {
 #[derive(Debug, Subcommand)]
 pub enum DeviceCommand {
     /// Provision a device and print its secret, once (the hub keeps only a hash of it).
+    /// Needs an admin token.
     Add {
         /// Device id: 1 to 64 of A-Z a-z 0-9 . _ -
         name: String,
@@ -308,24 +309,24 @@ pub enum DeviceCommand {
         #[arg(long, default_value = "default")]
         profile: String,
         #[command(flatten)]
-        db: HubDb,
+        api: ApiArgs,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
-    /// List devices.
+    /// List devices, with the deployment each should run.
     List {
         #[command(flatten)]
-        db: HubDb,
+        api: ApiArgs,
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a device: the broker refuses its connections within seconds.
+    /// Revoke a device: the broker and the API refuse it within seconds. Needs an admin token.
     Revoke {
         name: String,
         #[command(flatten)]
-        db: HubDb,
+        api: ApiArgs,
     },
 }
 

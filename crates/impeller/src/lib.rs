@@ -52,7 +52,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Hub(cli::HubCommand { action: None, run }) => hub(run),
-        Command::Device(cmd) => device(cmd),
+        Command::Device(cmd) => remote::device(cmd),
         Command::Token(cli::TokenCommand::Create { name, role, db }) => token_create(&name, role, &db),
         Command::Deploy(cmd) => remote::deploy(cmd),
     }
@@ -153,54 +153,4 @@ fn create_data_dir(db: &cli::HubDb) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", db.data_dir.display()))?;
     }
     Ok(())
-}
-
-/// `impeller device …`: works on the hub's database directly (the REST API will take over).
-fn device(cmd: cli::DeviceCommand) -> anyhow::Result<()> {
-    use std::io::Write;
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let mut out = std::io::stdout().lock();
-    rt.block_on(async {
-        match cmd {
-            cli::DeviceCommand::Add { name, tags, profile, db, json } => {
-                let tags = impeller_hub::fleet::parse_tags(&tags).map_err(|e| InputError(format!("--tags: {e}")))?;
-                create_data_dir(&db)?;
-                let store = impeller_hub::store::Store::open(&db.url()).await?;
-                let secret = store.add_device(&name, &tags, &profile).await.map_err(|e| match e {
-                    impeller_hub::store::StoreError::DeviceExists(_)
-                    | impeller_hub::store::StoreError::BadDeviceId(_) => anyhow::Error::new(InputError(e.to_string())),
-                    other => other.into(),
-                })?;
-                if json {
-                    writeln!(out, "{}", serde_json::json!({ "id": name, "secret": secret }))?;
-                } else {
-                    writeln!(out, "device {name} provisioned")?;
-                    writeln!(out, "secret: {secret}")?;
-                    writeln!(out, "shown once: put it in the agent's [hub] password, with username = \"{name}\"")?;
-                }
-            }
-            cli::DeviceCommand::List { db, json } => {
-                let store = impeller_hub::store::Store::open(&db.url()).await?;
-                let devices = store.devices().await?;
-                if json {
-                    writeln!(out, "{}", serde_json::to_string(&devices)?)?;
-                } else {
-                    for d in devices {
-                        let tags: Vec<String> = d.tags.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                        let state = if d.revoked_ms.is_some() { "revoked" } else { "active" };
-                        writeln!(out, "{}\t{}\t{}\t{}", d.id, state, d.profile, tags.join(","))?;
-                    }
-                }
-            }
-            cli::DeviceCommand::Revoke { name, db } => {
-                let store = impeller_hub::store::Store::open(&db.url()).await?;
-                store.revoke_device(&name).await.map_err(|e| match e {
-                    impeller_hub::store::StoreError::NoDevice(_) => anyhow::Error::new(InputError(e.to_string())),
-                    other => other.into(),
-                })?;
-                writeln!(out, "device {name} revoked")?;
-            }
-        }
-        Ok(())
-    })
 }

@@ -1,5 +1,6 @@
 //! Commands that act on a running hub through its REST API, as any other client would:
-//! `impeller package upload` and `impeller deploy …`.
+//! `impeller package upload`, `impeller device …`, `impeller deploy …`, `impeller alerts` and
+//! `impeller drift`.
 
 use std::io::Write;
 
@@ -7,7 +8,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use crate::InputError;
-use crate::cli::{ApiArgs, DeployCommand, FleetQueryArgs};
+use crate::cli::{ApiArgs, DeployCommand, DeviceCommand, FleetQueryArgs};
 
 /// A hub's API with an operator's token.
 #[derive(Debug, Clone)]
@@ -202,16 +203,18 @@ pub fn deploy(cmd: DeployCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `a=b&c=d`, values percent-encoded (tag values are free text).
+/// A URL path segment or query value, percent-encoded (tag values are free text).
+fn encode(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `a=b&c=d`, values percent-encoded.
 fn query_string(pairs: &[(&str, String)]) -> String {
-    let encode = |v: &str| {
-        v.bytes()
-            .map(|b| match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => (b as char).to_string(),
-                _ => format!("%{b:02X}"),
-            })
-            .collect::<String>()
-    };
     pairs.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect::<Vec<_>>().join("&")
 }
 
@@ -302,6 +305,71 @@ pub fn drift(q: FleetQueryArgs) -> anyhow::Result<()> {
     }
     if items.is_empty() {
         writeln!(out, "no drift reports")?;
+    }
+    Ok(())
+}
+
+/// `impeller device …`.
+pub fn device(cmd: DeviceCommand) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        DeviceCommand::Add { name, tags, profile, api, json: as_json } => {
+            let tags = impeller_hub::fleet::parse_tags(&tags).map_err(|e| InputError(format!("--tags: {e}")))?;
+            let api = Api::new(&api)?;
+            let body = json!({"id": name, "tags": tags, "profile": profile});
+            let creds = api.call("POST", "/devices", Some((serde_json::to_vec(&body)?, "application/json")))?;
+            let secret = creds["secret"].as_str().context("the hub's answer has no secret")?;
+            if as_json {
+                writeln!(out, "{}", json!({ "id": name, "secret": secret }))?;
+            } else {
+                writeln!(out, "device {name} provisioned")?;
+                writeln!(out, "secret: {secret}")?;
+                writeln!(out, "shown once: put it in the agent's [hub] password, with username = \"{name}\"")?;
+            }
+        }
+        DeviceCommand::List { api, json: as_json } => {
+            let api = Api::new(&api)?;
+            let mut devices = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let path = match &after {
+                    Some(a) => format!("/devices?limit=1000&after={}", encode(a)),
+                    None => "/devices?limit=1000".to_string(),
+                };
+                let page = api.call("GET", &path, None)?;
+                devices.extend(page["items"].as_array().into_iter().flatten().cloned());
+                match page["next_after"].as_str() {
+                    Some(next) => after = Some(next.to_string()),
+                    None => break,
+                }
+            }
+            if as_json {
+                writeln!(out, "{}", Value::Array(devices))?;
+                return Ok(());
+            }
+            for d in &devices {
+                let tags: Vec<String> = d["tags"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                    .collect();
+                let state = if d["revoked_ms"].is_null() { "active" } else { "revoked" };
+                let desired = d["desired_deployment"].as_str().unwrap_or("-");
+                writeln!(
+                    out,
+                    "{}\t{state}\t{}\t{}\t{desired}",
+                    d["id"].as_str().unwrap_or_default(),
+                    d["profile"].as_str().unwrap_or_default(),
+                    tags.join(",")
+                )?;
+            }
+        }
+        DeviceCommand::Revoke { name, api } => {
+            let api = Api::new(&api)?;
+            api.call("POST", &format!("/devices/{}/revoke", encode(&name)), None)?;
+            writeln!(out, "device {name} revoked")?;
+        }
     }
     Ok(())
 }

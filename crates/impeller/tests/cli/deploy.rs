@@ -41,13 +41,13 @@ fn an_operator_uploads_deploys_inspects_and_stops_through_the_api() {
         &d("p.tar.gz"),
     ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = impeller(&["device", "add", "pump-1", "--tags", "site=north", "--data-dir", &data]);
-    assert!(out.status.success(), "{}", stderr(&out));
     let out = impeller(&["token", "create", "alice", "--role", "operator", "--data-dir", &data]);
     assert!(out.status.success(), "{}", stderr(&out));
     let token = stdout(&out).trim().to_string();
     let out = impeller(&["token", "create", "bob", "--role", "read", "--data-dir", &data]);
     let reader = stdout(&out).trim().to_string();
+    let out = impeller(&["token", "create", "root", "--role", "admin", "--data-dir", &data]);
+    let admin = stdout(&out).trim().to_string();
 
     let http = free_port();
     let hub_url = format!("http://127.0.0.1:{http}");
@@ -71,6 +71,11 @@ fn an_operator_uploads_deploys_inspects_and_stops_through_the_api() {
             .output()
             .unwrap()
     };
+
+    let out = api(&["device", "add", "pump-1", "--tags", "site=north"], &token);
+    assert_eq!(out.status.code(), Some(1), "provisioning needs an admin: {}", stderr(&out));
+    let out = api(&["device", "add", "pump-1", "--tags", "site=north"], &admin);
+    assert!(out.status.success(), "{}", stderr(&out));
 
     let out = api(&["package", "upload", &d("p.tar.gz")], &token);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -48,24 +48,44 @@ fn connect_packet(device: &str, secret: &str) -> Vec<u8> {
 fn a_provisioned_device_is_acknowledged_and_a_wrong_secret_refused() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap();
-    let out = impeller(&["device", "add", "cli-test", "--tags", "site=north", "--data-dir", data, "--json"]);
+    // The first admin token comes from the hub's database; devices are then provisioned
+    // through the running hub's API.
+    let out = impeller(&["token", "create", "root", "--role", "admin", "--data-dir", data]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let added: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let secret = added["secret"].as_str().unwrap().to_string();
-    let again = impeller(&["device", "add", "cli-test", "--data-dir", data]);
-    assert_eq!(again.status.code(), Some(3), "a second device with the same id is an input error");
-    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
-    let bad_tags = impeller(&["device", "add", "x", "--tags", "site", "--data-dir", data]);
-    assert_eq!(bad_tags.status.code(), Some(3));
-
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let free = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (port, http) = (free(), free());
     let mut hub = Command::new(env!("CARGO_BIN_EXE_impeller"))
         .args(["hub", "--data-dir"])
         .arg(dir.path())
-        .args(["--mqtt-listen", &format!("127.0.0.1:{port}"), "--http-listen", "127.0.0.1:0"])
+        .args(["--mqtt-listen", &format!("127.0.0.1:{port}"), "--http-listen", &format!("127.0.0.1:{http}")])
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let hub_url = format!("http://127.0.0.1:{http}");
+    let device = |args: &[&str]| {
+        let mut all = vec!["device"];
+        all.extend(args);
+        all.extend(["--hub", hub_url.as_str(), "--token", token.as_str()]);
+        impeller(&all)
+    };
+    let until = Instant::now() + Duration::from_secs(20);
+    let out = loop {
+        let out = device(&["add", "cli-test", "--tags", "site=north", "--json"]);
+        if out.status.success() || Instant::now() > until {
+            break out;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let added: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let secret = added["secret"].as_str().unwrap().to_string();
+    let again = device(&["add", "cli-test"]);
+    assert_eq!(again.status.code(), Some(3), "a second device with the same id is an input error");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists"));
+    let bad_tags = device(&["add", "x", "--tags", "site"]);
+    assert_eq!(bad_tags.status.code(), Some(3));
+
     let until = Instant::now() + Duration::from_secs(20);
     let mut s = loop {
         if let Ok(s) = TcpStream::connect(("127.0.0.1", port)) {
@@ -105,15 +125,15 @@ fn a_provisioned_device_is_acknowledged_and_a_wrong_secret_refused() {
             Ok(n) => seen.extend_from_slice(&buf[..n]),
         }
     }
+    assert!(String::from_utf8_lossy(&seen).contains(r#""acked":1"#), "no acknowledgement: {seen:?}");
+    let list = device(&["list"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains("cli-test\tactive\tdefault\tsite=north\t-"));
+    assert!(device(&["revoke", "cli-test"]).status.success());
+    let list = device(&["list"]);
+    assert!(String::from_utf8_lossy(&list.stdout).contains("cli-test\trevoked"));
+    assert_eq!(device(&["revoke", "nobody"]).status.code(), Some(3));
     let _ = hub.kill();
     let _ = hub.wait();
-    assert!(String::from_utf8_lossy(&seen).contains(r#""acked":1"#), "no acknowledgement: {seen:?}");
-    let list = impeller(&["device", "list", "--data-dir", data]);
-    assert!(String::from_utf8_lossy(&list.stdout).contains("cli-test\tactive\tdefault\tsite=north"));
-    assert!(impeller(&["device", "revoke", "cli-test", "--data-dir", data]).status.success());
-    let list = impeller(&["device", "list", "--data-dir", data]);
-    assert!(String::from_utf8_lossy(&list.stdout).contains("cli-test\trevoked"));
-    assert_eq!(impeller(&["device", "revoke", "nobody", "--data-dir", data]).status.code(), Some(3));
 }
 
 #[test]
