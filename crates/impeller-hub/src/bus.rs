@@ -121,8 +121,14 @@ pub fn embedded(listen: SocketAddr, credentials: Option<Credentials>) -> anyhow:
     Ok(Bus { incoming, outgoing })
 }
 
-/// Connects to an external broker at `mqtt://host:port` as client `impeller-hub`.
-pub fn external(url: &str, client_id: &str) -> anyhow::Result<Bus> {
+/// How long the hub waits at start for its subscription on an external broker.
+const SUBSCRIBE_WAIT: Duration = Duration::from_secs(10);
+
+/// Connects to an external broker at `mqtt://host:port`. Returns once the hub's subscription
+/// to the device topics is acknowledged (what devices publish before that, the broker does not
+/// keep for us), or after `SUBSCRIBE_WAIT` with a warning if the broker is unreachable: the
+/// connection keeps retrying, and the agents resend what is not acknowledged.
+pub async fn external(url: &str, client_id: &str) -> anyhow::Result<Bus> {
     let rest = url.strip_prefix("mqtt://").ok_or_else(|| anyhow::anyhow!("broker `{url}` must start with mqtt://"))?;
     let (host, port) = rest.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("broker `{url}` needs a port"))?;
     let port: u16 = port.parse().map_err(|_| anyhow::anyhow!("broker `{url}`: `{port}` is not a port"))?;
@@ -133,12 +139,19 @@ pub fn external(url: &str, client_id: &str) -> anyhow::Result<Bus> {
     let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
     let (in_tx, incoming) = mpsc::channel(10_000);
     let sub = client.clone();
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    let mut subscribed_tx = Some(subscribed_tx);
     tokio::spawn(async move {
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     if let Err(error) = sub.subscribe(FILTER, QoS::AtLeastOnce).await {
                         tracing::error!(%error, "cannot subscribe to the device topics");
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = subscribed_tx.take() {
+                        let _ = tx.send(());
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -162,5 +175,8 @@ pub fn external(url: &str, client_id: &str) -> anyhow::Result<Bus> {
             }
         }
     });
+    if tokio::time::timeout(SUBSCRIBE_WAIT, subscribed).await.is_err() {
+        tracing::warn!(broker = %url, "not subscribed to the device topics yet; starting anyway and retrying");
+    }
     Ok(Bus { incoming, outgoing })
 }

@@ -70,7 +70,7 @@ impl Hub {
         credentials.refresh(&store).await?;
         tokio::spawn(credentials.clone().keep_fresh(store.clone()));
         let bus = match (&cfg.external_broker, cfg.mqtt_listen) {
-            (Some(url), _) => bus::external(url, "impeller-hub")?,
+            (Some(url), _) => bus::external(url, "impeller-hub").await?,
             (None, Some(listen)) => {
                 let bus = bus::embedded(listen, cfg.device_auth.then(|| credentials.clone()))?;
                 wait_listening(listen).await?;
