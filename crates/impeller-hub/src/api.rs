@@ -24,7 +24,8 @@ use tower::ServiceExt;
 use crate::auth::{self, AuthError, Caller, Role};
 use crate::fleet::{Credentials, Device};
 use crate::store::{
-    AlertSummary, DeploymentInfo, DriftReport, FleetFilter, PackageInfo, Store, StoreError, UpdateInfo, now_ms,
+    AlertSummary, DeploymentInfo, DriftReport, FleetFilter, PackageInfo, Store, StoreError, TelemetryPoint, UpdateInfo,
+    downsample, now_ms,
 };
 
 /// What the handlers share.
@@ -211,6 +212,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/api/v1/devices/{id}", get(get_device))
         .route("/api/v1/devices/{id}/revoke", post(revoke_device))
         .route("/api/v1/devices/{id}/desired", get(device_desired))
+        .route("/api/v1/devices/{id}/telemetry", get(device_telemetry))
         .route("/api/v1/packages", get(list_packages).post(upload_package).layer(DefaultBodyLimit::max(upload_limit)))
         .route("/api/v1/packages/{sha256}", get(get_package))
         .route("/api/v1/packages/{sha256}/content", get(package_content))
@@ -285,6 +287,53 @@ pub struct FleetQuery {
     pub limit: Option<usize>,
     /// `next_after` of the previous page.
     pub after: Option<String>,
+}
+
+/// `GET /devices/{id}/telemetry`: one channel over a time range, downsampled for a chart.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryQuery {
+    pub channel: String,
+    /// Default: a day before `until_ms`.
+    pub since_ms: Option<i64>,
+    /// Default: now.
+    pub until_ms: Option<i64>,
+    /// At most this many points (1 to 2000, default 200).
+    pub points: Option<usize>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TelemetrySeries {
+    pub device: String,
+    pub channel: String,
+    pub since_ms: i64,
+    pub until_ms: i64,
+    pub points: Vec<TelemetryPoint>,
+}
+
+async fn device_telemetry(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    q: Result<Query<TelemetryQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<TelemetrySeries>> {
+    operator(&s, &headers, Role::Read).await?;
+    let q = query(q)?;
+    let points = q.points.unwrap_or(200);
+    if !(1..=2000).contains(&points) {
+        return Err(Problem::new(Code::InvalidRequest, "points must be 1 to 2000"));
+    }
+    let until_ms = q.until_ms.unwrap_or_else(now_ms);
+    let since_ms = q.since_ms.unwrap_or(until_ms.saturating_sub(86_400_000));
+    if since_ms >= until_ms {
+        return Err(Problem::new(Code::InvalidRequest, "since_ms must be before until_ms"));
+    }
+    if !s.store.devices().await?.iter().any(|d| d.id == id) {
+        return Err(StoreError::NoDevice(id).into());
+    }
+    let aggregates = s.store.aggregates(&id, since_ms, until_ms).await?;
+    let points = downsample(&aggregates, &q.channel, since_ms, until_ms, points);
+    Ok(Json(TelemetrySeries { device: id, channel: q.channel, since_ms, until_ms, points }))
 }
 
 /// The store filter for a query (asking one more than the page for `next_after`), and the page size.

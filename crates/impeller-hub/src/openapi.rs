@@ -238,6 +238,14 @@ fn schemas() -> Value {
             "features": {"type": "array", "items": schema("FeatureDrift")},
         })),
         "DriftPage": page_of("DriftReport"),
+        "TelemetryPoint": object(&["start_ms", "end_ms", "count", "mean", "min", "max"], json!({
+            "start_ms": {"type": "integer"}, "end_ms": {"type": "integer"}, "count": uint(),
+            "mean": {"type": "number"}, "min": {"type": "number"}, "max": {"type": "number"},
+        })),
+        "TelemetrySeries": object(&["device", "channel", "since_ms", "until_ms", "points"], json!({
+            "device": string(), "channel": string(), "since_ms": {"type": "integer"}, "until_ms": {"type": "integer"},
+            "points": {"type": "array", "items": schema("TelemetryPoint")},
+        })),
         "AbortRequest": {"type": "object", "additionalProperties": false,
                          "properties": {"reason": {"type": ["string", "null"], "maxLength": 1000}}},
     })
@@ -299,6 +307,19 @@ pub fn document() -> Value {
                 "parameters": [id.clone()],
                 "get": op("What the device should run, and why", "devices", Who::OperatorOrDevice,
                           json!({"200": ok("desired state", "DesiredView")}), &[404]),
+            },
+            "/api/v1/devices/{id}/telemetry": {
+                "parameters": [id.clone()],
+                "get": with(op("One channel over a time range, downsampled for a chart", "devices", Who::Operator,
+                               json!({"200": ok("the series", "TelemetrySeries")}), &[404]),
+                            "parameters", json!([
+                                {"name": "channel", "in": "query", "required": true, "schema": string()},
+                                {"name": "since_ms", "in": "query", "description": "default: a day before until_ms",
+                                 "schema": {"type": "integer"}},
+                                {"name": "until_ms", "in": "query", "description": "default: now", "schema": {"type": "integer"}},
+                                {"name": "points", "in": "query", "description": "1 to 2000, default 200",
+                                 "schema": {"type": "integer", "minimum": 1, "maximum": 2000}},
+                            ])),
             },
             "/api/v1/packages": {
                 "get": with(op("List packages", "packages", Who::Operator, json!({"200": ok("a page", "PackagePage")}), &[]),

@@ -28,7 +28,7 @@ mod queries;
 pub use deployments::{
     AlertActivity, DeploymentInfo, DesiredInfo, Member, PackageInfo, TokenInfo, TokenSecret, UpdateInfo,
 };
-pub use queries::{AlertSummary, DriftReport, FleetFilter};
+pub use queries::{AlertSummary, DriftReport, FleetFilter, TelemetryPoint, downsample};
 
 /// Messages per INSERT statement (7 parameters each; SQLite allows 32,766 per statement).
 const INSERT_CHUNK: usize = 500;

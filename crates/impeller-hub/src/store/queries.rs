@@ -228,3 +228,117 @@ impl Store {
         .await
     }
 }
+
+/// One bucket of a downsampled channel: what the device's aggregates in it say together.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TelemetryPoint {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// Readings behind the point.
+    pub count: u64,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// Merges per-interval aggregates of one channel into at most `points` buckets of equal time
+/// over `[since_ms, until_ms)`: count-weighted mean, lowest minimum, highest maximum. Intervals
+/// without readings of the channel leave their bucket out, so a gap shows as a gap.
+pub fn downsample(
+    aggregates: &[impeller_core::wire::AggregateBody],
+    channel: &str,
+    since_ms: i64,
+    until_ms: i64,
+    points: usize,
+) -> Vec<TelemetryPoint> {
+    let span = (until_ms - since_ms).max(1);
+    let width = (span + points.max(1) as i64 - 1) / points.max(1) as i64;
+    let mut buckets: std::collections::BTreeMap<i64, (u64, f64, f64, f64)> = Default::default();
+    for a in aggregates {
+        let Some(c) = a.channels.iter().find(|c| c.name == channel) else { continue };
+        let (Some(mean), Some(min), Some(max)) = (c.mean, c.min, c.max) else { continue };
+        if c.count == 0 || a.start_ms < since_ms || a.start_ms >= until_ms {
+            continue;
+        }
+        let b = buckets.entry((a.start_ms - since_ms) / width).or_insert((0, 0.0, f64::INFINITY, f64::NEG_INFINITY));
+        b.0 += c.count;
+        b.1 += mean * c.count as f64;
+        b.2 = b.2.min(min);
+        b.3 = b.3.max(max);
+    }
+    buckets
+        .into_iter()
+        .map(|(i, (count, sum, min, max))| TelemetryPoint {
+            start_ms: since_ms + i * width,
+            end_ms: (since_ms + (i + 1) * width).min(until_ms),
+            count,
+            mean: sum / count as f64,
+            min,
+            max,
+        })
+        .collect()
+}
+
+impl Store {
+    /// A device's telemetry aggregates that began in `[since_ms, until_ms)`, oldest first.
+    /// Bodies that do not parse are skipped (ingest checked the envelope only).
+    pub async fn aggregates(
+        &self,
+        device: &str,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> Result<Vec<impeller_core::wire::AggregateBody>, StoreError> {
+        let sql = "SELECT body FROM messages WHERE device = $1 AND kind = 'telemetry' AND ts_ms >= $2 AND ts_ms < $3 \
+                   ORDER BY ts_ms";
+        let rows: Vec<(String,)> =
+            on_pool!(self, |p| sqlx::query_as(sql).bind(device).bind(since_ms).bind(until_ms).fetch_all(p).await?);
+        Ok(rows.into_iter().filter_map(|(body,)| serde_json::from_str(&body).ok()).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use impeller_core::wire::{AggregateBody, ChannelStats};
+
+    use super::*;
+
+    fn agg(start_ms: i64, mean: f64, count: u64) -> AggregateBody {
+        let stats = ChannelStats {
+            name: "flow".into(),
+            unit: "m3/h".into(),
+            count,
+            mean: Some(mean),
+            min: Some(mean - 1.0),
+            max: Some(mean + 1.0),
+            std: Some(0.5),
+            last: Some(mean),
+        };
+        AggregateBody { start_ms, end_ms: start_ms + 60_000, scored: count, alarms: 0, channels: vec![stats] }
+    }
+
+    #[test]
+    fn buckets_merge_counts_means_and_extremes_and_keep_gaps() {
+        // Six one-minute aggregates over ten minutes, into five two-minute points.
+        let aggs: Vec<AggregateBody> =
+            [(0, 10.0, 30), (60_000, 20.0, 10), (120_000, 5.0, 30), (420_000, 7.0, 30), (480_000, 9.0, 30)]
+                .into_iter()
+                .map(|(t, m, n)| agg(t, m, n))
+                .chain([agg(540_000, 100.0, 0)])
+                .collect();
+        let points = downsample(&aggs, "flow", 0, 600_000, 5);
+        let got: Vec<(i64, i64, u64, f64, f64, f64)> =
+            points.iter().map(|p| (p.start_ms, p.end_ms, p.count, p.mean, p.min, p.max)).collect();
+        assert_eq!(
+            got,
+            [
+                (0, 120_000, 40, 12.5, 9.0, 21.0),
+                (120_000, 240_000, 30, 5.0, 4.0, 6.0),
+                (360_000, 480_000, 30, 7.0, 6.0, 8.0),
+                (480_000, 600_000, 30, 9.0, 8.0, 10.0),
+            ],
+            "minutes 4 to 6 had no data: no point; an aggregate without readings adds nothing"
+        );
+        assert!(downsample(&aggs, "pressure", 0, 600_000, 5).is_empty());
+        assert_eq!(downsample(&aggs, "flow", 0, 600_000, 1).len(), 1);
+    }
+}

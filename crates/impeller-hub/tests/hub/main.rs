@@ -359,6 +359,16 @@ async fn alert_queries(url: &str) {
     let got: Vec<(String, u64)> = store.alerts(&range).await.unwrap().into_iter().map(|x| (x.device, x.seq)).collect();
     assert_eq!(got, [(a.clone(), 599), (a.clone(), 600), (b.clone(), 1)], "ordered by time, then device");
 
+    // Telemetry aggregates of one device by time range, for charts.
+    let agg = |start: i64| {
+        serde_json::json!({"start_ms": start, "end_ms": start + 60_000, "scored": 30, "alarms": 0, "channels": [
+            {"name": "flow", "unit": "m3/h", "count": 30, "mean": 10.0, "min": 9.0, "max": 11.0, "std": 0.5, "last": 10.0}]})
+    };
+    let tele = [incoming(&b, 4, 20_000, "telemetry", agg(20_000)), incoming(&b, 5, 80_000, "telemetry", agg(80_000))];
+    store.commit(&tele, &[(b.clone(), 5)].into_iter().collect()).await.unwrap();
+    assert_eq!(store.aggregates(&b, 0, 100_000).await.unwrap().len(), 2);
+    assert_eq!(store.aggregates(&b, 50_000, 100_000).await.unwrap()[0].start_ms, 80_000);
+
     let first = store.alerts(&FleetFilter { devices: both.clone(), limit: 700, ..Default::default() }).await.unwrap();
     let last = first.last().unwrap();
     let rest = FleetFilter {
@@ -431,6 +441,38 @@ async fn alerts_by_site_through_the_api() {
     assert_eq!(south["items"].as_array().unwrap().len(), 2);
     assert_eq!(get("site=north".into(), false).await.0, 401);
     assert_eq!(get("after=garbage".into(), true).await.0, 422);
+
+    // A chart of n1's flow: ten one-minute aggregates into five points.
+    let batch: Vec<_> = (0..10)
+        .map(|i| {
+            let body = serde_json::json!({"start_ms": i * 60_000, "end_ms": (i + 1) * 60_000, "scored": 30, "alarms": 0,
+                "channels": [{"name": "flow", "unit": "m3/h", "count": 30, "mean": i as f64, "min": i as f64 - 1.0,
+                              "max": i as f64 + 1.0, "std": 0.5, "last": i as f64}]});
+            incoming("n1", 4 + i as u64, i * 60_000, "telemetry", body)
+        })
+        .collect();
+    hub.store.commit(&batch, &[("n1".to_string(), 13)].into_iter().collect()).await.unwrap();
+    let chart = |q: &str| {
+        let req = client
+            .get(format!("http://{}/api/v1/devices/{q}", hub.http_addr.unwrap()))
+            .header("authorization", format!("Bearer {token}"));
+        async move {
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), serde_json::from_slice::<serde_json::Value>(&resp.bytes().await.unwrap()).unwrap())
+        }
+    };
+    let (status, series) = chart("n1/telemetry?channel=flow&since_ms=0&until_ms=600000&points=5").await;
+    assert_eq!(status, 200, "{series}");
+    let points = series["points"].as_array().unwrap();
+    assert_eq!(points.len(), 5);
+    assert_eq!(
+        (points[0]["mean"].as_f64(), points[0]["min"].as_f64(), points[0]["count"].as_u64()),
+        (Some(0.5), Some(-1.0), Some(60))
+    );
+    assert_eq!(points[4]["max"].as_f64(), Some(10.0));
+    assert_eq!(chart("nobody/telemetry?channel=flow").await.0, 404);
+    assert_eq!(chart("n1/telemetry?channel=flow&points=0").await.0, 422);
+    assert_eq!(chart("n1/telemetry?channel=flow&since_ms=5&until_ms=5").await.0, 422);
 }
 
 /// A device's sketches are judged against the reference inside the package of the model that
