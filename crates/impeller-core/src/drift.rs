@@ -76,9 +76,11 @@ impl Comparison {
     }
 }
 
+/// Counts as shares of their total. Counts come from devices: summed as floats, so that no
+/// count, however large, can overflow.
 fn shares(counts: &[u64]) -> Vec<f64> {
-    let total: u64 = counts.iter().sum();
-    counts.iter().map(|&c| if total == 0 { 0.0 } else { c as f64 / total as f64 }).collect()
+    let total: f64 = counts.iter().map(|&c| c as f64).sum();
+    counts.iter().map(|&c| if total > 0.0 { c as f64 / total } else { 0.0 }).collect()
 }
 
 /// Population stability index: Σ (c − r)·ln(c / r), empty bins floored.
@@ -299,6 +301,19 @@ mod tests {
         }
         assert_eq!(states[..2], [DriftState::Drift, DriftState::Drift]);
         assert_eq!(states[2..], [DriftState::Stable; 3]);
+    }
+
+    #[test]
+    fn hostile_counts_give_finite_answers() {
+        let reference = sketch(1, 20_000, 0.0, 1.0);
+        let mut hostile = Sketch::new(2);
+        hostile.count = u64::MAX;
+        hostile.bins = vec![vec![u64::MAX; crate::sketch::BINS], vec![0; crate::sketch::BINS]];
+        let c = compare(&reference, &hostile, &names()).unwrap();
+        assert!(c.features.iter().all(|f| f.psi.is_finite() && f.ks.is_finite() && f.wasserstein.is_finite()), "{c:?}");
+        let mut m = DriftMonitor::default();
+        m.update(&c, &DriftPolicy::default());
+        assert!(m.page_hinkley().is_finite());
     }
 
     #[test]
