@@ -166,8 +166,7 @@ pub struct DriftMonitor {
     pub state: DriftState,
     /// Intervals judged.
     pub n: u64,
-    /// Running mean of the worst distance, the Page–Hinkley sum and its minimum.
-    pub mean: f64,
+    /// The Page–Hinkley sum and its minimum.
     pub sum: f64,
     pub min: f64,
     /// Calm intervals in a row while in drift.
@@ -176,7 +175,7 @@ pub struct DriftMonitor {
 
 impl Default for DriftMonitor {
     fn default() -> Self {
-        DriftMonitor { state: DriftState::Unknown, n: 0, mean: 0.0, sum: 0.0, min: 0.0, calm: 0 }
+        DriftMonitor { state: DriftState::Unknown, n: 0, sum: 0.0, min: 0.0, calm: 0 }
     }
 }
 
@@ -194,7 +193,6 @@ impl DriftMonitor {
         }
         let x = c.max_wasserstein();
         self.n += 1;
-        self.mean += (x - self.mean) / self.n as f64;
         // The reference is the training data, so the test accumulates excess above the
         // tolerated `ph_delta` rather than above the series' own mean, which a drift present
         // from the start would hide.

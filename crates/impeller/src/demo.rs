@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use impeller_core::package::{PackageSpec, Signer25519, build};
 use impeller_hub::auth::Role;
+use impeller_hub::store::now_ms;
 use impeller_hub::{Hub, HubConfig};
 use impeller_sim::{MANUFACTURERS, Manufacturer, PumpPlan};
 use serde_json::json;
@@ -28,10 +29,6 @@ const FAULTS_BETWEEN: (f64, f64) = (0.3, 0.7);
 
 fn say(text: impl std::fmt::Display) -> anyhow::Result<()> {
     emit(|out| writeln!(out, "{text}"))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Simulated time since the fleet's start, as `+2h05m`.

@@ -310,7 +310,7 @@ fn parse_fractions(text: &str) -> anyhow::Result<(f64, f64)> {
 
 /// Whole hours, so that files from two runs line up.
 fn this_hour_ms() -> i64 {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+    let now = impeller_hub::store::now_ms();
     now - now.rem_euclid(HOUR_MS)
 }
 

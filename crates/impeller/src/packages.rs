@@ -2,7 +2,6 @@
 
 use std::io::Write;
 use std::path::Path;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use impeller_core::package::rollback::{RollbackDirective, SignedRollback};
@@ -10,6 +9,7 @@ use impeller_core::package::{
     InstallContext, KeyFile, Limits, PackageSpec, Signer25519, TrustStore, build, check_install, open, read_unverified,
 };
 use impeller_core::table::CsvFormat;
+use impeller_hub::store::now_ms;
 use serde::Serialize;
 
 use crate::InputError;
@@ -18,10 +18,6 @@ use crate::commands::{emit, emit_json, load_model};
 use crate::data::{read_file, read_table};
 
 const DAY_MS: i64 = 86_400_000;
-
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
 
 pub fn run(cmd: PackageCommand) -> anyhow::Result<()> {
     match cmd {

@@ -218,35 +218,44 @@ fn query_string(pairs: &[(&str, String)]) -> String {
     pairs.iter().map(|(k, v)| format!("{k}={}", encode(v))).collect::<Vec<_>>().join("&")
 }
 
+/// Follows a list's pages (`limit=1000`, then `after=next_after`) from `path?query`, handing
+/// each item to `each`.
+fn each_item(api: &Api, path: &str, query: &[(&str, String)], mut each: impl FnMut(Value)) -> anyhow::Result<()> {
+    let mut after: Option<String> = None;
+    loop {
+        let mut pairs = query.to_vec();
+        pairs.push(("limit", "1000".into()));
+        if let Some(a) = after.take() {
+            pairs.push(("after", a));
+        }
+        let mut page = api.call("GET", &format!("{path}?{}", query_string(&pairs)), None)?;
+        if let Value::Array(items) = page["items"].take() {
+            items.into_iter().for_each(&mut each);
+        }
+        match page["next_after"].as_str() {
+            Some(next) => after = Some(next.to_string()),
+            None => return Ok(()),
+        }
+    }
+}
+
 /// Every item of a fleet query (`/alerts`, `/drift`) in the window, keeping the last `limit`.
 fn fleet_items(api: &Api, path: &str, q: &FleetQueryArgs) -> anyhow::Result<Vec<Value>> {
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
-    let mut pairs = vec![("since_ms", (now - q.since.min(i64::MAX as u64 / 1000) as i64 * 1000).to_string())];
+    let since = impeller_hub::store::now_ms() - q.since.min(i64::MAX as u64 / 1000) as i64 * 1000;
+    let mut pairs = vec![("since_ms", since.to_string())];
     for (key, value) in [("device", &q.device), ("site", &q.site), ("manufacturer", &q.manufacturer)] {
         if let Some(v) = value {
             pairs.push((key, v.clone()));
         }
     }
-    pairs.push(("limit", "1000".into()));
     let mut items = std::collections::VecDeque::new();
-    let mut after: Option<String> = None;
-    loop {
-        let mut page_pairs = pairs.clone();
-        if let Some(a) = &after {
-            page_pairs.push(("after", a.clone()));
+    each_item(api, path, &pairs, |item| {
+        items.push_back(item);
+        if items.len() > q.limit {
+            items.pop_front();
         }
-        let page = api.call("GET", &format!("{path}?{}", query_string(&page_pairs)), None)?;
-        for item in page["items"].as_array().into_iter().flatten() {
-            items.push_back(item.clone());
-            if items.len() > q.limit {
-                items.pop_front();
-            }
-        }
-        match page["next_after"].as_str() {
-            Some(next) => after = Some(next.to_string()),
-            None => return Ok(items.into()),
-        }
-    }
+    })?;
+    Ok(items.into())
 }
 
 fn utc(ms: &Value) -> String {
@@ -330,19 +339,7 @@ pub fn device(cmd: DeviceCommand) -> anyhow::Result<()> {
         DeviceCommand::List { api, json: as_json } => {
             let api = Api::new(&api)?;
             let mut devices = Vec::new();
-            let mut after: Option<String> = None;
-            loop {
-                let path = match &after {
-                    Some(a) => format!("/devices?limit=1000&after={}", encode(a)),
-                    None => "/devices?limit=1000".to_string(),
-                };
-                let page = api.call("GET", &path, None)?;
-                devices.extend(page["items"].as_array().into_iter().flatten().cloned());
-                match page["next_after"].as_str() {
-                    Some(next) => after = Some(next.to_string()),
-                    None => break,
-                }
-            }
+            each_item(&api, "/devices", &[], |d| devices.push(d))?;
             if as_json {
                 writeln!(out, "{}", Value::Array(devices))?;
                 return Ok(());
