@@ -6,7 +6,7 @@
 //! Wasserstein-1 distance (in training standard deviations). The monitor judges the worst
 //! feature's Wasserstein distance: a device's short interval covers only part of what the class
 //! did in training (one operating point, one time of day), which sends PSI and KS to their
-//! maximum on healthy data (PSI above 5 for ten healthy minutes of a simulated pump), while the
+//! maximum on healthy data (PSI 6.7 to 12 for ten healthy minutes of a simulated pump), while the
 //! Wasserstein distance says how far, in standard deviations, the data has moved. Over time: a
 //! Page–Hinkley test on that distance, so a drift that stays below the alarm in every interval
 //! is still caught, with hysteresis so that the state does not flap.
@@ -21,8 +21,9 @@ const BIN_WIDTH: f64 = 0.25;
 const FLOOR: f64 = 1e-4;
 
 /// Thresholds on the worst feature's Wasserstein distance, in training standard deviations.
-/// Defaults from the simulated fleet: ten healthy minutes of one pump sit 1.1 to 2.7 from
-/// their class's reference; a 10 °C heat wave moves them to 3 to 4.
+/// Defaults from the simulated fleet (docs/BENCHMARKS.md, the demo): ten healthy minutes of one
+/// pump sit 0.84 to 2.56 from their class's reference; a 10 °C heat wave flags every pump of
+/// its site.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DriftPolicy {
