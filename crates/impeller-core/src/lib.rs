@@ -10,6 +10,7 @@
 //! - [`model`]: training and the versioned model format; [`scorer`]: streaming scoring.
 //! - [`metrics`]: F1, false- and missed-alarm rates, detection delays.
 //! - [`package`]: signed model packages: build, verify, install checks; [`sketch`]: drift sketches.
+//! - [`audit`]: the audit trail's hash chain, signed checkpoints, verification and tracing.
 //! - [`wire`]: MQTT topics and the message envelope between devices and the hub.
 //! - [`table`]: parsing sensor CSV files (the SKAB format) from bytes, with located errors.
 //!
@@ -41,6 +42,7 @@
 //! ```
 
 pub mod adapter;
+pub mod audit;
 pub mod calibration;
 pub mod channel;
 pub mod deploy;

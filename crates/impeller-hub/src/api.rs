@@ -13,6 +13,7 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use impeller_core::audit::AuditRecord;
 use impeller_core::deploy::{self, Condition, valid_sha256};
 use impeller_core::package::{self, Limits, TrustStore};
 use impeller_core::rollout::Rollout;
@@ -24,8 +25,8 @@ use tower::ServiceExt;
 use crate::auth::{self, AuthError, Caller, Role};
 use crate::fleet::{Credentials, Device};
 use crate::store::{
-    AlertSummary, DeploymentInfo, DriftReport, FleetFilter, PackageInfo, Store, StoreError, TelemetryPoint, UpdateInfo,
-    downsample, now_ms,
+    AlertSummary, AuditFilter, DeploymentInfo, DriftReport, FleetFilter, PackageInfo, Store, StoreError,
+    TelemetryPoint, UpdateInfo, downsample, now_ms,
 };
 
 /// What the handlers share.
@@ -147,10 +148,10 @@ async fn caller(state: &ApiState, headers: &HeaderMap) -> ApiResult<Caller> {
     Ok(auth::authenticate(h, &state.store, &state.devices).await?)
 }
 
-/// An operator with at least `role`; returns the token's id.
+/// An operator with at least `role`; returns `token:{id}`, the actor in the audit trail.
 async fn operator(state: &ApiState, headers: &HeaderMap, role: Role) -> ApiResult<String> {
     match caller(state, headers).await? {
-        Caller::Operator { role: r, token_id } if r >= role => Ok(token_id),
+        Caller::Operator { role: r, token_id } if r >= role => Ok(format!("token:{token_id}")),
         Caller::Operator { role: r, .. } => Err(Problem::new(
             Code::Forbidden,
             format!("this needs the `{}` role; the token has `{}`", role.as_str(), r.as_str()),
@@ -221,6 +222,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/api/v1/deployments/{name}/abort", post(abort_deployment))
         .route("/api/v1/alerts", get(list_alerts))
         .route("/api/v1/drift", get(list_drift))
+        .route("/api/v1/audit", get(list_audit))
         .fallback(|| async { Problem::new(Code::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             Problem::new(Code::MethodNotAllowed, "this endpoint does not take that method")
@@ -395,6 +397,42 @@ async fn list_drift(
     Ok(Json(fleet_page(items, limit, |r| format!("{}/{}/{}", r.end_ms, r.device, r.seq))))
 }
 
+/// `?after=SEQ&limit=&action=&subject=&since_ms=` over the audit trail.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    pub after: Option<u64>,
+    pub limit: Option<usize>,
+    /// One action, or every action under a prefix ending in `.` (e.g. `deployment.`).
+    pub action: Option<String>,
+    pub subject: Option<String>,
+    pub since_ms: Option<i64>,
+}
+
+/// `GET /audit`: the audit trail in chain order, records as sealed (verify them with
+/// `impeller audit verify`).
+async fn list_audit(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Page<AuditRecord>>> {
+    operator(&s, &headers, Role::Read).await?;
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(Problem::new(Code::InvalidRequest, "limit must be 1 to 1000"));
+    }
+    let filter = AuditFilter {
+        after: q.after.unwrap_or(0),
+        limit: limit + 1,
+        action: q.action,
+        subject: q.subject,
+        since_ms: q.since_ms,
+    };
+    let items = s.store.audit_records(&filter).await?;
+    Ok(Json(fleet_page(items, limit, |r| r.seq.to_string())))
+}
+
 /// `TS/DEVICE/SEQ` (device ids hold no `/`).
 fn parse_cursor(text: &str) -> Option<(i64, String, u64)> {
     let mut parts = text.splitn(3, '/');
@@ -440,17 +478,17 @@ async fn add_device(
     headers: HeaderMap,
     body: Result<Json<NewDevice>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<NewDeviceCredentials>)> {
-    operator(&s, &headers, Role::Admin).await?;
+    let token = operator(&s, &headers, Role::Admin).await?;
     let Json(d) = body?;
-    let secret = s.store.add_device(&d.id, &d.tags, &d.profile).await?;
+    let secret = s.store.add_device(&d.id, &d.tags, &d.profile, &token).await?;
     s.devices.refresh(&s.store).await?;
     s.reconcile.notify_one();
     Ok((StatusCode::CREATED, Json(NewDeviceCredentials { id: d.id, secret })))
 }
 
 async fn revoke_device(State(s): State<ApiState>, headers: HeaderMap, Path(id): Path<String>) -> ApiResult<StatusCode> {
-    operator(&s, &headers, Role::Admin).await?;
-    s.store.revoke_device(&id).await?;
+    let token = operator(&s, &headers, Role::Admin).await?;
+    s.store.revoke_device(&id, &token).await?;
     s.devices.refresh(&s.store).await?;
     s.reconcile.notify_one();
     Ok(StatusCode::NO_CONTENT)
@@ -484,7 +522,7 @@ async fn upload_package(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<(StatusCode, Json<PackageInfo>)> {
-    operator(&s, &headers, Role::Operator).await?;
+    let token = operator(&s, &headers, Role::Operator).await?;
     let bytes = body.map_err(|e| match e.status() {
         StatusCode::PAYLOAD_TOO_LARGE => {
             Problem::new(Code::PayloadTooLarge, format!("packages are limited to {} bytes", s.max_package_bytes))
@@ -521,7 +559,13 @@ async fn upload_package(
         signed_by: pkg.signed_by.clone(),
         uploaded_ms: now_ms(),
     };
-    s.store.put_package(&info).await?;
+    // What it was built from, for the audit trail: the model file and the training data.
+    let mut lineage: Vec<String> = m.artifacts.iter().map(|a| a.sha256.clone()).collect();
+    lineage.push(pkg.model.training.data_sha256.clone());
+    lineage.retain(|h| impeller_core::audit::is_sha256_hex(h));
+    lineage.sort();
+    lineage.dedup();
+    s.store.put_package(&info, &lineage, &token).await?;
     let stored = s.store.package(&info.sha256).await?.unwrap_or(info);
     Ok((StatusCode::CREATED, Json(stored)))
 }
@@ -614,7 +658,7 @@ async fn create_deployment(
     headers: HeaderMap,
     body: Result<Json<NewDeployment>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<DeploymentInfo>)> {
-    operator(&s, &headers, Role::Operator).await?;
+    let token = operator(&s, &headers, Role::Operator).await?;
     let Json(d) = body?;
     if !impeller_core::wire::valid_device_id(&d.name) {
         return Err(Problem::new(Code::InvalidRequest, "name must be 1 to 64 of A-Z a-z 0-9 . _ -"));
@@ -639,7 +683,7 @@ async fn create_deployment(
         aborted_ms: None,
         abort_reason: None,
     };
-    s.store.add_deployment(&info).await?;
+    s.store.add_deployment(&info, &token).await?;
     s.reconcile.notify_one();
     Ok((StatusCode::CREATED, Json(info)))
 }
@@ -732,7 +776,7 @@ async fn abort_deployment(
     if reason.len() > 1000 {
         return Err(Problem::new(Code::InvalidRequest, "reason: at most 1000 bytes"));
     }
-    s.store.abort_deployment(&name, &format!("{reason} (token {token})")).await?;
+    s.store.abort_deployment(&name, &format!("{reason} ({token})"), &token).await?;
     s.reconcile.notify_one();
     Ok(StatusCode::NO_CONTENT)
 }
@@ -742,8 +786,8 @@ async fn stop_deployment(
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    operator(&s, &headers, Role::Operator).await?;
-    s.store.stop_deployment(&name).await?;
+    let token = operator(&s, &headers, Role::Operator).await?;
+    s.store.stop_deployment(&name, &token).await?;
     s.reconcile.notify_one();
     Ok(StatusCode::NO_CONTENT)
 }

@@ -20,6 +20,29 @@ pub struct FileConfig {
     pub mqtt: Mqtt,
     pub http: Http,
     pub packages: Packages,
+    #[serde(default)]
+    pub audit: Audit,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Audit {
+    #[serde(default)]
+    pub key: PathBuf,
+    #[serde(default = "Audit::default_checkpoint_secs")]
+    pub checkpoint_secs: u64,
+}
+
+impl Audit {
+    fn default_checkpoint_secs() -> u64 {
+        60
+    }
+}
+
+impl Default for Audit {
+    fn default() -> Audit {
+        Audit { key: PathBuf::new(), checkpoint_secs: Audit::default_checkpoint_secs() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -75,6 +98,9 @@ impl FileConfig {
         if !c.mqtt.broker.is_empty() && !c.mqtt.broker.starts_with("mqtt://") {
             return Err(err(format!("mqtt.broker `{}` must start with mqtt://", c.mqtt.broker)));
         }
+        if c.audit.checkpoint_secs == 0 {
+            return Err(err("audit.checkpoint_secs must be positive".into()));
+        }
         if c.packages.max_bytes == 0 {
             return Err(err("packages.max_bytes must be positive".into()));
         }
@@ -101,6 +127,12 @@ impl FileConfig {
             packages_dir: self.data_dir.join("packages"),
             trusted_keys: self.packages.trusted_keys.clone(),
             max_package_bytes: self.packages.max_bytes,
+            audit_key: Some(if self.audit.key.as_os_str().is_empty() {
+                self.data_dir.join("audit.secret.json")
+            } else {
+                self.audit.key.clone()
+            }),
+            checkpoint_every: std::time::Duration::from_secs(self.audit.checkpoint_secs),
         }
     }
 }
@@ -118,6 +150,8 @@ mod tests {
         assert_eq!(h.database, "sqlite:impeller-hub-data/hub.db");
         assert!(h.device_auth && h.external_broker.is_none() && h.trusted_keys.is_empty());
         assert_eq!(h.max_package_bytes, 64 << 20);
+        assert_eq!(h.audit_key.as_deref(), Some(std::path::Path::new("impeller-hub-data/audit.secret.json")));
+        assert_eq!(h.checkpoint_every, std::time::Duration::from_secs(60));
     }
 
     #[test]

@@ -306,16 +306,16 @@ async fn advance_rollouts(store: &Store, devices: &[Device]) -> Result<(), Store
                     d.wave += 1;
                     d.wave_started_ms = now_ms();
                     tracing::info!(deployment = %d.name, wave = d.wave + 1, "rollout: next wave");
-                    store.start_wave(&d.name, d.wave).await?;
+                    store.start_wave(&d.name, d.wave, "hub").await?;
                 }
                 Some(Step::Complete) => {
                     tracing::info!(deployment = %d.name, "rollout complete");
-                    store.complete_rollout(&d.name).await?;
+                    store.complete_rollout(&d.name, "hub").await?;
                     break;
                 }
                 Some(Step::Abort(reason)) => {
                     tracing::error!(deployment = %d.name, %reason, "rollout aborted; rolling its devices back");
-                    store.abort_deployment(&d.name, &reason).await?;
+                    store.abort_deployment(&d.name, &reason, "hub").await?;
                     break;
                 }
             }

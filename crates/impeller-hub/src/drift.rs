@@ -10,12 +10,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use impeller_core::drift::{DriftMonitor, DriftPolicy, compare};
+use impeller_core::audit::AuditEvent;
+use impeller_core::drift::{DriftMonitor, DriftPolicy, DriftState, compare};
 use impeller_core::package::{self, Limits, TrustStore};
 use impeller_core::sketch::Sketch;
 use impeller_core::wire::{ModelRef, SketchBody};
 
-use crate::store::{DriftReport, Store, StoreError};
+use crate::store::{DriftReport, Store, StoreError, now_ms};
 
 /// Features kept in each report, worst first.
 const TOP_FEATURES: usize = 5;
@@ -56,17 +57,31 @@ impl Monitor {
                 return Ok(());
             }
             for (device, seq, body) in batch {
-                let report = self.judge(&device, seq.max(0) as u64, &body).await?;
+                let (report, entered) = self.judge(&device, seq.max(0) as u64, &body).await?;
                 if report.state == "drift" {
                     tracing::warn!(%device, model = %report.model, wasserstein = report.max_wasserstein,
                         feature = report.features.first().map_or("", |f| f.feature.as_str()), "drift");
                 }
-                self.store.put_drift(&report).await?;
+                let event = entered.map(|action| {
+                    AuditEvent::new(now_ms(), "hub", action, &device).details(serde_json::json!({
+                        "model": report.model, "model_version": report.model_version, "seq": report.seq,
+                        "max_wasserstein": report.max_wasserstein, "page_hinkley": report.page_hinkley,
+                        "feature": report.features.first().map(|f| &f.feature),
+                    }))
+                });
+                self.store.put_drift(&report, event).await?;
             }
         }
     }
 
-    async fn judge(&mut self, device: &str, seq: u64, body: &str) -> Result<DriftReport, StoreError> {
+    /// The report on one sketch, and `drift.detected` or `drift.cleared` when the device's
+    /// monitor entered or left the drift state with it.
+    async fn judge(
+        &mut self,
+        device: &str,
+        seq: u64,
+        body: &str,
+    ) -> Result<(DriftReport, Option<&'static str>), StoreError> {
         let mut report = DriftReport {
             device: device.to_string(),
             seq,
@@ -83,7 +98,7 @@ impl Monitor {
             monitor: DriftMonitor::default(),
         };
         // Ingest checked the envelope, not the body; one that does not parse is recorded as such.
-        let Ok(sketch) = serde_json::from_str::<SketchBody>(body) else { return Ok(report) };
+        let Ok(sketch) = serde_json::from_str::<SketchBody>(body) else { return Ok((report, None)) };
         report.start_ms = sketch.start_ms;
         report.end_ms = sketch.end_ms;
         report.model = sketch.model.name.clone();
@@ -91,21 +106,27 @@ impl Monitor {
         report.count = sketch.sketch.count;
         let Some(reference) = self.reference(&sketch.model).await? else {
             report.state = "no_reference".into();
-            return Ok(report);
+            return Ok((report, None));
         };
         let Some(comparison) = compare(&reference, &sketch.sketch, &sketch.features) else {
             report.state = "unreadable".into();
-            return Ok(report);
+            return Ok((report, None));
         };
         let monitor = self.monitors.entry((device.to_string(), sketch.model.name.clone())).or_default();
+        let before = monitor.state;
         let state = monitor.update(&comparison, &self.policy);
+        let entered = match (before == DriftState::Drift, state == DriftState::Drift) {
+            (false, true) => Some("drift.detected"),
+            (true, false) => Some("drift.cleared"),
+            _ => None,
+        };
         report.state = state.as_str().into();
         report.max_wasserstein = comparison.max_wasserstein();
         report.max_psi = comparison.max_psi();
         report.page_hinkley = monitor.page_hinkley();
         report.monitor = monitor.clone();
         report.features = comparison.features.into_iter().take(TOP_FEATURES).collect();
-        Ok(report)
+        Ok((report, entered))
     }
 
     /// The reference sketch of the package built for `model`, read (and verified) once.

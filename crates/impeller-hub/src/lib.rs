@@ -18,11 +18,12 @@ pub mod openapi;
 pub mod store;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
-use impeller_core::package::TrustStore;
+use impeller_core::package::{KeyFile, Signer25519, TrustStore};
 
 /// Where the hub keeps things and how agents reach it.
 #[derive(Debug, Clone, Default)]
@@ -44,6 +45,11 @@ pub struct HubConfig {
     pub trusted_keys: Vec<PathBuf>,
     /// Largest package accepted, in bytes (0: 64 MiB).
     pub max_package_bytes: u64,
+    /// Secret key that signs the audit trail's checkpoints, created (with its `.public.json`
+    /// twin) if missing; `None`: the chain is kept but not signed.
+    pub audit_key: Option<PathBuf>,
+    /// How often to sign a checkpoint when something was recorded since (zero: every minute).
+    pub checkpoint_every: Duration,
 }
 
 /// A running hub's handles.
@@ -78,6 +84,11 @@ impl Hub {
             }
             (None, None) => anyhow::bail!("the hub needs an MQTT listen address or an external broker"),
         };
+        if let Some(path) = &cfg.audit_key {
+            let signer = audit_signer(path)?;
+            let every = if cfg.checkpoint_every.is_zero() { Duration::from_secs(60) } else { cfg.checkpoint_every };
+            tokio::spawn(sign_checkpoints(store.clone(), signer, every));
+        }
         let reconcile = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(deploy::run(store.clone(), bus.outgoing.clone(), reconcile.clone()));
         tokio::spawn(drift::run(
@@ -85,7 +96,7 @@ impl Hub {
             cfg.packages_dir.clone(),
             trust.clone(),
             impeller_core::drift::DriftPolicy::default(),
-            std::time::Duration::from_secs(2),
+            Duration::from_secs(2),
         ));
         let http_addr = match cfg.http_listen {
             Some(listen) => {
@@ -124,18 +135,72 @@ pub fn load_trust(paths: &[PathBuf]) -> anyhow::Result<TrustStore> {
     Ok(trust)
 }
 
+/// The key that signs audit checkpoints: read from `path`, or made there (readable by the
+/// owner only) with its public twin beside it.
+pub fn audit_signer(path: &Path) -> anyhow::Result<Signer25519> {
+    let origin = path.display().to_string();
+    match std::fs::read(path) {
+        Ok(bytes) => Ok(KeyFile::parse(&bytes, &origin)?.signer(&origin)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut secret = [0u8; 32];
+            getrandom::fill(&mut secret)
+                .map_err(|e| anyhow::anyhow!("no randomness from the operating system: {e}"))?;
+            let signer = Signer25519::from_secret(secret);
+            if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            let public = public_twin(path);
+            std::fs::write(&public, signer.public_file().to_json())
+                .with_context(|| format!("writing {}", public.display()))?;
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut f = options.open(path).with_context(|| format!("creating {origin}"))?;
+            std::io::Write::write_all(&mut f, &signer.secret_file().to_json())?;
+            f.sync_all()?;
+            tracing::info!(key_id = signer.key_id(), public = %public.display(), "made the audit signing key");
+            Ok(signer)
+        }
+        Err(e) => Err(anyhow::anyhow!("reading the audit key {origin}: {e}")),
+    }
+}
+
+/// `x.secret.json` → `x.public.json`; any other name gets `.public.json` appended.
+pub fn public_twin(secret: &Path) -> PathBuf {
+    let name = secret.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let public = match name.strip_suffix(".secret.json") {
+        Some(stem) => format!("{stem}.public.json"),
+        None => format!("{name}.public.json"),
+    };
+    secret.with_file_name(public)
+}
+
+async fn sign_checkpoints(store: store::Store, signer: Signer25519, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        match store.audit_checkpoint(&signer).await {
+            Ok(Some(r)) => tracing::debug!(seq = r.seq, "audit checkpoint signed"),
+            Ok(None) => {}
+            Err(error) => tracing::error!(%error, "cannot sign an audit checkpoint; retrying"),
+        }
+    }
+}
+
 /// The embedded broker binds on its own thread; wait until it accepts connections.
 async fn wait_listening(listen: SocketAddr) -> anyhow::Result<()> {
     let mut addr = listen;
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(addr).await.is_err() {
         if tokio::time::Instant::now() > until {
             anyhow::bail!("the embedded MQTT broker does not accept connections on {listen}");
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     Ok(())
 }

@@ -238,6 +238,12 @@ fn schemas() -> Value {
             "features": {"type": "array", "items": schema("FeatureDrift")},
         })),
         "DriftPage": page_of("DriftReport"),
+        "AuditRecord": object(&["seq", "time_ms", "actor", "action", "subject", "artifacts", "details", "prev", "hash"], json!({
+            "seq": uint(), "time_ms": {"type": "integer"}, "actor": string(), "action": string(), "subject": string(),
+            "artifacts": {"type": "array", "items": string(), "description": "SHA-256 of the artifacts involved"},
+            "details": {}, "prev": string(), "hash": string(),
+        })),
+        "AuditPage": page_of("AuditRecord"),
         "TelemetryPoint": object(&["start_ms", "end_ms", "count", "mean", "min", "max"], json!({
             "start_ms": {"type": "integer"}, "end_ms": {"type": "integer"}, "count": uint(),
             "mean": {"type": "number"}, "min": {"type": "number"}, "max": {"type": "number"},
@@ -372,6 +378,19 @@ pub fn document() -> Value {
                 "get": with(op("Drift of each sketch against its package's reference, with the device's monitor state",
                                "drift", Who::Operator, json!({"200": ok("a page", "DriftPage")}), &[]),
                             "parameters", fleet_filters()),
+            },
+            "/api/v1/audit": {
+                "get": with(op("The audit trail in chain order; verify it with `impeller audit verify`",
+                               "audit", Who::Operator, json!({"200": ok("a page", "AuditPage")}), &[]),
+                            "parameters", json!([
+                                {"name": "action", "in": "query", "description": "one action, or a prefix ending in `.`", "schema": string()},
+                                {"name": "subject", "in": "query", "schema": string()},
+                                {"name": "since_ms", "in": "query", "description": "recorded from this time", "schema": {"type": "integer"}},
+                                {"name": "limit", "in": "query", "description": "1 to 1000, default 100",
+                                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                                {"name": "after", "in": "query", "description": "the `next_after` of the previous page (a sequence number)",
+                                 "schema": {"type": "integer", "minimum": 0}},
+                            ])),
             },
         },
         "components": {

@@ -9,6 +9,7 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Executor, Row};
 
+use impeller_core::audit::AuditEvent;
 use impeller_core::deploy::{UpdateReport, UpdateState};
 
 use crate::fleet::{Credential, Device, hash_secret, random_hex};
@@ -23,8 +24,45 @@ macro_rules! on_pool {
     };
 }
 
+/// Seals an audit event as the next record inside the transaction `$tx`, so it commits or rolls
+/// back with the action it records. `$make` turns the record's (seq, prev) into the event (a
+/// checkpoint needs them); `event $e` for an event that does not. Evaluates to the record.
+macro_rules! append_audit {
+    ($tx:expr, event $event:expr) => {
+        append_audit!($tx, |_: u64, _: &str| $event)
+    };
+    ($tx:expr, $make:expr) => {{
+        // Updating the head first takes the write lock (SQLite) or the row lock (PostgreSQL):
+        // concurrent appends wait here, so none can read a stale head.
+        let (seq, prev): (i64, String) =
+            sqlx::query_as("UPDATE audit_head SET seq = seq + 1 WHERE id = 1 RETURNING seq, hash")
+                .fetch_one(&mut *$tx)
+                .await?;
+        let record = ($make)(seq as u64, prev.as_str()).seal(seq as u64, &prev);
+        sqlx::query(
+            "INSERT INTO audit_log (seq, time_ms, actor, action, subject, artifacts, details, prev, hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(seq)
+        .bind(record.time_ms)
+        .bind(&record.actor)
+        .bind(&record.action)
+        .bind(&record.subject)
+        .bind(serde_json::to_string(&record.artifacts).unwrap_or_default())
+        .bind(record.details.to_string())
+        .bind(&record.prev)
+        .bind(&record.hash)
+        .execute(&mut *$tx)
+        .await?;
+        sqlx::query("UPDATE audit_head SET hash = $1 WHERE id = 1").bind(&record.hash).execute(&mut *$tx).await?;
+        record
+    }};
+}
+
+mod audit;
 mod deployments;
 mod queries;
+pub use audit::AuditFilter;
 pub use deployments::{
     AlertActivity, DeploymentInfo, DesiredInfo, Member, PackageInfo, TokenInfo, TokenSecret, UpdateInfo,
 };
@@ -40,6 +78,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "rollouts", include_str!("../migrations/sqlite/0004_rollouts.sql")),
     (5, "queries", include_str!("../migrations/sqlite/0005_queries.sql")),
     (6, "drift", include_str!("../migrations/sqlite/0006_drift.sql")),
+    (7, "audit", include_str!("../migrations/sqlite/0007_audit.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "telemetry", include_str!("../migrations/postgres/0001_telemetry.sql")),
@@ -48,6 +87,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (4, "rollouts", include_str!("../migrations/postgres/0004_rollouts.sql")),
     (5, "queries", include_str!("../migrations/postgres/0005_queries.sql")),
     (6, "drift", include_str!("../migrations/postgres/0006_drift.sql")),
+    (7, "audit", include_str!("../migrations/postgres/0007_audit.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -195,7 +235,7 @@ impl Store {
                 }
                 for m in batch {
                     let Some(u) = &m.update else { continue };
-                    sqlx::query(deployments::UPSERT_UPDATE)
+                    let fresh = sqlx::query(deployments::UPSERT_UPDATE)
                         .bind(&m.device)
                         .bind(m.seq as i64)
                         .bind(&u.deployment)
@@ -206,7 +246,13 @@ impl Store {
                         .bind(m.ts_ms)
                         .bind((u.state == UpdateState::Active).then_some(m.seq as i64))
                         .execute(&mut *tx)
-                        .await?;
+                        .await?
+                        .rows_affected()
+                        > 0;
+                    // Outcomes go to the audit trail, once (a redelivery updates nothing).
+                    if fresh && matches!(u.state, UpdateState::Active | UpdateState::Failed | UpdateState::RolledBack) {
+                        append_audit!(tx, event update_event(m, u, now));
+                    }
                 }
                 for (device, acked) in acked {
                     sqlx::query(
@@ -292,6 +338,7 @@ impl Store {
         id: &str,
         tags: &BTreeMap<String, String>,
         profile: &str,
+        actor: &str,
     ) -> Result<String, StoreError> {
         if !impeller_core::wire::valid_device_id(id) {
             return Err(StoreError::BadDeviceId(id.to_string()));
@@ -301,24 +348,27 @@ impl Store {
         let tags_json = serde_json::to_string(tags).unwrap_or_else(|_| "{}".into());
         let sql = "INSERT INTO devices (id, tags, profile, secret_salt, secret_hash, created_ms) \
                    VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (id) DO NOTHING";
-        macro_rules! run {
-            ($pool:expr) => {
-                sqlx::query(sql)
-                    .bind(id)
-                    .bind(&tags_json)
-                    .bind(profile)
-                    .bind(&salt)
-                    .bind(hash_secret(&salt, &secret))
-                    .bind(now_ms())
-                    .execute($pool)
-                    .await?
-                    .rows_affected()
-            };
-        }
-        let added = match self {
-            Store::Sqlite(p) => run!(p),
-            Store::Postgres(p) => run!(p),
-        };
+        let now = now_ms();
+        let event = AuditEvent::new(now, actor, "device.added", id)
+            .details(serde_json::json!({ "tags": tags, "profile": profile }));
+        let added = on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query(sql)
+                .bind(id)
+                .bind(&tags_json)
+                .bind(profile)
+                .bind(&salt)
+                .bind(hash_secret(&salt, &secret))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n > 0 {
+                append_audit!(tx, event event);
+            }
+            tx.commit().await?;
+            n
+        });
         if added == 0 {
             return Err(StoreError::DeviceExists(id.to_string()));
         }
@@ -326,12 +376,19 @@ impl Store {
     }
 
     /// Revokes a device: its connections are refused from the next credentials refresh.
-    pub async fn revoke_device(&self, id: &str) -> Result<(), StoreError> {
+    pub async fn revoke_device(&self, id: &str, actor: &str) -> Result<(), StoreError> {
         let sql = "UPDATE devices SET revoked_ms = $1 WHERE id = $2 AND revoked_ms IS NULL";
-        let n = match self {
-            Store::Sqlite(p) => sqlx::query(sql).bind(now_ms()).bind(id).execute(p).await?.rows_affected(),
-            Store::Postgres(p) => sqlx::query(sql).bind(now_ms()).bind(id).execute(p).await?.rows_affected(),
-        };
+        let now = now_ms();
+        let event = AuditEvent::new(now, actor, "device.revoked", id);
+        let n = on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query(sql).bind(now).bind(id).execute(&mut *tx).await?.rows_affected();
+            if n > 0 {
+                append_audit!(tx, event event);
+            }
+            tx.commit().await?;
+            n
+        });
         if n == 0 && !self.devices().await?.iter().any(|d| d.id == id) {
             return Err(StoreError::NoDevice(id.to_string()));
         }
@@ -381,6 +438,25 @@ impl Store {
             Store::Postgres(p) => run!(p),
         })
     }
+}
+
+/// A device's update outcome as an audit event. The package hash comes from the device, so it
+/// is listed as an artifact only when it is one.
+fn update_event(m: &Incoming, u: &UpdateReport, now: i64) -> AuditEvent {
+    let mut e = AuditEvent::new(now, &m.device, &format!("device.update.{}", u.state.as_str()), &m.device).details(
+        serde_json::json!({
+            "deployment": u.deployment,
+            "package_sha256": u.sha256,
+            "reason": u.reason,
+            "running_release": u.running_release,
+            "seq": m.seq,
+            "device_ts_ms": m.ts_ms,
+        }),
+    );
+    if impeller_core::audit::is_sha256_hex(&u.sha256) {
+        e = e.artifact(&u.sha256);
+    }
+    e
 }
 
 pub fn now_ms() -> i64 {

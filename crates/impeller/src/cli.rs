@@ -9,7 +9,8 @@ Exit codes:
   0  success
   1  failure (an unexpected error; the message says what)
   2  usage error (unknown flag, missing argument)
-  3  invalid input: a data, configuration or model file that cannot be read or is wrong";
+  3  invalid input: a data, configuration or model file that cannot be read or is wrong
+  4  a check failed: `impeller audit verify` found the audit trail broken";
 
 /// Impeller: anomaly-detection models for pumps, from training to the edge.
 #[derive(Debug, Parser)]
@@ -61,6 +62,10 @@ pub enum Command {
     /// Drift of the devices' features against their models' training data, as the hub judged
     /// each sketch (through its API), oldest first.
     Drift(FleetQueryArgs),
+    /// The hub's tamper-evident audit trail (through its API, or an export): verify, export,
+    /// trace an artifact.
+    #[command(subcommand)]
+    Audit(AuditCommand),
     /// The whole lifecycle on this machine: a hub, a simulated fleet with an edge agent per
     /// pump, training, signed packages, staged rollouts, faults, and the alerts checked
     /// against the simulator's ground truth. Ctrl-C stops it.
@@ -68,6 +73,54 @@ pub enum Command {
     /// Simulate a fleet of pumps (physics, three manufacturers, faults, drift) and write each
     /// pump's readings as a SKAB-layout CSV file, with the ground truth in fleet.json.
     Sim(SimArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Check every record's hash and link to the one before, and the hub's signed checkpoints
+    /// with the pinned key; finds any edited, deleted, inserted or reordered record.
+    Verify {
+        #[command(flatten)]
+        source: AuditSource,
+        /// The hub's audit public key (audit.public.json in its data folder); repeatable.
+        #[arg(long = "key", value_name = "FILE")]
+        keys: Vec<PathBuf>,
+        /// The records need not start at the first (an export made with --since).
+        #[arg(long)]
+        partial: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the records as JSON Lines, one record per line, oldest first.
+    Export {
+        /// Only records from this long ago, e.g. 7d (check such an export with verify --partial).
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_s)]
+        since: Option<u64>,
+        /// Write here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The records connected to an artifact (its SHA-256): from the training data through
+    /// the model and the package to the deployments and the devices that ran it.
+    Trace {
+        artifact: String,
+        #[command(flatten)]
+        source: AuditSource,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Where the audit records come from: an export file, or the hub.
+#[derive(Debug, Args)]
+pub struct AuditSource {
+    /// A JSON Lines export (impeller audit export) instead of the hub.
+    #[arg(long, value_name = "FILE")]
+    pub file: Option<PathBuf>,
+    #[command(flatten)]
+    pub api: ApiArgs,
 }
 
 /// Which devices and when, for `impeller alerts` and `impeller drift`.
@@ -514,6 +567,21 @@ pub enum Bench {
     /// then every pump scored frame by frame through its adapter; per fault class how many
     /// were caught and how fast, and false alarms per healthy pump-day.
     Fleet(FleetBenchArgs),
+    /// The audit trail: seal N records (a signed checkpoint every 1,000), export them as JSON
+    /// Lines, and time `impeller audit verify --file` on the export, against hashing the same
+    /// bytes with SHA-256 alone.
+    Audit(AuditBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditBenchArgs {
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: u64,
+    /// Keep the export and the public key in this folder (default: a temporary one).
+    #[arg(long, value_name = "DIR")]
+    pub keep: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -86,11 +86,13 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         ),
         packages_dir: dir.join("packages"),
         trusted_keys: vec![public_key.clone()],
+        audit_key: Some(dir.join("audit.secret.json")),
+        checkpoint_every: Duration::from_secs(10),
         ..Default::default()
     };
     let hub = Hub::start(&cfg).await.context("starting the hub")?;
     let api_base = format!("http://{}", hub.http_addr.context("the hub has no API address")?);
-    let (_, token) = hub.store.add_token("demo", Role::Admin).await?;
+    let (_, token) = hub.store.add_token("demo", Role::Admin, "demo").await?;
     let api = HubClient::new(&api_base, &token)?;
     say(format_args!("Impeller demo in {}", dir.display()))?;
     say(format_args!(
@@ -304,7 +306,15 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         a.abort();
     }
 
-    // 7. Summary against the ground truth.
+    // 7. The audit trail: sign what it holds now, then check it as an auditor would, through
+    // the API with the hub's public key pinned.
+    let audit_signer = impeller_hub::audit_signer(&dir.join("audit.secret.json"))?;
+    hub.store.audit_checkpoint(&audit_signer).await?;
+    let mut pinned = impeller_core::package::TrustStore::new();
+    pinned.add(audit_signer.verifying_key());
+    let audit = verify_audit(&api, &pinned).await;
+
+    // 8. Summary against the ground truth.
     let results = outcomes(&fleet, &alerts, fleet.start_ms, fleet.end_ms);
     let summary = summarise(&results);
     emit(|out| {
@@ -327,6 +337,19 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
             explained
         )?;
         writeln!(out, "messages stored at the hub: {}", hub.stats.stored.load(std::sync::atomic::Ordering::Relaxed))?;
+        match &audit {
+            Ok(s) => writeln!(
+                out,
+                "audit trail: {} records, chain intact, {} checkpoints verified with the hub's key{}",
+                s.records,
+                s.checkpoints_verified,
+                match &args.dir {
+                    Some(_) => format!(" ({})", dir.join("audit.public.json").display()),
+                    None => String::new(),
+                }
+            )?,
+            Err(e) => writeln!(out, "audit trail: BROKEN: {e}")?,
+        }
         writeln!(out, "not yet in the demo: retraining on drift, the dashboard (open issues 6 and 7)")
     })?;
     if interrupted {
@@ -340,10 +363,33 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     if !missing.is_empty() {
         anyhow::bail!("rollouts did not complete: {}", missing.join(", "));
     }
+    if let Err(e) = audit {
+        anyhow::bail!("the audit trail does not verify: {e}");
+    }
     if faulty > 0 && summary.classes.iter().all(|c| c.detected == 0) {
         anyhow::bail!("no fault was detected: the models or the uplink are not working");
     }
     Ok(())
+}
+
+/// Reads the whole audit trail through the API and checks it against the pinned key.
+async fn verify_audit(
+    api: &HubClient,
+    pinned: &impeller_core::package::TrustStore,
+) -> anyhow::Result<impeller_core::audit::ChainSummary> {
+    let mut verifier = impeller_core::audit::ChainVerifier::new(Some(pinned));
+    let mut after = 0u64;
+    loop {
+        let page = api.call("GET", &format!("/audit?limit=1000&after={after}"), None).await?;
+        for item in page["items"].as_array().into_iter().flatten() {
+            let record: impeller_core::audit::AuditRecord = serde_json::from_value(item.clone())?;
+            verifier.push(&record)?;
+            after = record.seq;
+        }
+        if page["next_after"].is_null() {
+            return Ok(verifier.finish());
+        }
+    }
 }
 
 /// All rollouts in one line: how many are at which wave, and devices running their model.

@@ -1,6 +1,7 @@
 //! The `impeller` command line as a library: `main.rs` only parses flags and calls [`run`], so
 //! integration tests drive the same code.
 
+pub mod audit;
 pub mod cli;
 pub mod commands;
 pub mod data;
@@ -29,7 +30,13 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             || e.is::<TrainError>()
             || e.is::<PackageError>()
     });
-    if input { 3 } else { 1 }
+    if error.chain().any(|e| e.is::<audit::CheckFailed>()) {
+        4
+    } else if input {
+        3
+    } else {
+        1
+    }
 }
 
 pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
@@ -37,10 +44,12 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Bench(Bench::Skab(args)) => commands::bench_skab(args),
         Command::Bench(Bench::Fleet(args)) => fleet::bench(args),
+        Command::Bench(Bench::Audit(args)) => audit::bench(args),
         Command::Sim(args) => fleet::sim(args),
         Command::Demo(args) => demo::run(args),
         Command::Alerts(q) => remote::alerts(q),
         Command::Drift(q) => remote::drift(q),
+        Command::Audit(cmd) => audit::run(cmd),
         Command::Train(args) => commands::train(args),
         Command::Score(args) => commands::score(args),
         Command::Model(ModelCommand::Inspect { file, json }) => commands::inspect(&file, json),
@@ -140,7 +149,9 @@ fn token_create(name: &str, role: cli::TokenRole, db: &cli::HubDb) -> anyhow::Re
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let (_, token) = rt.block_on(async {
         let store = impeller_hub::store::Store::open(&db.url()).await?;
-        anyhow::Ok(store.add_token(name, role).await?)
+        // Made on the database, not through the API: the actor is the local account.
+        let user = std::env::var("USER").unwrap_or_else(|_| "unknown".into());
+        anyhow::Ok(store.add_token(name, role, &format!("local:{user}")).await?)
     })?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{token}")?;

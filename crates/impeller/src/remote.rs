@@ -60,13 +60,13 @@ impl HubClient {
 }
 
 /// The same, for commands that run once and block.
-struct Api {
+pub(crate) struct Api {
     rt: tokio::runtime::Runtime,
     hub: HubClient,
 }
 
 impl Api {
-    fn new(args: &ApiArgs) -> anyhow::Result<Api> {
+    pub(crate) fn new(args: &ApiArgs) -> anyhow::Result<Api> {
         if args.token.is_empty() {
             return Err(
                 InputError("no API token: pass --token or set IMPELLER_TOKEN (impeller token create)".into()).into()
@@ -219,8 +219,13 @@ fn query_string(pairs: &[(&str, String)]) -> String {
 }
 
 /// Follows a list's pages (`limit=1000`, then `after=next_after`) from `path?query`, handing
-/// each item to `each`.
-fn each_item(api: &Api, path: &str, query: &[(&str, String)], mut each: impl FnMut(Value)) -> anyhow::Result<()> {
+/// each item to `each`; stops at the first error.
+pub(crate) fn each_item(
+    api: &Api,
+    path: &str,
+    query: &[(&str, String)],
+    mut each: impl FnMut(Value) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let mut after: Option<String> = None;
     loop {
         let mut pairs = query.to_vec();
@@ -230,7 +235,7 @@ fn each_item(api: &Api, path: &str, query: &[(&str, String)], mut each: impl FnM
         }
         let mut page = api.call("GET", &format!("{path}?{}", query_string(&pairs)), None)?;
         if let Value::Array(items) = page["items"].take() {
-            items.into_iter().for_each(&mut each);
+            items.into_iter().try_for_each(&mut each)?;
         }
         match page["next_after"].as_str() {
             Some(next) => after = Some(next.to_string()),
@@ -254,6 +259,7 @@ fn fleet_items(api: &Api, path: &str, q: &FleetQueryArgs) -> anyhow::Result<Vec<
         if items.len() > q.limit {
             items.pop_front();
         }
+        Ok(())
     })?;
     Ok(items.into())
 }
@@ -339,7 +345,10 @@ pub fn device(cmd: DeviceCommand) -> anyhow::Result<()> {
         DeviceCommand::List { api, json: as_json } => {
             let api = Api::new(&api)?;
             let mut devices = Vec::new();
-            each_item(&api, "/devices", &[], |d| devices.push(d))?;
+            each_item(&api, "/devices", &[], |d| {
+                devices.push(d);
+                Ok(())
+            })?;
             if as_json {
                 writeln!(out, "{}", Value::Array(devices))?;
                 return Ok(());

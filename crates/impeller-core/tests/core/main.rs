@@ -4,6 +4,7 @@
 // Helpers in a test binary may unwrap: a panic there fails the test, as it should.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+mod audit;
 mod model_format;
 mod package;
 mod properties;

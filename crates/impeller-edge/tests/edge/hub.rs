@@ -22,7 +22,7 @@ fn the_hub_stores_every_message_once_across_agent_restarts() {
     };
     // Provisioned first, as an operator would; the agent connects with its secret.
     let store = rt.block_on(impeller_hub::store::Store::open(&cfg.database)).unwrap();
-    let secret = rt.block_on(store.add_device(&site.device, &Default::default(), "gw-test")).unwrap();
+    let secret = rt.block_on(store.add_device(&site.device, &Default::default(), "gw-test", "test")).unwrap();
     let config = std::fs::read_to_string(&site.config).unwrap().replace(
         "ack_timeout_s = 3",
         &format!("ack_timeout_s = 3\nusername = \"{}\"\npassword = \"{secret}\"", site.device),

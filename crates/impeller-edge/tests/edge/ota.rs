@@ -43,7 +43,7 @@ impl TestHub {
         };
         let hub = rt.block_on(Hub::start(&cfg)).unwrap();
         let api = format!("http://{}", hub.http_addr.unwrap());
-        let (_, admin) = rt.block_on(hub.store.add_token("test-admin", Role::Admin)).unwrap();
+        let (_, admin) = rt.block_on(hub.store.add_token("test-admin", Role::Admin, "test")).unwrap();
         TestHub { rt, hub, api, admin, packages_dir, client: reqwest::Client::new() }
     }
 
@@ -185,7 +185,7 @@ fn the_api_refuses_whoever_may_not_do_something() {
     let (status, _) = hub.call("GET", "/api/v1/devices", Some("Bearer imp_0000_wrong"), None);
     assert_eq!(status, 401);
 
-    let (_, reader) = hub.rt.block_on(hub.hub.store.add_token("viewer", Role::Read)).unwrap();
+    let (_, reader) = hub.rt.block_on(hub.hub.store.add_token("viewer", Role::Read, "test")).unwrap();
     let reader = format!("Bearer {reader}");
     let (status, body) = hub.call("GET", "/api/v1/devices", Some(&reader), None);
     assert_eq!(status, 200, "{body}");

@@ -1,6 +1,7 @@
 //! Operators' API tokens, packages, deployments, published desired state and devices' update
 //! reports.
 
+use impeller_core::audit::AuditEvent;
 use impeller_core::rollout::Rollout;
 use impeller_core::wire::AggregateBody;
 use serde::Serialize;
@@ -127,23 +128,29 @@ impl AlertActivity {
 /// Runs one statement on whichever pool the store has.
 impl Store {
     /// Creates an API token; returns it (`imp_{id}_{secret}`), which is shown once.
-    pub async fn add_token(&self, name: &str, role: Role) -> Result<(TokenInfo, String), StoreError> {
+    pub async fn add_token(&self, name: &str, role: Role, actor: &str) -> Result<(TokenInfo, String), StoreError> {
         let id = random_hex(8)?;
         let secret = random_hex(32)?;
         let salt = random_hex(16)?;
         let created_ms = now_ms();
         let sql = "INSERT INTO api_tokens (id, name, role, secret_salt, secret_hash, created_ms) \
                    VALUES ($1, $2, $3, $4, $5, $6)";
-        on_pool!(self, |p| sqlx::query(sql)
-            .bind(&id)
-            .bind(name)
-            .bind(role.as_str())
-            .bind(&salt)
-            .bind(hash_secret(&salt, &secret))
-            .bind(created_ms)
-            .execute(p)
-            .await?
-            .rows_affected());
+        let event = AuditEvent::new(created_ms, actor, "token.created", &format!("token:{id}"))
+            .details(serde_json::json!({ "name": name, "role": role.as_str() }));
+        on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            sqlx::query(sql)
+                .bind(&id)
+                .bind(name)
+                .bind(role.as_str())
+                .bind(&salt)
+                .bind(hash_secret(&salt, &secret))
+                .bind(created_ms)
+                .execute(&mut *tx)
+                .await?;
+            append_audit!(tx, event event);
+            tx.commit().await?
+        });
         let token = format!("imp_{id}_{secret}");
         Ok((TokenInfo { id, name: name.to_string(), role, created_ms, revoked_ms: None }, token))
     }
@@ -168,21 +175,39 @@ impl Store {
         }))
     }
 
-    pub async fn put_package(&self, p: &PackageInfo) -> Result<(), StoreError> {
+    /// Records an uploaded package (once per hash). `lineage`: the hashes it was built from
+    /// (model file, training data), for the audit trail.
+    pub async fn put_package(&self, p: &PackageInfo, lineage: &[String], actor: &str) -> Result<(), StoreError> {
         let sql = "INSERT INTO packages (sha256, size, model, version, release, target, signed_by, uploaded_ms) \
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (sha256) DO NOTHING";
-        on_pool!(self, |pool| sqlx::query(sql)
-            .bind(&p.sha256)
-            .bind(p.size as i64)
-            .bind(&p.model)
-            .bind(&p.version)
-            .bind(p.release as i64)
-            .bind(&p.target)
-            .bind(&p.signed_by)
-            .bind(p.uploaded_ms)
-            .execute(pool)
-            .await?
-            .rows_affected());
+        let mut event =
+            AuditEvent::new(p.uploaded_ms, actor, "package.uploaded", &format!("{}@{}", p.model, p.version))
+                .artifact(&p.sha256)
+                .details(serde_json::json!({
+                    "release": p.release, "target": p.target, "signed_by": p.signed_by, "size": p.size,
+                }));
+        for hash in lineage {
+            event = event.artifact(hash);
+        }
+        on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            let n = sqlx::query(sql)
+                .bind(&p.sha256)
+                .bind(p.size as i64)
+                .bind(&p.model)
+                .bind(&p.version)
+                .bind(p.release as i64)
+                .bind(&p.target)
+                .bind(&p.signed_by)
+                .bind(p.uploaded_ms)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n > 0 {
+                append_audit!(tx, event event);
+            }
+            tx.commit().await?
+        });
         Ok(())
     }
 
@@ -224,31 +249,68 @@ impl Store {
         }))
     }
 
-    pub async fn add_deployment(&self, d: &DeploymentInfo) -> Result<(), StoreError> {
+    pub async fn add_deployment(&self, d: &DeploymentInfo, actor: &str) -> Result<(), StoreError> {
         let sql = "INSERT INTO deployments \
                    (name, package_sha256, target_condition, priority, created_ms, rollout, wave, wave_started_ms) \
                    VALUES ($1, $2, $3, $4, $5, $6, 0, $5) ON CONFLICT (name) DO NOTHING";
         let rollout = d.rollout.as_ref().map(|r| serde_json::to_string(r).unwrap_or_default());
-        let n = on_pool!(self, |p| sqlx::query(sql)
-            .bind(&d.name)
-            .bind(&d.package_sha256)
-            .bind(&d.target_condition)
-            .bind(d.priority)
-            .bind(d.created_ms)
-            .bind(&rollout)
-            .execute(p)
-            .await?
-            .rows_affected());
+        let event = AuditEvent::new(d.created_ms, actor, "deployment.created", &d.name)
+            .artifact(&d.package_sha256)
+            .details(serde_json::json!({
+                "target_condition": d.target_condition, "priority": d.priority, "rollout": d.rollout,
+            }));
+        let n = on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query(sql)
+                .bind(&d.name)
+                .bind(&d.package_sha256)
+                .bind(&d.target_condition)
+                .bind(d.priority)
+                .bind(d.created_ms)
+                .bind(&rollout)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if n > 0 {
+                append_audit!(tx, event event);
+            }
+            tx.commit().await?;
+            n
+        });
         if n == 0 {
             return Err(StoreError::Exists { kind: "deployment", id: d.name.clone() });
         }
         Ok(())
     }
 
+    /// Runs `sql` on one deployment (binds: now, name, then `text` if given) and, when it
+    /// changed a row, records `event` with it.
+    async fn change_deployment(
+        &self,
+        sql: &'static str,
+        name: &str,
+        text: Option<&str>,
+        event: AuditEvent,
+    ) -> Result<u64, StoreError> {
+        Ok(on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            let mut q = sqlx::query(sql).bind(event.time_ms).bind(name);
+            if let Some(t) = text {
+                q = q.bind(t);
+            }
+            let n = q.execute(&mut *tx).await?.rows_affected();
+            if n > 0 {
+                append_audit!(tx, event event);
+            }
+            tx.commit().await?;
+            n
+        }))
+    }
+
     /// Stops a deployment: it no longer applies to any device.
-    pub async fn stop_deployment(&self, name: &str) -> Result<(), StoreError> {
+    pub async fn stop_deployment(&self, name: &str, actor: &str) -> Result<(), StoreError> {
         let sql = "UPDATE deployments SET stopped_ms = $1 WHERE name = $2 AND stopped_ms IS NULL";
-        on_pool!(self, |p| sqlx::query(sql).bind(now_ms()).bind(name).execute(p).await?.rows_affected());
+        self.change_deployment(sql, name, None, AuditEvent::new(now_ms(), actor, "deployment.stopped", name)).await?;
         if !self.deployments().await?.iter().any(|d| d.name == name) {
             return Err(StoreError::NotFound { kind: "deployment", id: name.to_string() });
         }
@@ -256,36 +318,29 @@ impl Store {
     }
 
     /// Moves a staged rollout to wave `wave`, starting now.
-    pub async fn start_wave(&self, name: &str, wave: usize) -> Result<(), StoreError> {
-        let sql = "UPDATE deployments SET wave = $1, wave_started_ms = $2 WHERE name = $3";
-        on_pool!(self, |p| sqlx::query(sql)
-            .bind(wave as i64)
-            .bind(now_ms())
-            .bind(name)
-            .execute(p)
-            .await?
-            .rows_affected());
+    pub async fn start_wave(&self, name: &str, wave: usize, actor: &str) -> Result<(), StoreError> {
+        let sql = "UPDATE deployments SET wave_started_ms = $1, wave = CAST($3 AS BIGINT) WHERE name = $2";
+        let event = AuditEvent::new(now_ms(), actor, "deployment.wave_started", name)
+            .details(serde_json::json!({ "wave": wave }));
+        self.change_deployment(sql, name, Some(&wave.to_string()), event).await?;
         Ok(())
     }
 
     /// Marks a staged rollout complete: it applies to every device it matches from now on.
-    pub async fn complete_rollout(&self, name: &str) -> Result<(), StoreError> {
+    pub async fn complete_rollout(&self, name: &str, actor: &str) -> Result<(), StoreError> {
         let sql = "UPDATE deployments SET completed_ms = $1 WHERE name = $2 AND completed_ms IS NULL";
-        on_pool!(self, |p| sqlx::query(sql).bind(now_ms()).bind(name).execute(p).await?.rows_affected());
+        let event = AuditEvent::new(now_ms(), actor, "deployment.completed", name);
+        self.change_deployment(sql, name, None, event).await?;
         Ok(())
     }
 
     /// Aborts a deployment: it no longer applies, and the devices that took it are rolled back.
-    pub async fn abort_deployment(&self, name: &str, reason: &str) -> Result<(), StoreError> {
-        let sql = "UPDATE deployments SET aborted_ms = $1, abort_reason = $2 \
-                   WHERE name = $3 AND aborted_ms IS NULL AND stopped_ms IS NULL";
-        let n = on_pool!(self, |p| sqlx::query(sql)
-            .bind(now_ms())
-            .bind(reason)
-            .bind(name)
-            .execute(p)
-            .await?
-            .rows_affected());
+    pub async fn abort_deployment(&self, name: &str, reason: &str, actor: &str) -> Result<(), StoreError> {
+        let sql = "UPDATE deployments SET aborted_ms = $1, abort_reason = $3 \
+                   WHERE name = $2 AND aborted_ms IS NULL AND stopped_ms IS NULL";
+        let event = AuditEvent::new(now_ms(), actor, "deployment.aborted", name)
+            .details(serde_json::json!({ "reason": reason }));
+        let n = self.change_deployment(sql, name, Some(reason), event).await?;
         if n == 0 {
             return match self.deployments().await?.into_iter().find(|d| d.name == name) {
                 None => Err(StoreError::NotFound { kind: "deployment", id: name.to_string() }),

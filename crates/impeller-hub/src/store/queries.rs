@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 
+use impeller_core::audit::AuditEvent;
 use impeller_core::drift::{DriftMonitor, FeatureDrift};
 use impeller_core::wire::AlertBody;
 use serde::Serialize;
@@ -140,29 +141,38 @@ pub struct DriftReport {
 type DriftRow = (String, i64, i64, i64, String, String, i64, f64, f64, f64, String, String, String);
 
 impl Store {
-    pub async fn put_drift(&self, r: &DriftReport) -> Result<(), StoreError> {
+    /// Stores a drift report, and with it `event` in the audit trail (a monitor entering or
+    /// leaving the drift state), once: a report already stored adds nothing.
+    pub async fn put_drift(&self, r: &DriftReport, event: Option<AuditEvent>) -> Result<(), StoreError> {
         let sql = "INSERT INTO drift_reports (device, seq, start_ms, end_ms, model, model_version, count, \
                    max_wasserstein, max_psi, page_hinkley, state, features, monitor) \
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (device, seq) DO NOTHING";
         let features = serde_json::to_string(&r.features).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let monitor = serde_json::to_string(&r.monitor).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        on_pool!(self, |p| sqlx::query(sql)
-            .bind(&r.device)
-            .bind(r.seq.min(i64::MAX as u64) as i64)
-            .bind(r.start_ms)
-            .bind(r.end_ms)
-            .bind(&r.model)
-            .bind(&r.model_version)
-            .bind(r.count.min(i64::MAX as u64) as i64)
-            .bind(r.max_wasserstein)
-            .bind(r.max_psi)
-            .bind(r.page_hinkley)
-            .bind(&r.state)
-            .bind(features)
-            .bind(monitor)
-            .execute(p)
-            .await
-            .map(|_| ())?);
+        on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            let n = sqlx::query(sql)
+                .bind(&r.device)
+                .bind(r.seq.min(i64::MAX as u64) as i64)
+                .bind(r.start_ms)
+                .bind(r.end_ms)
+                .bind(&r.model)
+                .bind(&r.model_version)
+                .bind(r.count.min(i64::MAX as u64) as i64)
+                .bind(r.max_wasserstein)
+                .bind(r.max_psi)
+                .bind(r.page_hinkley)
+                .bind(&r.state)
+                .bind(features)
+                .bind(monitor)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+            if let Some(event) = event.filter(|_| n > 0) {
+                append_audit!(tx, event event);
+            }
+            tx.commit().await?
+        });
         Ok(())
     }
 
