@@ -69,5 +69,5 @@ pub mod wire;
 
 pub use channel::{Channel, Frame};
 pub use error::{ModelError, TrainError};
-pub use model::{Model, TrainConfig, train};
+pub use model::{Model, TrainConfig, train, train_parts};
 pub use scorer::{Scored, Scorer, Verdict};

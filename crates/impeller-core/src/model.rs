@@ -81,21 +81,30 @@ pub struct Model {
 
 /// Trains a model on frames of normal operation, in time order.
 pub fn train(channels: &[Channel], frames: &[Frame], config: &TrainConfig) -> Result<Model, TrainError> {
+    train_parts(channels, &[frames], config)
+}
+
+/// Trains one model on several recordings of normal operation (devices of one class, files),
+/// each in time order. Rolling windows restart at the start of each part, so no feature
+/// mixes two recordings.
+pub fn train_parts(channels: &[Channel], parts: &[&[Frame]], config: &TrainConfig) -> Result<Model, TrainError> {
     if channels.is_empty() || channels.len() > MAX_CHANNELS {
         return Err(TrainError::Config(format!("a model needs 1 to {MAX_CHANNELS} channels, got {}", channels.len())));
     }
     config.features.validate().map_err(TrainError::Config)?;
     config.calibration.validate()?;
-    if let Some(f) = frames.iter().find(|f| f.values.len() != channels.len()) {
+    if let Some(f) = parts.iter().flat_map(|p| p.iter()).find(|f| f.values.len() != channels.len()) {
         return Err(TrainError::ChannelCount { expected: channels.len(), found: f.values.len() });
     }
     let dim = config.features.dim(channels.len());
-    let mut pipeline = FramePipeline::new(&config.gaps, &config.features, channels.len());
     let mut x = Matrix::new(dim);
     let mut v = vec![0.0; dim];
-    for f in frames {
-        if pipeline.push(f.ts_ms, &f.values, &mut v) == Step::Vector {
-            x.push_row(&v);
+    for frames in parts {
+        let mut pipeline = FramePipeline::new(&config.gaps, &config.features, channels.len());
+        for f in frames.iter() {
+            if pipeline.push(f.ts_ms, &f.values, &mut v) == Step::Vector {
+                x.push_row(&v);
+            }
         }
     }
     let needed = (dim + 2).max(10);
@@ -125,10 +134,10 @@ pub fn train(channels: &[Channel], frames: &[Frame], config: &TrainConfig) -> Re
         detector,
         calibration,
         training: TrainingSummary {
-            frames: frames.len() as u64,
+            frames: parts.iter().map(|p| p.len() as u64).sum(),
             vectors: x.rows() as u64,
             seed: config.seed,
-            data_sha256: training_data_hash(channels, frames),
+            data_sha256: training_data_hash_parts(channels, parts),
         },
     };
     model.validate().map_err(TrainError::InvalidModel)?;
@@ -138,6 +147,13 @@ pub fn train(channels: &[Channel], frames: &[Frame], config: &TrainConfig) -> Re
 /// SHA-256 over a domain tag, each channel as `name\tunit\n`, then each frame's timestamp
 /// (i64) and values (f64 bits), little-endian.
 pub fn training_data_hash(channels: &[Channel], frames: &[Frame]) -> String {
+    training_data_hash_parts(channels, &[frames])
+}
+
+/// [`training_data_hash`] of several parts: for one part the same; for more, the frames of
+/// every part in order, then `parts`, the number of parts and each part's frame count (u64,
+/// little-endian), so that moving a frame from one part to the next changes the hash.
+pub fn training_data_hash_parts(channels: &[Channel], parts: &[&[Frame]]) -> String {
     let mut h = Sha256::new();
     h.update(b"impeller.training-data.v1\n");
     for c in channels {
@@ -146,10 +162,17 @@ pub fn training_data_hash(channels: &[Channel], frames: &[Frame]) -> String {
         h.update(c.unit.as_bytes());
         h.update(b"\n");
     }
-    for f in frames {
+    for f in parts.iter().flat_map(|p| p.iter()) {
         h.update(f.ts_ms.to_le_bytes());
         for v in &f.values {
             h.update(v.to_bits().to_le_bytes());
+        }
+    }
+    if parts.len() > 1 {
+        h.update(b"parts");
+        h.update((parts.len() as u64).to_le_bytes());
+        for p in parts {
+            h.update((p.len() as u64).to_le_bytes());
         }
     }
     crate::hex::encode(&h.finalize())

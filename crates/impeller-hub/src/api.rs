@@ -13,6 +13,8 @@ use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+
+mod registry;
 use impeller_core::audit::AuditRecord;
 use impeller_core::deploy::{self, Condition, valid_sha256};
 use impeller_core::package::{self, Limits, TrustStore};
@@ -116,7 +118,8 @@ impl From<StoreError> for Problem {
         match e {
             StoreError::NotFound { .. } | StoreError::NoDevice(_) => Problem::new(Code::NotFound, e.to_string()),
             StoreError::Exists { .. } | StoreError::DeviceExists(_) => Problem::new(Code::Conflict, e.to_string()),
-            StoreError::BadDeviceId(_) => Problem::new(Code::InvalidRequest, e.to_string()),
+            StoreError::BadDeviceId(_) | StoreError::Invalid(_) => Problem::new(Code::InvalidRequest, e.to_string()),
+            StoreError::Conflict(_) => Problem::new(Code::Conflict, e.to_string()),
             other => {
                 // The detail is logged, not sent: it may name tables or hosts.
                 tracing::error!(error = %other, "api: store error");
@@ -223,6 +226,17 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/api/v1/alerts", get(list_alerts))
         .route("/api/v1/drift", get(list_drift))
         .route("/api/v1/audit", get(list_audit))
+        .route("/api/v1/models", get(registry::list_models))
+        .route("/api/v1/models/{name}", get(registry::get_model))
+        .route("/api/v1/models/{name}/versions", get(registry::list_versions).post(registry::create_version))
+        .route("/api/v1/models/{name}/versions/{version}", get(registry::get_version))
+        .route("/api/v1/models/{name}/versions/{version}/finish", post(registry::finish_version))
+        .route(
+            "/api/v1/models/{name}/aliases/{alias}",
+            get(registry::get_alias).put(registry::set_alias).delete(registry::remove_alias),
+        )
+        .route("/api/v1/lineage/datasets/{sha256}", get(registry::dataset_lineage))
+        .route("/api/v1/lineage/devices/{id}", get(registry::device_lineage))
         .fallback(|| async { Problem::new(Code::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             Problem::new(Code::MethodNotAllowed, "this endpoint does not take that method")

@@ -254,6 +254,58 @@ fn schemas() -> Value {
         })),
         "AbortRequest": {"type": "object", "additionalProperties": false,
                          "properties": {"reason": {"type": ["string", "null"], "maxLength": 1000}}},
+        "RegisteredModel": object(&["name", "created_ms", "versions", "latest_version", "aliases"], json!({
+            "name": string(), "created_ms": int(), "versions": uint(), "latest_version": nullable("integer"),
+            "aliases": {"type": "object", "additionalProperties": uint()},
+        })),
+        "ModelPage": page_of("RegisteredModel"),
+        "VersionPackage": {"type": "object", "required": ["target", "sha256"], "additionalProperties": false,
+                           "properties": {"target": string(), "sha256": sha256()}},
+        "ModelVersion": object(
+            &["model", "version", "release", "status", "run_key", "model_sha256", "dataset_sha256", "code_version",
+              "parent_version", "metrics", "spec", "gates", "reason", "tags", "packages", "aliases", "created_by",
+              "created_ms", "finished_ms"],
+            json!({
+                "model": string(), "version": uint(), "release": uint(),
+                "status": {"type": "string", "enum": ["pending", "ready", "failed"]},
+                "run_key": sha256(), "model_sha256": sha256(), "dataset_sha256": sha256(), "code_version": string(),
+                "parent_version": nullable("integer"), "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+                "spec": {}, "gates": {}, "reason": nullable("string"),
+                "tags": {"type": "object", "additionalProperties": string()},
+                "packages": {"type": "array", "items": schema("VersionPackage")},
+                "aliases": {"type": "array", "items": string()},
+                "created_by": string(), "created_ms": int(), "finished_ms": nullable("integer"),
+            })),
+        "VersionPage": page_of("ModelVersion"),
+        "NewModelVersion": {
+            "type": "object", "required": ["run_key", "model_sha256", "dataset_sha256", "code_version"],
+            "additionalProperties": false,
+            "properties": {
+                "run_key": sha256(), "model_sha256": sha256(), "dataset_sha256": sha256(),
+                "code_version": {"type": "string", "minLength": 1, "maxLength": 200},
+                "parent_version": {"type": ["integer", "null"], "minimum": 1},
+                "metrics": {"type": "object", "additionalProperties": {"type": "number"}},
+                "spec": {}, "tags": {"type": "object", "additionalProperties": string()},
+            },
+        },
+        "VersionFinish": {
+            "type": "object", "required": ["status"], "additionalProperties": false,
+            "properties": {
+                "status": {"type": "string", "enum": ["ready", "failed"]},
+                "gates": {}, "packages": {"type": "array", "items": schema("VersionPackage")},
+                "reason": nullable("string"),
+            },
+        },
+        "AliasTarget": {"type": "object", "required": ["version"], "additionalProperties": false,
+                        "properties": {"version": {"type": "integer", "minimum": 1}}},
+        "RunningModel": object(&["device", "package_sha256", "model", "version", "dataset_sha256", "run_key"], json!({
+            "device": string(), "package_sha256": string(), "model": nullable("string"), "version": nullable("integer"),
+            "dataset_sha256": nullable("string"), "run_key": nullable("string"),
+        })),
+        "DatasetLineage": object(&["dataset_sha256", "versions", "devices"], json!({
+            "dataset_sha256": sha256(), "versions": {"type": "array", "items": schema("ModelVersion")},
+            "devices": {"type": "array", "items": schema("RunningModel")},
+        })),
     })
 }
 
@@ -277,6 +329,9 @@ pub fn document() -> Value {
     let id = path_param("id", "device id");
     let sha = json!({"name": "sha256", "in": "path", "required": true, "schema": sha256()});
     let name = path_param("name", "deployment name");
+    let model = path_param("name", "registered model name");
+    let version = json!({"name": "version", "in": "path", "required": true, "description": "version number",
+                         "schema": {"type": "integer", "minimum": 1}});
     let no_content = json!({"204": {"description": "done"}});
     json!({
         "openapi": "3.1.0",
@@ -378,6 +433,58 @@ pub fn document() -> Value {
                 "get": with(op("Drift of each sketch against its package's reference, with the device's monitor state",
                                "drift", Who::Operator, json!({"200": ok("a page", "DriftPage")}), &[]),
                             "parameters", fleet_filters()),
+            },
+            "/api/v1/models": {
+                "get": with(op("Registered models with their aliases", "registry", Who::Operator,
+                               json!({"200": ok("a page", "ModelPage")}), &[]), "parameters", paging()),
+            },
+            "/api/v1/models/{name}": {
+                "parameters": [model.clone()],
+                "get": op("One registered model", "registry", Who::Operator, json!({"200": ok("the model", "RegisteredModel")}), &[404]),
+            },
+            "/api/v1/models/{name}/versions": {
+                "parameters": [model.clone()],
+                "get": with(op("Versions, oldest first", "registry", Who::Operator, json!({"200": ok("a page", "VersionPage")}), &[]),
+                            "parameters", json!([
+                                {"name": "run_key", "in": "query", "description": "only the version this pipeline run registered", "schema": string()},
+                                {"name": "limit", "in": "query", "description": "1 to 1000, default 100",
+                                 "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+                                {"name": "after", "in": "query", "description": "a version number (the `next_after` of the previous page)",
+                                 "schema": {"type": "integer", "minimum": 1}},
+                            ])),
+                "post": with(op("Register a version as pending, with the next version number and release", "registry",
+                                Who::Operator, json!({"201": ok("registered", "ModelVersion")}), &[]),
+                             "requestBody", json_body("NewModelVersion")),
+            },
+            "/api/v1/models/{name}/versions/{version}": {
+                "parameters": [model.clone(), version.clone()],
+                "get": op("One version: status, lineage, metrics, gates, packages", "registry", Who::Operator,
+                          json!({"200": ok("the version", "ModelVersion")}), &[404]),
+            },
+            "/api/v1/models/{name}/versions/{version}/finish": {
+                "parameters": [model.clone(), version.clone()],
+                "post": with(op("Settle a pending version as ready (with its uploaded packages) or failed", "registry",
+                                Who::Operator, json!({"200": ok("settled", "ModelVersion")}), &[404, 409]),
+                             "requestBody", json_body("VersionFinish")),
+            },
+            "/api/v1/models/{name}/aliases/{alias}": {
+                "parameters": [model.clone(), path_param("alias", "e.g. champion, challenger")],
+                "get": op("The version an alias points at", "registry", Who::Operator,
+                          json!({"200": ok("the version", "ModelVersion")}), &[404]),
+                "put": with(op("Point an alias at a ready version", "registry", Who::Operator,
+                               json!({"204": {"description": "done"}}), &[404, 409]),
+                            "requestBody", json_body("AliasTarget")),
+                "delete": op("Remove an alias", "registry", Who::Operator, json!({"204": {"description": "done"}}), &[404]),
+            },
+            "/api/v1/lineage/datasets/{sha256}": {
+                "parameters": [sha.clone()],
+                "get": op("The versions a dataset built and the devices that run one of them", "registry", Who::Operator,
+                          json!({"200": ok("lineage", "DatasetLineage")}), &[]),
+            },
+            "/api/v1/lineage/devices/{id}": {
+                "parameters": [id.clone()],
+                "get": op("What a device runs and the data that built it", "registry", Who::Operator,
+                          json!({"200": ok("lineage", "RunningModel")}), &[404]),
             },
             "/api/v1/audit": {
                 "get": with(op("The audit trail in chain order; verify it with `impeller audit verify`",

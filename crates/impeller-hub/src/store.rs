@@ -62,11 +62,15 @@ macro_rules! append_audit {
 mod audit;
 mod deployments;
 mod queries;
+mod registry;
 pub use audit::AuditFilter;
 pub use deployments::{
     AlertActivity, DeploymentInfo, DesiredInfo, Member, PackageInfo, TokenInfo, TokenSecret, UpdateInfo,
 };
 pub use queries::{AlertSummary, DriftReport, FleetFilter, TelemetryPoint, downsample};
+pub use registry::{
+    DatasetLineage, ModelVersion, NewModelVersion, RegisteredModel, RunningModel, VersionFinish, VersionPackage,
+};
 
 /// Messages per INSERT statement (7 parameters each; SQLite allows 32,766 per statement).
 const INSERT_CHUNK: usize = 500;
@@ -79,6 +83,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "queries", include_str!("../migrations/sqlite/0005_queries.sql")),
     (6, "drift", include_str!("../migrations/sqlite/0006_drift.sql")),
     (7, "audit", include_str!("../migrations/sqlite/0007_audit.sql")),
+    (8, "registry", include_str!("../migrations/sqlite/0008_registry.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "telemetry", include_str!("../migrations/postgres/0001_telemetry.sql")),
@@ -88,6 +93,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (5, "queries", include_str!("../migrations/postgres/0005_queries.sql")),
     (6, "drift", include_str!("../migrations/postgres/0006_drift.sql")),
     (7, "audit", include_str!("../migrations/postgres/0007_audit.sql")),
+    (8, "registry", include_str!("../migrations/postgres/0008_registry.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +116,12 @@ pub enum StoreError {
     NotFound { kind: &'static str, id: String },
     #[error("database content is damaged: {0}")]
     Corrupt(String),
+    /// A request the store refuses as it is (a bad field, a package that does not match).
+    #[error("{0}")]
+    Invalid(String),
+    /// A request that conflicts with the current state (a version already settled).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 /// One message as received, checked against its topic.

@@ -10,7 +10,7 @@ Exit codes:
   1  failure (an unexpected error; the message says what)
   2  usage error (unknown flag, missing argument)
   3  invalid input: a data, configuration or model file that cannot be read or is wrong
-  4  a check failed: `impeller audit verify` found the audit trail broken";
+  4  a check failed: a pipeline's gate or fit check, or `impeller audit verify` found the audit trail broken";
 
 /// Impeller: anomaly-detection models for pumps, from training to the edge.
 #[derive(Debug, Parser)]
@@ -35,9 +35,16 @@ pub enum Command {
     Train(TrainArgs),
     /// Score the rows of a CSV file with a model, one row at a time as a device would.
     Score(ScoreArgs),
-    /// Work with model files.
+    /// Model files, and the hub's model registry: versions, aliases, lineage.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Reproducible training pipelines: dataset, train, evaluate, validate against the champion,
+    /// package per target, sign, register; every step cached by the hash of its inputs.
+    #[command(subcommand)]
+    Pipeline(PipelineCommand),
+    /// Datasets: CSV folders in the SKAB layout stored as Parquet, addressed by their content.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
     /// Signing keys for model packages.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -571,6 +578,22 @@ pub enum Bench {
     /// Lines, and time `impeller audit verify --file` on the export, against hashing the same
     /// bytes with SHA-256 alone.
     Audit(AuditBenchArgs),
+    /// The example pipeline on SKAB against a hub started in-process (embedded broker, SQLite):
+    /// import, train, evaluate, validate, package for three profiles, sign, register; then an
+    /// unchanged rerun, and the same spec in a fresh work folder. Times each run.
+    Pipeline(PipelineBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PipelineBenchArgs {
+    /// The SKAB data folder.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
+    /// The spec to run (default: the built-in example).
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -694,6 +717,136 @@ pub enum ModelCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Registered models on the hub, with their aliases.
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A registered model's versions: status, release, metrics, lineage, aliases.
+    Versions {
+        name: String,
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One version in full (by number or alias): gates, packages, lineage.
+    Show {
+        name: String,
+        /// A version number, or an alias such as `champion`.
+        #[arg(value_name = "VERSION")]
+        which: String,
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Point an alias (`champion`, `challenger`, a fleet's name) at a ready version.
+    Alias {
+        name: String,
+        alias: String,
+        #[arg(value_name = "VERSION")]
+        number: u64,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Remove an alias.
+    Unalias {
+        name: String,
+        alias: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Lineage both ways: what a dataset built and which devices run it, or what a device runs
+    /// and which data built it.
+    Lineage {
+        /// A dataset's hash.
+        #[arg(long, conflicts_with = "device", required_unless_present = "device")]
+        dataset: Option<String>,
+        /// A device id.
+        #[arg(long)]
+        device: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PipelineCommand {
+    /// Run a pipeline spec and register the version it builds on the hub (`--local`: build and
+    /// check only). Exit code 4 when a gate or a fit check fails.
+    Run(PipelineRunArgs),
+    /// Print the commented example spec (SKAB, three target profiles).
+    GenerateSpec,
+}
+
+#[derive(Debug, Args)]
+pub struct PipelineRunArgs {
+    /// The pipeline spec (TOML).
+    pub spec: PathBuf,
+    /// Import this CSV folder instead of the spec's `data.import` (any copy of SKAB).
+    #[arg(long, value_name = "DIR")]
+    pub import: Option<PathBuf>,
+    /// Where datasets, the step cache and run records are kept.
+    #[arg(long, value_name = "DIR", default_value = "impeller-work")]
+    pub work: PathBuf,
+    /// Secret key that signs the packages (impeller keys generate).
+    #[arg(long, value_name = "FILE")]
+    pub key: PathBuf,
+    /// Build and check only: no hub, nothing registered.
+    #[arg(long)]
+    pub local: bool,
+    /// Release number of a --local run's packages (with a hub, the registry hands it out).
+    #[arg(long, default_value_t = 1)]
+    pub release: u64,
+    /// More keys the champion's packages may be signed with (the signing key's own is trusted).
+    #[arg(long = "trusted-key", value_name = "FILE")]
+    pub trusted_keys: Vec<PathBuf>,
+    /// Print the run record as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DatasetCommand {
+    /// Import a folder of SKAB-layout CSV files (one part per file) as a dataset; prints its hash.
+    Create {
+        #[arg(long, value_name = "DIR")]
+        import: PathBuf,
+        #[arg(long, value_name = "DIR", default_value = "impeller-work")]
+        work: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The datasets in the work folder.
+    List {
+        #[arg(long, value_name = "DIR", default_value = "impeller-work")]
+        work: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One dataset's channels and parts (checked against its hash).
+    Show {
+        hash: String,
+        #[arg(long, value_name = "DIR", default_value = "impeller-work")]
+        work: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Copy a dataset's Parquet files and manifest to a folder (pandas reads them as they are).
+    Export {
+        hash: String,
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        #[arg(long, value_name = "DIR", default_value = "impeller-work")]
+        work: PathBuf,
     },
 }
 

@@ -7,6 +7,7 @@ pub mod commands;
 pub mod data;
 pub mod demo;
 pub mod fleet;
+pub mod lifecycle;
 pub mod logging;
 pub mod packages;
 pub mod remote;
@@ -29,6 +30,11 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             || e.is::<ModelError>()
             || e.is::<TrainError>()
             || e.is::<PackageError>()
+            || e.downcast_ref::<remote::HubRefused>().is_some_and(remote::HubRefused::is_input)
+            || matches!(
+                e.downcast_ref::<impeller_pipeline::PipelineError>(),
+                Some(impeller_pipeline::PipelineError::Spec(_) | impeller_pipeline::PipelineError::Data(_))
+            )
     });
     if error.chain().any(|e| e.is::<audit::CheckFailed>()) {
         4
@@ -45,6 +51,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Bench(Bench::Skab(args)) => commands::bench_skab(args),
         Command::Bench(Bench::Fleet(args)) => fleet::bench(args),
         Command::Bench(Bench::Audit(args)) => audit::bench(args),
+        Command::Bench(Bench::Pipeline(args)) => lifecycle::bench(args),
         Command::Sim(args) => fleet::sim(args),
         Command::Demo(args) => demo::run(args),
         Command::Alerts(q) => remote::alerts(q),
@@ -53,6 +60,9 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Train(args) => commands::train(args),
         Command::Score(args) => commands::score(args),
         Command::Model(ModelCommand::Inspect { file, json }) => commands::inspect(&file, json),
+        Command::Model(cmd) => lifecycle::model(cmd),
+        Command::Pipeline(cmd) => lifecycle::pipeline(cmd),
+        Command::Dataset(cmd) => lifecycle::dataset(cmd),
         Command::Keys(cli::KeysCommand::Generate(args)) => packages::keys_generate(args),
         Command::Package(cmd) => packages::run(cmd),
         Command::Hub(cli::HubCommand { action: Some(cli::HubAction::GenerateConfig), .. }) => {

@@ -29,6 +29,21 @@ impl HubClient {
 
     /// Sends a request; a problem document from the hub becomes an error that quotes it.
     pub async fn call(&self, method: &str, path: &str, body: Option<(Vec<u8>, &str)>) -> anyhow::Result<Value> {
+        let bytes = self.raw(method, path, body).await?;
+        Ok(if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) })
+    }
+
+    /// A GET whose 404 means "there is none".
+    pub async fn get_opt(&self, path: &str) -> anyhow::Result<Option<Value>> {
+        match self.call("GET", path, None).await {
+            Ok(v) => Ok(Some(v)),
+            Err(e) if e.downcast_ref::<HubRefused>().is_some_and(|h| h.status == 404) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The body of a successful answer as bytes (a package file).
+    pub async fn raw(&self, method: &str, path: &str, body: Option<(Vec<u8>, &str)>) -> anyhow::Result<Vec<u8>> {
         let url = format!("{}/api/v1{path}", self.base);
         let method = reqwest::Method::from_bytes(method.as_bytes())?;
         let mut req = self.client.request(method, &url).bearer_auth(&self.token);
@@ -38,24 +53,34 @@ impl HubClient {
         let resp = req.send().await.with_context(|| format!("cannot reach the hub at {url}"))?;
         let status = resp.status();
         let bytes = resp.bytes().await.with_context(|| format!("reading the answer from {url}"))?;
-        let value: Value =
-            if bytes.is_empty() { Value::Null } else { serde_json::from_slice(&bytes).unwrap_or(Value::Null) };
         if status.is_success() {
-            return Ok(value);
+            return Ok(bytes.to_vec());
         }
+        let value: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         let detail = value["detail"].as_str().unwrap_or("no detail");
         let code = value["code"].as_str().unwrap_or("unknown");
         let message = format!("the hub refused ({status}, {code}): {detail}");
-        // What the caller sent was wrong: exit code 3, like other bad input.
-        if status.is_client_error() && status.as_u16() != 401 && status.as_u16() != 403 {
-            return Err(InputError(message).into());
-        }
-        anyhow::bail!(message)
+        Err(HubRefused { status: status.as_u16(), message }.into())
     }
 
     /// POSTs a JSON body.
     pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
         self.call("POST", path, Some((serde_json::to_vec(body)?, "application/json"))).await
+    }
+}
+
+/// The hub answered with an error status. A client error other than 401 and 403 means what
+/// the caller sent was wrong: exit code 3, like other bad input.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct HubRefused {
+    pub status: u16,
+    pub message: String,
+}
+
+impl HubRefused {
+    pub fn is_input(&self) -> bool {
+        (400..500).contains(&self.status) && self.status != 401 && self.status != 403
     }
 }
 
@@ -78,8 +103,16 @@ impl Api {
         })
     }
 
-    fn call(&self, method: &str, path: &str, body: Option<(Vec<u8>, &str)>) -> anyhow::Result<Value> {
+    pub(crate) fn call(&self, method: &str, path: &str, body: Option<(Vec<u8>, &str)>) -> anyhow::Result<Value> {
         self.rt.block_on(self.hub.call(method, path, body))
+    }
+
+    pub(crate) fn get_opt(&self, path: &str) -> anyhow::Result<Option<Value>> {
+        self.rt.block_on(self.hub.get_opt(path))
+    }
+
+    pub(crate) fn raw(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        self.rt.block_on(self.hub.raw("GET", path, None))
     }
 }
 

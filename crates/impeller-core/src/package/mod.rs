@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use crate::calibration::Debounce;
 use crate::channel::{Channel, Frame};
 use crate::features::FeatureSpec;
-use crate::model::{Model, TrainingSummary, training_data_hash};
+use crate::model::{Model, TrainingSummary, training_data_hash_parts};
 use crate::pipeline::{FramePipeline, Step};
 use crate::sketch::Sketch;
 
@@ -214,7 +214,18 @@ pub fn build(
     spec: &PackageSpec,
     signer: &Signer25519,
 ) -> Result<Vec<u8>, PackageError> {
-    if training_data_hash(&model.channels, training) != model.training.data_sha256 {
+    build_parts(model, &[training], spec, signer)
+}
+
+/// [`build`] for a model trained on several parts ([`crate::train_parts`]): the drift
+/// reference covers every part, the self-test is taken from the last one.
+pub fn build_parts(
+    model: &Model,
+    parts: &[&[Frame]],
+    spec: &PackageSpec,
+    signer: &Signer25519,
+) -> Result<Vec<u8>, PackageError> {
+    if training_data_hash_parts(&model.channels, parts) != model.training.data_sha256 {
         return Err(PackageError::Build(
             "the frames given are not the model's training data (data hash differs)".into(),
         ));
@@ -227,10 +238,11 @@ pub fn build(
     }
     let model = Arc::new(model.clone());
     let model_bytes = model.to_json().map_err(|e| PackageError::Build(e.to_string()))?;
-    let selftest = SelfTest::generate(&model, training);
+    let last = parts.iter().rev().find(|p| !p.is_empty()).copied().unwrap_or_default();
+    let selftest = SelfTest::generate(&model, last);
     let selftest_bytes = serde_json::to_vec(&selftest).map_err(|e| PackageError::Build(e.to_string()))?;
-    let reference_bytes =
-        serde_json::to_vec(&reference_sketch(&model, training)).map_err(|e| PackageError::Build(e.to_string()))?;
+    let reference = reference_sketch_parts(&model, parts);
+    let reference_bytes = serde_json::to_vec(&reference).map_err(|e| PackageError::Build(e.to_string()))?;
     let artifacts: Vec<(&str, &[u8])> =
         vec![(MODEL, &model_bytes), (SELFTEST, &selftest_bytes), (REFERENCE, &reference_bytes)];
     let manifest = Manifest {
@@ -275,13 +287,20 @@ fn alarm_settings(model: &Model) -> AlarmSettings {
 
 /// Sketch of the standardised training features: the drift reference.
 pub fn reference_sketch(model: &Model, training: &[Frame]) -> Sketch {
-    let mut pipeline = FramePipeline::new(&model.gaps, &model.features, model.channels.len());
+    reference_sketch_parts(model, &[training])
+}
+
+/// [`reference_sketch`] over several parts, the windows restarting with each.
+pub fn reference_sketch_parts(model: &Model, parts: &[&[Frame]]) -> Sketch {
     let mut v = vec![0.0; model.dim()];
     let mut sketch = Sketch::new(model.dim());
-    for f in training {
-        if pipeline.push(f.ts_ms, &f.values, &mut v) == Step::Vector {
-            model.scaler.transform(&mut v);
-            sketch.add(&v);
+    for part in parts {
+        let mut pipeline = FramePipeline::new(&model.gaps, &model.features, model.channels.len());
+        for f in part.iter() {
+            if pipeline.push(f.ts_ms, &f.values, &mut v) == Step::Vector {
+                model.scaler.transform(&mut v);
+                sketch.add(&v);
+            }
         }
     }
     sketch

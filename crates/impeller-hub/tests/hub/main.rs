@@ -11,6 +11,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 mod audit;
 mod openapi;
+mod registry;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -10,6 +10,7 @@ mod deploy;
 mod fleet;
 mod hub;
 mod packages;
+mod pipeline;
 mod skab;
 mod train_score;
 mod util;

@@ -72,3 +72,50 @@ impl Drop for KillOnDrop {
         let _ = self.0.wait();
     }
 }
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `impeller hub` as its own process on free ports, with `args` added, stopped when dropped.
+pub struct TestHub {
+    pub url: String,
+    _process: KillOnDrop,
+}
+
+impl TestHub {
+    pub fn start(data: &Path, args: &[&str]) -> TestHub {
+        let http = free_port();
+        let process = Command::new(env!("CARGO_BIN_EXE_impeller"))
+            .args(["hub", "--data-dir", data.to_str().unwrap(), "--mqtt-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--http-listen", &format!("127.0.0.1:{http}")])
+            .args(args)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let process = KillOnDrop(process);
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", http)).is_err() {
+            assert!(std::time::Instant::now() < until, "the hub's API did not listen");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        TestHub { url: format!("http://127.0.0.1:{http}"), _process: process }
+    }
+
+    /// `impeller ARGS` against this hub with `token`.
+    pub fn run(&self, args: &[&str], token: &str) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_impeller"))
+            .args(args)
+            .env("IMPELLER_HUB", &self.url)
+            .env("IMPELLER_TOKEN", token)
+            .output()
+            .unwrap()
+    }
+}
+
+/// A new API token with `role`, made on the hub's database in `data`.
+pub fn token(data: &Path, role: &str) -> String {
+    let out = impeller(&["token", "create", role, "--role", role, "--data-dir", data.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).trim().to_string()
+}

@@ -1,0 +1,163 @@
+//! Target profiles: one class of device a package is built for, with the budgets the model must
+//! fit. A package's `target` is the profile's name; a device provisioned with that profile
+//! installs only packages built for it.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::PipelineError;
+
+pub const PROFILE_VERSION: u32 = 1;
+
+/// The committed example profiles, by name, built into the binary (the example spec names them).
+pub const EXAMPLES: [(&str, &str); 3] = [
+    ("gw-arm64", include_str!("../config/profiles/gw-arm64.toml")),
+    ("gw-x86", include_str!("../config/profiles/gw-x86.toml")),
+    ("plc-armv7", include_str!("../config/profiles/plc-armv7.toml")),
+];
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetProfile {
+    /// Format version of this file; 1.
+    pub version: u32,
+    /// The target name packages carry: 1 to 64 of `A-Z a-z 0-9 . _ -`.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// CPU architecture (`aarch64`, `armv7`, `x86_64`, …), for the record and the agent build.
+    pub arch: String,
+    #[serde(default)]
+    pub cpu_features: Vec<String>,
+    /// What scores the model on the device. This version builds `native` packages only.
+    pub runtime: Runtime,
+    /// Largest package the device stores, in bytes.
+    pub storage_bytes: u64,
+    /// Memory the loaded model may take, in bytes.
+    pub memory_bytes: u64,
+    /// Time to score one frame on the device, in microseconds.
+    pub latency_budget_us: f64,
+    /// How many times slower than the machine running the pipeline the device scores.
+    #[serde(default = "TargetProfile::default_slowdown")]
+    pub slowdown: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    Native,
+}
+
+impl TargetProfile {
+    fn default_slowdown() -> f64 {
+        1.0
+    }
+
+    pub fn parse(text: &str, origin: &str) -> Result<TargetProfile, PipelineError> {
+        let p: TargetProfile = toml::from_str(text).map_err(|e| PipelineError::Spec(format!("{origin}: {e}")))?;
+        let bad = |m: String| Err(PipelineError::Spec(format!("{origin}: {m}")));
+        if p.version != PROFILE_VERSION {
+            return bad(format!("version {} is not supported (this build reads {PROFILE_VERSION})", p.version));
+        }
+        if !impeller_core::wire::valid_device_id(&p.name) {
+            return bad(format!("name `{}`: 1 to 64 of A-Z a-z 0-9 . _ -", p.name));
+        }
+        if p.storage_bytes == 0 || p.memory_bytes == 0 {
+            return bad("storage_bytes and memory_bytes must be positive".into());
+        }
+        if !(p.latency_budget_us.is_finite() && p.latency_budget_us > 0.0) {
+            return bad("latency_budget_us must be a positive number".into());
+        }
+        if !(p.slowdown.is_finite() && p.slowdown >= 1.0) {
+            return bad("slowdown must be a number ≥ 1".into());
+        }
+        Ok(p)
+    }
+
+    pub fn load(path: &Path) -> Result<TargetProfile, PipelineError> {
+        let text = std::fs::read_to_string(path).map_err(|e| PipelineError::io(path, e))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+}
+
+/// How a package fits a profile, measured before it is signed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fit {
+    pub profile: String,
+    pub package_bytes: u64,
+    pub storage_bytes: u64,
+    /// The model's parameters and the scorer's buffers, estimated from the model's shape.
+    pub memory_estimate_bytes: u64,
+    pub memory_bytes: u64,
+    /// Median time to score one frame here, times the profile's slowdown.
+    pub latency_estimate_us: f64,
+    pub latency_budget_us: f64,
+    /// What does not fit, in words; empty when everything does.
+    pub problems: Vec<String>,
+}
+
+impl Fit {
+    pub fn check(profile: &TargetProfile, package_bytes: u64, memory_estimate_bytes: u64, measured_us: f64) -> Fit {
+        let latency_estimate_us = measured_us * profile.slowdown;
+        let mut problems = Vec::new();
+        if package_bytes > profile.storage_bytes {
+            problems.push(format!("package {package_bytes} bytes > storage budget {} bytes", profile.storage_bytes));
+        }
+        if memory_estimate_bytes > profile.memory_bytes {
+            problems.push(format!(
+                "model needs about {memory_estimate_bytes} bytes of memory > budget {} bytes",
+                profile.memory_bytes
+            ));
+        }
+        if latency_estimate_us > profile.latency_budget_us {
+            problems.push(format!(
+                "scoring takes about {latency_estimate_us:.1} µs a frame on the device > budget {} µs",
+                profile.latency_budget_us
+            ));
+        }
+        Fit {
+            profile: profile.name.clone(),
+            package_bytes,
+            storage_bytes: profile.storage_bytes,
+            memory_estimate_bytes,
+            memory_bytes: profile.memory_bytes,
+            latency_estimate_us,
+            latency_budget_us: profile.latency_budget_us,
+            problems,
+        }
+    }
+
+    pub fn fits(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GW: &str = EXAMPLES[0].1;
+
+    #[test]
+    fn the_committed_profiles_parse() {
+        for (name, text) in EXAMPLES {
+            assert_eq!(TargetProfile::parse(text, name).unwrap().name, name);
+        }
+    }
+
+    #[test]
+    fn an_unsupported_runtime_is_refused_by_name() {
+        let e = TargetProfile::parse(&GW.replace("runtime = \"native\"", "runtime = \"onnx\""), "p.toml").unwrap_err();
+        assert!(e.to_string().contains("onnx"), "{e}");
+    }
+
+    #[test]
+    fn fit_names_each_budget_it_breaks() {
+        let p = TargetProfile::parse(GW, "gw").unwrap();
+        assert!(Fit::check(&p, 1000, 1000, 10.0).fits());
+        let f = Fit::check(&p, p.storage_bytes + 1, p.memory_bytes + 1, p.latency_budget_us);
+        assert_eq!(f.problems.len(), 3, "{:?}", f.problems);
+        assert!(f.problems[2].contains("µs"));
+    }
+}

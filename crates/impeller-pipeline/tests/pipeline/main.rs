@@ -1,0 +1,171 @@
+//! The pipeline on SKAB, end to end without a registry: it builds a model and one package per
+//! target; an unchanged rerun runs nothing; a changed training setting reruns training and what
+//! follows, not the import; the same spec on the same data in a fresh folder builds the same
+//! bytes.
+
+// Helpers in a test binary may unwrap: a panic there fails the test, as it should.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
+
+use std::path::{Path, PathBuf};
+
+use impeller_core::package::{Limits, Signer25519, TrustStore, open};
+use impeller_pipeline::run::{Outcome, RunOptions, RunRecord, run};
+use impeller_pipeline::spec::PipelineSpec;
+
+/// SKAB's data folder, or `None` (the test says it skipped) unless IMPELLER_REQUIRE_SKAB is set.
+fn skab_dir(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("IMPELLER_SKAB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/datasets/skab"));
+    if dir.join("valve1").is_dir() {
+        return Some(dir);
+    }
+    assert!(
+        std::env::var_os("IMPELLER_REQUIRE_SKAB").is_none(),
+        "{test}: IMPELLER_REQUIRE_SKAB is set but no SKAB data"
+    );
+    eprintln!("{test}: SKIPPED, no SKAB data at {} (set IMPELLER_SKAB_DIR)", dir.display());
+    None
+}
+
+fn example() -> (PipelineSpec, PathBuf) {
+    PipelineSpec::load(&Path::new(env!("CARGO_MANIFEST_DIR")).join("config/pipeline.toml")).unwrap()
+}
+
+fn run_in(work: &Path, spec: &PipelineSpec, base: &Path, skab: &Path) -> RunRecord {
+    let mut options =
+        RunOptions::new(work.to_path_buf(), base.to_path_buf(), Signer25519::from_secret([9; 32]), 1_764_000_000_000);
+    options.import = Some(skab.to_path_buf());
+    let record = run(spec, &options, None, &mut |_| {}).unwrap();
+    assert!(record.error.is_none(), "{:?}", record.error);
+    record
+}
+
+fn cached(record: &RunRecord) -> Vec<(&str, bool)> {
+    record.steps.iter().map(|s| (s.step.as_str(), s.cached)).collect()
+}
+
+#[test]
+fn skab_pipeline_builds_caches_and_reproduces() {
+    let Some(skab) = skab_dir("skab_pipeline_builds_caches_and_reproduces") else { return };
+    let (spec, base) = example();
+    let work = tempfile::tempdir().unwrap();
+    let first = run_in(work.path(), &spec, &base, &skab);
+    assert_eq!(first.outcome, Outcome::Built, "{:#?}", first.gates);
+    assert_eq!(first.packages.len(), 3);
+    let e = first.evaluation.as_ref().unwrap();
+    assert_eq!(e.parts, 34);
+    assert!(e.f1.unwrap() > 0.5, "{e:?}");
+    assert!(first.steps.iter().all(|s| !s.cached), "{:?}", cached(&first));
+
+    // The packages verify with the key that signed them and carry the run.
+    let signer = Signer25519::from_secret([9; 32]);
+    let mut trust = TrustStore::new();
+    trust.add(signer.verifying_key());
+    for p in &first.packages {
+        let pkg = open(&std::fs::read(&p.path).unwrap(), &trust, Limits::default()).unwrap();
+        assert_eq!(pkg.manifest.target, p.target);
+        assert_eq!(pkg.manifest.pipeline_run.as_deref(), first.run_key.as_deref());
+        assert!(pkg.manifest.metrics.contains_key("f1"));
+    }
+
+    // Unchanged: every step found in the cache.
+    let again = run_in(work.path(), &spec, &base, &skab);
+    assert!(again.steps.iter().filter(|s| s.key.is_some()).all(|s| s.cached), "{:?}", cached(&again));
+    assert_eq!(again.run_key, first.run_key);
+
+    // A changed margin: the import is reused, training and everything after it rerun.
+    let mut changed = spec.clone();
+    changed.train.calibration.margin += 0.5;
+    let third = run_in(work.path(), &changed, &base, &skab);
+    let steps = cached(&third);
+    assert_eq!(steps[0], ("dataset", true));
+    assert!(steps[1..].iter().all(|(_, hit)| !hit), "{steps:?}");
+    assert_ne!(third.model_sha256, first.model_sha256);
+
+    // A fresh folder: the same model and package bytes.
+    let fresh = tempfile::tempdir().unwrap();
+    let other = run_in(fresh.path(), &spec, &base, &skab);
+    assert_eq!(other.model_sha256, first.model_sha256);
+    for (a, b) in first.packages.iter().zip(&other.packages) {
+        assert_eq!(a.sha256, b.sha256, "package for {}", a.target);
+        assert_eq!(std::fs::read(&a.path).unwrap(), std::fs::read(&b.path).unwrap());
+    }
+    let runs = std::fs::read_dir(work.path().join("runs")).unwrap().count();
+    assert_eq!(runs, 3, "a run record per run");
+}
+
+#[test]
+fn a_spec_naming_parts_that_are_not_there_fails_with_the_names() {
+    let Some(skab) = skab_dir("a_spec_naming_parts_that_are_not_there_fails_with_the_names") else { return };
+    let (mut spec, base) = example();
+    spec.data.validate.push("valve3/*".into());
+    let work = tempfile::tempdir().unwrap();
+    let mut options = RunOptions::new(work.path().to_path_buf(), base, Signer25519::from_secret([9; 32]), 1);
+    options.import = Some(skab);
+    let record = run(&spec, &options, None, &mut |_| {}).unwrap();
+    assert_eq!(record.outcome, Outcome::Failed);
+    let error = record.error.unwrap();
+    assert!(error.contains("data.validate: no part matches `valve3/*`"), "{error}");
+}
+
+/// pandas (with pyarrow) reads a dataset's Parquet files, with the same timestamps, values,
+/// missing readings and labels.
+#[test]
+fn pandas_reads_a_dataset_as_written() {
+    let probe = std::process::Command::new("python3").args(["-c", "import pandas, pyarrow"]).output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        assert!(
+            std::env::var_os("IMPELLER_REQUIRE_PEERS").is_none(),
+            "IMPELLER_REQUIRE_PEERS is set but python3 cannot import pandas and pyarrow"
+        );
+        eprintln!(
+            "pandas_reads_a_dataset_as_written: SKIPPED, needs python3 with pandas and pyarrow (pip install -r crates/impeller-pipeline/tests/peers/requirements.txt)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("csv/site-a");
+    std::fs::create_dir_all(&csv).unwrap();
+    let mut text = String::from("datetime;Current;Pressure;anomaly;changepoint\n");
+    for i in 0..50 {
+        let pressure = if i % 9 == 4 { String::new() } else { format!("{:.3}", 1.5 + i as f64 * 0.01) };
+        text.push_str(&format!(
+            "2026-03-01 10:{:02}:{:02};{:.4};{pressure};{};0\n",
+            i / 60,
+            i % 60,
+            2.0 + i as f64 * 0.125,
+            u8::from(i >= 40)
+        ));
+    }
+    std::fs::write(csv.join("p1.csv"), text).unwrap();
+    let ds = impeller_pipeline::dataset::import_csv_folder(&dir.path().join("csv")).unwrap();
+    let hash = ds.write(&dir.path().join("datasets"), "test").unwrap();
+    let file = dir.path().join("datasets").join(&hash).join("part-00000.parquet");
+    let script = r#"
+import json, sys, math, pandas
+df = pandas.read_parquet(sys.argv[1])
+print(json.dumps({
+    "columns": list(df.columns),
+    "ts": [int(t.value // 1_000_000) for t in df["ts"]],
+    "tz": str(df["ts"].dt.tz),
+    "current": df["Current"].tolist(),
+    "pressure": [None if math.isnan(v) else v for v in df["Pressure"].tolist()],
+    "anomaly": [bool(a) for a in df["anomaly"]],
+}))
+"#;
+    let out = std::process::Command::new("python3").args(["-c", script, file.to_str().unwrap()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let read: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let part = &ds.parts[0];
+    assert_eq!(read["columns"], serde_json::json!(["ts", "Current", "Pressure", "anomaly"]));
+    assert_eq!(read["tz"], "UTC");
+    let ts: Vec<i64> = part.frames.iter().map(|f| f.ts_ms).collect();
+    assert_eq!(read["ts"], serde_json::json!(ts));
+    let current: Vec<f64> = part.frames.iter().map(|f| f.values[0]).collect();
+    assert_eq!(read["current"], serde_json::json!(current));
+    let pressure: Vec<Option<f64>> = part.frames.iter().map(|f| Some(f.values[1]).filter(|v| !v.is_nan())).collect();
+    assert_eq!(read["pressure"], serde_json::json!(pressure));
+    assert_eq!(pressure.iter().filter(|p| p.is_none()).count(), 6, "missing readings stay missing");
+    assert_eq!(read["anomaly"], serde_json::json!(part.labels.as_ref().unwrap()));
+}
