@@ -7,6 +7,7 @@
 //! - [`cache`]: each step's output kept under the hash of its inputs and the code version.
 //! - [`evaluate`]: a model scored on labelled parts as a device would; [`gates`]: the spec's
 //!   thresholds against the candidate and the champion.
+//! - [`onnx`]: a model's scoring graph (scaler and detector) as an ONNX file.
 //! - [`run`]: the steps in order — dataset, train, evaluate, validate, package per target,
 //!   sign, register — with a run record. The registry is a trait the caller implements (the
 //!   command line talks to the hub's API); this crate does no networking and has no database.
@@ -26,6 +27,7 @@ pub mod cache;
 pub mod dataset;
 pub mod evaluate;
 pub mod gates;
+pub mod onnx;
 pub mod profile;
 pub mod run;
 pub mod spec;

@@ -30,7 +30,10 @@ pub struct TargetProfile {
     pub arch: String,
     #[serde(default)]
     pub cpu_features: Vec<String>,
-    /// What scores the model on the device. This version builds `native` packages only.
+    /// What scores the model on the device: `native` (the agent's scorer), or `onnx` (the
+    /// package also carries `model.onnx`, the scaler and detector as an ONNX graph, for a
+    /// device that scores with its own ONNX runtime; the rolling features and the alarm
+    /// settings stay in the manifest).
     pub runtime: Runtime,
     /// Largest package the device stores, in bytes.
     pub storage_bytes: u64,
@@ -47,6 +50,7 @@ pub struct TargetProfile {
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
     Native,
+    Onnx,
 }
 
 impl TargetProfile {
@@ -147,9 +151,10 @@ mod tests {
     }
 
     #[test]
-    fn an_unsupported_runtime_is_refused_by_name() {
-        let e = TargetProfile::parse(&GW.replace("runtime = \"native\"", "runtime = \"onnx\""), "p.toml").unwrap_err();
-        assert!(e.to_string().contains("onnx"), "{e}");
+    fn an_unknown_runtime_is_refused_by_name() {
+        let e =
+            TargetProfile::parse(&GW.replace("runtime = \"native\"", "runtime = \"tflite\""), "p.toml").unwrap_err();
+        assert!(e.to_string().contains("tflite"), "{e}");
     }
 
     #[test]

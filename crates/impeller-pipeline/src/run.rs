@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use impeller_core::package::{PackageSpec, Signer25519, build_parts};
+use impeller_core::package::{PackageSpec, Signer25519, build_parts_with};
 use impeller_core::{Frame, Model, train_parts};
 use serde::{Deserialize, Serialize};
 
@@ -20,7 +20,7 @@ use crate::cache::StepCache;
 use crate::dataset::{self, Dataset};
 use crate::evaluate::{self, Evaluation, ValidationPart};
 use crate::gates::{self, GateResult};
-use crate::profile::{Fit, TargetProfile};
+use crate::profile::{Fit, Runtime, TargetProfile};
 use crate::spec::{PipelineSpec, glob_match};
 use crate::{CODE_VERSION, PipelineError, sha256_hex, write_synced};
 
@@ -158,7 +158,17 @@ pub struct RunRecord {
     pub champion_evaluation: Option<Evaluation>,
     pub gates: Vec<GateResult>,
     pub packages: Vec<PackageRecord>,
+    /// The model's scoring graph as ONNX ([`crate::onnx`]), kept in the step cache.
+    pub onnx: Option<Artifact>,
     pub error: Option<String>,
+}
+
+/// A file a run produced.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Artifact {
+    pub sha256: String,
+    pub bytes: u64,
+    pub path: PathBuf,
 }
 
 /// What the caller hears as the run goes.
@@ -200,6 +210,7 @@ pub fn run(
         champion_evaluation: None,
         gates: Vec::new(),
         packages: Vec::new(),
+        onnx: None,
         error: None,
     };
     let mut runner = Runner { spec, options, record: &mut record, progress, data: None };
@@ -278,6 +289,20 @@ impl Runner<'_> {
         let model = Model::from_json(&model_bytes).map_err(|e| PipelineError::Data(format!("cached model: {e}")))?;
         let model_sha = sha256_hex(&model_bytes);
         self.record.model_sha256 = Some(model_sha.clone());
+
+        // The scoring graph as ONNX, for devices and tools with their own ONNX runtime.
+        let key = StepCache::key("export-onnx", &[model_sha.as_bytes()]);
+        let onnx = self.step("export-onnx", |_| {
+            let c = cache.get_or_run("export-onnx", &key, |dir| {
+                write_synced(&dir.join("model.onnx"), &crate::onnx::export(&model))
+            })?;
+            let path = c.dir.join("model.onnx");
+            let bytes = read(&path)?;
+            let a = Artifact { sha256: sha256_hex(&bytes), bytes: bytes.len() as u64, path };
+            let detail = format!("model.onnx {} ({} bytes)", &a.sha256[..12], a.bytes);
+            Ok((a, Some(key.clone()), c.hit, detail))
+        })?;
+        self.record.onnx = Some(onnx.clone());
 
         // Evaluate the candidate.
         let evaluation = if spec.data.validate.is_empty() {
@@ -397,7 +422,15 @@ impl Runner<'_> {
                 let c = cache.get_or_run("package", &key, |dir| {
                     let split = r.split(&dataset_sha)?;
                     let parts = split.training_parts(spec.data.train_head_rows);
-                    let bytes = build_parts(&model, &parts, &package_spec, signer)?;
+                    let onnx_bytes;
+                    let extra: Vec<(&str, &[u8])> = match profile.runtime {
+                        Runtime::Native => Vec::new(),
+                        Runtime::Onnx => {
+                            onnx_bytes = read(&onnx.path)?;
+                            vec![("model.onnx", &onnx_bytes)]
+                        }
+                    };
+                    let bytes = build_parts_with(&model, &parts, &package_spec, signer, &extra)?;
                     write_synced(&dir.join("package.tar.gz"), &bytes)
                 })?;
                 let path = c.dir.join("package.tar.gz");

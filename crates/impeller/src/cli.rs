@@ -718,6 +718,14 @@ pub enum ModelCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write a model file's scoring graph (scaler and detector) as ONNX: features in, raw score
+    /// out; the rolling features and the alarm settings stay in the model file.
+    ExportOnnx {
+        /// Model file.
+        file: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
     /// Registered models on the hub, with their aliases.
     List {
         #[command(flatten)]

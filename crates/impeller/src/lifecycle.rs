@@ -283,6 +283,20 @@ fn rows(m: &dataset::Manifest) -> u64 {
 pub fn model(cmd: ModelCommand) -> anyhow::Result<()> {
     match cmd {
         ModelCommand::Inspect { file, json } => crate::commands::inspect(&file, json),
+        ModelCommand::ExportOnnx { file, out } => {
+            let model = crate::commands::load_model(&file)?;
+            let bytes = impeller_pipeline::onnx::export(&model);
+            std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+            emit(|w| {
+                writeln!(
+                    w,
+                    "wrote {} ({} bytes): input `features` float32 [N, {}], output `score` float32 [N]",
+                    out.display(),
+                    bytes.len(),
+                    model.dim()
+                )
+            })
+        }
         ModelCommand::List { api, json } => {
             let api = Api::new(&api)?;
             let mut all = Vec::new();

@@ -225,6 +225,31 @@ pub fn build_parts(
     spec: &PackageSpec,
     signer: &Signer25519,
 ) -> Result<Vec<u8>, PackageError> {
+    build_parts_with(model, parts, spec, signer, &[])
+}
+
+/// [`build_parts`] with more artifacts (e.g. `model.onnx` for a device with an ONNX runtime),
+/// listed and hashed in the manifest like the others. Names are 1 to 64 of `a-z 0-9 . _ -`
+/// and must not be one of the package's own files.
+pub fn build_parts_with(
+    model: &Model,
+    parts: &[&[Frame]],
+    spec: &PackageSpec,
+    signer: &Signer25519,
+    extra: &[(&str, &[u8])],
+) -> Result<Vec<u8>, PackageError> {
+    for (i, (name, _)) in extra.iter().enumerate() {
+        if extra[..i].iter().any(|(n, _)| n == name) {
+            return Err(PackageError::Build(format!("artifact `{name}` is given twice")));
+        }
+        let safe = !name.is_empty()
+            && name.len() <= 64
+            && !name.starts_with('.')
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        if !safe || [MANIFEST, SIGNATURE, MODEL, SELFTEST, REFERENCE].contains(name) {
+            return Err(PackageError::Build(format!("artifact name `{name}` is not allowed")));
+        }
+    }
     if training_data_hash_parts(&model.channels, parts) != model.training.data_sha256 {
         return Err(PackageError::Build(
             "the frames given are not the model's training data (data hash differs)".into(),
@@ -243,8 +268,9 @@ pub fn build_parts(
     let selftest_bytes = serde_json::to_vec(&selftest).map_err(|e| PackageError::Build(e.to_string()))?;
     let reference = reference_sketch_parts(&model, parts);
     let reference_bytes = serde_json::to_vec(&reference).map_err(|e| PackageError::Build(e.to_string()))?;
-    let artifacts: Vec<(&str, &[u8])> =
+    let mut artifacts: Vec<(&str, &[u8])> =
         vec![(MODEL, &model_bytes), (SELFTEST, &selftest_bytes), (REFERENCE, &reference_bytes)];
+    artifacts.extend_from_slice(extra);
     let manifest = Manifest {
         format: PACKAGE_FORMAT.into(),
         version: PACKAGE_VERSION,

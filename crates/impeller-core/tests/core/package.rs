@@ -297,3 +297,29 @@ fn golden_package_still_verifies() {
     let pkg = open(&std::fs::read(&path).unwrap(), &t, Limits::default()).unwrap();
     check_install(&pkg, &ctx(Some(6))).unwrap();
 }
+
+#[test]
+fn an_extra_artifact_is_listed_hashed_and_checked() {
+    use impeller_core::package::build_parts_with;
+    let (model, frames) = trained();
+    let onnx: &[u8] = b"\x08\x08graph";
+    let bytes = build_parts_with(&model, &[&frames], &spec(3), &signer(1), &[("model.onnx", onnx)]).unwrap();
+    let pkg = open(&bytes, &trust(&[&signer(1)]), Limits::default()).unwrap();
+    let listed = pkg.manifest.artifacts.iter().find(|a| a.name == "model.onnx").unwrap();
+    assert_eq!(listed.bytes, onnx.len() as u64);
+    // Its bytes changed: refused, naming it.
+    let mut files = unpack(&bytes);
+    let at = files.iter().position(|(n, _)| n == "model.onnx").unwrap();
+    files[at].1[0] ^= 1;
+    let tampered = repack(files);
+    assert!(matches!(
+        open(&tampered, &trust(&[&signer(1)]), Limits::default()),
+        Err(PackageError::ArtifactMismatch { name, .. }) if name == "model.onnx"
+    ));
+    for bad in ["model.json", "../x", "", "Model.onnx", "a/b"] {
+        let r = build_parts_with(&model, &[&frames], &spec(3), &signer(1), &[(bad, onnx)]);
+        assert!(matches!(r, Err(PackageError::Build(_))), "`{bad}` accepted");
+    }
+    let twice = build_parts_with(&model, &[&frames], &spec(3), &signer(1), &[("a.onnx", onnx), ("a.onnx", onnx)]);
+    assert!(matches!(twice, Err(PackageError::Build(_))));
+}

@@ -6,6 +6,8 @@
 // Helpers in a test binary may unwrap: a panic there fails the test, as it should.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+mod onnx;
+
 use std::path::{Path, PathBuf};
 
 use impeller_core::package::{Limits, Signer25519, TrustStore, open};
@@ -67,6 +69,12 @@ fn skab_pipeline_builds_caches_and_reproduces() {
         assert_eq!(pkg.manifest.target, p.target);
         assert_eq!(pkg.manifest.pipeline_run.as_deref(), first.run_key.as_deref());
         assert!(pkg.manifest.metrics.contains_key("f1"));
+        // The ONNX profile's package carries the scoring graph, listed and hashed.
+        let onnx = pkg.manifest.artifacts.iter().find(|a| a.name == "model.onnx");
+        assert_eq!(
+            onnx.map(|a| a.sha256.as_str()),
+            (p.target == "gw-x86").then(|| first.onnx.as_ref().unwrap().sha256.as_str())
+        );
     }
 
     // Unchanged: every step found in the cache.
