@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
+mod datasets;
 mod registry;
 use impeller_core::audit::AuditRecord;
 use impeller_core::deploy::{self, Condition, valid_sha256};
@@ -38,6 +39,8 @@ pub struct ApiState {
     pub devices: Credentials,
     /// Folder of uploaded packages, `{sha256}.pkg`.
     pub packages_dir: PathBuf,
+    /// Folder of dataset snapshots, `{sha256}/`.
+    pub datasets_dir: PathBuf,
     /// Keys a package must be signed with to be accepted.
     pub trust: Arc<TrustStore>,
     pub max_package_bytes: u64,
@@ -236,6 +239,10 @@ pub fn router(state: ApiState) -> axum::Router {
             get(registry::get_alias).put(registry::set_alias).delete(registry::remove_alias),
         )
         .route("/api/v1/lineage/datasets/{sha256}", get(registry::dataset_lineage))
+        .route("/api/v1/datasets", get(datasets::list).post(datasets::create))
+        .route("/api/v1/datasets/{sha256}", get(datasets::get))
+        .route("/api/v1/datasets/{sha256}/files/{file}", get(datasets::file))
+        .route("/api/v1/incidents", get(datasets::list_incidents).post(datasets::add_incident))
         .route("/api/v1/lineage/devices/{id}", get(registry::device_lineage))
         .fallback(|| async { Problem::new(Code::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {

@@ -125,6 +125,7 @@ impl FileConfig {
             device_auth: !self.mqtt.allow_anonymous,
             http_listen: Some(self.http.listen),
             packages_dir: self.data_dir.join("packages"),
+            datasets_dir: self.data_dir.join("datasets"),
             trusted_keys: self.packages.trusted_keys.clone(),
             max_package_bytes: self.packages.max_bytes,
             audit_key: Some(if self.audit.key.as_os_str().is_empty() {

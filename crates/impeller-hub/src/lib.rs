@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod datasets;
 pub mod deploy;
 pub mod drift;
 pub mod fleet;
@@ -45,11 +46,23 @@ pub struct HubConfig {
     pub trusted_keys: Vec<PathBuf>,
     /// Largest package accepted, in bytes (0: 64 MiB).
     pub max_package_bytes: u64,
+    /// Folder of dataset snapshots; empty: `datasets` beside the packages folder.
+    pub datasets_dir: PathBuf,
     /// Secret key that signs the audit trail's checkpoints, created (with its `.public.json`
     /// twin) if missing; `None`: the chain is kept but not signed.
     pub audit_key: Option<PathBuf>,
     /// How often to sign a checkpoint when something was recorded since (zero: every minute).
     pub checkpoint_every: Duration,
+}
+
+impl HubConfig {
+    pub fn datasets_dir(&self) -> PathBuf {
+        if self.datasets_dir.as_os_str().is_empty() {
+            self.packages_dir.with_file_name("datasets")
+        } else {
+            self.datasets_dir.clone()
+        }
+    }
 }
 
 /// A running hub's handles.
@@ -104,6 +117,7 @@ impl Hub {
                     store: store.clone(),
                     devices: credentials,
                     packages_dir: cfg.packages_dir.clone(),
+                    datasets_dir: cfg.datasets_dir(),
                     trust: trust.clone(),
                     max_package_bytes: if cfg.max_package_bytes == 0 { 64 << 20 } else { cfg.max_package_bytes },
                     reconcile: reconcile.clone(),

@@ -302,6 +302,39 @@ fn schemas() -> Value {
             "device": string(), "package_sha256": string(), "model": nullable("string"), "version": nullable("integer"),
             "dataset_sha256": nullable("string"), "run_key": nullable("string"),
         })),
+        "SnapshotRequest": {
+            "type": "object", "required": ["condition", "since_ms"], "additionalProperties": false,
+            "properties": {
+                "condition": {"type": "string", "minLength": 1, "maxLength": 4096,
+                              "description": "devices by tags and profile, e.g. tags.site = 'gulf'; * for all"},
+                "channels": {"type": "array", "items": string()},
+                "since_ms": int(), "until_ms": nullable("integer"), "label_incidents": {"type": "boolean"},
+            },
+        },
+        "Channel": object(&["name", "unit"], json!({"name": string(), "unit": string()})),
+        "DatasetPart": object(&["name", "file", "rows", "labelled", "anomalous_rows", "first_ts_ms", "last_ts_ms"], json!({
+            "name": string(), "file": string(), "rows": uint(), "labelled": {"type": "boolean"}, "anomalous_rows": uint(),
+            "first_ts_ms": nullable("integer"), "last_ts_ms": nullable("integer"),
+        })),
+        "DatasetManifest": object(&["format", "version", "sha256", "channels", "parts", "source"], json!({
+            "format": string(), "version": uint(), "sha256": sha256(),
+            "channels": {"type": "array", "items": schema("Channel")},
+            "parts": {"type": "array", "items": schema("DatasetPart")}, "source": string(),
+        })),
+        "DatasetRecord": object(&["sha256", "selection", "parts", "rows", "created_by", "created_ms"], json!({
+            "sha256": sha256(), "selection": {}, "parts": uint(), "rows": uint(), "created_by": string(), "created_ms": int(),
+        })),
+        "DatasetPage": page_of("DatasetRecord"),
+        "NewIncident": {
+            "type": "object", "required": ["device", "start_ms", "end_ms", "kind"], "additionalProperties": false,
+            "properties": {"device": string(), "start_ms": int(), "end_ms": int(),
+                           "kind": {"type": "string", "minLength": 1, "maxLength": 100}, "note": {"type": "string", "maxLength": 2000}},
+        },
+        "Incident": object(&["id", "device", "start_ms", "end_ms", "kind", "note", "created_by", "created_ms"], json!({
+            "id": int(), "device": string(), "start_ms": int(), "end_ms": int(), "kind": string(), "note": string(),
+            "created_by": string(), "created_ms": int(),
+        })),
+        "IncidentList": object(&["items"], json!({"items": {"type": "array", "items": schema("Incident")}})),
         "DatasetLineage": object(&["dataset_sha256", "versions", "devices"], json!({
             "dataset_sha256": sha256(), "versions": {"type": "array", "items": schema("ModelVersion")},
             "devices": {"type": "array", "items": schema("RunningModel")},
@@ -485,6 +518,38 @@ pub fn document() -> Value {
                 "parameters": [id.clone()],
                 "get": op("What a device runs and the data that built it", "registry", Who::Operator,
                           json!({"200": ok("lineage", "RunningModel")}), &[404]),
+            },
+            "/api/v1/datasets": {
+                "get": with(op("Dataset snapshots made on this hub", "datasets", Who::Operator,
+                               json!({"200": ok("a page", "DatasetPage")}), &[]), "parameters", paging()),
+                "post": with(op("Snapshot the samples of the matching devices over a time range as a Parquet dataset",
+                                "datasets", Who::Operator, json!({"201": ok("made (or found)", "DatasetManifest")}), &[404]),
+                             "requestBody", json_body("SnapshotRequest")),
+            },
+            "/api/v1/datasets/{sha256}": {
+                "parameters": [sha.clone()],
+                "get": op("A dataset's manifest: channels and parts", "datasets", Who::Operator,
+                          json!({"200": ok("the manifest", "DatasetManifest")}), &[404]),
+            },
+            "/api/v1/datasets/{sha256}/files/{file}": {
+                "parameters": [sha.clone(), path_param("file", "dataset.json or a part's file")],
+                "get": op("One of the dataset's files", "datasets", Who::Operator, json!({
+                    "200": {"description": "the file", "content": {
+                        "application/vnd.apache.parquet": {"schema": {"type": "string", "format": "binary"}},
+                        "application/json": {}}},
+                }), &[404]),
+            },
+            "/api/v1/incidents": {
+                "get": with(op("Labelled incidents overlapping a time range", "datasets", Who::Operator,
+                               json!({"200": ok("incidents", "IncidentList")}), &[]),
+                            "parameters", json!([
+                                {"name": "device", "in": "query", "schema": string()},
+                                {"name": "since_ms", "in": "query", "schema": {"type": "integer"}},
+                                {"name": "until_ms", "in": "query", "schema": {"type": "integer"}},
+                            ])),
+                "post": with(op("Record an incident: a stretch of a device's time with a label", "datasets", Who::Operator,
+                                json!({"201": ok("recorded", "Incident")}), &[404]),
+                             "requestBody", json_body("NewIncident")),
             },
             "/api/v1/audit": {
                 "get": with(op("The audit trail in chain order; verify it with `impeller audit verify`",

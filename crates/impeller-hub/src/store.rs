@@ -60,10 +60,12 @@ macro_rules! append_audit {
 }
 
 mod audit;
+mod datasets;
 mod deployments;
 mod queries;
 mod registry;
 pub use audit::AuditFilter;
+pub use datasets::{DatasetRecord, Incident};
 pub use deployments::{
     AlertActivity, DeploymentInfo, DesiredInfo, Member, PackageInfo, TokenInfo, TokenSecret, UpdateInfo,
 };
@@ -84,6 +86,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "drift", include_str!("../migrations/sqlite/0006_drift.sql")),
     (7, "audit", include_str!("../migrations/sqlite/0007_audit.sql")),
     (8, "registry", include_str!("../migrations/sqlite/0008_registry.sql")),
+    (9, "datasets", include_str!("../migrations/sqlite/0009_datasets.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "telemetry", include_str!("../migrations/postgres/0001_telemetry.sql")),
@@ -94,6 +97,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (6, "drift", include_str!("../migrations/postgres/0006_drift.sql")),
     (7, "audit", include_str!("../migrations/postgres/0007_audit.sql")),
     (8, "registry", include_str!("../migrations/postgres/0008_registry.sql")),
+    (9, "datasets", include_str!("../migrations/postgres/0009_datasets.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -42,9 +42,13 @@ pub enum Command {
     /// package per target, sign, register; every step cached by the hash of its inputs.
     #[command(subcommand)]
     Pipeline(PipelineCommand),
-    /// Datasets: CSV folders in the SKAB layout stored as Parquet, addressed by their content.
+    /// Datasets: CSV folders in the SKAB layout, or snapshots of what the fleet sent to the hub,
+    /// stored as Parquet and addressed by their content.
     #[command(subcommand)]
     Dataset(DatasetCommand),
+    /// Labelled incidents (a confirmed fault, a test): they label the rows of later snapshots.
+    #[command(subcommand)]
+    Incident(IncidentCommand),
     /// Signing keys for model packages.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -823,6 +827,36 @@ pub struct PipelineRunArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum IncidentCommand {
+    /// Record an incident on the hub.
+    Add {
+        device: String,
+        /// Start: `YYYY-MM-DD hh:mm:ss` (UTC) or milliseconds since the epoch.
+        #[arg(long)]
+        start: String,
+        /// End (exclusive), in the same form.
+        #[arg(long)]
+        end: String,
+        /// What it was: a fault class, `test`, `maintenance`.
+        #[arg(long)]
+        kind: String,
+        #[arg(long, default_value = "")]
+        note: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Incidents recorded on the hub.
+    List {
+        #[arg(long)]
+        device: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum DatasetCommand {
     /// Import a folder of SKAB-layout CSV files (one part per file) as a dataset; prints its hash.
     Create {
@@ -847,6 +881,39 @@ pub enum DatasetCommand {
         work: PathBuf,
         #[arg(long)]
         json: bool,
+    },
+    /// Snapshot on the hub: the raw samples of the devices a condition selects over a time
+    /// range, one part per device, labelled by incidents if asked; prints the hash.
+    Snapshot {
+        /// Devices by tags and profile, as deployments select them: `tags.site = 'gulf'`, `*`.
+        #[arg(long, default_value = "*")]
+        condition: String,
+        /// From this long ago (e.g. 48h), up to now.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_s, conflicts_with = "since_ms")]
+        since: Option<u64>,
+        #[arg(long, value_name = "MS")]
+        since_ms: Option<i64>,
+        /// End of the range (ms since the epoch, exclusive); default now.
+        #[arg(long, value_name = "MS")]
+        until_ms: Option<i64>,
+        /// Channels in this order (default: the devices' own).
+        #[arg(long, value_delimiter = ',')]
+        channels: Vec<String>,
+        /// Label rows with the devices' incidents.
+        #[arg(long)]
+        label_incidents: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Download a hub's dataset into the work folder (checked against its hash).
+    Pull {
+        hash: String,
+        #[arg(long, value_name = "DIR", default_value = "impeller-work")]
+        work: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
     },
     /// Copy a dataset's Parquet files and manifest to a folder (pandas reads them as they are).
     Export {

@@ -61,6 +61,12 @@ fn pipeline_run(a: PipelineRunArgs) -> anyhow::Result<()> {
     options.import = a.import.clone();
     options.release = a.release;
     let mut hub = if a.local { None } else { Some(HubRegistry { api: Api::new(&a.api)?, trust }) };
+    // A dataset named by hash that is not here yet comes from the hub.
+    if let (Some(hash), Some(h)) = (&spec.data.dataset, &hub)
+        && dataset::read_manifest(&options.datasets(), hash).is_err()
+    {
+        pull(&h.api, hash, &options.datasets())?;
+    }
     let mut progress = |p: Progress<'_>| match p {
         Progress::Started { step } => tracing::debug!(step, "started"),
         Progress::Finished(s) => {
@@ -263,6 +269,41 @@ pub fn dataset(cmd: DatasetCommand) -> anyhow::Result<()> {
                 Ok(())
             })
         }
+        DatasetCommand::Snapshot { condition, since, since_ms, until_ms, channels, label_incidents, api, json } => {
+            let since_ms = match (since, since_ms) {
+                (_, Some(ms)) => ms,
+                (Some(s), None) => impeller_hub::store::now_ms() - (s.min(i64::MAX as u64 / 1000) as i64) * 1000,
+                (None, None) => return Err(InputError("give --since DURATION or --since-ms MS".into()).into()),
+            };
+            let api = Api::new(&api)?;
+            let body = json!({
+                "condition": condition, "channels": channels, "since_ms": since_ms, "until_ms": until_ms,
+                "label_incidents": label_incidents,
+            });
+            let m = api.call("POST", "/datasets", Some((serde_json::to_vec(&body)?, "application/json")))?;
+            if json {
+                return emit_json(&m);
+            }
+            emit(|out| {
+                writeln!(out, "{}", m["sha256"].as_str().unwrap_or(""))?;
+                for p in m["parts"].as_array().into_iter().flatten() {
+                    writeln!(
+                        out,
+                        "  {:<24} {:>8} rows {:>6} anomalous",
+                        p["name"].as_str().unwrap_or(""),
+                        p["rows"].as_u64().unwrap_or_default(),
+                        p["anomalous_rows"].as_u64().unwrap_or_default()
+                    )?;
+                }
+                Ok(())
+            })
+        }
+        DatasetCommand::Pull { hash, work, api } => {
+            let m = pull(&Api::new(&api)?, &hash, &work.join("datasets"))?;
+            emit(|out| {
+                writeln!(out, "{hash}: {} parts in {}", m.parts.len(), work.join("datasets").join(&hash).display())
+            })
+        }
         DatasetCommand::Export { hash, out, work } => {
             let (_, m) = Dataset::read(&work.join("datasets"), &hash)?;
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
@@ -272,6 +313,73 @@ pub fn dataset(cmd: DatasetCommand) -> anyhow::Result<()> {
             }
             std::fs::copy(from.join("dataset.json"), out.join("dataset.json")).context("copying dataset.json")?;
             emit(|w| writeln!(w, "{} parts and dataset.json written to {}", m.parts.len(), out.display()))
+        }
+    }
+}
+
+/// Downloads a hub's dataset into `dir/{hash}/` (through a temporary folder) and checks it
+/// against its hash; a dataset there already is only checked.
+fn pull(api: &Api, hash: &str, dir: &Path) -> anyhow::Result<dataset::Manifest> {
+    if dataset::read_manifest(dir, hash).is_err() {
+        let manifest: dataset::Manifest =
+            serde_json::from_value(api.call("GET", &format!("/datasets/{hash}"), None)?)
+                .context("the hub's dataset manifest")?;
+        let tmp = dir.join(format!(".{hash}.pull-{}", std::process::id()));
+        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        let files = manifest.parts.iter().map(|p| p.file.as_str()).chain(["dataset.json"]);
+        for file in files {
+            if file.contains(['/', '\\']) || file.starts_with('.') {
+                anyhow::bail!("the hub's dataset names a file `{file}` outside its folder");
+            }
+            let bytes = api.raw(&format!("/datasets/{hash}/files/{file}"))?;
+            impeller_pipeline::write_synced(&tmp.join(file), &bytes)?;
+        }
+        std::fs::rename(&tmp, dir.join(hash)).with_context(|| format!("moving the dataset into {}", dir.display()))?;
+    }
+    // Reading it checks every file against the hash.
+    Ok(Dataset::read(dir, hash)?.1)
+}
+
+pub fn incident(cmd: crate::cli::IncidentCommand) -> anyhow::Result<()> {
+    use crate::cli::IncidentCommand;
+    let time = |s: &str| -> anyhow::Result<i64> {
+        s.parse::<i64>().ok().or_else(|| impeller_core::table::parse_timestamp(s)).ok_or_else(|| {
+            InputError(format!("`{s}`: a time as YYYY-MM-DD hh:mm:ss (UTC) or milliseconds since the epoch")).into()
+        })
+    };
+    match cmd {
+        IncidentCommand::Add { device, start, end, kind, note, api } => {
+            let body =
+                json!({"device": device, "start_ms": time(&start)?, "end_ms": time(&end)?, "kind": kind, "note": note});
+            let i =
+                Api::new(&api)?.call("POST", "/incidents", Some((serde_json::to_vec(&body)?, "application/json")))?;
+            emit(|out| writeln!(out, "incident {} on {device} recorded", i["id"]))
+        }
+        IncidentCommand::List { device, api, json } => {
+            let path = match &device {
+                Some(d) => format!("/incidents?device={d}"),
+                None => "/incidents".to_string(),
+            };
+            let v = Api::new(&api)?.call("GET", &path, None)?;
+            if json {
+                return emit_json(&v["items"]);
+            }
+            emit(|out| {
+                for i in v["items"].as_array().into_iter().flatten() {
+                    let t = |k: &str| impeller_core::table::format_timestamp(i[k].as_i64().unwrap_or_default());
+                    writeln!(
+                        out,
+                        "{:>5} {:<20} {} to {}  {:<16} {}",
+                        i["id"].as_i64().unwrap_or_default(),
+                        i["device"].as_str().unwrap_or(""),
+                        t("start_ms"),
+                        t("end_ms"),
+                        i["kind"].as_str().unwrap_or(""),
+                        i["note"].as_str().unwrap_or("")
+                    )?;
+                }
+                Ok(())
+            })
         }
     }
 }

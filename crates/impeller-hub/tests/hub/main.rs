@@ -10,6 +10,7 @@ use impeller_hub::{Hub, HubConfig};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 mod audit;
+mod datasets;
 mod openapi;
 mod registry;
 
@@ -32,6 +33,22 @@ fn embedded_sqlite(dir: &std::path::Path, device_auth: bool) -> (HubConfig, u16)
         ..Default::default()
     };
     (cfg, port)
+}
+
+/// A hub on SQLite in `dir` with its API, trusting the packages one signer signs; an admin
+/// token and that signer.
+async fn api_hub(dir: &std::path::Path) -> (Hub, String, impeller_core::package::Signer25519) {
+    let signer = impeller_core::package::Signer25519::from_secret([7; 32]);
+    let key = dir.join("ops.public.json");
+    std::fs::write(&key, signer.public_file().to_json()).unwrap();
+    let (mut cfg, _) = embedded_sqlite(dir, false);
+    cfg.http_listen = Some("127.0.0.1:0".parse().unwrap());
+    cfg.trusted_keys = vec![key];
+    cfg.packages_dir = dir.join("packages");
+    std::fs::create_dir_all(&cfg.packages_dir).unwrap();
+    let hub = Hub::start(&cfg).await.unwrap();
+    let (_, token) = hub.store.add_token("admin", impeller_hub::auth::Role::Admin, "test").await.unwrap();
+    (hub, token, signer)
 }
 
 fn postgres(test: &str) -> Option<String> {
@@ -485,20 +502,11 @@ async fn alerts_by_site_through_the_api() {
 /// hub has no package for and an unreadable body are recorded as such, not retried forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_is_judged_against_the_packages_reference() {
-    use impeller_core::package::{PackageSpec, Signer25519, build, reference_sketch};
+    use impeller_core::package::{PackageSpec, build, reference_sketch};
     use impeller_core::{Channel, Frame, TrainConfig, detector::DetectorConfig, detector::PcaConfig, train};
 
     let dir = tempfile::tempdir().unwrap();
-    let signer = Signer25519::from_secret([7; 32]);
-    let key = dir.path().join("ops.public.json");
-    std::fs::write(&key, signer.public_file().to_json()).unwrap();
-    let (mut cfg, _) = embedded_sqlite(dir.path(), false);
-    cfg.http_listen = Some("127.0.0.1:0".parse().unwrap());
-    cfg.trusted_keys = vec![key];
-    cfg.packages_dir = dir.path().join("packages");
-    std::fs::create_dir_all(&cfg.packages_dir).unwrap();
-    let hub = Hub::start(&cfg).await.unwrap();
-    let (_, token) = hub.store.add_token("admin", impeller_hub::auth::Role::Admin, "test").await.unwrap();
+    let (hub, token, signer) = api_hub(dir.path()).await;
 
     // Two channels that move together with a little noise; `offset` shifts the second.
     let frames = |n: usize, seed: u64, offset: f64| -> Vec<Frame> {

@@ -8,15 +8,21 @@ use std::path::Path;
 
 use crate::util::{TestHub, impeller, skab_dir, stderr, stdout, token};
 
+/// A hub in `dir/hub` that trusts the key `dir/ops.secret.json` signs with, and an admin token.
+fn hub_trusting_ops(dir: &Path) -> (TestHub, String) {
+    let out = impeller(&["keys", "generate", "--name", "ops", "--out", dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let data = dir.join("hub");
+    let admin = token(&data, "admin");
+    (TestHub::start(&data, &["--trusted-key", dir.join("ops.public.json").to_str().unwrap()]), admin)
+}
+
 #[test]
 fn a_pipeline_registers_gates_and_reruns_for_free() {
     let Some(skab) = skab_dir("a_pipeline_registers_gates_and_reruns_for_free") else { return };
     let dir = tempfile::tempdir().unwrap();
     let d = |name: &str| dir.path().join(name).display().to_string();
-    assert!(impeller(&["keys", "generate", "--name", "ops", "--out", &d("")]).status.success());
-    let data = dir.path().join("hub");
-    let admin = token(&data, "admin");
-    let hub = TestHub::start(&data, &["--trusted-key", &d("ops.public.json")]);
+    let (hub, admin) = hub_trusting_ops(dir.path());
     let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../impeller-pipeline/config/pipeline.toml");
     let spec = spec.to_str().unwrap();
     let run = |spec: &str| {
@@ -93,4 +99,103 @@ fn a_pipeline_registers_gates_and_reruns_for_free() {
     let out = impeller(&["dataset", "export", dataset, "--work", &d("work"), "--out", &d("export")]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(std::fs::read_dir(d("export")).unwrap().count(), 36, "35 parts and the manifest");
+}
+
+/// From the fleet's data to a registered model: samples stored at the hub, an incident recorded,
+/// a snapshot taken and pulled, a pipeline trained on one pump and validated on the other.
+#[test]
+fn a_snapshot_of_the_fleet_trains_a_registered_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |name: &str| dir.path().join(name).display().to_string();
+    let (hub, admin) = hub_trusting_ops(dir.path());
+    for (id, site) in [("pump-a", "gulf"), ("pump-b", "gulf")] {
+        let out = hub.run(&["device", "add", id, "--tags", &format!("site={site}")], &admin);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    // The agents' raw samples, written as the hub's ingest would store them: two hours at 1 Hz
+    // in batches of 60, pump-b's pressure dropping for 20 minutes in the second hour.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let store = rt
+        .block_on(impeller_hub::store::Store::open(&format!("sqlite:{}", dir.path().join("hub/hub.db").display())))
+        .unwrap();
+    let t0 = 1_764_000_000_000i64;
+    for (id, fault) in [("pump-a", false), ("pump-b", true)] {
+        let mut batch = Vec::new();
+        for b in 0..120u64 {
+            let frames: Vec<serde_json::Value> = (0..60)
+                .map(|i| {
+                    let n = (b * 60 + i) as i64;
+                    let t = n as f64 / 300.0;
+                    let drop = if fault && (4800..6000).contains(&n) { 1.5 } else { 0.0 };
+                    let wobble = ((n * 7919) % 101) as f64 / 500.0;
+                    serde_json::json!({"ts_ms": t0 + n * 1000, "values": [30.0 + 3.0 * t.sin() + wobble, 4.0 + 0.2 * t.sin() - drop + wobble / 4.0]})
+                })
+                .collect();
+            let body = serde_json::json!({"channels": ["flow", "pressure"], "frames": frames});
+            // Stamped when the batch fills, at its last frame.
+            batch.push(impeller_hub::store::Incoming {
+                device: id.into(),
+                seq: b + 1,
+                prev: b,
+                ts_ms: t0 + (b as i64 * 60 + 59) * 1000,
+                kind: "samples".into(),
+                body: body.to_string(),
+                update: None,
+            });
+        }
+        rt.block_on(store.commit(&batch, &[(id.to_string(), 120)].into_iter().collect())).unwrap();
+    }
+    let (start, end) = ((t0 + 4_800_000).to_string(), (t0 + 6_000_000).to_string());
+    let out = hub.run(&["incident", "add", "pump-b", "--start", &start, "--end", &end, "--kind", "cavitation"], &admin);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = hub.run(
+        &[
+            "dataset",
+            "snapshot",
+            "--condition",
+            "tags.site = 'gulf'",
+            "--since-ms",
+            &t0.to_string(),
+            "--until-ms",
+            &(t0 + 7_200_000).to_string(),
+            "--label-incidents",
+            "--json",
+        ],
+        &admin,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let manifest: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let hash = manifest["sha256"].as_str().unwrap().to_string();
+    assert_eq!(manifest["parts"][1]["anomalous_rows"], 1200);
+
+    let spec = format!(
+        r#"version = 1
+model = "gulf-pumps"
+[data]
+dataset = "{hash}"
+train = ["pump-a"]
+validate = ["pump-b"]
+train_head_rows = 600
+[train]
+seed = 1
+detector = {{ kind = "pca" }}
+[train.calibration]
+margin = 1.5
+[gates]
+min_f1 = 0.5
+"#
+    );
+    std::fs::write(d("gulf.toml"), spec).unwrap();
+    let out = hub.run(
+        &["pipeline", "run", &d("gulf.toml"), "--key", &d("ops.secret.json"), "--work", &d("work"), "--json"],
+        &admin,
+    );
+    assert!(out.status.success(), "{}\n{}", stderr(&out), stdout(&out));
+    let record: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(record["outcome"], "registered", "{record}");
+    assert_eq!(record["dataset_sha256"], hash.as_str(), "the pipeline pulled the hub's snapshot");
+    assert!(record["evaluation"]["f1"].as_f64().unwrap() > 0.5, "{}", record["evaluation"]);
+    let out = hub.run(&["model", "lineage", "--dataset", &hash, "--json"], &admin);
+    let lineage: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(lineage["versions"][0]["model"], "gulf-pumps");
 }

@@ -1,0 +1,151 @@
+//! `/api/v1/datasets/…` and `/api/v1/incidents`: snapshots of what the fleet sent, as Parquet
+//! datasets a pipeline trains on, and the labelled incidents that mark their anomalous rows.
+
+use axum::Json;
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use impeller_pipeline::dataset::{Manifest, read_manifest};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiResult, ApiState, Code, Page, PageQuery, Problem, operator, page, query};
+use crate::auth::Role;
+use crate::datasets::{SnapshotError, SnapshotRequest, snapshot};
+use crate::store::{DatasetRecord, Incident, StoreError};
+
+type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
+
+impl From<SnapshotError> for Problem {
+    fn from(e: SnapshotError) -> Problem {
+        match e {
+            SnapshotError::Invalid(m) => Problem::new(Code::InvalidRequest, m),
+            SnapshotError::Store(s) => s.into(),
+            SnapshotError::Write(detail) => {
+                tracing::error!(%detail, "api: writing a dataset");
+                Problem::new(Code::Internal, "the hub could not write the dataset; see its log")
+            }
+        }
+    }
+}
+
+pub async fn create(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Json<SnapshotRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Manifest>)> {
+    let token = operator(&s, &headers, Role::Operator).await?;
+    let Json(req) = body?;
+    let m = snapshot(&s.store, &s.packages_dir, &s.datasets_dir, &req, &token).await?;
+    Ok((StatusCode::CREATED, Json(m)))
+}
+
+pub async fn list(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    q: QueryResult<PageQuery>,
+) -> ApiResult<Json<Page<DatasetRecord>>> {
+    operator(&s, &headers, Role::Read).await?;
+    let q = query(q)?;
+    let mut all = s.store.datasets().await?;
+    all.sort_by(|a, b| a.sha256.cmp(&b.sha256));
+    Ok(Json(page(all, |d| &d.sha256, &q)?))
+}
+
+fn manifest(s: &ApiState, sha256: &str) -> ApiResult<Manifest> {
+    if !impeller_core::audit::is_sha256_hex(sha256) {
+        return Err(Problem::new(Code::InvalidRequest, "a dataset is named by its SHA-256: 64 lowercase hex digits"));
+    }
+    read_manifest(&s.datasets_dir, sha256)
+        .map_err(|_| StoreError::NotFound { kind: "dataset", id: sha256.to_string() }.into())
+}
+
+pub async fn get(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(sha256): Path<String>,
+) -> ApiResult<Json<Manifest>> {
+    operator(&s, &headers, Role::Read).await?;
+    Ok(Json(manifest(&s, &sha256)?))
+}
+
+/// One of the dataset's files: `dataset.json` or a part's Parquet file.
+pub async fn file(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((sha256, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    operator(&s, &headers, Role::Read).await?;
+    let m = manifest(&s, &sha256)?;
+    let content_type = if name == "dataset.json" {
+        "application/json"
+    } else if m.parts.iter().any(|p| p.file == name) {
+        "application/vnd.apache.parquet"
+    } else {
+        return Err(StoreError::NotFound { kind: "dataset file", id: format!("{sha256}/{name}") }.into());
+    };
+    let bytes = tokio::fs::read(s.datasets_dir.join(&sha256).join(&name)).await.map_err(|e| {
+        tracing::error!(error = %e, dataset = %sha256, file = %name, "api: reading a dataset file");
+        Problem::new(Code::Internal, "the hub could not read the file; see its log")
+    })?;
+    let mut r = Body::from(bytes).into_response();
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    Ok(r)
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewIncident {
+    pub device: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub kind: String,
+    #[serde(default)]
+    pub note: String,
+}
+
+pub async fn add_incident(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Json<NewIncident>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Incident>)> {
+    let token = operator(&s, &headers, Role::Operator).await?;
+    let Json(n) = body?;
+    let i = Incident {
+        id: 0,
+        device: n.device,
+        start_ms: n.start_ms,
+        end_ms: n.end_ms,
+        kind: n.kind,
+        note: n.note,
+        created_by: String::new(),
+        created_ms: 0,
+    };
+    Ok((StatusCode::CREATED, Json(s.store.add_incident(&i, &token).await?)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IncidentQuery {
+    pub device: Option<String>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Incidents {
+    pub items: Vec<Incident>,
+}
+
+pub async fn list_incidents(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    q: QueryResult<IncidentQuery>,
+) -> ApiResult<Json<Incidents>> {
+    operator(&s, &headers, Role::Read).await?;
+    let q = query(q)?;
+    let items =
+        s.store.incidents(q.device.as_deref(), q.since_ms.unwrap_or(i64::MIN), q.until_ms.unwrap_or(i64::MAX)).await?;
+    Ok(Json(Incidents { items }))
+}

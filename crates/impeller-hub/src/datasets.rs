@@ -1,0 +1,169 @@
+//! Dataset snapshots from what the fleet sent: the raw samples of the selected devices over a
+//! time range, one part per device, labelled by the incidents recorded for them, written as a
+//! content-addressed dataset (`impeller_pipeline::dataset`) in the hub's datasets folder.
+//!
+//! A snapshot resolves its selection when it is made (which devices, which channels, which time
+//! range) and records it, so the same selection over the same stored data gives the same hash.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use impeller_core::deploy::{Condition, DeviceFacts};
+use impeller_core::package::{Limits, read_unverified};
+use impeller_core::wire::SamplesBody;
+use impeller_core::{Channel, Frame};
+use impeller_pipeline::dataset::{Dataset, Manifest, Part};
+use serde::{Deserialize, Serialize};
+
+use crate::store::{DatasetRecord, Store, StoreError, now_ms};
+
+/// Most rows one snapshot may hold (about 1 GiB of frames in memory at 60 channels).
+pub const MAX_ROWS: usize = 2_000_000;
+/// Longest time one samples batch is taken to span.
+const BATCH_SPAN_MS: i64 = 86_400_000;
+
+/// What to snapshot.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotRequest {
+    /// Devices by target condition over tags and profile (`tags.site = 'gulf'`, `*` for all).
+    pub condition: String,
+    /// Channels in this order; empty: those of the first device's first samples.
+    #[serde(default)]
+    pub channels: Vec<String>,
+    pub since_ms: i64,
+    /// End of the range (exclusive); default: now, fixed in the recorded selection.
+    #[serde(default)]
+    pub until_ms: Option<i64>,
+    /// Label rows with the devices' incidents (every part is then labelled).
+    #[serde(default)]
+    pub label_incidents: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("writing the dataset: {0}")]
+    Write(String),
+}
+
+/// Makes (or finds, when its content exists already) the snapshot; returns its manifest.
+pub async fn snapshot(
+    store: &Store,
+    packages_dir: &Path,
+    datasets_dir: &Path,
+    req: &SnapshotRequest,
+    actor: &str,
+) -> Result<Manifest, SnapshotError> {
+    let condition = Condition::parse(&req.condition).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+    let until_ms = req.until_ms.unwrap_or_else(now_ms);
+    if until_ms <= req.since_ms {
+        return Err(SnapshotError::Invalid("until_ms must be after since_ms".into()));
+    }
+    let devices: Vec<String> = store
+        .devices()
+        .await?
+        .into_iter()
+        .filter(|d| condition.matches(&DeviceFacts { id: &d.id, profile: &d.profile, tags: &d.tags }))
+        .map(|d| d.id)
+        .collect();
+    if devices.is_empty() {
+        return Err(SnapshotError::Invalid(format!("no device matches `{}`", req.condition)));
+    }
+    let units = units_of(store, packages_dir).await?;
+    let mut channels: Vec<String> = req.channels.clone();
+    let mut parts = Vec::new();
+    let mut rows = 0usize;
+    for device in &devices {
+        // A samples message is stamped when its batch fills, so its frames are at or before
+        // its time: a batch ending after `until_ms` (by up to a day) may still hold some.
+        let bodies = store.samples(device, req.since_ms, until_ms.saturating_add(BATCH_SPAN_MS), MAX_ROWS + 1).await?;
+        let mut frames: Vec<Frame> = Vec::new();
+        for (_, body) in bodies {
+            // Ingest checked the envelope, not the body: one that does not parse is skipped.
+            let Ok(s) = serde_json::from_str::<SamplesBody>(&body) else { continue };
+            if channels.is_empty() {
+                channels = s.channels.clone();
+            }
+            let index: Vec<Option<usize>> = channels.iter().map(|c| s.channels.iter().position(|n| n == c)).collect();
+            for f in s.frames {
+                if frames.last().is_some_and(|l| l.ts_ms >= f.ts_ms) || f.ts_ms < req.since_ms || f.ts_ms >= until_ms {
+                    continue;
+                }
+                let values = index
+                    .iter()
+                    .map(|i| i.and_then(|i| f.values.get(i).copied().flatten()).unwrap_or(f64::NAN))
+                    .collect();
+                frames.push(Frame { ts_ms: f.ts_ms, values });
+            }
+        }
+        if frames.is_empty() {
+            continue;
+        }
+        rows += frames.len();
+        if rows > MAX_ROWS {
+            return Err(SnapshotError::Invalid(format!(
+                "more than {MAX_ROWS} rows: narrow the devices or the time range"
+            )));
+        }
+        let labels = if req.label_incidents {
+            let incidents = store.incidents(Some(device), req.since_ms, until_ms).await?;
+            Some(frames.iter().map(|f| incidents.iter().any(|i| i.start_ms <= f.ts_ms && f.ts_ms < i.end_ms)).collect())
+        } else {
+            None
+        };
+        parts.push(Part { name: device.clone(), frames, labels });
+    }
+    if parts.is_empty() {
+        return Err(SnapshotError::Invalid(format!(
+            "the {} matching devices sent no samples in that time range",
+            devices.len()
+        )));
+    }
+    let channels: Vec<Channel> =
+        channels.iter().map(|c| Channel::new(c.clone(), units.get(c).cloned().unwrap_or_default())).collect();
+    let dataset = Dataset::new(channels, parts).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
+    let selection = serde_json::json!({
+        "condition": req.condition,
+        "devices": dataset.parts.iter().map(|p| &p.name).collect::<Vec<_>>(),
+        "channels": dataset.channels,
+        "since_ms": req.since_ms,
+        "until_ms": until_ms,
+        "label_incidents": req.label_incidents,
+    });
+    let source = format!("hub snapshot: {} from {} to {}", req.condition, req.since_ms, until_ms);
+    let dir = datasets_dir.to_path_buf();
+    let written = dataset.clone();
+    let sha = tokio::task::spawn_blocking(move || written.write(&dir, &source))
+        .await
+        .map_err(|e| SnapshotError::Write(e.to_string()))?
+        .map_err(|e| SnapshotError::Write(e.to_string()))?;
+    let record = DatasetRecord {
+        sha256: sha.clone(),
+        selection,
+        parts: dataset.parts.len() as u64,
+        rows: rows as u64,
+        created_by: actor.to_string(),
+        created_ms: now_ms(),
+    };
+    store.put_dataset(&record).await?;
+    impeller_pipeline::dataset::read_manifest(datasets_dir, &sha).map_err(|e| SnapshotError::Write(e.to_string()))
+}
+
+/// Units of every channel some stored package's model has, by channel name: samples carry the
+/// model's channel names, not their units.
+async fn units_of(store: &Store, packages_dir: &Path) -> Result<BTreeMap<String, String>, StoreError> {
+    let mut units = BTreeMap::new();
+    for p in store.packages().await? {
+        let Ok(bytes) = tokio::fs::read(packages_dir.join(format!("{}.pkg", p.sha256))).await else { continue };
+        if let Ok((manifest, _)) = read_unverified(&bytes, Limits::default()) {
+            for c in manifest.channels {
+                units.entry(c.name).or_insert(c.unit);
+            }
+        }
+    }
+    Ok(units)
+}
