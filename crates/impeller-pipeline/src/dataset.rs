@@ -403,9 +403,55 @@ fn write_part(path: &Path, channels: &[Channel], part: &Part) -> Result<(), Pipe
 }
 
 fn read_part(path: &Path, name: &str, channels: &[Channel], labelled: bool) -> Result<Part, PipelineError> {
+    let bytes = std::fs::read(path).map_err(|e| PipelineError::io(path, e))?;
+    decode_part(bytes, &path.display().to_string(), name, channels, labelled)
+}
+
+/// One part from a Parquet file's bytes (from disk, or pulled from a hub: untrusted). A file
+/// that is not the part the manifest describes is refused with `origin` named.
+pub fn decode_part(
+    bytes: Vec<u8>,
+    origin: &str,
+    name: &str,
+    channels: &[Channel],
+    labelled: bool,
+) -> Result<Part, PipelineError> {
+    // The Parquet reader asserts some things of a file's metadata instead of refusing it;
+    // `check_layout` refuses what is known to trip it, and this catches what is not known yet.
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(bytes, origin, name, channels, labelled)))
+        .unwrap_or_else(|_| {
+            Err(PipelineError::Data(format!("{origin}: a malformed Parquet file (the reader gave up)")))
+        })
+}
+
+/// Every column chunk of every row group lies inside the file.
+fn check_layout(meta: &parquet::file::metadata::ParquetMetaData, len: u64, origin: &str) -> Result<(), PipelineError> {
+    for g in meta.row_groups() {
+        for c in g.columns() {
+            let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());
+            let size = c.compressed_size();
+            let inside =
+                start >= 0 && size >= 0 && (start as u64).checked_add(size as u64).is_some_and(|end| end <= len);
+            if !inside {
+                return Err(PipelineError::Data(format!("{origin}: a column chunk lies outside the file")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn decode(
+    bytes: Vec<u8>,
+    origin: &str,
+    name: &str,
+    channels: &[Channel],
+    labelled: bool,
+) -> Result<Part, PipelineError> {
+    let path = Path::new(origin);
     let err = pq(path);
-    let file = File::open(path).map_err(|e| PipelineError::io(path, e))?;
-    let reader = SerializedFileReader::new(file).map_err(&err)?;
+    let len = bytes.len() as u64;
+    let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).map_err(&err)?;
+    check_layout(reader.metadata(), len, origin)?;
     let expected = 1 + channels.len() + usize::from(labelled);
     let found = reader.metadata().file_metadata().schema_descr().num_columns();
     if found != expected {

@@ -177,3 +177,18 @@ print(json.dumps({
     assert_eq!(pressure.iter().filter(|p| p.is_none()).count(), 6, "missing readings stay missing");
     assert_eq!(read["anomaly"], serde_json::json!(part.labels.as_ref().unwrap()));
 }
+
+/// Regression: a Parquet file whose column chunk starts at a negative offset (found by the
+/// `dataset_part` fuzz target) made the Parquet reader panic; it is refused with its name.
+#[test]
+fn a_parquet_file_with_a_negative_column_offset_is_refused() {
+    let bytes =
+        std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/negative-column-offset.parquet"))
+            .unwrap();
+    let channels = [impeller_core::Channel::new("flow", "L/min"), impeller_core::Channel::new("pressure", "bar")];
+    for labelled in [false, true] {
+        let e = impeller_pipeline::dataset::decode_part(bytes.clone(), "pulled.parquet", "p", &channels, labelled)
+            .unwrap_err();
+        assert!(e.to_string().starts_with("pulled.parquet: "), "{e}");
+    }
+}
