@@ -18,10 +18,9 @@ mod datasets;
 mod registry;
 use impeller_core::audit::AuditRecord;
 use impeller_core::deploy::{self, Condition, valid_sha256};
-use impeller_core::package::{self, Limits, TrustStore};
+use impeller_core::package::{Limits, TrustStore};
 use impeller_core::rollout::Rollout;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 use tower::ServiceExt;
 
@@ -46,6 +45,8 @@ pub struct ApiState {
     pub max_package_bytes: u64,
     /// Wakes the deployment reconciler after a change.
     pub reconcile: Arc<Notify>,
+    /// Pipelines the hub runs itself.
+    pub runs: crate::runs::Runs,
 }
 
 /// The closed set of error codes; each maps to one HTTP status.
@@ -243,6 +244,8 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/api/v1/datasets/{sha256}", get(datasets::get))
         .route("/api/v1/datasets/{sha256}/files/{file}", get(datasets::file))
         .route("/api/v1/incidents", get(datasets::list_incidents).post(datasets::add_incident))
+        .route("/api/v1/runs", get(datasets::list_runs).post(datasets::submit_run))
+        .route("/api/v1/runs/{id}", get(datasets::get_run))
         .route("/api/v1/lineage/devices/{id}", get(registry::device_lineage))
         .fallback(|| async { Problem::new(Code::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -550,57 +553,23 @@ async fn upload_package(
         }
         _ => Problem::new(Code::InvalidRequest, e.body_text()),
     })?;
-    if s.trust.is_empty() {
-        return Err(Problem::new(
-            Code::PackageRefused,
-            "the hub has no trusted signing keys: start it with --trusted-key FILE",
-        ));
-    }
     let limits = Limits { max_bytes: s.max_package_bytes, ..Limits::default() };
-    let pkg = package::open(&bytes, &s.trust, limits)
-        .map_err(|e| Problem::new(Code::PackageRefused, format!("{}: {e}", e.code())))?;
-    let sha256 = impeller_core::hex::encode(&Sha256::digest(&bytes));
-    let path = s.packages_dir.join(format!("{sha256}.pkg"));
-    let write = {
-        let (path, bytes, dir) = (path.clone(), bytes.clone(), s.packages_dir.clone());
-        tokio::task::spawn_blocking(move || write_durably(&dir, &path, &bytes)).await
-    };
-    if let Err(error) = write.map_err(std::io::Error::other).and_then(|r| r) {
-        tracing::error!(%error, path = %path.display(), "cannot store a package");
-        return Err(Problem::new(Code::Internal, "the hub could not store the package; see its log"));
-    }
-    let m = &pkg.manifest;
-    let info = PackageInfo {
-        sha256,
-        size: bytes.len() as u64,
-        model: m.model.name.clone(),
-        version: m.model.version.clone(),
-        release: m.release,
-        target: m.target.clone(),
-        signed_by: pkg.signed_by.clone(),
-        uploaded_ms: now_ms(),
-    };
-    // What it was built from, for the audit trail: the model file and the training data.
-    let mut lineage: Vec<String> = m.artifacts.iter().map(|a| a.sha256.clone()).collect();
-    lineage.push(pkg.model.training.data_sha256.clone());
-    lineage.retain(|h| impeller_core::audit::is_sha256_hex(h));
-    lineage.sort();
-    lineage.dedup();
-    s.store.put_package(&info, &lineage, &token).await?;
-    let stored = s.store.package(&info.sha256).await?.unwrap_or(info);
+    let stored = crate::packages::accept(&s.store, &s.packages_dir, &s.trust, limits, bytes.to_vec(), &token).await?;
     Ok((StatusCode::CREATED, Json(stored)))
 }
 
-/// Temporary file, fsync, rename, fsync of the folder: a package is whole or absent.
-fn write_durably(dir: &std::path::Path, path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
+impl From<crate::packages::AcceptError> for Problem {
+    fn from(e: crate::packages::AcceptError) -> Problem {
+        use crate::packages::AcceptError;
+        match e {
+            AcceptError::NoTrust | AcceptError::Refused(_) => Problem::new(Code::PackageRefused, e.to_string()),
+            AcceptError::Store(s) => s.into(),
+            AcceptError::Write(error) => {
+                tracing::error!(%error, "cannot store a package");
+                Problem::new(Code::Internal, "the hub could not store the package; see its log")
+            }
+        }
+    }
 }
 
 async fn list_packages(

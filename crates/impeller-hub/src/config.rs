@@ -22,6 +22,15 @@ pub struct FileConfig {
     pub packages: Packages,
     #[serde(default)]
     pub audit: Audit,
+    #[serde(default)]
+    pub pipelines: Pipelines,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipelines {
+    #[serde(default)]
+    pub signing_key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -134,6 +143,8 @@ impl FileConfig {
                 self.audit.key.clone()
             }),
             checkpoint_every: std::time::Duration::from_secs(self.audit.checkpoint_secs),
+            pipeline_key: (!self.pipelines.signing_key.as_os_str().is_empty())
+                .then(|| self.pipelines.signing_key.clone()),
         }
     }
 }

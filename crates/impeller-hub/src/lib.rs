@@ -16,6 +16,8 @@ pub mod drift;
 pub mod fleet;
 pub mod ingest;
 pub mod openapi;
+pub mod packages;
+pub mod runs;
 pub mod store;
 
 use std::net::SocketAddr;
@@ -48,6 +50,9 @@ pub struct HubConfig {
     pub max_package_bytes: u64,
     /// Folder of dataset snapshots; empty: `datasets` beside the packages folder.
     pub datasets_dir: PathBuf,
+    /// Secret key that signs the packages of the pipelines the hub runs (`POST /runs`); `None`:
+    /// the hub runs none. Their step cache and records go in `pipelines` beside the packages.
+    pub pipeline_key: Option<PathBuf>,
     /// Secret key that signs the audit trail's checkpoints, created (with its `.public.json`
     /// twin) if missing; `None`: the chain is kept but not signed.
     pub audit_key: Option<PathBuf>,
@@ -111,9 +116,26 @@ impl Hub {
             impeller_core::drift::DriftPolicy::default(),
             Duration::from_secs(2),
         ));
+        let pipeline_signer = match &cfg.pipeline_key {
+            Some(path) => {
+                let origin = path.display().to_string();
+                let bytes = std::fs::read(path).with_context(|| format!("reading the pipeline key {origin}"))?;
+                Some(KeyFile::parse(&bytes, &origin)?.signer(&origin)?)
+            }
+            None => None,
+        };
+        let runs = runs::Runs::new(
+            store.clone(),
+            cfg.packages_dir.clone(),
+            cfg.datasets_dir(),
+            cfg.packages_dir.with_file_name("pipelines"),
+            pipeline_signer,
+            trust.clone(),
+        );
         let http_addr = match cfg.http_listen {
             Some(listen) => {
                 let state = api::ApiState {
+                    runs,
                     store: store.clone(),
                     devices: credentials,
                     packages_dir: cfg.packages_dir.clone(),

@@ -335,6 +335,24 @@ fn schemas() -> Value {
             "created_by": string(), "created_ms": int(),
         })),
         "IncidentList": object(&["items"], json!({"items": {"type": "array", "items": schema("Incident")}})),
+        "RunRequest": {
+            "type": "object", "required": ["spec"], "additionalProperties": false,
+            "properties": {
+                "spec": {"type": "string", "description": "the pipeline spec (TOML); its data is one of this hub's datasets"},
+                "profiles": {"type": "object", "additionalProperties": string(),
+                             "description": "each target profile the spec names, by that path, as TOML"},
+            },
+        },
+        "StepRecord": object(&["step", "key", "cached", "ms", "detail"], json!({
+            "step": string(), "key": nullable("string"), "cached": {"type": "boolean"}, "ms": {"type": "number"}, "detail": string(),
+        })),
+        "RunView": object(&["id", "model", "state", "step", "steps", "submitted_by", "submitted_ms", "record"], json!({
+            "id": string(), "model": string(), "state": {"type": "string", "enum": ["queued", "running", "finished"]},
+            "step": nullable("string"), "steps": {"type": "array", "items": schema("StepRecord")},
+            "submitted_by": string(), "submitted_ms": int(),
+            "record": {"description": "the run record once finished (see docs/specs/pipelines.md), else null"},
+        })),
+        "RunList": object(&["items"], json!({"items": {"type": "array", "items": schema("RunView")}})),
         "DatasetLineage": object(&["dataset_sha256", "versions", "devices"], json!({
             "dataset_sha256": sha256(), "versions": {"type": "array", "items": schema("ModelVersion")},
             "devices": {"type": "array", "items": schema("RunningModel")},
@@ -550,6 +568,18 @@ pub fn document() -> Value {
                 "post": with(op("Record an incident: a stretch of a device's time with a label", "datasets", Who::Operator,
                                 json!({"201": ok("recorded", "Incident")}), &[404]),
                              "requestBody", json_body("NewIncident")),
+            },
+            "/api/v1/runs": {
+                "get": op("Pipeline runs submitted since the hub started, newest first", "datasets", Who::Operator,
+                          json!({"200": ok("runs", "RunList")}), &[]),
+                "post": with(op("Queue a pipeline run on the hub (signed with its pipeline key)", "datasets", Who::Operator,
+                                json!({"202": ok("queued", "RunView")}), &[409]),
+                             "requestBody", json_body("RunRequest")),
+            },
+            "/api/v1/runs/{id}": {
+                "parameters": [path_param("id", "run id")],
+                "get": op("A run: its state, the step running, the steps done, the record once finished", "datasets",
+                          Who::Operator, json!({"200": ok("the run", "RunView")}), &[404]),
             },
             "/api/v1/audit": {
                 "get": with(op("The audit trail in chain order; verify it with `impeller audit verify`",

@@ -41,15 +41,18 @@ pub struct RunOptions {
     pub created_ms: i64,
     /// Release counter for packages when there is no registry to hand one out.
     pub release: u64,
+    /// Where datasets are kept; `new` puts it in the work folder, a hub points it at its own.
+    pub datasets_dir: PathBuf,
 }
 
 impl RunOptions {
     pub fn new(work: PathBuf, base: PathBuf, signer: Signer25519, created_ms: i64) -> RunOptions {
-        RunOptions { work, base, import: None, signer, created_ms, release: 1 }
+        let datasets_dir = work.join("datasets");
+        RunOptions { work, base, import: None, signer, created_ms, release: 1, datasets_dir }
     }
 
     pub fn datasets(&self) -> PathBuf {
-        self.work.join("datasets")
+        self.datasets_dir.clone()
     }
 }
 

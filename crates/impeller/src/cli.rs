@@ -423,6 +423,10 @@ pub struct HubArgs {
     /// for several (added to the file's). Without one, package uploads are refused.
     #[arg(long = "trusted-key", value_name = "FILE")]
     pub trusted_keys: Vec<PathBuf>,
+    /// Secret key the hub signs the packages of the pipelines it runs with (`impeller pipeline
+    /// submit`); its public file must be trusted too.
+    #[arg(long, value_name = "FILE")]
+    pub pipeline_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -795,6 +799,23 @@ pub enum PipelineCommand {
     Run(PipelineRunArgs),
     /// Print the commented example spec (SKAB, three target profiles).
     GenerateSpec,
+    /// Have the hub run a spec (on one of its datasets, signing with its pipeline key), with the
+    /// target profiles the spec names; prints the run id, or waits and prints the outcome.
+    Submit {
+        spec: PathBuf,
+        /// Wait for the run to finish, printing each step; exit code 4 if it is rejected.
+        #[arg(long)]
+        wait: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The hub's runs since it started: state, step, outcome.
+    Runs {
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Args)]

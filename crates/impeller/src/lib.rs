@@ -106,6 +106,9 @@ fn hub_settings(args: cli::HubArgs) -> anyhow::Result<impeller_hub::config::File
         c.http.listen = listen;
     }
     c.packages.trusted_keys.extend(args.trusted_keys);
+    if let Some(key) = args.pipeline_key {
+        c.pipelines.signing_key = key;
+    }
     Ok(c)
 }
 

@@ -25,6 +25,72 @@ pub fn pipeline(cmd: PipelineCommand) -> anyhow::Result<()> {
     match cmd {
         PipelineCommand::GenerateSpec => emit(|out| out.write_all(spec::EXAMPLE.as_bytes())),
         PipelineCommand::Run(args) => pipeline_run(args),
+        PipelineCommand::Submit { spec, wait, api } => submit(&spec, wait, &api),
+        PipelineCommand::Runs { api, json } => {
+            let v = Api::new(&api)?.call("GET", "/runs", None)?;
+            if json {
+                return emit_json(&v["items"]);
+            }
+            emit(|out| {
+                for r in v["items"].as_array().into_iter().flatten() {
+                    let outcome = r["record"]["outcome"].as_str().or(r["step"].as_str()).unwrap_or("");
+                    writeln!(
+                        out,
+                        "{:<24} {:<20} {:<9} {outcome:<12} version {}",
+                        r["id"].as_str().unwrap_or(""),
+                        r["model"].as_str().unwrap_or(""),
+                        r["state"].as_str().unwrap_or(""),
+                        r["record"]["version"]
+                    )?;
+                }
+                Ok(())
+            })
+        }
+    }
+}
+
+/// `impeller pipeline submit`: the spec and the profiles it names go to the hub, which runs it.
+fn submit(spec_path: &Path, wait: bool, api: &crate::cli::ApiArgs) -> anyhow::Result<()> {
+    let (spec, base) = PipelineSpec::load(spec_path)?;
+    let text = std::fs::read_to_string(spec_path).map_err(|e| InputError(format!("{}: {e}", spec_path.display())))?;
+    let mut profiles = serde_json::Map::new();
+    for t in &spec.targets {
+        let path = base.join(t);
+        let p = std::fs::read_to_string(&path).map_err(|e| InputError(format!("{}: {e}", path.display())))?;
+        profiles.insert(t.to_string_lossy().into_owned(), Value::String(p));
+    }
+    let api = Api::new(api)?;
+    let body = serde_json::to_vec(&json!({"spec": text, "profiles": profiles}))?;
+    let view = api.call("POST", "/runs", Some((body, "application/json")))?;
+    let id = view["id"].as_str().context("the hub's answer has no run id")?.to_string();
+    if !wait {
+        return emit(|out| writeln!(out, "{id}"));
+    }
+    let mut shown = 0;
+    loop {
+        let v = api.call("GET", &format!("/runs/{id}"), None)?;
+        let steps = v["steps"].as_array().cloned().unwrap_or_default();
+        for s in steps.iter().skip(shown) {
+            let how = if s["cached"].as_bool() == Some(true) { "cached" } else { "ran" };
+            let _ = writeln!(
+                std::io::stderr(),
+                "  {:<28} {how:>6} {:>8.0} ms  {}",
+                s["step"].as_str().unwrap_or(""),
+                s["ms"].as_f64().unwrap_or_default(),
+                s["detail"].as_str().unwrap_or("")
+            );
+        }
+        shown = steps.len();
+        if v["state"] == "finished" {
+            let record: RunRecord = serde_json::from_value(v["record"].clone()).context("the run's record")?;
+            emit(|out| write_record(out, &record, Path::new("(on the hub)")))?;
+            return match record.outcome {
+                Outcome::Rejected => Err(CheckFailed(format!("{} was not registered as ready", record.model)).into()),
+                Outcome::Failed => Err(InputError(record.error.unwrap_or_else(|| "the run failed".into())).into()),
+                _ => Ok(()),
+            };
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
     }
 }
 

@@ -1,5 +1,6 @@
-//! `/api/v1/datasets/…` and `/api/v1/incidents`: snapshots of what the fleet sent, as Parquet
-//! datasets a pipeline trains on, and the labelled incidents that mark their anomalous rows.
+//! `/api/v1/datasets/…`, `/api/v1/incidents` and `/api/v1/runs`: snapshots of what the fleet
+//! sent, as Parquet datasets a pipeline trains on; the labelled incidents that mark their
+//! anomalous rows; and the pipeline runs the hub executes on them.
 
 use axum::Json;
 use axum::body::Body;
@@ -13,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::{ApiResult, ApiState, Code, Page, PageQuery, Problem, operator, page, query};
 use crate::auth::Role;
 use crate::datasets::{SnapshotError, SnapshotRequest, snapshot};
+use crate::runs::{RunRequest, RunView, SubmitError};
 use crate::store::{DatasetRecord, Incident, StoreError};
 
 type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
@@ -148,4 +150,44 @@ pub async fn list_incidents(
     let items =
         s.store.incidents(q.device.as_deref(), q.since_ms.unwrap_or(i64::MIN), q.until_ms.unwrap_or(i64::MAX)).await?;
     Ok(Json(Incidents { items }))
+}
+
+impl From<SubmitError> for Problem {
+    fn from(e: SubmitError) -> Problem {
+        match e {
+            SubmitError::Invalid(m) => Problem::new(Code::InvalidRequest, m),
+            SubmitError::NoKey => Problem::new(Code::Conflict, e.to_string()),
+        }
+    }
+}
+
+/// Queues a pipeline run on the hub; its state and steps at `GET /runs/{id}`.
+pub async fn submit_run(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Json<RunRequest>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<RunView>)> {
+    let token = operator(&s, &headers, Role::Operator).await?;
+    let Json(req) = body?;
+    Ok((StatusCode::ACCEPTED, Json(s.runs.submit(&req, &token)?)))
+}
+
+#[derive(Debug, Serialize)]
+pub struct Runs {
+    pub items: Vec<RunView>,
+}
+
+/// Runs submitted since the hub started, newest first.
+pub async fn list_runs(State(s): State<ApiState>, headers: HeaderMap) -> ApiResult<Json<Runs>> {
+    operator(&s, &headers, Role::Read).await?;
+    Ok(Json(Runs { items: s.runs.list() }))
+}
+
+pub async fn get_run(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> ApiResult<Json<RunView>> {
+    operator(&s, &headers, Role::Read).await?;
+    Ok(Json(s.runs.get(&id).ok_or_else(|| Problem::from(StoreError::NotFound { kind: "run", id }))?))
 }

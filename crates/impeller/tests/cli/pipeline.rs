@@ -8,13 +8,19 @@ use std::path::Path;
 
 use crate::util::{TestHub, impeller, skab_dir, stderr, stdout, token};
 
-/// A hub in `dir/hub` that trusts the key `dir/ops.secret.json` signs with, and an admin token.
-fn hub_trusting_ops(dir: &Path) -> (TestHub, String) {
+/// A hub in `dir/hub` that trusts the key `dir/ops.secret.json` signs with (and runs pipelines
+/// with it when `runs_pipelines`), and an admin token.
+fn hub_trusting_ops(dir: &Path, runs_pipelines: bool) -> (TestHub, String) {
     let out = impeller(&["keys", "generate", "--name", "ops", "--out", dir.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let data = dir.join("hub");
     let admin = token(&data, "admin");
-    (TestHub::start(&data, &["--trusted-key", dir.join("ops.public.json").to_str().unwrap()]), admin)
+    let (public, secret) = (dir.join("ops.public.json"), dir.join("ops.secret.json"));
+    let mut args = vec!["--trusted-key", public.to_str().unwrap()];
+    if runs_pipelines {
+        args.extend(["--pipeline-key", secret.to_str().unwrap()]);
+    }
+    (TestHub::start(&data, &args), admin)
 }
 
 #[test]
@@ -22,7 +28,7 @@ fn a_pipeline_registers_gates_and_reruns_for_free() {
     let Some(skab) = skab_dir("a_pipeline_registers_gates_and_reruns_for_free") else { return };
     let dir = tempfile::tempdir().unwrap();
     let d = |name: &str| dir.path().join(name).display().to_string();
-    let (hub, admin) = hub_trusting_ops(dir.path());
+    let (hub, admin) = hub_trusting_ops(dir.path(), false);
     let spec = Path::new(env!("CARGO_MANIFEST_DIR")).join("../impeller-pipeline/config/pipeline.toml");
     let spec = spec.to_str().unwrap();
     let run = |spec: &str| {
@@ -94,6 +100,11 @@ fn a_pipeline_registers_gates_and_reruns_for_free() {
     }
 
     // The dataset as files: listed, shown, exported.
+    // This hub has no pipeline key: it runs no pipelines, and says why.
+    let out = hub.run(&["pipeline", "submit", spec], &admin);
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no pipeline signing key"), "{}", stderr(&out));
+
     let out = impeller(&["dataset", "list", "--work", &d("work")]);
     assert!(stdout(&out).contains(dataset), "{}", stdout(&out));
     let out = impeller(&["dataset", "export", dataset, "--work", &d("work"), "--out", &d("export")]);
@@ -107,7 +118,7 @@ fn a_pipeline_registers_gates_and_reruns_for_free() {
 fn a_snapshot_of_the_fleet_trains_a_registered_model() {
     let dir = tempfile::tempdir().unwrap();
     let d = |name: &str| dir.path().join(name).display().to_string();
-    let (hub, admin) = hub_trusting_ops(dir.path());
+    let (hub, admin) = hub_trusting_ops(dir.path(), true);
     for (id, site) in [("pump-a", "gulf"), ("pump-b", "gulf")] {
         let out = hub.run(&["device", "add", id, "--tags", &format!("site={site}")], &admin);
         assert!(out.status.success(), "{}", stderr(&out));
@@ -198,4 +209,22 @@ min_f1 = 0.5
     let out = hub.run(&["model", "lineage", "--dataset", &hash, "--json"], &admin);
     let lineage: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(lineage["versions"][0]["model"], "gulf-pumps");
+
+    // The hub runs a variant itself, on its own copy of the snapshot, signing with its key.
+    let spec = std::fs::read_to_string(d("gulf.toml")).unwrap().replace("margin = 1.5", "margin = 2.0");
+    std::fs::write(d("gulf2.toml"), spec).unwrap();
+    let out = hub.run(&["pipeline", "submit", &d("gulf2.toml"), "--wait"], &admin);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), stdout(&out));
+    assert!(stdout(&out).contains("registered gulf-pumps version 2"), "{}", stdout(&out));
+    assert!(stderr(&out).contains("evaluate"), "the steps are shown as they finish: {}", stderr(&out));
+    let out = hub.run(&["pipeline", "runs", "--json"], &admin);
+    let runs: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!((runs.len(), runs[0]["state"].as_str()), (1, Some("finished")));
+    let out = hub.run(&["audit", "export"], &admin);
+    let actions: Vec<String> = stdout(&out)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["action"].as_str().unwrap().to_string())
+        .filter(|a| a.starts_with("pipeline.run."))
+        .collect();
+    assert_eq!(actions, ["pipeline.run.started", "pipeline.run.finished"]);
 }

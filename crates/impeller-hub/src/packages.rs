@@ -1,0 +1,75 @@
+//! Accepting a package into the hub: signature and contents checked against the trusted keys,
+//! the file stored durably as `{sha256}.pkg`, the record (with its lineage for the audit trail)
+//! written. The API's upload and the hub's own pipeline runs both come through here.
+
+use std::path::Path;
+
+use impeller_core::package::{self, Limits, PackageError, TrustStore};
+use sha2::{Digest, Sha256};
+
+use crate::store::{PackageInfo, Store, StoreError, now_ms};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AcceptError {
+    #[error("the hub has no trusted signing keys: start it with --trusted-key FILE")]
+    NoTrust,
+    #[error("{code}: {error}", code = .0.code(), error = .0)]
+    Refused(PackageError),
+    #[error("storing the package: {0}")]
+    Write(std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+pub async fn accept(
+    store: &Store,
+    packages_dir: &Path,
+    trust: &TrustStore,
+    limits: Limits,
+    bytes: Vec<u8>,
+    actor: &str,
+) -> Result<PackageInfo, AcceptError> {
+    if trust.is_empty() {
+        return Err(AcceptError::NoTrust);
+    }
+    let pkg = package::open(&bytes, trust, limits).map_err(AcceptError::Refused)?;
+    let sha256 = impeller_core::hex::encode(&Sha256::digest(&bytes));
+    let path = packages_dir.join(format!("{sha256}.pkg"));
+    let size = bytes.len() as u64;
+    let dir = packages_dir.to_path_buf();
+    tokio::task::spawn_blocking(move || write_durably(&dir, &path, &bytes))
+        .await
+        .map_err(|e| AcceptError::Write(std::io::Error::other(e)))?
+        .map_err(AcceptError::Write)?;
+    let m = &pkg.manifest;
+    let info = PackageInfo {
+        sha256,
+        size,
+        model: m.model.name.clone(),
+        version: m.model.version.clone(),
+        release: m.release,
+        target: m.target.clone(),
+        signed_by: pkg.signed_by.clone(),
+        uploaded_ms: now_ms(),
+    };
+    // What it was built from, for the audit trail: the model file and the training data.
+    let mut lineage: Vec<String> = m.artifacts.iter().map(|a| a.sha256.clone()).collect();
+    lineage.push(pkg.model.training.data_sha256.clone());
+    lineage.retain(|h| impeller_core::audit::is_sha256_hex(h));
+    lineage.sort();
+    lineage.dedup();
+    store.put_package(&info, &lineage, actor).await?;
+    Ok(store.package(&info.sha256).await?.unwrap_or(info))
+}
+
+/// Temporary file, fsync, rename, fsync of the folder: a package is whole or absent.
+fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
