@@ -246,6 +246,8 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/api/v1/incidents", get(datasets::list_incidents).post(datasets::add_incident))
         .route("/api/v1/runs", get(datasets::list_runs).post(datasets::submit_run))
         .route("/api/v1/runs/{id}", get(datasets::get_run))
+        .route("/api/v1/alerts/{device}/{seq}/feedback", post(datasets::alert_feedback))
+        .route("/api/v1/feedback", get(datasets::precision))
         .route("/api/v1/lineage/devices/{id}", get(registry::device_lineage))
         .fallback(|| async { Problem::new(Code::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {

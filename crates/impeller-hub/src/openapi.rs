@@ -353,6 +353,22 @@ fn schemas() -> Value {
             "record": {"description": "the run record once finished (see docs/specs/pipelines.md), else null"},
         })),
         "RunList": object(&["items"], json!({"items": {"type": "array", "items": schema("RunView")}})),
+        "FeedbackRequest": {
+            "type": "object", "required": ["verdict"], "additionalProperties": false,
+            "properties": {"verdict": {"type": "string", "enum": ["confirmed", "false_alarm"]},
+                           "work_order": {"type": "string", "maxLength": 200}, "note": {"type": "string", "maxLength": 2000}},
+        },
+        "Feedback": object(&["device", "seq", "verdict", "work_order", "note", "model", "model_version", "alert_ts_ms",
+                             "incident_id", "created_by", "created_ms"], json!({
+            "device": string(), "seq": uint(), "verdict": {"type": "string", "enum": ["confirmed", "false_alarm"]},
+            "work_order": string(), "note": string(), "model": string(), "model_version": string(), "alert_ts_ms": int(),
+            "incident_id": nullable("integer"), "created_by": string(), "created_ms": int(),
+        })),
+        "Precision": object(&["model", "model_version", "confirmed", "false_alarms", "precision"], json!({
+            "model": string(), "model_version": string(), "confirmed": uint(), "false_alarms": uint(),
+            "precision": {"type": "number", "minimum": 0, "maximum": 1},
+        })),
+        "PrecisionList": object(&["items"], json!({"items": {"type": "array", "items": schema("Precision")}})),
         "DatasetLineage": object(&["dataset_sha256", "versions", "devices"], json!({
             "dataset_sha256": sha256(), "versions": {"type": "array", "items": schema("ModelVersion")},
             "devices": {"type": "array", "items": schema("RunningModel")},
@@ -580,6 +596,18 @@ pub fn document() -> Value {
                 "parameters": [path_param("id", "run id")],
                 "get": op("A run: its state, the step running, the steps done, the record once finished", "datasets",
                           Who::Operator, json!({"200": ok("the run", "RunView")}), &[404]),
+            },
+            "/api/v1/alerts/{device}/{seq}/feedback": {
+                "parameters": [path_param("device", "device id"),
+                               {"name": "seq", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 0}}],
+                "post": with(op("A technician's verdict on an alert (replaces an earlier one); a confirmed fault becomes an incident",
+                                "alerts", Who::Operator, json!({"200": ok("recorded", "Feedback")}), &[404]),
+                             "requestBody", json_body("FeedbackRequest")),
+            },
+            "/api/v1/feedback": {
+                "get": with(op("Alert precision per model version, from the verdicts given", "alerts", Who::Operator,
+                               json!({"200": ok("precision", "PrecisionList")}), &[]),
+                            "parameters", json!([{"name": "model", "in": "query", "schema": string()}])),
             },
             "/api/v1/audit": {
                 "get": with(op("The audit trail in chain order; verify it with `impeller audit verify`",

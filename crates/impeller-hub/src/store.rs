@@ -62,6 +62,7 @@ macro_rules! append_audit {
 mod audit;
 mod datasets;
 mod deployments;
+mod feedback;
 mod queries;
 mod registry;
 pub use audit::AuditFilter;
@@ -69,6 +70,7 @@ pub use datasets::{DatasetRecord, Incident};
 pub use deployments::{
     AlertActivity, DeploymentInfo, DesiredInfo, Member, PackageInfo, TokenInfo, TokenSecret, UpdateInfo,
 };
+pub use feedback::{Feedback, Precision, Verdict};
 pub use queries::{AlertSummary, DriftReport, FleetFilter, TelemetryPoint, downsample};
 pub use registry::{
     DatasetLineage, ModelVersion, NewModelVersion, RegisteredModel, RunningModel, VersionFinish, VersionPackage,
@@ -87,6 +89,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "audit", include_str!("../migrations/sqlite/0007_audit.sql")),
     (8, "registry", include_str!("../migrations/sqlite/0008_registry.sql")),
     (9, "datasets", include_str!("../migrations/sqlite/0009_datasets.sql")),
+    (10, "feedback", include_str!("../migrations/sqlite/0010_feedback.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "telemetry", include_str!("../migrations/postgres/0001_telemetry.sql")),
@@ -98,6 +101,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (7, "audit", include_str!("../migrations/postgres/0007_audit.sql")),
     (8, "registry", include_str!("../migrations/postgres/0008_registry.sql")),
     (9, "datasets", include_str!("../migrations/postgres/0009_datasets.sql")),
+    (10, "feedback", include_str!("../migrations/postgres/0010_feedback.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

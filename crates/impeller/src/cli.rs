@@ -49,6 +49,9 @@ pub enum Command {
     /// Labelled incidents (a confirmed fault, a test): they label the rows of later snapshots.
     #[command(subcommand)]
     Incident(IncidentCommand),
+    /// Technicians' verdicts on alerts, and alert precision per model version.
+    #[command(subcommand)]
+    Feedback(FeedbackCommand),
     /// Signing keys for model packages.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -843,6 +846,38 @@ pub struct PipelineRunArgs {
     /// Print the run record as JSON.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FeedbackCommand {
+    /// The alert was a real fault: counted for its model's precision, and an incident that
+    /// labels later snapshots.
+    Confirm(VerdictArgs),
+    /// The alert was a false alarm (replaces an earlier verdict, withdrawing its incident).
+    Reject(VerdictArgs),
+    /// Alert precision per model version, from the verdicts given.
+    Precision {
+        #[arg(long)]
+        model: Option<String>,
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct VerdictArgs {
+    /// The alert's device.
+    pub device: String,
+    /// The alert's sequence number (`impeller alerts` shows it).
+    pub seq: u64,
+    #[arg(long, default_value = "")]
+    pub work_order: String,
+    #[arg(long, default_value = "")]
+    pub note: String,
     #[command(flatten)]
     pub api: ApiArgs,
 }

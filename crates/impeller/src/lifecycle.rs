@@ -450,6 +450,50 @@ pub fn incident(cmd: crate::cli::IncidentCommand) -> anyhow::Result<()> {
     }
 }
 
+pub fn feedback(cmd: crate::cli::FeedbackCommand) -> anyhow::Result<()> {
+    use crate::cli::FeedbackCommand;
+    let (verdict, a) = match cmd {
+        FeedbackCommand::Confirm(a) => ("confirmed", a),
+        FeedbackCommand::Reject(a) => ("false_alarm", a),
+        FeedbackCommand::Precision { model, api, json } => {
+            let path = match &model {
+                Some(m) => format!("/feedback?model={m}"),
+                None => "/feedback".to_string(),
+            };
+            let v = Api::new(&api)?.call("GET", &path, None)?;
+            if json {
+                return emit_json(&v["items"]);
+            }
+            return emit(|out| {
+                writeln!(
+                    out,
+                    "{:<24} {:>8} {:>10} {:>13} {:>10}",
+                    "model", "version", "confirmed", "false alarms", "precision"
+                )?;
+                for p in v["items"].as_array().into_iter().flatten() {
+                    writeln!(
+                        out,
+                        "{:<24} {:>8} {:>10} {:>13} {:>10.3}",
+                        p["model"].as_str().unwrap_or(""),
+                        p["model_version"].as_str().unwrap_or(""),
+                        p["confirmed"].as_u64().unwrap_or_default(),
+                        p["false_alarms"].as_u64().unwrap_or_default(),
+                        p["precision"].as_f64().unwrap_or_default()
+                    )?;
+                }
+                Ok(())
+            });
+        }
+    };
+    let body = serde_json::to_vec(&json!({"verdict": verdict, "work_order": a.work_order, "note": a.note}))?;
+    let path = format!("/alerts/{}/{}/feedback", a.device, a.seq);
+    let f = Api::new(&a.api)?.call("POST", &path, Some((body, "application/json")))?;
+    emit(|out| match f["incident_id"].as_i64() {
+        Some(id) => writeln!(out, "alert {} of {}: {verdict}; incident {id} labels its rows", a.seq, a.device),
+        None => writeln!(out, "alert {} of {}: {verdict}", a.seq, a.device),
+    })
+}
+
 fn rows(m: &dataset::Manifest) -> u64 {
     m.parts.iter().map(|p| p.rows).sum()
 }

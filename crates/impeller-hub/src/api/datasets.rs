@@ -15,7 +15,7 @@ use super::{ApiResult, ApiState, Code, Page, PageQuery, Problem, operator, page,
 use crate::auth::Role;
 use crate::datasets::{SnapshotError, SnapshotRequest, snapshot};
 use crate::runs::{RunRequest, RunView, SubmitError};
-use crate::store::{DatasetRecord, Incident, StoreError};
+use crate::store::{DatasetRecord, Feedback, Incident, Precision, StoreError, Verdict};
 
 type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 
@@ -190,4 +190,53 @@ pub async fn get_run(
 ) -> ApiResult<Json<RunView>> {
     operator(&s, &headers, Role::Read).await?;
     Ok(Json(s.runs.get(&id).ok_or_else(|| Problem::from(StoreError::NotFound { kind: "run", id }))?))
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FeedbackRequest {
+    pub verdict: Verdict,
+    #[serde(default)]
+    pub work_order: String,
+    #[serde(default)]
+    pub note: String,
+}
+
+/// A technician's verdict on an alert; a confirmed fault labels later snapshots.
+pub async fn alert_feedback(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path((device, seq)): Path<(String, String)>,
+    body: Result<Json<FeedbackRequest>, JsonRejection>,
+) -> ApiResult<Json<Feedback>> {
+    let token = operator(&s, &headers, Role::Operator).await?;
+    let seq: u64 = seq
+        .parse()
+        .ok()
+        .filter(|v| *v <= i64::MAX as u64)
+        .ok_or_else(|| Problem::new(Code::InvalidRequest, format!("seq `{seq}`: a sequence number")))?;
+    let Json(f) = body?;
+    Ok(Json(s.store.put_feedback(&device, seq, f.verdict, &f.work_order, &f.note, &token).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrecisionQuery {
+    pub model: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PrecisionList {
+    pub items: Vec<Precision>,
+}
+
+/// Precision per model version from the verdicts given.
+pub async fn precision(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    q: QueryResult<PrecisionQuery>,
+) -> ApiResult<Json<PrecisionList>> {
+    operator(&s, &headers, Role::Read).await?;
+    let q = query(q)?;
+    Ok(Json(PrecisionList { items: s.store.precision(q.model.as_deref()).await? }))
 }

@@ -11,6 +11,7 @@ use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 mod audit;
 mod datasets;
+mod feedback;
 mod openapi;
 mod registry;
 

@@ -227,4 +227,32 @@ min_f1 = 0.5
         .filter(|a| a.starts_with("pipeline.run."))
         .collect();
     assert_eq!(actions, ["pipeline.run.started", "pipeline.run.finished"]);
+
+    // A technician's verdicts on two of the new model's alerts: its precision, and the
+    // confirmed one an incident for the next snapshot.
+    let alert = |seq: u64, started: i64| impeller_hub::store::Incoming {
+        device: "pump-b".into(),
+        seq,
+        prev: seq - 1,
+        ts_ms: started + 10_000,
+        kind: "alerts".into(),
+        body: serde_json::json!({
+            "model": {"name": "gulf-pumps", "version": "2", "release": 2}, "started_ms": started, "score": 3.0,
+            "threshold": 1.0, "top_features": [], "channels": ["flow", "pressure"], "window": [],
+        })
+        .to_string(),
+        update: None,
+    };
+    let later = t0 + 7_200_000;
+    rt.block_on(store.commit(&[alert(121, later), alert(122, later + 60_000)], &[("pump-b".to_string(), 122)].into_iter().collect()))
+        .unwrap();
+    let out = hub.run(&["feedback", "confirm", "pump-b", "121", "--work-order", "WO-7"], &admin);
+    assert!(out.status.success() && stdout(&out).contains("incident"), "{}{}", stdout(&out), stderr(&out));
+    assert!(hub.run(&["feedback", "reject", "pump-b", "122"], &admin).status.success());
+    let out = hub.run(&["feedback", "precision", "--model", "gulf-pumps", "--json"], &admin);
+    let precision: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!((precision[0]["confirmed"].as_u64(), precision[0]["false_alarms"].as_u64()), (Some(1), Some(1)));
+    let out = hub.run(&["incident", "list", "--device", "pump-b", "--json"], &admin);
+    let incidents: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(incidents.iter().filter(|i| i["kind"] == "confirmed_fault").count(), 1);
 }

@@ -1,0 +1,187 @@
+//! Technicians' feedback on alerts: a verdict per alert (confirmed fault or false alarm, with a
+//! work order), precision per model version from it, and the confirmed faults turned into
+//! incidents that label the rows of later dataset snapshots.
+
+use impeller_core::audit::AuditEvent;
+use impeller_core::wire::AlertBody;
+use serde::{Deserialize, Serialize};
+
+use super::{Store, StoreError, now_ms};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    Confirmed,
+    FalseAlarm,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Confirmed => "confirmed",
+            Verdict::FalseAlarm => "false_alarm",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Feedback {
+    pub device: String,
+    pub seq: u64,
+    pub verdict: Verdict,
+    pub work_order: String,
+    pub note: String,
+    pub model: String,
+    pub model_version: String,
+    pub alert_ts_ms: i64,
+    /// The incident a confirmed fault became.
+    pub incident_id: Option<i64>,
+    pub created_by: String,
+    pub created_ms: i64,
+}
+
+/// Verdicts on one model version's alerts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Precision {
+    pub model: String,
+    pub model_version: String,
+    pub confirmed: u64,
+    pub false_alarms: u64,
+    /// confirmed / (confirmed + false alarms).
+    pub precision: f64,
+}
+
+impl Store {
+    /// One stored alert.
+    pub async fn alert(&self, device: &str, seq: u64) -> Result<Option<(i64, AlertBody)>, StoreError> {
+        let row: Option<(i64, String)> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT ts_ms, body FROM messages WHERE device = $1 AND seq = $2 AND kind = 'alerts'"
+        )
+        .bind(device)
+        .bind(seq.min(i64::MAX as u64) as i64)
+        .fetch_optional(p)
+        .await?);
+        Ok(row.and_then(|(ts, body)| serde_json::from_str(&body).ok().map(|b| (ts, b))))
+    }
+
+    /// Records a verdict on an alert, replacing an earlier one. A confirmed fault becomes an
+    /// incident from the alarm's start to the end of the readings the alert carries; a verdict
+    /// turned to false alarm withdraws that incident. All in one transaction, audited.
+    pub async fn put_feedback(
+        &self,
+        device: &str,
+        seq: u64,
+        verdict: Verdict,
+        work_order: &str,
+        note: &str,
+        actor: &str,
+    ) -> Result<Feedback, StoreError> {
+        if work_order.len() > 200 || note.len() > 2000 {
+            return Err(StoreError::Invalid("work_order: up to 200 characters; note: up to 2000".into()));
+        }
+        let (ts_ms, alert) = self
+            .alert(device, seq)
+            .await?
+            .ok_or_else(|| StoreError::NotFound { kind: "alert", id: format!("{device}/{seq}") })?;
+        let now = now_ms();
+        let end = alert.window.last().map_or(ts_ms, |f| f.ts_ms).max(alert.started_ms) + 1;
+        let event = AuditEvent::new(now, actor, "alert.feedback", device).details(serde_json::json!({
+            "seq": seq, "verdict": verdict.as_str(), "work_order": work_order, "model": alert.model.name,
+            "model_version": alert.model.version,
+        }));
+        let seq_i = seq as i64;
+        let incident_id = on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            let previous: Option<Option<i64>> =
+                sqlx::query_scalar("SELECT incident_id FROM alert_feedback WHERE device = $1 AND seq = $2")
+                    .bind(device)
+                    .bind(seq_i)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let mut incident = previous.flatten();
+            match (verdict, incident) {
+                (Verdict::Confirmed, None) => {
+                    let id: i64 = sqlx::query_scalar(
+                        "INSERT INTO incidents (device, start_ms, end_ms, kind, note, created_by, created_ms) \
+                         VALUES ($1, $2, $3, 'confirmed_fault', $4, $5, $6) RETURNING id",
+                    )
+                    .bind(device)
+                    .bind(alert.started_ms)
+                    .bind(end)
+                    .bind(format!("alert {seq}; work order {work_order}"))
+                    .bind(actor)
+                    .bind(now)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    incident = Some(id);
+                }
+                (Verdict::FalseAlarm, Some(id)) => {
+                    sqlx::query("DELETE FROM incidents WHERE id = $1").bind(id).execute(&mut *tx).await?;
+                    incident = None;
+                }
+                _ => {}
+            }
+            sqlx::query(
+                "INSERT INTO alert_feedback (device, seq, verdict, work_order, note, model, model_version, alert_ts_ms, \
+                 incident_id, created_by, created_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+                 ON CONFLICT (device, seq) DO UPDATE SET verdict = excluded.verdict, work_order = excluded.work_order, \
+                 note = excluded.note, incident_id = excluded.incident_id, created_by = excluded.created_by, \
+                 created_ms = excluded.created_ms",
+            )
+            .bind(device)
+            .bind(seq_i)
+            .bind(verdict.as_str())
+            .bind(work_order)
+            .bind(note)
+            .bind(&alert.model.name)
+            .bind(&alert.model.version)
+            .bind(ts_ms)
+            .bind(incident)
+            .bind(actor)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            append_audit!(tx, event event);
+            tx.commit().await?;
+            incident
+        });
+        Ok(Feedback {
+            device: device.to_string(),
+            seq,
+            verdict,
+            work_order: work_order.to_string(),
+            note: note.to_string(),
+            model: alert.model.name,
+            model_version: alert.model.version,
+            alert_ts_ms: ts_ms,
+            incident_id,
+            created_by: actor.to_string(),
+            created_ms: now,
+        })
+    }
+
+    /// Precision per model version, from the verdicts given (optionally one model's).
+    pub async fn precision(&self, model: Option<&str>) -> Result<Vec<Precision>, StoreError> {
+        let rows: Vec<(String, String, i64, i64)> = on_pool!(self, |p| {
+            sqlx::query_as(
+            "SELECT model, model_version, \
+             SUM(CASE WHEN verdict = 'confirmed' THEN 1 ELSE 0 END), \
+             SUM(CASE WHEN verdict = 'false_alarm' THEN 1 ELSE 0 END) \
+             FROM alert_feedback WHERE ($1 IS NULL OR model = $1) GROUP BY model, model_version ORDER BY model, model_version"
+        )
+        .bind(model)
+        .fetch_all(p)
+        .await?
+        });
+        Ok(rows
+            .into_iter()
+            .map(|(model, model_version, c, f)| Precision {
+                model,
+                model_version,
+                confirmed: c as u64,
+                false_alarms: f as u64,
+                precision: c as f64 / (c + f).max(1) as f64,
+            })
+            .collect())
+    }
+}
