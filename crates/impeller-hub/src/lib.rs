@@ -102,10 +102,10 @@ impl Hub {
             }
             (None, None) => anyhow::bail!("the hub needs an MQTT listen address or an external broker"),
         };
-        if let Some(path) = &cfg.audit_key {
-            let signer = audit_signer(path)?;
+        let audit_key = cfg.audit_key.as_deref().map(audit_signer).transpose()?;
+        if let Some(signer) = &audit_key {
             let every = if cfg.checkpoint_every.is_zero() { Duration::from_secs(60) } else { cfg.checkpoint_every };
-            tokio::spawn(sign_checkpoints(store.clone(), signer, every));
+            tokio::spawn(sign_checkpoints(store.clone(), signer.clone(), every));
         }
         let reconcile = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(deploy::run(store.clone(), bus.outgoing.clone(), reconcile.clone()));
@@ -124,6 +124,7 @@ impl Hub {
             }
             None => None,
         };
+        record_keys(&store, &trust, pipeline_signer.as_ref(), audit_key.as_ref()).await?;
         let runs = runs::Runs::new(
             store.clone(),
             cfg.packages_dir.clone(),
@@ -223,6 +224,50 @@ async fn sign_checkpoints(store: store::Store, signer: Signer25519, every: Durat
             Err(error) => tracing::error!(%error, "cannot sign an audit checkpoint; retrying"),
         }
     }
+}
+
+/// Records in the audit trail which keys this hub trusts and signs with, when that differs from
+/// what the last start recorded (`hub.keys`: the ids added and removed, by role).
+async fn record_keys(
+    store: &store::Store,
+    trust: &TrustStore,
+    pipeline: Option<&Signer25519>,
+    audit: Option<&Signer25519>,
+) -> anyhow::Result<()> {
+    let keys = serde_json::json!({
+        "trusted": trust.key_ids().collect::<Vec<_>>(),
+        "pipeline": pipeline.map(Signer25519::key_id),
+        "audit": audit.map(Signer25519::key_id),
+    });
+    let filter = store::AuditFilter { action: Some("hub.keys".into()), limit: usize::MAX, ..Default::default() };
+    let last = store.audit_records(&filter).await?.pop().map(|r| r.details["keys"].clone());
+    if last.as_ref() == Some(&keys) {
+        return Ok(());
+    }
+    let ids = |v: Option<&serde_json::Value>| -> std::collections::BTreeSet<String> {
+        let Some(v) = v else { return Default::default() };
+        let mut out: std::collections::BTreeSet<String> = v["trusted"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| k.as_str().map(|k| format!("trusted:{k}")))
+            .collect();
+        for role in ["pipeline", "audit"] {
+            if let Some(k) = v[role].as_str() {
+                out.insert(format!("{role}:{k}"));
+            }
+        }
+        out
+    };
+    let (now, before) = (ids(Some(&keys)), ids(last.as_ref()));
+    let event =
+        impeller_core::audit::AuditEvent::new(store::now_ms(), "hub", "hub.keys", "hub").details(serde_json::json!({
+            "keys": keys,
+            "added": now.difference(&before).collect::<Vec<_>>(),
+            "removed": before.difference(&now).collect::<Vec<_>>(),
+        }));
+    store.audit(event).await?;
+    Ok(())
 }
 
 /// The embedded broker binds on its own thread; wait until it accepts connections.

@@ -163,6 +163,11 @@ impl TrustStore {
         self.keys.is_empty()
     }
 
+    /// The ids of the keys held, in order.
+    pub fn key_ids(&self) -> impl Iterator<Item = &str> {
+        self.keys.keys().map(String::as_str)
+    }
+
     /// Verifies a hex signature by the key `key_id` over `message`.
     pub fn verify(&self, key_id: &str, signature_hex: &str, message: &[u8]) -> Result<(), PackageError> {
         let key = self.keys.get(key_id).ok_or_else(|| PackageError::UnknownKey { key_id: key_id.to_string() })?;

@@ -170,3 +170,36 @@ async fn a_record_edited_in_the_database_is_found() {
         Err(ChainBreak::Content { seq: 2 }) | Err(ChainBreak::Artifact { seq: 2, .. })
     ));
 }
+
+/// Which keys the hub trusts and signs with is recorded when it changes from one start to the
+/// next, with what was added and removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_of_keys_is_recorded_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = |seed: u8| {
+        let path = dir.path().join(format!("k{seed}.public.json"));
+        std::fs::write(&path, Signer25519::from_secret([seed; 32]).public_file().to_json()).unwrap();
+        path
+    };
+    let (k1, k2) = (key(1), key(2));
+    let start = |trusted: Vec<std::path::PathBuf>| {
+        let (mut cfg, _) = crate::embedded_sqlite(dir.path(), false);
+        cfg.trusted_keys = trusted;
+        async move { impeller_hub::Hub::start(&cfg).await.unwrap() }
+    };
+    let records = |hub: &impeller_hub::Hub| {
+        let filter = AuditFilter { action: Some("hub.keys".into()), limit: 10, ..Default::default() };
+        let store = hub.store.clone();
+        async move { store.audit_records(&filter).await.unwrap() }
+    };
+    let hub = start(vec![k1.clone()]).await;
+    assert_eq!(records(&hub).await.len(), 1);
+    let hub = start(vec![k1.clone()]).await;
+    assert_eq!(records(&hub).await.len(), 1, "the same keys: nothing new");
+    let hub = start(vec![k2.clone()]).await;
+    let all = records(&hub).await;
+    assert_eq!(all.len(), 2);
+    let id = |seed: u8| impeller_core::package::key_id(&Signer25519::from_secret([seed; 32]).verifying_key());
+    assert_eq!(all[1].details["added"], serde_json::json!([format!("trusted:{}", id(2))]));
+    assert_eq!(all[1].details["removed"], serde_json::json!([format!("trusted:{}", id(1))]));
+}

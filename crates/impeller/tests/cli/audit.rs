@@ -66,7 +66,9 @@ fn the_audit_trail_verifies_and_tampering_is_found() {
     let records: Vec<serde_json::Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
     let actions: Vec<&str> =
         records.iter().map(|r| r["action"].as_str().unwrap()).filter(|a| *a != "audit.checkpoint").collect();
-    assert_eq!(actions, ["token.created", "device.added", "device.added", "device.revoked"]);
+    assert_eq!(actions, ["token.created", "hub.keys", "device.added", "device.added", "device.revoked"]);
+    let keys = &records[1]["details"];
+    assert_eq!(keys["added"], serde_json::json!([format!("audit:{}", keys["keys"]["audit"].as_str().unwrap())]));
     assert!(records[0]["actor"].as_str().unwrap().starts_with("local:"), "made on the database: {}", records[0]);
     let line_of = |action: &str, subject: &str| {
         records.iter().position(|r| r["action"] == action && r["subject"] == subject).unwrap()

@@ -244,8 +244,11 @@ min_f1 = 0.5
         update: None,
     };
     let later = t0 + 7_200_000;
-    rt.block_on(store.commit(&[alert(121, later), alert(122, later + 60_000)], &[("pump-b".to_string(), 122)].into_iter().collect()))
-        .unwrap();
+    rt.block_on(store.commit(
+        &[alert(121, later), alert(122, later + 60_000)],
+        &[("pump-b".to_string(), 122)].into_iter().collect(),
+    ))
+    .unwrap();
     let out = hub.run(&["feedback", "confirm", "pump-b", "121", "--work-order", "WO-7"], &admin);
     assert!(out.status.success() && stdout(&out).contains("incident"), "{}{}", stdout(&out), stderr(&out));
     assert!(hub.run(&["feedback", "reject", "pump-b", "122"], &admin).status.success());
