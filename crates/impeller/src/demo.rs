@@ -1,9 +1,10 @@
 //! `impeller demo`: the lifecycle on one machine, on embedded defaults. A hub (embedded broker,
 //! SQLite, package folder), a simulated fleet with a real edge agent per pump (in this process,
 //! each with its own outbox on disk, talking MQTT and HTTP to the hub like any other), one
-//! model per manufacturer trained on the fleet's healthy history, signed, uploaded and rolled
-//! out in waves through the API; then faults begin and the hub's alerts are checked against
-//! the simulator's ground truth as they arrive.
+//! model per manufacturer and site trained on the fleet's healthy history, registered with its
+//! training data as a dataset, signed, uploaded and rolled out in waves through the API; then
+//! faults begin and the hub's alerts are checked against the simulator's ground truth as they
+//! arrive. It ends with the lineage from data to devices and the audit trail verified.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -114,17 +115,33 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         dir.join("fleet/fleet.json").display()
     ))?;
 
-    // 3. One model per class (manufacturer and site), packaged and signed, uploaded.
+    // 3. One model per class (manufacturer and site): its training data kept as a dataset at the
+    // hub, the model registered (version and release from the registry), packaged, signed,
+    // uploaded, and made the class's champion.
     let mut packages = Vec::new();
+    let mut datasets = Vec::new();
     for class in Class::all(&fleet, false) {
         let m = class.manufacturer;
         let t = Instant::now();
         let (model, frames) = train_class(&fleet, &class, fleet.start_ms - train_ms, fleet.start_ms, args.fleet.seed)?;
+        let dataset = keep_dataset(&hub, &cfg, &class.name(), &model, &frames).await?;
+        let model_sha = impeller_pipeline::sha256_hex(&model.to_json()?);
+        let version = api
+            .post_json(
+                &format!("/models/{}/versions", class.name()),
+                &json!({
+                    "run_key": impeller_pipeline::sha256_hex(format!("demo {} {model_sha}", class.name()).as_bytes()),
+                    "model_sha256": model_sha, "dataset_sha256": dataset,
+                    "code_version": impeller_pipeline::CODE_VERSION, "tags": {"trained_by": "impeller demo"},
+                }),
+            )
+            .await?;
+        let (number, release) = (version["version"].as_u64().unwrap_or(1), version["release"].as_u64().unwrap_or(1));
         let created = now_ms();
         let spec = PackageSpec {
             name: class.name(),
-            version: "1".into(),
-            release: 1,
+            version: number.to_string(),
+            release,
             target: target_of(&m),
             created_ms: created,
             expires_ms: created + 30 * 24 * HOUR_MS,
@@ -134,8 +151,14 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         let bytes = build(&model, &frames, &spec, &signer)?;
         let uploaded = api.call("POST", "/packages", Some((bytes.clone(), "application/octet-stream"))).await?;
         let sha = uploaded["sha256"].as_str().context("upload answer without sha256")?.to_string();
+        let finish = json!({"status": "ready", "packages": [{"target": spec.target, "sha256": sha}]});
+        api.post_json(&format!("/models/{}/versions/{number}/finish", class.name()), &finish).await?;
+        let alias = serde_json::to_vec(&json!({ "version": number }))?;
+        api.call("PUT", &format!("/models/{}/aliases/champion", class.name()), Some((alias, "application/json")))
+            .await?;
+        datasets.push((class.name(), dataset));
         say(format_args!(
-            "  trained {}: PCA on {} channels, {} frames ({} h of {} pumps), {:.1} s; package {} KiB, signed, sha256 {}…",
+            "  trained {} version {number}: PCA on {} channels, {} frames ({} h of {} pumps), {:.1} s; package {} KiB, signed, sha256 {}…",
             spec.name,
             model.channels.len(),
             frames.len(),
@@ -314,7 +337,15 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     pinned.add(audit_signer.verifying_key());
     let audit = verify_audit(&api, &pinned).await;
 
-    // 8. Summary against the ground truth.
+    // 8. Lineage: from each class's training data to the devices that run its model.
+    let mut lineage = (0, 0);
+    for (_, dataset) in &datasets {
+        let l = api.call("GET", &format!("/lineage/datasets/{dataset}"), None).await?;
+        lineage.0 += l["versions"].as_array().map_or(0, Vec::len);
+        lineage.1 += l["devices"].as_array().map_or(0, Vec::len);
+    }
+
+    // 9. Summary against the ground truth.
     let results = outcomes(&fleet, &alerts, fleet.start_ms, fleet.end_ms);
     let summary = summarise(&results);
     emit(|out| {
@@ -337,6 +368,13 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
             explained
         )?;
         writeln!(out, "messages stored at the hub: {}", hub.stats.stored.load(std::sync::atomic::Ordering::Relaxed))?;
+        writeln!(
+            out,
+            "registry: {} training datasets built {} champion versions, which {} devices report running (impeller model lineage)",
+            datasets.len(),
+            lineage.0,
+            lineage.1
+        )?;
         match &audit {
             Ok(s) => writeln!(
                 out,
@@ -370,6 +408,37 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         anyhow::bail!("no fault was detected: the models or the uplink are not working");
     }
     Ok(())
+}
+
+/// Keeps a class's training frames as a dataset in the hub's datasets folder (one part: the
+/// pumps' histories end to end, as the model was trained), recorded and audited; its hash.
+async fn keep_dataset(
+    hub: &Hub,
+    cfg: &HubConfig,
+    class: &str,
+    model: &impeller_core::Model,
+    frames: &[impeller_core::Frame],
+) -> anyhow::Result<String> {
+    use impeller_pipeline::dataset::{Dataset, Part};
+    let part = Part { name: class.to_string(), frames: frames.to_vec(), labels: None };
+    let dataset = Dataset::new(model.channels.clone(), vec![part])?;
+    let dir = cfg.datasets_dir();
+    let source = format!("impeller demo: {class}'s healthy history");
+    let (sha, rows) = tokio::task::spawn_blocking(move || {
+        let rows = dataset.parts[0].frames.len() as u64;
+        dataset.write(&dir, &source).map(|sha| (sha, rows))
+    })
+    .await??;
+    let record = impeller_hub::store::DatasetRecord {
+        sha256: sha.clone(),
+        selection: json!({"demo_class": class}),
+        parts: 1,
+        rows,
+        created_by: "demo".into(),
+        created_ms: now_ms(),
+    };
+    hub.store.put_dataset(&record).await?;
+    Ok(sha)
 }
 
 /// Reads the whole audit trail through the API and checks it against the pinned key.
