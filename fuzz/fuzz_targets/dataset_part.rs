@@ -10,7 +10,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let channels = [Channel::new("flow", "L/min"), Channel::new("pressure", "bar")];
     for labelled in [false, true] {
-        if let Ok(part) = decode_part(data.to_vec(), "fuzz.parquet", "p", &channels, labelled) {
+        if let Ok(part) = decode_part(data.to_vec(), "fuzz.parquet", "p", &channels, labelled, 100_000) {
             assert!(part.frames.iter().all(|f| f.values.len() == channels.len()));
             assert_eq!(part.labels.map(|l| l.len()), labelled.then_some(part.frames.len()));
         }

@@ -93,6 +93,13 @@ pub async fn snapshot(
                 if frames.last().is_some_and(|l| l.ts_ms >= f.ts_ms) || f.ts_ms < req.since_ms || f.ts_ms >= until_ms {
                     continue;
                 }
+                // Counted as they come, so that one busy device cannot fill the memory first.
+                rows += 1;
+                if rows > MAX_ROWS {
+                    return Err(SnapshotError::Invalid(format!(
+                        "more than {MAX_ROWS} rows: narrow the devices or the time range"
+                    )));
+                }
                 let values = index
                     .iter()
                     .map(|i| i.and_then(|i| f.values.get(i).copied().flatten()).unwrap_or(f64::NAN))
@@ -102,12 +109,6 @@ pub async fn snapshot(
         }
         if frames.is_empty() {
             continue;
-        }
-        rows += frames.len();
-        if rows > MAX_ROWS {
-            return Err(SnapshotError::Invalid(format!(
-                "more than {MAX_ROWS} rows: narrow the devices or the time range"
-            )));
         }
         let labels = if req.label_incidents {
             let incidents = store.incidents(Some(device), req.since_ms, until_ms).await?;

@@ -124,6 +124,15 @@ impl Hub {
             }
             None => None,
         };
+        // Its packages go through the same checks as an upload: the key must be trusted.
+        if let Some(s) = &pipeline_signer
+            && !trust.key_ids().any(|k| k == s.key_id())
+        {
+            anyhow::bail!(
+                "the pipeline key {} is not among the trusted keys: add its public file with --trusted-key",
+                s.key_id()
+            );
+        }
         record_keys(&store, &trust, pipeline_signer.as_ref(), audit_key.as_ref()).await?;
         let runs = runs::Runs::new(
             store.clone(),

@@ -55,6 +55,9 @@ pub enum SubmitError {
         "this hub has no pipeline signing key (`[pipelines] signing_key` or --pipeline-key): it cannot sign packages"
     )]
     NoKey,
+    /// The hub could not write the run's inputs.
+    #[error("{0}")]
+    Io(String),
 }
 
 #[derive(Debug, Clone)]
@@ -123,7 +126,7 @@ impl Runs {
         // The spec and its profiles, written where the run reads them; a profile path may not
         // leave that folder.
         let base = self.inner.work.join("specs").join(&id);
-        write_inputs(&base, req).map_err(SubmitError::Invalid)?;
+        write_inputs(&base, req)?;
         let view = RunView {
             id: id.clone(),
             model: spec.model.clone(),
@@ -225,19 +228,24 @@ impl Runs {
 }
 
 /// Writes the spec and its profiles under `base`; refuses a profile path that leaves it.
-fn write_inputs(base: &Path, req: &RunRequest) -> Result<(), String> {
-    std::fs::create_dir_all(base).map_err(|e| format!("{}: {e}", base.display()))?;
-    std::fs::write(base.join("pipeline.toml"), &req.spec).map_err(|e| e.to_string())?;
-    for (name, text) in &req.profiles {
+fn write_inputs(base: &Path, req: &RunRequest) -> Result<(), SubmitError> {
+    for name in req.profiles.keys() {
         let rel = Path::new(name);
         if rel.is_absolute() || rel.components().any(|c| !matches!(c, std::path::Component::Normal(_))) {
-            return Err(format!("profiles: `{name}` must be a relative path inside the spec's folder"));
+            return Err(SubmitError::Invalid(format!(
+                "profiles: `{name}` must be a relative path inside the spec's folder"
+            )));
         }
-        let path = base.join(rel);
+    }
+    let io = |path: &Path, e: std::io::Error| SubmitError::Io(format!("{}: {e}", path.display()));
+    std::fs::create_dir_all(base).map_err(|e| io(base, e))?;
+    std::fs::write(base.join("pipeline.toml"), &req.spec).map_err(|e| io(base, e))?;
+    for (name, text) in &req.profiles {
+        let path = base.join(name);
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+            std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
         }
-        std::fs::write(&path, text).map_err(|e| e.to_string())?;
+        std::fs::write(&path, text).map_err(|e| io(&path, e))?;
     }
     Ok(())
 }

@@ -54,8 +54,7 @@ impl StepCache {
         }
         let parent = self.root.join(step);
         std::fs::create_dir_all(&parent).map_err(|e| PipelineError::io(&parent, e))?;
-        let tmp = parent.join(format!(".{key}.tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
+        let tmp = parent.join(crate::temp_name(key));
         std::fs::create_dir_all(&tmp).map_err(|e| PipelineError::io(&tmp, e))?;
         if let Err(e) = make(&tmp) {
             let _ = std::fs::remove_dir_all(&tmp);

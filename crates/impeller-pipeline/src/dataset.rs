@@ -173,9 +173,26 @@ impl Dataset {
             return Ok(hash);
         }
         std::fs::create_dir_all(dir).map_err(|e| PipelineError::io(dir, e))?;
-        let tmp = dir.join(format!(".{hash}.tmp-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| PipelineError::io(&tmp, e))?;
+        let tmp = dir.join(crate::temp_name(&hash));
+        if let Err(e) = self.write_files(&tmp, &hash, source) {
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        match std::fs::rename(&tmp, &target) {
+            Ok(()) => {}
+            // Another process wrote the same content first.
+            Err(_) if target.join(MANIFEST).is_file() => {
+                let _ = std::fs::remove_dir_all(&tmp);
+            }
+            Err(e) => return Err(PipelineError::io(&target, e)),
+        }
+        crate::sync_dir(dir)?;
+        Ok(hash)
+    }
+
+    /// The Parquet files and the manifest, fsynced, in `tmp`.
+    fn write_files(&self, tmp: &Path, hash: &str, source: &str) -> Result<(), PipelineError> {
+        std::fs::create_dir_all(tmp).map_err(|e| PipelineError::io(tmp, e))?;
         let mut infos = Vec::new();
         for (i, p) in self.parts.iter().enumerate() {
             let file = format!("part-{i:05}.parquet");
@@ -193,24 +210,14 @@ impl Dataset {
         let manifest = Manifest {
             format: DATASET_FORMAT.into(),
             version: DATASET_VERSION,
-            sha256: hash.clone(),
+            sha256: hash.to_string(),
             channels: self.channels.clone(),
             parts: infos,
             source: source.to_string(),
         };
         let bytes = serde_json::to_vec_pretty(&manifest).map_err(|e| PipelineError::Data(e.to_string()))?;
         crate::write_synced(&tmp.join(MANIFEST), &bytes)?;
-        crate::sync_dir(&tmp)?;
-        match std::fs::rename(&tmp, &target) {
-            Ok(()) => {}
-            // Another process wrote the same content first.
-            Err(_) if target.join(MANIFEST).is_file() => {
-                let _ = std::fs::remove_dir_all(&tmp);
-            }
-            Err(e) => return Err(PipelineError::io(&target, e)),
-        }
-        crate::sync_dir(dir)?;
-        Ok(hash)
+        crate::sync_dir(tmp)
     }
 
     /// Reads `dir/{hash}/` back and checks that its content still has that hash.
@@ -226,7 +233,15 @@ impl Dataset {
                     info.file
                 )));
             }
-            parts.push(read_part(&folder.join(&info.file), &info.name, &manifest.channels, info.labelled)?);
+            let path = folder.join(&info.file);
+            let bytes = std::fs::read(&path).map_err(|e| PipelineError::io(&path, e))?;
+            let origin = path.display().to_string();
+            let part = decode_part(bytes, &origin, &info.name, &manifest.channels, info.labelled, info.rows)?;
+            if part.frames.len() as u64 != info.rows {
+                let found = part.frames.len();
+                return Err(PipelineError::Data(format!("{origin}: {found} rows, the manifest says {}", info.rows)));
+            }
+            parts.push(part);
         }
         let ds = Dataset::new(manifest.channels.clone(), parts)?;
         let actual = ds.sha256();
@@ -402,30 +417,39 @@ fn write_part(path: &Path, channels: &[Channel], part: &Part) -> Result<(), Pipe
     Ok(())
 }
 
-fn read_part(path: &Path, name: &str, channels: &[Channel], labelled: bool) -> Result<Part, PipelineError> {
-    let bytes = std::fs::read(path).map_err(|e| PipelineError::io(path, e))?;
-    decode_part(bytes, &path.display().to_string(), name, channels, labelled)
-}
-
-/// One part from a Parquet file's bytes (from disk, or pulled from a hub: untrusted). A file
-/// that is not the part the manifest describes is refused with `origin` named.
+/// One part of at most `max_rows` rows from a Parquet file's bytes (from disk, or pulled from a
+/// hub: untrusted). A file that is not the part the manifest describes is refused with `origin`
+/// named; one claiming more rows is refused before they are read.
 pub fn decode_part(
     bytes: Vec<u8>,
     origin: &str,
     name: &str,
     channels: &[Channel],
     labelled: bool,
+    max_rows: u64,
 ) -> Result<Part, PipelineError> {
     // The Parquet reader asserts some things of a file's metadata instead of refusing it;
     // `check_layout` refuses what is known to trip it, and this catches what is not known yet.
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decode(bytes, origin, name, channels, labelled)))
-        .unwrap_or_else(|_| {
-            Err(PipelineError::Data(format!("{origin}: a malformed Parquet file (the reader gave up)")))
-        })
+    let decode = || decode(bytes, origin, name, channels, labelled, max_rows);
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|_| {
+        Err(PipelineError::Data(format!("{origin}: a malformed Parquet file (the reader gave up)")))
+    })
 }
 
-/// Every column chunk of every row group lies inside the file.
-fn check_layout(meta: &parquet::file::metadata::ParquetMetaData, len: u64, origin: &str) -> Result<(), PipelineError> {
+/// Every column chunk of every row group lies inside the file, and the file holds at most
+/// `max_rows` rows.
+fn check_layout(
+    meta: &parquet::file::metadata::ParquetMetaData,
+    len: u64,
+    max_rows: u64,
+    origin: &str,
+) -> Result<(), PipelineError> {
+    let in_groups =
+        meta.row_groups().iter().map(|g| g.num_rows()).try_fold(0u64, |sum, n| sum.checked_add(u64::try_from(n).ok()?));
+    let declared = u64::try_from(meta.file_metadata().num_rows()).ok();
+    if !matches!((in_groups, declared), (Some(a), Some(b)) if a <= max_rows && b <= max_rows) {
+        return Err(PipelineError::Data(format!("{origin}: more rows than the {max_rows} expected")));
+    }
     for g in meta.row_groups() {
         for c in g.columns() {
             let start = c.dictionary_page_offset().unwrap_or(c.data_page_offset());
@@ -446,12 +470,16 @@ fn decode(
     name: &str,
     channels: &[Channel],
     labelled: bool,
+    max_rows: u64,
 ) -> Result<Part, PipelineError> {
     let path = Path::new(origin);
     let err = pq(path);
     let len = bytes.len() as u64;
     let reader = SerializedFileReader::new(bytes::Bytes::from(bytes)).map_err(&err)?;
-    check_layout(reader.metadata(), len, origin)?;
+    check_layout(reader.metadata(), len, max_rows, origin)?;
+    // A page may claim more values than its row group: reading stops past the rows expected.
+    let too_many = || PipelineError::Data(format!("{origin}: more values than the {max_rows} rows expected"));
+    let cap = usize::try_from(max_rows).unwrap_or(usize::MAX);
     let expected = 1 + channels.len() + usize::from(labelled);
     let found = reader.metadata().file_metadata().schema_descr().num_columns();
     if found != expected {
@@ -469,6 +497,9 @@ fn decode(
                     if n == 0 {
                         break;
                     }
+                    if ts.len() > cap {
+                        return Err(too_many());
+                    }
                 },
                 ColumnReader::DoubleColumnReader(mut r) if c >= 1 && c <= channels.len() => {
                     let (mut defs, mut values) = (Vec::new(), Vec::new());
@@ -476,6 +507,9 @@ fn decode(
                         let (n, _, _) = r.read_records(8192, Some(&mut defs), None, &mut values).map_err(&err)?;
                         if n == 0 {
                             break;
+                        }
+                        if defs.len() > cap {
+                            return Err(too_many());
                         }
                     }
                     let mut present = values.into_iter();
@@ -487,6 +521,9 @@ fn decode(
                     let (n, _, _) = r.read_records(8192, None, None, &mut labels).map_err(&err)?;
                     if n == 0 {
                         break;
+                    }
+                    if labels.len() > cap {
+                        return Err(too_many());
                     }
                 },
                 _ => return Err(PipelineError::Data(format!("{}: column {c} has the wrong type", path.display()))),
@@ -551,6 +588,34 @@ mod tests {
         .unwrap();
         let e = Dataset::read(dir.path(), &hash).unwrap_err().to_string();
         assert!(e.contains("the files were changed"), "{e}");
+    }
+
+    #[test]
+    fn a_part_with_more_rows_than_expected_is_refused_before_it_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = sample();
+        let hash = ds.write(dir.path(), "test").unwrap();
+        let file = dir.path().join(&hash).join("part-00000.parquet");
+        let bytes = std::fs::read(&file).unwrap();
+        let ok = decode_part(bytes.clone(), "f", "normal", &ds.channels, false, 50).unwrap();
+        assert_eq!(ok.frames.len(), 50);
+        let e = decode_part(bytes, "f", "normal", &ds.channels, false, 49).unwrap_err().to_string();
+        assert!(e.contains("more rows than the 49 expected"), "{e}");
+    }
+
+    #[test]
+    fn writers_of_the_same_dataset_at_once_leave_it_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let ds = sample();
+        let hashes: Vec<String> = std::thread::scope(|scope| {
+            let writers: Vec<_> = (0..4).map(|_| scope.spawn(|| ds.write(dir.path(), "test").unwrap())).collect();
+            writers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        assert!(hashes.iter().all(|h| *h == hashes[0]));
+        let (back, _) = Dataset::read(dir.path(), &hashes[0]).unwrap();
+        assert_eq!(back.sha256(), hashes[0], "the files read back to the content named");
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(left.len(), 1, "no temporary folder left: {left:?}");
     }
 
     #[test]

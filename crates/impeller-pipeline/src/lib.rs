@@ -77,6 +77,14 @@ pub fn sync_dir(dir: &Path) -> Result<(), PipelineError> {
     Ok(())
 }
 
+/// A temporary name for `name` that no other writer uses, in this process or another: two
+/// writers of the same content each write their own copy, and the first rename wins.
+pub(crate) fn temp_name(name: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(".{name}.tmp-{}-{n}", std::process::id())
+}
+
 /// SHA-256 of bytes, as lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     use sha2::Digest;

@@ -4,7 +4,8 @@
 //! so an unchanged rerun reads a few small files.
 //!
 //! A run is identified by its *run key*: the hash of the model it trained (which covers the
-//! data, the training settings and the code), the validation it ran, the gates and the targets.
+//! training frames, the settings and the code), the dataset (labels and validation parts
+//! included), the validation it ran, the gates, the targets and the signing key.
 //! Packages carry the run key as `pipeline_run`, so the same spec on the same data builds the
 //! same bytes; a rerun whose key the registry already has registers nothing.
 
@@ -216,10 +217,24 @@ pub fn run(
         onnx: None,
         error: None,
     };
-    let mut runner = Runner { spec, options, record: &mut record, progress, data: None };
-    if let Err(e) = runner.steps(registry) {
+    let mut registry = registry;
+    let mut runner = Runner { spec, options, record: &mut record, progress, data: None, pending: None };
+    if let Err(e) = runner.steps(registry.as_deref_mut()) {
         runner.record.outcome = Outcome::Failed;
         runner.record.error = Some(e.to_string());
+        // A version registered for this run is settled as failed, with the reason, so that it
+        // does not stay pending.
+        if let (Some(v), Some(reg)) = (runner.pending, registry) {
+            let outcome = VersionOutcome {
+                status: "failed".into(),
+                gates: runner.record.gates.clone(),
+                packages: Vec::new(),
+                reason: Some(format!("the run failed: {e}")),
+            };
+            if let Err(settle) = reg.finish_version(&spec.model, v, &outcome) {
+                tracing::warn!(error = %settle, version = v, "cannot settle the failed run's version");
+            }
+        }
     }
     record.finished_ms = now_ms();
     let key = record.run_key.as_deref().unwrap_or("none");
@@ -244,6 +259,8 @@ struct Runner<'a> {
     record: &'a mut RunRecord,
     progress: &'a mut dyn FnMut(Progress<'_>),
     data: Option<Split>,
+    /// The version this run registered and has not settled yet.
+    pending: Option<u64>,
 }
 
 impl Runner<'_> {
@@ -262,7 +279,7 @@ impl Runner<'_> {
         Ok(out)
     }
 
-    fn steps(&mut self, mut registry: Option<&mut dyn Registry>) -> Result<(), PipelineError> {
+    fn steps(&mut self, mut registry: Option<&mut (dyn Registry + '_)>) -> Result<(), PipelineError> {
         let (spec, options) = (self.spec, self.options);
         let cache = StepCache::new(options.work.join("cache"));
         let dataset_sha = self.step("dataset", |r| r.dataset(&cache))?;
@@ -320,17 +337,27 @@ impl Runner<'_> {
             spec.targets.iter().map(|t| TargetProfile::load(&options.base.join(t))).collect::<Result<_, _>>()?;
         let gates_json = serde_json::to_vec(&(&spec.gates, &targets, spec.package.valid_days))
             .map_err(|e| PipelineError::Data(e.to_string()))?;
-        let run_key = StepCache::key("run", &[model_sha.as_bytes(), &selection, &gates_json]);
+        let run_key = StepCache::key(
+            "run",
+            &[
+                model_sha.as_bytes(),
+                dataset_sha.as_bytes(),
+                &selection,
+                &gates_json,
+                options.signer.key_id().as_bytes(),
+            ],
+        );
         self.record.run_key = Some(run_key.clone());
 
-        // A run the registry has seen: nothing to do.
+        // A run the registry holds as ready: nothing to do. One that failed or was cut off
+        // (pending) runs again, as a new version: the cause may have been fixed since.
         if let Some(reg) = registry.as_deref_mut()
-            && let Some(v) = reg.find_run(&spec.model, &run_key)?
+            && let Some(v) = reg.find_run(&spec.model, &run_key)?.filter(|v| v.status == "ready")
         {
             self.record.version = Some(v.version);
             self.record.release = Some(v.release);
             self.record.outcome = Outcome::Unchanged;
-            let detail = format!("version {} ({}) was registered by this run before", v.version, v.status);
+            let detail = format!("version {} was registered ready by this run before", v.version);
             self.step("register", |_| Ok(((), None, true, detail)))?;
             return Ok(());
         }
@@ -372,6 +399,7 @@ impl Runner<'_> {
         let (version, release) = match registry.as_deref_mut() {
             Some(reg) => {
                 let v = reg.create_version(&spec.model, &new)?;
+                self.pending = Some(v.version);
                 (v.version.to_string(), v.release)
             }
             None => ("local".to_string(), options.release),
@@ -479,7 +507,7 @@ impl Runner<'_> {
     /// Uploads the packages and settles the version (with a registry), or records the build.
     fn finish(
         &mut self,
-        registry: Option<&mut dyn Registry>,
+        registry: Option<&mut (dyn Registry + '_)>,
         status: &str,
         outcome: Outcome,
         packages: Vec<PackageRecord>,
@@ -507,6 +535,7 @@ impl Runner<'_> {
             reg.finish_version(&model, version, &outcome)?;
             Ok(((), None, false, detail))
         })?;
+        self.pending = None;
         self.record.packages = packages;
         self.record.outcome = outcome;
         Ok(())

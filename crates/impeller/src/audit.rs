@@ -9,7 +9,7 @@ use impeller_core::package::TrustStore;
 
 use crate::InputError;
 use crate::cli::{ApiArgs, AuditBenchArgs, AuditCommand, AuditSource};
-use crate::remote::{Api, each_item};
+use crate::remote::Api;
 
 /// The audit trail failed verification; exit code 4.
 #[derive(Debug, thiserror::Error)]
@@ -221,6 +221,13 @@ fn write_summary(out: &mut impl Write, s: &ChainSummary, pinned: bool) -> std::i
     let (Some(first), Some(last), Some(head)) = (s.first_seq, s.last_seq, &s.last_hash) else {
         return writeln!(out, "the audit trail is empty");
     };
+    if pinned && s.checkpoints_verified == 0 {
+        return writeln!(
+            out,
+            "audit trail consistent ({} records, {first} to {last}) but not tied to the hub: no checkpoint is signed by the pinned key",
+            s.records
+        );
+    }
     writeln!(out, "audit trail intact: {} records, {first} to {last}, head {head}", s.records)?;
     if !pinned {
         let found = s.checkpoints_unpinned;
@@ -257,11 +264,28 @@ fn each_record(
         return each_line(path, each);
     }
     let api = Api::new(&source.api)?;
-    let query: Vec<(&str, String)> = since_ms.map(|s| ("since_ms", s.to_string())).into_iter().collect();
-    each_item(&api, "/audit", &query, |v| {
-        let seq = v["seq"].clone();
-        each(serde_json::from_value(v).map_err(|e| format!("record {seq} from the hub: {e}")))
-    })
+    // `since` picks the first record; from there every record follows in chain order, whatever
+    // its time (records' times are not strictly monotonic, and a gap would read as tampering).
+    let mut after = 0;
+    if let Some(ms) = since_ms {
+        let first = api.call("GET", &format!("/audit?since_ms={ms}&limit=1"), None)?;
+        match first["items"][0]["seq"].as_u64() {
+            Some(seq) => after = seq - 1,
+            None => return Ok(()),
+        }
+    }
+    loop {
+        let page = api.call("GET", &format!("/audit?after={after}&limit=1000"), None)?;
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        for v in items {
+            let seq = v["seq"].clone();
+            after = seq.as_u64().unwrap_or(after);
+            each(serde_json::from_value(v).map_err(|e| format!("record {seq} from the hub: {e}")))?;
+        }
+        if page["next_after"].is_null() {
+            return Ok(());
+        }
+    }
 }
 
 fn each_line(

@@ -148,18 +148,12 @@ fn pipeline_run(a: PipelineRunArgs) -> anyhow::Result<()> {
     }
     match record.outcome {
         Outcome::Registered | Outcome::Built | Outcome::Unchanged => Ok(()),
-        Outcome::Rejected => Err(CheckFailed(format!(
-            "{} was not registered as ready: {}",
-            spec.model,
-            record
-                .gates
-                .iter()
-                .filter(|g| !g.passed)
-                .map(|g| format!("{}: {}", g.gate, g.detail))
-                .collect::<Vec<_>>()
-                .join("; ")
-        ))
-        .into()),
+        Outcome::Rejected => {
+            let failed: Vec<String> =
+                record.gates.iter().filter(|g| !g.passed).map(|g| format!("{}: {}", g.gate, g.detail)).collect();
+            let why = failed.join("; ");
+            Err(CheckFailed(format!("{} was not registered as ready: {why}", spec.model)).into())
+        }
         Outcome::Failed => {
             let error = record.error.unwrap_or_else(|| "the run failed".into());
             Err(InputError(error).into())
@@ -383,27 +377,39 @@ pub fn dataset(cmd: DatasetCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Downloads a hub's dataset into `dir/{hash}/` (through a temporary folder) and checks it
-/// against its hash; a dataset there already is only checked.
+/// Downloads a hub's dataset into `dir/{hash}/`: into a staging folder first, checked against
+/// its hash there, then moved into place, so a bad download never takes the hash's name. A
+/// dataset there already is only checked.
 fn pull(api: &Api, hash: &str, dir: &Path) -> anyhow::Result<dataset::Manifest> {
     if dataset::read_manifest(dir, hash).is_err() {
-        let manifest: dataset::Manifest =
-            serde_json::from_value(api.call("GET", &format!("/datasets/{hash}"), None)?)
-                .context("the hub's dataset manifest")?;
-        let tmp = dir.join(format!(".{hash}.pull-{}", std::process::id()));
-        std::fs::create_dir_all(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        let files = manifest.parts.iter().map(|p| p.file.as_str()).chain(["dataset.json"]);
-        for file in files {
-            if file.contains(['/', '\\']) || file.starts_with('.') {
-                anyhow::bail!("the hub's dataset names a file `{file}` outside its folder");
-            }
-            let bytes = api.raw(&format!("/datasets/{hash}/files/{file}"))?;
-            impeller_pipeline::write_synced(&tmp.join(file), &bytes)?;
+        let stage = dir.join(format!(".pull-{}-{hash}", std::process::id()));
+        let fetched = fetch(api, hash, &stage);
+        let moved = fetched.and_then(|()| {
+            std::fs::rename(stage.join(hash), dir.join(hash))
+                .with_context(|| format!("moving the dataset into {}", dir.display()))
+        });
+        let _ = std::fs::remove_dir_all(&stage);
+        moved?;
+    }
+    Ok(Dataset::read(dir, hash)?.1)
+}
+
+/// The dataset's files into `stage/{hash}/`, checked against the hash.
+fn fetch(api: &Api, hash: &str, stage: &Path) -> anyhow::Result<()> {
+    let manifest: dataset::Manifest = serde_json::from_value(api.call("GET", &format!("/datasets/{hash}"), None)?)
+        .context("the hub's dataset manifest")?;
+    let folder = stage.join(hash);
+    std::fs::create_dir_all(&folder).with_context(|| format!("creating {}", folder.display()))?;
+    for file in manifest.parts.iter().map(|p| p.file.as_str()).chain(["dataset.json"]) {
+        if file.contains(['/', '\\']) || file.starts_with('.') {
+            anyhow::bail!("the hub's dataset names a file `{file}` outside its folder");
         }
-        std::fs::rename(&tmp, dir.join(hash)).with_context(|| format!("moving the dataset into {}", dir.display()))?;
+        let bytes = api.raw(&format!("/datasets/{hash}/files/{file}"))?;
+        impeller_pipeline::write_synced(&folder.join(file), &bytes)?;
     }
     // Reading it checks every file against the hash.
-    Ok(Dataset::read(dir, hash)?.1)
+    Dataset::read(stage, hash)?;
+    Ok(())
 }
 
 pub fn incident(cmd: crate::cli::IncidentCommand) -> anyhow::Result<()> {

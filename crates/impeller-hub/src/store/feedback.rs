@@ -92,6 +92,9 @@ impl Store {
         let seq_i = seq as i64;
         let incident_id = on_pool!(self, |p| {
             let mut tx = p.begin().await?;
+            // A write first: it takes the write lock (SQLite) or the row lock (PostgreSQL), so
+            // two verdicts on one alert cannot both read "no incident yet".
+            sqlx::query("UPDATE audit_head SET seq = seq WHERE id = 1").execute(&mut *tx).await?;
             let previous: Option<Option<i64>> =
                 sqlx::query_scalar("SELECT incident_id FROM alert_feedback WHERE device = $1 AND seq = $2")
                     .bind(device)

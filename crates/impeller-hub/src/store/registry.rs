@@ -165,14 +165,14 @@ impl Store {
         let now = now_ms();
         let version = on_pool!(self, |p| {
             let mut tx = p.begin().await?;
-            // The counter row first: it serialises concurrent registrations on both backends.
-            let uploaded: i64 =
-                sqlx::query_scalar("SELECT COALESCE(MAX(release), 0) FROM packages").fetch_one(&mut *tx).await?;
+            // The counter row first, in one statement: it serialises concurrent registrations on
+            // both backends before anything is read.
             let release: i64 = sqlx::query_scalar(
-                "UPDATE registry_counter SET release = CASE WHEN release > $1 THEN release + 1 ELSE $1 + 1 END \
+                "UPDATE registry_counter SET release = CASE \
+                 WHEN release > (SELECT COALESCE(MAX(release), 0) FROM packages) THEN release + 1 \
+                 ELSE (SELECT COALESCE(MAX(release), 0) FROM packages) + 1 END \
                  WHERE id = 1 RETURNING release",
             )
-            .bind(uploaded)
             .fetch_one(&mut *tx)
             .await?;
             sqlx::query("INSERT INTO models (name, created_ms) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING")
@@ -342,6 +342,9 @@ impl Store {
             )));
         }
         let previous = self.alias_version(model, alias).await?;
+        if previous == Some(version) {
+            return Ok(());
+        }
         let now = now_ms();
         let event = AuditEvent::new(now, actor, "model.alias.set", &format!("{model}:{alias}"))
             .artifact(&v.model_sha256)
@@ -435,9 +438,11 @@ impl Store {
         self.query_versions(select_versions!("WHERE model = $1 ORDER BY version DESC"), &[model], None).await
     }
 
-    /// The newest version that run `run_key` registered.
+    /// The newest version that run `run_key` registered as ready, else its newest in any state.
     pub async fn find_run(&self, model: &str, run_key: &str) -> Result<Option<ModelVersion>, StoreError> {
-        let sql = select_versions!("WHERE model = $1 AND run_key = $2 ORDER BY version DESC LIMIT 1");
+        let sql = select_versions!(
+            "WHERE model = $1 AND run_key = $2 ORDER BY CASE WHEN status = 'ready' THEN 0 ELSE 1 END, version DESC LIMIT 1"
+        );
         Ok(self.query_versions(sql, &[model, run_key], None).await?.pop())
     }
 

@@ -93,13 +93,20 @@ async fn registry(url: &str) {
     };
     store.finish_version(&model, 2, &failed, "token:ci").await.unwrap();
 
-    // Aliases: only a ready version takes one.
+    // Aliases: only a ready version takes one; setting it again where it is records nothing.
+    store.set_alias(&model, "champion", 1, "token:ops").await.unwrap();
     store.set_alias(&model, "champion", 1, "token:ops").await.unwrap();
     assert!(matches!(store.set_alias(&model, "champion", 2, "token:ops").await, Err(StoreError::Conflict(_))));
     assert_eq!(store.alias(&model, "champion").await.unwrap().map(|v| v.version), Some(1));
     assert_eq!(store.version(&model, 1).await.unwrap().unwrap().aliases, ["champion"]);
     let listed = store.models().await.unwrap().into_iter().find(|m| m.name == model).unwrap();
     assert_eq!((listed.versions, listed.latest_version, listed.aliases["champion"]), (2, Some(2), 1));
+
+    // The same run registered again (a rerun cut off, left pending): the ready version is the
+    // one found.
+    let again = store.create_version(&model, &new_version(&model, "a", None), "token:ci").await.unwrap();
+    assert_eq!((again.version, again.status.as_str()), (3, "pending"));
+    assert_eq!(store.find_run(&model, &v1.run_key).await.unwrap().map(|v| v.version), Some(1));
 
     // A device runs the gateway package; another ran it and rolled it back.
     let (runs, rolled) = (unique("lineage-dev"), unique("lineage-dev"));
@@ -113,7 +120,7 @@ async fn registry(url: &str) {
         .await
         .unwrap();
     let lineage = store.dataset_lineage(&v1.dataset_sha256).await.unwrap();
-    assert_eq!(lineage.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(lineage.versions.iter().map(|v| v.version).collect::<Vec<_>>(), [1, 2, 3]);
     let devices: Vec<&str> = lineage.devices.iter().map(|d| d.device.as_str()).collect();
     assert_eq!(devices, [runs.as_str()], "the device that rolled back runs something else");
     let running = store.device_lineage(&runs).await.unwrap().unwrap();
@@ -135,7 +142,8 @@ async fn registry(url: &str) {
             "model.version.ready",
             "model.version.created",
             "model.version.failed",
-            "model.alias.set"
+            "model.alias.set",
+            "model.version.created"
         ]
     );
     let traced: Vec<&str> = trace(&records, &v1.dataset_sha256)

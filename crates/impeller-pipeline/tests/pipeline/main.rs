@@ -187,8 +187,131 @@ fn a_parquet_file_with_a_negative_column_offset_is_refused() {
             .unwrap();
     let channels = [impeller_core::Channel::new("flow", "L/min"), impeller_core::Channel::new("pressure", "bar")];
     for labelled in [false, true] {
-        let e = impeller_pipeline::dataset::decode_part(bytes.clone(), "pulled.parquet", "p", &channels, labelled)
-            .unwrap_err();
+        let e =
+            impeller_pipeline::dataset::decode_part(bytes.clone(), "pulled.parquet", "p", &channels, labelled, 1_000)
+                .unwrap_err();
         assert!(e.to_string().starts_with("pulled.parquet: "), "{e}");
     }
+}
+
+/// A registry that records what it is asked and fails an upload on demand: fault injection for
+/// the run's registry logic (the real registry is the hub's, tested through its API).
+#[derive(Default)]
+struct FaultyRegistry {
+    found: Option<impeller_pipeline::run::RegisteredVersion>,
+    refuse_uploads: bool,
+    created: u64,
+    finished: Vec<(u64, String, Option<String>)>,
+}
+
+impl impeller_pipeline::run::Registry for FaultyRegistry {
+    fn champion(
+        &mut self,
+        _: &str,
+    ) -> Result<Option<impeller_pipeline::run::Champion>, impeller_pipeline::PipelineError> {
+        Ok(None)
+    }
+    fn find_run(
+        &mut self,
+        _: &str,
+        _: &str,
+    ) -> Result<Option<impeller_pipeline::run::RegisteredVersion>, impeller_pipeline::PipelineError> {
+        Ok(self.found.clone())
+    }
+    fn create_version(
+        &mut self,
+        _: &str,
+        _: &impeller_pipeline::run::NewVersion,
+    ) -> Result<impeller_pipeline::run::RegisteredVersion, impeller_pipeline::PipelineError> {
+        self.created += 1;
+        Ok(impeller_pipeline::run::RegisteredVersion {
+            version: 10 + self.created,
+            release: 20 + self.created,
+            status: "pending".into(),
+        })
+    }
+    fn upload_package(&mut self, bytes: &[u8]) -> Result<String, impeller_pipeline::PipelineError> {
+        if self.refuse_uploads {
+            return Err(impeller_pipeline::PipelineError::Registry("package_refused: unknown key".into()));
+        }
+        Ok(impeller_pipeline::sha256_hex(bytes))
+    }
+    fn finish_version(
+        &mut self,
+        _: &str,
+        version: u64,
+        o: &impeller_pipeline::run::VersionOutcome,
+    ) -> Result<(), impeller_pipeline::PipelineError> {
+        self.finished.push((version, o.status.clone(), o.reason.clone()));
+        Ok(())
+    }
+}
+
+/// A small spec over synthetic CSV files: one normal recording, one with a labelled fault.
+fn small_spec(dir: &Path) -> PipelineSpec {
+    let csv = |name: &str, fault: bool| {
+        let mut text = String::from("datetime;flow;pressure;anomaly\n");
+        for i in 0..400 {
+            let t = i as f64 / 20.0;
+            let drop = if fault && i >= 300 { 3.0 } else { 0.0 };
+            let label = u8::from(fault && i >= 300);
+            let (h, m, s) = (10 + i / 3600, (i / 60) % 60, i % 60);
+            text.push_str(&format!(
+                "2026-01-01 {h:02}:{m:02}:{s:02};{:.4};{:.4};{label}\n",
+                30.0 + t.sin(),
+                4.0 + 0.1 * t.cos() - drop
+            ));
+        }
+        let path = dir.join("data").join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, text).unwrap();
+    };
+    csv("normal/p1.csv", false);
+    csv("test/p2.csv", true);
+    std::fs::write(dir.join("gw.toml"), impeller_pipeline::profile::EXAMPLES[0].1).unwrap();
+    let text = r#"version = 1
+model = "small"
+targets = ["gw.toml"]
+[data]
+import = "data"
+train = ["normal/*"]
+validate = ["test/*"]
+train_head_rows = 100
+[train]
+detector = { kind = "zscore" }
+"#;
+    std::fs::write(dir.join("spec.toml"), text).unwrap();
+    PipelineSpec::load(&dir.join("spec.toml")).unwrap().0
+}
+
+#[test]
+fn a_run_that_fails_after_registering_settles_its_version_and_only_ready_runs_are_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let spec = small_spec(dir.path());
+    let options =
+        RunOptions::new(dir.path().join("work"), dir.path().to_path_buf(), Signer25519::from_secret([3; 32]), 1);
+    let run_with = |registry: &mut FaultyRegistry| run(&spec, &options, Some(registry), &mut |_| {}).unwrap();
+
+    // The hub refuses the package: the version it registered is settled as failed, with why.
+    let mut refusing = FaultyRegistry { refuse_uploads: true, ..Default::default() };
+    let record = run_with(&mut refusing);
+    assert_eq!(record.outcome, Outcome::Failed);
+    assert_eq!(refusing.finished.len(), 1);
+    let (version, status, reason) = &refusing.finished[0];
+    assert_eq!((*version, status.as_str()), (11, "failed"));
+    assert!(reason.as_deref().unwrap().contains("package_refused"), "{reason:?}");
+
+    // The registry holds the run only as failed or pending: it runs again as a new version.
+    for status in ["failed", "pending"] {
+        let found = impeller_pipeline::run::RegisteredVersion { version: 11, release: 21, status: status.into() };
+        let mut registry = FaultyRegistry { found: Some(found), ..Default::default() };
+        let record = run_with(&mut registry);
+        assert_eq!((record.outcome, registry.created), (Outcome::Registered, 1), "{status}");
+        assert_eq!(registry.finished[0].1, "ready");
+    }
+    // As ready: nothing to do.
+    let found = impeller_pipeline::run::RegisteredVersion { version: 12, release: 22, status: "ready".into() };
+    let mut registry = FaultyRegistry { found: Some(found), ..Default::default() };
+    let record = run_with(&mut registry);
+    assert_eq!((record.outcome, registry.created, record.version), (Outcome::Unchanged, 0, Some(12)));
 }
