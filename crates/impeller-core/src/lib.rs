@@ -11,6 +11,7 @@
 //! - [`metrics`]: F1, false- and missed-alarm rates, detection delays.
 //! - [`package`]: signed model packages: build, verify, install checks; [`sketch`]: drift sketches.
 //! - [`audit`]: the audit trail's hash chain, signed checkpoints, verification and tracing.
+//! - [`retrain`]: the retraining policy: when a model is retrained, within what budget.
 //! - [`wire`]: MQTT topics and the message envelope between devices and the hub.
 //! - [`table`]: parsing sensor CSV files (the SKAB format) from bytes, with located errors.
 //!
@@ -58,6 +59,7 @@ pub mod model;
 pub mod package;
 pub mod pipeline;
 pub mod registers;
+pub mod retrain;
 pub mod rng;
 pub mod rollout;
 pub mod scorer;

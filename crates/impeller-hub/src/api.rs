@@ -47,6 +47,8 @@ pub struct ApiState {
     pub reconcile: Arc<Notify>,
     /// Pipelines the hub runs itself.
     pub runs: crate::runs::Runs,
+    /// The retraining loop, for approvals.
+    pub retrainer: Arc<crate::retrain::Retrainer>,
 }
 
 /// The closed set of error codes; each maps to one HTTP status.
@@ -240,6 +242,11 @@ pub fn router(state: ApiState) -> axum::Router {
             get(registry::get_alias).put(registry::set_alias).delete(registry::remove_alias),
         )
         .route("/api/v1/lineage/datasets/{sha256}", get(registry::dataset_lineage))
+        .route(
+            "/api/v1/models/{name}/policy",
+            get(registry::get_policy).put(registry::put_policy).delete(registry::remove_policy),
+        )
+        .route("/api/v1/models/{name}/policy/approve", post(registry::approve))
         .route("/api/v1/datasets", get(datasets::list).post(datasets::create))
         .route("/api/v1/datasets/{sha256}", get(datasets::get))
         .route("/api/v1/datasets/{sha256}/files/{file}", get(datasets::file))

@@ -26,11 +26,25 @@ pub struct FileConfig {
     pub pipelines: Pipelines,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Pipelines {
     #[serde(default)]
     pub signing_key: PathBuf,
+    #[serde(default = "Pipelines::default_check_secs")]
+    pub retrain_check_secs: u64,
+}
+
+impl Pipelines {
+    fn default_check_secs() -> u64 {
+        60
+    }
+}
+
+impl Default for Pipelines {
+    fn default() -> Pipelines {
+        Pipelines { signing_key: PathBuf::new(), retrain_check_secs: Pipelines::default_check_secs() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -107,6 +121,9 @@ impl FileConfig {
         if !c.mqtt.broker.is_empty() && !c.mqtt.broker.starts_with("mqtt://") {
             return Err(err(format!("mqtt.broker `{}` must start with mqtt://", c.mqtt.broker)));
         }
+        if c.pipelines.retrain_check_secs == 0 {
+            return Err(err("pipelines.retrain_check_secs must be positive".into()));
+        }
         if c.audit.checkpoint_secs == 0 {
             return Err(err("audit.checkpoint_secs must be positive".into()));
         }
@@ -145,6 +162,7 @@ impl FileConfig {
             checkpoint_every: std::time::Duration::from_secs(self.audit.checkpoint_secs),
             pipeline_key: (!self.pipelines.signing_key.as_os_str().is_empty())
                 .then(|| self.pipelines.signing_key.clone()),
+            retrain_every: std::time::Duration::from_secs(self.pipelines.retrain_check_secs),
         }
     }
 }

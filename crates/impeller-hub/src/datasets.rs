@@ -38,6 +38,9 @@ pub struct SnapshotRequest {
     /// Label rows with the devices' incidents (every part is then labelled).
     #[serde(default)]
     pub label_incidents: bool,
+    /// Leave out the rows inside the devices' incidents (training data of normal running).
+    #[serde(default)]
+    pub exclude_incidents: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +84,12 @@ pub async fn snapshot(
         // A samples message is stamped when its batch fills, so its frames are at or before
         // its time: a batch ending after `until_ms` (by up to a day) may still hold some.
         let bodies = store.samples(device, req.since_ms, until_ms.saturating_add(BATCH_SPAN_MS), MAX_ROWS + 1).await?;
+        let incidents = if req.label_incidents || req.exclude_incidents {
+            store.incidents(Some(device), req.since_ms, until_ms).await?
+        } else {
+            Vec::new()
+        };
+        let in_incident = |ts: i64| incidents.iter().any(|i| i.start_ms <= ts && ts < i.end_ms);
         let mut frames: Vec<Frame> = Vec::new();
         for (_, body) in bodies {
             // Ingest checked the envelope, not the body: one that does not parse is skipped.
@@ -90,7 +99,11 @@ pub async fn snapshot(
             }
             let index: Vec<Option<usize>> = channels.iter().map(|c| s.channels.iter().position(|n| n == c)).collect();
             for f in s.frames {
-                if frames.last().is_some_and(|l| l.ts_ms >= f.ts_ms) || f.ts_ms < req.since_ms || f.ts_ms >= until_ms {
+                if frames.last().is_some_and(|l| l.ts_ms >= f.ts_ms)
+                    || f.ts_ms < req.since_ms
+                    || f.ts_ms >= until_ms
+                    || (req.exclude_incidents && in_incident(f.ts_ms))
+                {
                     continue;
                 }
                 // Counted as they come, so that one busy device cannot fill the memory first.
@@ -110,12 +123,7 @@ pub async fn snapshot(
         if frames.is_empty() {
             continue;
         }
-        let labels = if req.label_incidents {
-            let incidents = store.incidents(Some(device), req.since_ms, until_ms).await?;
-            Some(frames.iter().map(|f| incidents.iter().any(|i| i.start_ms <= f.ts_ms && f.ts_ms < i.end_ms)).collect())
-        } else {
-            None
-        };
+        let labels = req.label_incidents.then(|| frames.iter().map(|f| in_incident(f.ts_ms)).collect());
         parts.push(Part { name: device.clone(), frames, labels });
     }
     if parts.is_empty() {
@@ -134,6 +142,7 @@ pub async fn snapshot(
         "since_ms": req.since_ms,
         "until_ms": until_ms,
         "label_incidents": req.label_incidents,
+        "exclude_incidents": req.exclude_incidents,
     });
     let source = format!("hub snapshot: {} from {} to {}", req.condition, req.since_ms, until_ms);
     let dir = datasets_dir.to_path_buf();

@@ -17,6 +17,7 @@ pub mod fleet;
 pub mod ingest;
 pub mod openapi;
 pub mod packages;
+pub mod retrain;
 pub mod runs;
 pub mod store;
 
@@ -53,6 +54,8 @@ pub struct HubConfig {
     /// Secret key that signs the packages of the pipelines the hub runs (`POST /runs`); `None`:
     /// the hub runs none. Their step cache and records go in `pipelines` beside the packages.
     pub pipeline_key: Option<PathBuf>,
+    /// How often the retraining policies are checked (zero: every minute).
+    pub retrain_every: Duration,
     /// Secret key that signs the audit trail's checkpoints, created (with its `.public.json`
     /// twin) if missing; `None`: the chain is kept but not signed.
     pub audit_key: Option<PathBuf>,
@@ -142,10 +145,20 @@ impl Hub {
             pipeline_signer,
             trust.clone(),
         );
+        let retrainer = Arc::new(retrain::Retrainer::new(
+            store.clone(),
+            runs.clone(),
+            cfg.packages_dir.clone(),
+            cfg.datasets_dir(),
+            reconcile.clone(),
+        ));
+        let every = if cfg.retrain_every.is_zero() { Duration::from_secs(60) } else { cfg.retrain_every };
+        tokio::spawn(retrain::run(retrainer.clone(), every));
         let http_addr = match cfg.http_listen {
             Some(listen) => {
                 let state = api::ApiState {
                     runs,
+                    retrainer,
                     store: store.clone(),
                     devices: credentials,
                     packages_dir: cfg.packages_dir.clone(),

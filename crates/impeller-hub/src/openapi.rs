@@ -309,6 +309,7 @@ fn schemas() -> Value {
                               "description": "devices by tags and profile, e.g. tags.site = 'gulf'; * for all"},
                 "channels": {"type": "array", "items": string()},
                 "since_ms": int(), "until_ms": nullable("integer"), "label_incidents": {"type": "boolean"},
+                "exclude_incidents": {"type": "boolean"},
             },
         },
         "Channel": object(&["name", "unit"], json!({"name": string(), "unit": string()})),
@@ -369,6 +370,20 @@ fn schemas() -> Value {
             "precision": {"type": "number", "minimum": 0, "maximum": 1},
         })),
         "PrecisionList": object(&["items"], json!({"items": {"type": "array", "items": schema("Precision")}})),
+        "PolicyRequest": {
+            "type": "object", "required": ["policy", "spec"], "additionalProperties": false,
+            "properties": {
+                "policy": {"type": "string", "description": "the retraining policy (TOML); see docs/specs/pipelines.md"},
+                "spec": {"type": "string", "description": "the pipeline spec each retraining runs (TOML)"},
+                "profiles": {"type": "object", "additionalProperties": string()},
+            },
+        },
+        "PolicyView": object(&["model", "policy", "spec", "state", "updated_by", "updated_ms"], json!({
+            "model": string(), "policy": string(), "spec": string(),
+            "state": {"description": "the loop's state: counters, stage (idle, running, awaiting_promotion, awaiting_rollout), version, run, reason, note"},
+            "updated_by": string(), "updated_ms": int(),
+        })),
+        "Approved": object(&["note"], json!({"note": string()})),
         "DatasetLineage": object(&["dataset_sha256", "versions", "devices"], json!({
             "dataset_sha256": sha256(), "versions": {"type": "array", "items": schema("ModelVersion")},
             "devices": {"type": "array", "items": schema("RunningModel")},
@@ -542,6 +557,21 @@ pub fn document() -> Value {
                                json!({"204": {"description": "done"}}), &[404, 409]),
                             "requestBody", json_body("AliasTarget")),
                 "delete": op("Remove an alias", "registry", Who::Operator, json!({"204": {"description": "done"}}), &[404]),
+            },
+            "/api/v1/models/{name}/policy": {
+                "parameters": [model.clone()],
+                "get": op("The model's retraining policy and the loop's state", "registry", Who::Operator,
+                          json!({"200": ok("the policy", "PolicyView")}), &[404]),
+                "put": with(op("Set the model's retraining policy (checked first; the state starts afresh)", "registry",
+                               Who::Operator, json!({"204": {"description": "set"}}), &[]),
+                            "requestBody", json_body("PolicyRequest")),
+                "delete": op("Remove the model's retraining policy", "registry", Who::Operator,
+                             json!({"204": {"description": "removed"}}), &[404]),
+            },
+            "/api/v1/models/{name}/policy/approve": {
+                "parameters": [model.clone()],
+                "post": op("Approve the step a retraining awaits: promotion, or rollout", "registry", Who::Operator,
+                           json!({"200": ok("what was done", "Approved")}), &[404, 409]),
             },
             "/api/v1/lineage/datasets/{sha256}": {
                 "parameters": [sha.clone()],

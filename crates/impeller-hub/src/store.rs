@@ -65,6 +65,7 @@ mod deployments;
 mod feedback;
 mod queries;
 mod registry;
+mod retrain;
 pub use audit::AuditFilter;
 pub use datasets::{DatasetRecord, Incident};
 pub use deployments::{
@@ -75,6 +76,7 @@ pub use queries::{AlertSummary, DriftReport, FleetFilter, TelemetryPoint, downsa
 pub use registry::{
     DatasetLineage, ModelVersion, NewModelVersion, RegisteredModel, RunningModel, VersionFinish, VersionPackage,
 };
+pub use retrain::PolicyRecord;
 
 /// Messages per INSERT statement (7 parameters each; SQLite allows 32,766 per statement).
 const INSERT_CHUNK: usize = 500;
@@ -90,6 +92,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "registry", include_str!("../migrations/sqlite/0008_registry.sql")),
     (9, "datasets", include_str!("../migrations/sqlite/0009_datasets.sql")),
     (10, "feedback", include_str!("../migrations/sqlite/0010_feedback.sql")),
+    (11, "retrain", include_str!("../migrations/sqlite/0011_retrain.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "telemetry", include_str!("../migrations/postgres/0001_telemetry.sql")),
@@ -102,6 +105,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (8, "registry", include_str!("../migrations/postgres/0008_registry.sql")),
     (9, "datasets", include_str!("../migrations/postgres/0009_datasets.sql")),
     (10, "feedback", include_str!("../migrations/postgres/0010_feedback.sql")),
+    (11, "retrain", include_str!("../migrations/postgres/0011_retrain.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

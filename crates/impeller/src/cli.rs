@@ -52,6 +52,10 @@ pub enum Command {
     /// Technicians' verdicts on alerts, and alert precision per model version.
     #[command(subcommand)]
     Feedback(FeedbackCommand),
+    /// Automatic retraining: a model's policy (triggers, data, approvals, budget), its state,
+    /// and approval of the step a retraining awaits.
+    #[command(subcommand)]
+    Retrain(RetrainCommand),
     /// Signing keys for model packages.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -848,6 +852,43 @@ pub struct PipelineRunArgs {
     pub json: bool,
     #[command(flatten)]
     pub api: ApiArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RetrainCommand {
+    /// Set a model's retraining policy, with the pipeline spec it runs (and the target profiles
+    /// the spec names, read beside it).
+    Set {
+        model: String,
+        #[arg(long, value_name = "FILE")]
+        policy: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        spec: PathBuf,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The policy's state: what the loop waits for, the retraining under way or awaiting approval.
+    Show {
+        model: String,
+        #[command(flatten)]
+        api: ApiArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Approve the step a retraining awaits (promotion to champion, or rollout).
+    Approve {
+        model: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Remove a model's retraining policy.
+    Remove {
+        model: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Print a commented example policy.
+    GeneratePolicy,
 }
 
 #[derive(Debug, Subcommand)]

@@ -65,6 +65,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Dataset(cmd) => lifecycle::dataset(cmd),
         Command::Incident(cmd) => lifecycle::incident(cmd),
         Command::Feedback(cmd) => lifecycle::feedback(cmd),
+        Command::Retrain(cmd) => lifecycle::retrain(cmd),
         Command::Keys(cli::KeysCommand::Generate(args)) => packages::keys_generate(args),
         Command::Package(cmd) => packages::run(cmd),
         Command::Hub(cli::HubCommand { action: Some(cli::HubAction::GenerateConfig), .. }) => {

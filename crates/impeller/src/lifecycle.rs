@@ -765,3 +765,64 @@ pub fn bench(args: crate::cli::PipelineBenchArgs) -> anyhow::Result<()> {
         Ok(())
     })
 }
+
+/// The commented example retraining policy.
+pub const RETRAIN_EXAMPLE: &str = include_str!("../config/retrain.toml");
+
+pub fn retrain(cmd: crate::cli::RetrainCommand) -> anyhow::Result<()> {
+    use crate::cli::RetrainCommand;
+    match cmd {
+        RetrainCommand::GeneratePolicy => emit(|out| out.write_all(RETRAIN_EXAMPLE.as_bytes())),
+        RetrainCommand::Set { model, policy, spec, api } => {
+            let read = |p: &Path| std::fs::read_to_string(p).map_err(|e| InputError(format!("{}: {e}", p.display())));
+            let policy_text = read(&policy)?;
+            // Checked here too, so that a mistake is named with its file before anything is sent.
+            impeller_core::retrain::RetrainPolicy::parse(&policy_text, &policy.display().to_string())
+                .map_err(InputError)?;
+            let spec_text = read(&spec)?;
+            let base = spec.parent().map(Path::to_path_buf).unwrap_or_default();
+            let parsed: toml::Table =
+                toml::from_str(&spec_text).map_err(|e| InputError(format!("{}: {e}", spec.display())))?;
+            let mut profiles = serde_json::Map::new();
+            for t in parsed.get("targets").and_then(toml::Value::as_array).into_iter().flatten() {
+                let Some(t) = t.as_str() else { continue };
+                profiles.insert(t.to_string(), Value::String(read(&base.join(t))?));
+            }
+            let body = serde_json::to_vec(&json!({"policy": policy_text, "spec": spec_text, "profiles": profiles}))?;
+            Api::new(&api)?.call("PUT", &format!("/models/{model}/policy"), Some((body, "application/json")))?;
+            emit(|out| writeln!(out, "{model}: retraining policy set"))
+        }
+        RetrainCommand::Show { model, api, json } => {
+            let v = Api::new(&api)?.call("GET", &format!("/models/{model}/policy"), None)?;
+            if json {
+                return emit_json(&v);
+            }
+            let s = &v["state"];
+            emit(|out| {
+                writeln!(out, "{model}: {}", s["stage"].as_str().unwrap_or("idle"))?;
+                for (k, label) in [("reason", "last trigger"), ("note", "last outcome"), ("run", "run")] {
+                    if let Some(t) = s[k].as_str() {
+                        writeln!(out, "  {label}: {t}")?;
+                    }
+                }
+                if let Some(version) = s["version"].as_u64() {
+                    writeln!(out, "  version awaiting approval: {version}")?;
+                }
+                writeln!(out, "  drift checks in a row: {}", s["policy"]["drift_rounds"])?;
+                writeln!(
+                    out,
+                    "  retrainings in the last 24 h: {}",
+                    s["policy"]["started_ms"].as_array().map_or(0, Vec::len)
+                )
+            })
+        }
+        RetrainCommand::Approve { model, api } => {
+            let v = Api::new(&api)?.call("POST", &format!("/models/{model}/policy/approve"), None)?;
+            emit(|out| writeln!(out, "{}", v["note"].as_str().unwrap_or("")))
+        }
+        RetrainCommand::Remove { model, api } => {
+            Api::new(&api)?.call("DELETE", &format!("/models/{model}/policy"), None)?;
+            emit(|out| writeln!(out, "{model}: retraining policy removed"))
+        }
+    }
+}

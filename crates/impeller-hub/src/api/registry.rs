@@ -9,9 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiResult, ApiState, Code, Page, PageQuery, Problem, operator, page, query};
 use crate::auth::Role;
+use crate::retrain::RetrainError;
 use crate::store::{
     DatasetLineage, ModelVersion, NewModelVersion, RegisteredModel, RunningModel, StoreError, VersionFinish,
 };
+use impeller_core::retrain::RetrainPolicy;
 
 type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 
@@ -174,4 +176,121 @@ pub async fn device_lineage(
     operator(&s, &headers, Role::Read).await?;
     let found = s.store.device_lineage(&id).await?;
     Ok(Json(found.ok_or_else(|| not_found("running model for device", id))?))
+}
+
+/// A model's retraining policy: the policy and the spec it runs (TOML), the target profiles the
+/// spec names (path → TOML).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRequest {
+    pub policy: String,
+    pub spec: String,
+    #[serde(default)]
+    pub profiles: std::collections::BTreeMap<String, String>,
+}
+
+impl From<RetrainError> for Problem {
+    fn from(e: RetrainError) -> Problem {
+        match e {
+            RetrainError::Store(s) => s.into(),
+            RetrainError::Invalid(m) => Problem::new(Code::InvalidRequest, m),
+            RetrainError::Conflict(m) => Problem::new(Code::Conflict, m),
+        }
+    }
+}
+
+/// Sets a model's retraining policy (replacing one, with a fresh state). The policy, the spec
+/// (with any dataset: each retraining's snapshot replaces it) and every profile it names are
+/// checked first.
+pub async fn put_policy(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Result<Json<PolicyRequest>, JsonRejection>,
+) -> ApiResult<StatusCode> {
+    let token = operator(&s, &headers, Role::Operator).await?;
+    let Json(p) = body?;
+    if !impeller_core::wire::valid_device_id(&name) {
+        return Err(Problem::new(Code::InvalidRequest, "model name: 1 to 64 of A-Z a-z 0-9 . _ -"));
+    }
+    RetrainPolicy::parse(&p.policy, "policy").map_err(|e| Problem::new(Code::InvalidRequest, e))?;
+    let spec_text = crate::retrain::with_dataset(&p.spec, &"0".repeat(64))?;
+    let spec = impeller_pipeline::spec::PipelineSpec::parse(&spec_text, "spec")
+        .map_err(|e| Problem::new(Code::InvalidRequest, e.to_string()))?;
+    if spec.model != name {
+        return Err(Problem::new(Code::InvalidRequest, format!("spec: model `{}` is not `{name}`", spec.model)));
+    }
+    for t in &spec.targets {
+        let key = t.to_string_lossy();
+        let text = p
+            .profiles
+            .get(key.as_ref())
+            .ok_or_else(|| Problem::new(Code::InvalidRequest, format!("profiles: the spec names `{key}`; send it")))?;
+        impeller_pipeline::profile::TargetProfile::parse(text, &key)
+            .map_err(|e| Problem::new(Code::InvalidRequest, e.to_string()))?;
+    }
+    let record = crate::store::PolicyRecord {
+        model: name,
+        policy: p.policy,
+        spec: p.spec,
+        profiles: p.profiles,
+        state: serde_json::to_value(crate::retrain::LoopState::default()).unwrap_or_default(),
+        updated_by: token,
+        updated_ms: crate::store::now_ms(),
+    };
+    s.store.put_policy(&record).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A policy as shown: the texts, and the loop's state.
+#[derive(Debug, Serialize)]
+pub struct PolicyView {
+    pub model: String,
+    pub policy: String,
+    pub spec: String,
+    pub state: serde_json::Value,
+    pub updated_by: String,
+    pub updated_ms: i64,
+}
+
+pub async fn get_policy(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<PolicyView>> {
+    operator(&s, &headers, Role::Read).await?;
+    let r = s.store.policy(&name).await?.ok_or_else(|| not_found("retraining policy", name))?;
+    Ok(Json(PolicyView {
+        model: r.model,
+        policy: r.policy,
+        spec: r.spec,
+        state: r.state,
+        updated_by: r.updated_by,
+        updated_ms: r.updated_ms,
+    }))
+}
+
+pub async fn remove_policy(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<StatusCode> {
+    let token = operator(&s, &headers, Role::Operator).await?;
+    s.store.remove_policy(&name, &token).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize)]
+pub struct Approved {
+    pub note: String,
+}
+
+/// A person's approval of the step a retraining awaits (promotion, or rollout).
+pub async fn approve(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> ApiResult<Json<Approved>> {
+    let token = operator(&s, &headers, Role::Operator).await?;
+    Ok(Json(Approved { note: s.retrainer.approve(&name, &token).await? }))
 }

@@ -12,7 +12,7 @@ use crate::{api_hub, incoming};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_select_label_and_reproduce() {
     let dir = tempfile::tempdir().unwrap();
-    let (hub, token, signer) = api_hub(dir.path()).await;
+    let (hub, token, signer) = api_hub(dir.path(), |_| {}).await;
     let base = format!("http://{}/api/v1", hub.http_addr.unwrap());
     let client = reqwest::Client::new();
     let post = |path: &str, body: serde_json::Value| {

@@ -14,6 +14,7 @@ mod datasets;
 mod feedback;
 mod openapi;
 mod registry;
+mod retrain;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -38,7 +39,10 @@ fn embedded_sqlite(dir: &std::path::Path, device_auth: bool) -> (HubConfig, u16)
 
 /// A hub on SQLite in `dir` with its API, trusting the packages one signer signs; an admin
 /// token and that signer.
-async fn api_hub(dir: &std::path::Path) -> (Hub, String, impeller_core::package::Signer25519) {
+async fn api_hub(
+    dir: &std::path::Path,
+    more: impl FnOnce(&mut HubConfig),
+) -> (Hub, String, impeller_core::package::Signer25519) {
     let signer = impeller_core::package::Signer25519::from_secret([7; 32]);
     let key = dir.join("ops.public.json");
     std::fs::write(&key, signer.public_file().to_json()).unwrap();
@@ -47,6 +51,7 @@ async fn api_hub(dir: &std::path::Path) -> (Hub, String, impeller_core::package:
     cfg.trusted_keys = vec![key];
     cfg.packages_dir = dir.join("packages");
     std::fs::create_dir_all(&cfg.packages_dir).unwrap();
+    more(&mut cfg);
     let hub = Hub::start(&cfg).await.unwrap();
     let (_, token) = hub.store.add_token("admin", impeller_hub::auth::Role::Admin, "test").await.unwrap();
     (hub, token, signer)
@@ -507,7 +512,7 @@ async fn drift_is_judged_against_the_packages_reference() {
     use impeller_core::{Channel, Frame, TrainConfig, detector::DetectorConfig, detector::PcaConfig, train};
 
     let dir = tempfile::tempdir().unwrap();
-    let (hub, token, signer) = api_hub(dir.path()).await;
+    let (hub, token, signer) = api_hub(dir.path(), |_| {}).await;
 
     // Two channels that move together with a little noise; `offset` shifts the second.
     let frames = |n: usize, seed: u64, offset: f64| -> Vec<Frame> {

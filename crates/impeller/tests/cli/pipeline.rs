@@ -259,3 +259,11 @@ min_f1 = 0.5
     let incidents: Vec<serde_json::Value> = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(incidents.iter().filter(|i| i["kind"] == "confirmed_fault").count(), 1);
 }
+
+#[test]
+fn the_example_retraining_policy_is_valid() {
+    let out = impeller(&["retrain", "generate-policy"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let policy = impeller_core::retrain::RetrainPolicy::parse(&stdout(&out), "example").unwrap();
+    assert_eq!(policy.approval.promote, impeller_core::retrain::Gate::Manual, "a person approves by default");
+}

@@ -1,0 +1,337 @@
+//! The retraining policy: when a model should be retrained, from what the hub sees of it, and
+//! within what budget. Pure: the hub supplies the facts and the time, keeps the state, and does
+//! what the decision says (snapshot, pipeline run, promotion, rollout).
+//!
+//! Triggers, any of which starts a retraining:
+//! - drift: at least `drift_share` of the model's devices in drift, for `drift_rounds` checks in
+//!   a row (a sustained drift, not one bad interval);
+//! - precision: technicians' verdicts on its alerts give a precision below `min_precision`,
+//!   once `min_verdicts` verdicts are in;
+//! - schedule: `every_hours` since the last retraining.
+//!
+//! A trigger fires only when no retraining is running and the budget (`per_day` in any 24 h)
+//! allows; a trigger held back by the budget is reported as such, once per round.
+
+use serde::{Deserialize, Serialize};
+
+pub const POLICY_VERSION: u32 = 1;
+const DAY_MS: i64 = 86_400_000;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrainPolicy {
+    /// Format version of this file; 1.
+    pub version: u32,
+    pub triggers: Triggers,
+    pub data: DataWindow,
+    #[serde(default)]
+    pub approval: Approval,
+    #[serde(default)]
+    pub budget: Budget,
+    /// How a promoted version reaches the data's devices: a staged rollout with its gates.
+    #[serde(default = "RetrainPolicy::default_rollout")]
+    pub rollout: crate::rollout::Rollout,
+    /// Priority of the deployments a retraining creates: above the ones they replace.
+    #[serde(default = "RetrainPolicy::default_priority")]
+    pub priority: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Triggers {
+    /// Share of the model's devices in drift (0 to 1) that counts; absent: drift triggers nothing.
+    pub drift_share: Option<f64>,
+    /// Checks in a row the drift must last.
+    #[serde(default = "Triggers::default_rounds")]
+    pub drift_rounds: u32,
+    /// Precision below this (0 to 1) triggers; absent: off.
+    pub min_precision: Option<f64>,
+    /// Verdicts needed before precision counts.
+    #[serde(default = "Triggers::default_verdicts")]
+    pub min_verdicts: u64,
+    /// Retrain on a schedule, every this many hours; absent: off.
+    pub every_hours: Option<f64>,
+}
+
+impl Triggers {
+    fn default_rounds() -> u32 {
+        3
+    }
+    fn default_verdicts() -> u64 {
+        10
+    }
+}
+
+/// The data a retraining snapshots: the devices, the recent window, and what to leave out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataWindow {
+    /// Devices by target condition (`tags.site = 'gulf' AND tags.manufacturer = 'acme'`).
+    pub condition: String,
+    /// Hours of recent samples to train on.
+    pub hours: f64,
+    /// Leave confirmed faults and other incidents out of the training data.
+    #[serde(default = "DataWindow::yes")]
+    pub exclude_incidents: bool,
+}
+
+impl DataWindow {
+    fn yes() -> bool {
+        true
+    }
+}
+
+/// What needs a person's approval. `auto`: no one is asked.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// Making a retrained version that passed its gates the champion.
+    #[serde(default)]
+    pub promote: Gate,
+    /// Rolling the new champion out to the devices.
+    #[serde(default)]
+    pub rollout: Gate,
+}
+
+impl Default for Approval {
+    fn default() -> Self {
+        Approval { promote: Gate::Manual, rollout: Gate::Manual }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Gate {
+    Auto,
+    #[default]
+    Manual,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Budget {
+    /// Retrainings allowed in any 24 hours.
+    #[serde(default = "Budget::default_per_day")]
+    pub per_day: u32,
+}
+
+impl Budget {
+    fn default_per_day() -> u32 {
+        2
+    }
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget { per_day: Self::default_per_day() }
+    }
+}
+
+impl RetrainPolicy {
+    fn default_rollout() -> crate::rollout::Rollout {
+        crate::rollout::Rollout {
+            waves: vec![10.0, 50.0, 100.0],
+            soak_s: 600,
+            min_active: 0.9,
+            max_failed: 0.0,
+            max_rolled_back: 0.0,
+            max_alert_rate_increase: None,
+        }
+    }
+
+    fn default_priority() -> i64 {
+        10
+    }
+
+    /// Parses and checks a policy; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<RetrainPolicy, String> {
+        let p: RetrainPolicy = toml::from_str(text).map_err(|e| format!("{origin}: {e}"))?;
+        let bad = |m: &str| Err(format!("{origin}: {m}"));
+        if p.version != POLICY_VERSION {
+            return bad(&format!("version {} is not supported (this build reads {POLICY_VERSION})", p.version));
+        }
+        let t = &p.triggers;
+        if t.drift_share.is_none() && t.min_precision.is_none() && t.every_hours.is_none() {
+            return bad("triggers: set at least one of drift_share, min_precision, every_hours");
+        }
+        for (name, v) in [("drift_share", t.drift_share), ("min_precision", t.min_precision)] {
+            if v.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
+                return bad(&format!("triggers.{name} must be 0 to 1"));
+            }
+        }
+        if t.drift_rounds == 0 {
+            return bad("triggers.drift_rounds must be at least 1");
+        }
+        if t.every_hours.is_some_and(|h| !(h.is_finite() && h > 0.0)) {
+            return bad("triggers.every_hours must be positive");
+        }
+        if !(p.data.hours.is_finite() && p.data.hours > 0.0 && p.data.hours <= 24.0 * 366.0) {
+            return bad("data.hours must be 0 to a year");
+        }
+        crate::deploy::Condition::parse(&p.data.condition).map_err(|e| format!("{origin}: data.condition: {e}"))?;
+        if p.budget.per_day == 0 {
+            return bad("budget.per_day must be at least 1");
+        }
+        p.rollout.validate().map_err(|e| format!("{origin}: {e}"))?;
+        Ok(p)
+    }
+
+    pub fn data_window_ms(&self) -> i64 {
+        (self.data.hours * 3_600_000.0) as i64
+    }
+}
+
+/// What the hub sees of the model at one check.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Facts {
+    pub now_ms: i64,
+    /// Devices running the model, and how many of them are in drift now.
+    pub devices: u64,
+    pub drifting: u64,
+    /// Technicians' verdicts on the model's current version: confirmed faults, false alarms.
+    pub confirmed: u64,
+    pub false_alarms: u64,
+    /// A retraining of this model is under way (snapshot, run, approval or rollout).
+    pub busy: bool,
+}
+
+/// What the policy remembers between checks (kept by the hub, with the policy).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PolicyState {
+    /// Checks in a row with the drift share reached.
+    pub drift_rounds: u32,
+    /// When retrainings were started, the last 24 hours' worth.
+    pub started_ms: Vec<i64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "decision", rename_all = "snake_case")]
+pub enum Decision {
+    Wait,
+    /// Start a retraining, for this reason, with the evidence.
+    Retrain {
+        reason: String,
+        evidence: serde_json::Value,
+    },
+    /// A trigger fired but the day's budget is spent.
+    OverBudget {
+        reason: String,
+    },
+}
+
+/// One check: updates the state and says what to do.
+pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
+    let share = if f.devices == 0 { 0.0 } else { f.drifting as f64 / f.devices as f64 };
+    let drifting = p.triggers.drift_share.is_some_and(|t| f.devices > 0 && f.drifting > 0 && share >= t);
+    s.drift_rounds = if drifting { s.drift_rounds.saturating_add(1) } else { 0 };
+    s.started_ms.retain(|&t| f.now_ms - t < DAY_MS);
+    let verdicts = f.confirmed + f.false_alarms;
+    let precision = (verdicts > 0).then(|| f.confirmed as f64 / verdicts as f64);
+    let last = s.started_ms.iter().max().copied();
+    let reason = if drifting && s.drift_rounds >= p.triggers.drift_rounds {
+        Some(format!(
+            "drift on {} of {} devices ({:.0} %) for {} checks in a row",
+            f.drifting,
+            f.devices,
+            share * 100.0,
+            s.drift_rounds
+        ))
+    } else if let (Some(min), Some(prec)) = (p.triggers.min_precision, precision)
+        && verdicts >= p.triggers.min_verdicts
+        && prec < min
+    {
+        Some(format!("alert precision {prec:.2} from {verdicts} verdicts is below {min:.2}"))
+    } else if let Some(h) = p.triggers.every_hours
+        && last.is_none_or(|t| (f.now_ms - t) as f64 >= h * 3_600_000.0)
+    {
+        Some(format!("scheduled every {h} h"))
+    } else {
+        None
+    };
+    let Some(reason) = reason else { return Decision::Wait };
+    if f.busy {
+        return Decision::Wait;
+    }
+    if s.started_ms.len() >= p.budget.per_day as usize {
+        return Decision::OverBudget {
+            reason: format!("{reason}; {} retrainings in the last 24 h already", s.started_ms.len()),
+        };
+    }
+    s.started_ms.push(f.now_ms);
+    s.drift_rounds = 0;
+    let evidence = serde_json::json!({
+        "devices": f.devices, "drifting": f.drifting, "drift_share": share,
+        "confirmed": f.confirmed, "false_alarms": f.false_alarms, "precision": precision,
+    });
+    Decision::Retrain { reason, evidence }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const POLICY: &str = r#"
+version = 1
+[triggers]
+drift_share = 0.3
+drift_rounds = 3
+min_precision = 0.5
+min_verdicts = 4
+[data]
+condition = "tags.site = 'gulf'"
+hours = 24
+[budget]
+per_day = 2
+"#;
+
+    fn facts(now_ms: i64, drifting: u64) -> Facts {
+        Facts { now_ms, devices: 10, drifting, confirmed: 0, false_alarms: 0, busy: false }
+    }
+
+    #[test]
+    fn drift_must_last_and_the_budget_holds() {
+        let p = RetrainPolicy::parse(POLICY, "p").unwrap();
+        let mut s = PolicyState::default();
+        assert_eq!(decide(&p, &mut s, &facts(0, 3)), Decision::Wait);
+        assert_eq!(decide(&p, &mut s, &facts(1, 1)), Decision::Wait, "below the share: the count restarts");
+        assert_eq!(decide(&p, &mut s, &facts(2, 3)), Decision::Wait);
+        assert_eq!(decide(&p, &mut s, &facts(3, 4)), Decision::Wait);
+        assert!(matches!(decide(&p, &mut s, &facts(4, 5)), Decision::Retrain { .. }), "third check in a row");
+        // Busy: no new retraining, and the rounds go on counting.
+        for t in 5..8 {
+            let busy = Facts { busy: true, ..facts(t, 5) };
+            assert_eq!(decide(&p, &mut s, &busy), Decision::Wait);
+        }
+        assert!(matches!(decide(&p, &mut s, &facts(8, 5)), Decision::Retrain { .. }), "the drift went on while busy");
+        assert_eq!(decide(&p, &mut s, &facts(9, 5)), Decision::Wait, "the count starts again after a retraining");
+        assert_eq!(decide(&p, &mut s, &facts(10, 5)), Decision::Wait);
+        assert!(matches!(decide(&p, &mut s, &facts(11, 5)), Decision::OverBudget { .. }), "two a day");
+        // A day after the first, there is budget again (the one at 8 still counts).
+        assert!(matches!(decide(&p, &mut s, &facts(DAY_MS + 5, 5)), Decision::Retrain { .. }));
+        assert_eq!(s.started_ms, [8, DAY_MS + 5]);
+    }
+
+    #[test]
+    fn low_precision_triggers_once_enough_verdicts_are_in() {
+        let p = RetrainPolicy::parse(POLICY, "p").unwrap();
+        let mut s = PolicyState::default();
+        let f = |c, fa| Facts { confirmed: c, false_alarms: fa, ..facts(0, 0) };
+        assert_eq!(decide(&p, &mut s, &f(0, 3)), Decision::Wait, "3 verdicts are not enough");
+        assert_eq!(decide(&p, &mut s, &f(3, 1)), Decision::Wait, "precision 0.75");
+        match decide(&p, &mut s, &f(1, 3)) {
+            Decision::Retrain { reason, .. } => assert!(reason.contains("0.25"), "{reason}"),
+            d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn mistakes_in_a_policy_are_named() {
+        let e = |t: &str| RetrainPolicy::parse(t, "p.toml").unwrap_err();
+        assert!(e(&POLICY.replace("drift_share = 0.3", "drift_share = 3")).contains("drift_share"));
+        assert!(e(&POLICY.replace("hours = 24", "hours = 0")).contains("data.hours"));
+        assert!(e(&POLICY.replace("tags.site = 'gulf'", "tags.site = ")).contains("data.condition"));
+        assert!(e(&POLICY.replace("[budget]", "[budget]\nper_week = 1")).contains("per_week"));
+        let none = "version = 1\n[triggers]\n[data]\ncondition = \"*\"\nhours = 1\n";
+        assert!(e(none).contains("at least one"));
+    }
+}

@@ -1,0 +1,206 @@
+//! The retraining loop end to end on one hub: a model running on a device, a policy on it; the
+//! device's drift triggers a retraining that snapshots its recent samples, runs the policy's
+//! pipeline, waits for a person's approval to promote (the policy says so), then rolls the new
+//! champion out by itself; every step audited.
+
+use std::time::{Duration, Instant};
+
+use impeller_core::drift::{DriftMonitor, DriftState};
+use impeller_core::package::{PackageSpec, build};
+use impeller_core::{Channel, Frame, TrainConfig, detector::DetectorConfig, train};
+use impeller_hub::store::{AuditFilter, DriftReport, NewModelVersion, VersionFinish, VersionPackage};
+
+use crate::{api_hub, incoming};
+
+const POLICY: &str = r#"
+version = 1
+[triggers]
+drift_share = 0.5
+drift_rounds = 2
+[data]
+condition = "tags.site = 'gulf'"
+hours = 24
+[approval]
+promote = "manual"
+rollout = "auto"
+[rollout]
+waves = [100]
+soak_s = 0
+"#;
+
+const SPEC: &str = r#"
+version = 1
+model = "gulf"
+targets = ["gw.toml"]
+[data]
+dataset = "placeholder"
+train = ["*"]
+[train]
+detector = { kind = "zscore" }
+"#;
+
+const PROFILE: &str = r#"
+version = 1
+name = "gw"
+arch = "x86_64"
+runtime = "native"
+storage_bytes = 10000000
+memory_bytes = 10000000
+latency_budget_us = 100000
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_retrains_awaits_approval_and_rolls_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, token, signer) = api_hub(dir.path(), |cfg| {
+        let key = cfg.packages_dir.with_file_name("pipeline.secret.json");
+        std::fs::write(&key, impeller_core::package::Signer25519::from_secret([7; 32]).secret_file().to_json())
+            .unwrap();
+        cfg.pipeline_key = Some(key);
+        cfg.retrain_every = Duration::from_millis(200);
+    })
+    .await;
+    let store = hub.store.clone();
+    let tags = [("site".to_string(), "gulf".to_string())].into_iter().collect();
+    store.add_device("r1", &tags, "gw", "test").await.unwrap();
+
+    // Version 1, trained elsewhere, registered, champion, and running on r1.
+    let channels = [Channel::new("flow", "L/min"), Channel::new("pressure", "bar")];
+    // The last hour: inside the policy's window.
+    let t0 = impeller_hub::store::now_ms() - 3_600_000;
+    let frames: Vec<Frame> = (0..600)
+        .map(|i| Frame {
+            ts_ms: t0 + i * 1000,
+            values: vec![30.0 + (i as f64 / 9.0).sin(), 4.0 + (i as f64 / 7.0).cos()],
+        })
+        .collect();
+    let model = train(&channels, &frames, &TrainConfig::new(DetectorConfig::Zscore(Default::default()))).unwrap();
+    let sha = |b: &[u8]| impeller_pipeline::sha256_hex(b);
+    let v1 = NewModelVersion {
+        run_key: sha(b"v1"),
+        model_sha256: sha(&model.to_json().unwrap()),
+        dataset_sha256: sha(b"elsewhere"),
+        code_version: "test".into(),
+        parent_version: None,
+        metrics: Default::default(),
+        spec: serde_json::Value::Null,
+        tags: Default::default(),
+    };
+    let v1 = store.create_version("gulf", &v1, "test").await.unwrap();
+    let spec = PackageSpec {
+        name: "gulf".into(),
+        version: "1".into(),
+        release: v1.release,
+        target: "gw".into(),
+        created_ms: 0,
+        expires_ms: i64::MAX,
+        pipeline_run: None,
+        metrics: Default::default(),
+    };
+    let pkg = build(&model, &frames, &spec, &signer).unwrap();
+    let info = impeller_hub::packages::accept(
+        &store,
+        &dir.path().join("packages"),
+        &trust(&signer),
+        Default::default(),
+        pkg,
+        "test",
+    )
+    .await
+    .unwrap();
+    let finish = VersionFinish {
+        status: "ready".into(),
+        gates: serde_json::json!([]),
+        packages: vec![VersionPackage { target: "gw".into(), sha256: info.sha256.clone() }],
+        reason: None,
+    };
+    store.finish_version("gulf", 1, &finish, "test").await.unwrap();
+    store.set_alias("gulf", "champion", 1, "test").await.unwrap();
+    // r1's samples (what the retraining trains on), and its report that it runs version 1.
+    let mut batch: Vec<_> = (0..10u64)
+        .map(|b| {
+            let chunk: Vec<serde_json::Value> = frames[b as usize * 60..(b as usize + 1) * 60]
+                .iter()
+                .map(|f| serde_json::json!({"ts_ms": f.ts_ms, "values": f.values}))
+                .collect();
+            let body = serde_json::json!({"channels": ["flow", "pressure"], "frames": chunk});
+            incoming("r1", b + 1, frames[b as usize * 60 + 59].ts_ms, "samples", body)
+        })
+        .collect();
+    let update = serde_json::json!({"event": "update", "detail": {"deployment": "d1", "sha256": info.sha256, "state": "active"}});
+    batch.push(incoming("r1", 11, t0 + 700_000, "events", update));
+    store.commit(&batch, &[("r1".to_string(), 11)].into_iter().collect()).await.unwrap();
+
+    let body = serde_json::json!({"policy": POLICY, "spec": SPEC, "profiles": {"gw.toml": PROFILE}});
+    let r = reqwest::Client::new()
+        .put(format!("http://{}/api/v1/models/gulf/policy", hub.http_addr.unwrap()))
+        .bearer_auth(&token)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&body).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 204, "{}", r.text().await.unwrap());
+
+    // No drift: nothing happens. Then r1 drifts, for two checks in a row.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(store.versions("gulf").await.unwrap().len(), 1);
+    let drift = DriftReport {
+        device: "r1".into(),
+        seq: 12,
+        start_ms: 0,
+        end_ms: t0 + 800_000,
+        model: "gulf".into(),
+        model_version: "1".into(),
+        count: 500,
+        max_wasserstein: 4.0,
+        max_psi: 9.0,
+        page_hinkley: 5.0,
+        state: "drift".into(),
+        features: vec![],
+        monitor: DriftMonitor { state: DriftState::Drift, n: 5, ..DriftMonitor::default() },
+    };
+    store.put_drift(&drift, None).await.unwrap();
+    let state = || {
+        let store = store.clone();
+        async move { store.policy("gulf").await.unwrap().unwrap().state }
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    while state().await["stage"] != "awaiting_promotion" {
+        assert!(Instant::now() < until, "no retraining awaits approval: {}", state().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let v2 = store.version("gulf", 2).await.unwrap().unwrap();
+    assert_eq!((v2.status.as_str(), v2.parent_version), ("ready", Some(1)));
+    assert_eq!(store.alias("gulf", "champion").await.unwrap().unwrap().version, 1, "not promoted without approval");
+    assert!(state().await["reason"].as_str().unwrap().contains("drift on 1 of 1 devices"));
+
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/models/gulf/policy/approve", hub.http_addr.unwrap()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(store.alias("gulf", "champion").await.unwrap().unwrap().version, 2);
+    let deployments = store.deployments().await.unwrap();
+    let d = deployments.iter().find(|d| d.name == "gulf-v2-gw").expect("the new champion rolls out");
+    assert_eq!(d.package_sha256, v2.packages[0].sha256);
+    assert_eq!(d.target_condition, "(tags.site = 'gulf') AND profile = 'gw'");
+    assert_eq!(state().await["stage"], "idle");
+
+    let audited: Vec<String> = store
+        .audit_records(&AuditFilter { action: Some("retrain.".into()), limit: 100, ..Default::default() })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.action)
+        .collect();
+    assert_eq!(audited, ["retrain.policy.set", "retrain.triggered", "retrain.finished", "retrain.approved"]);
+}
+
+fn trust(signer: &impeller_core::package::Signer25519) -> impeller_core::package::TrustStore {
+    let mut t = impeller_core::package::TrustStore::new();
+    t.add(signer.verifying_key());
+    t
+}
