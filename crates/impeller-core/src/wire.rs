@@ -199,6 +199,21 @@ pub struct AggregateBody {
     pub scored: u64,
     pub alarms: u64,
     pub channels: Vec<ChannelStats>,
+    /// The normalised anomaly score of the frames scored in the interval with a finite score,
+    /// and the threshold in force; absent when there were none (and from older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score: Option<ScoreStats>,
+}
+
+/// [`AggregateBody::score`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreStats {
+    pub count: u64,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+    pub threshold: f64,
 }
 
 /// A drift sketch of the model's standardised features over an interval.

@@ -9,7 +9,7 @@ use impeller_core::Channel;
 use impeller_core::scorer::Verdict;
 use impeller_core::sketch::Sketch;
 use impeller_core::wire::{
-    AggregateBody, AlertBody, ChannelStats, EventBody, FrameRecord, ModelRef, SamplesBody, SketchBody,
+    AggregateBody, AlertBody, ChannelStats, EventBody, FrameRecord, ModelRef, SamplesBody, ScoreStats, SketchBody,
 };
 
 use crate::config::Uplink;
@@ -102,6 +102,7 @@ pub struct Producer {
     cfg: Uplink,
     agg_start: Option<i64>,
     running: Vec<Running>,
+    score: Running,
     scored: u64,
     alarms: u64,
     sketch_start: Option<i64>,
@@ -138,6 +139,7 @@ impl Producer {
             cfg,
             agg_start: None,
             running: vec![Running::default(); n],
+            score: Running::default(),
             scored: 0,
             alarms: 0,
             sketch_start: None,
@@ -164,13 +166,19 @@ impl Producer {
         for (r, v) in self.running.iter_mut().zip(frame) {
             r.add(*v);
         }
-        self.frame_count += 1;
-        if self.cfg.raw_every > 0 && self.frame_count.is_multiple_of(self.cfg.raw_every) {
-            self.raw.push(record.clone());
-            if self.raw.len() >= self.cfg.raw_batch {
-                out.messages.push(self.take_raw());
+        // Raw frames for retraining come in runs of `raw_batch` consecutive frames, one run in
+        // every `raw_every`: the same share as one frame in `raw_every`, but a model trained
+        // on them sees the frame rate it will score at.
+        if self.cfg.raw_every > 0 {
+            let run = self.cfg.raw_batch as u64;
+            if self.frame_count % run.saturating_mul(self.cfg.raw_every).max(1) < run {
+                self.raw.push(record.clone());
+                if self.raw.len() >= self.cfg.raw_batch {
+                    out.messages.push(self.take_raw());
+                }
             }
         }
+        self.frame_count += 1;
 
         // Alerts waiting for context get this frame.
         for p in &mut self.pending {
@@ -186,6 +194,7 @@ impl Producer {
 
         if let Verdict::Scored(s) = verdict {
             self.scored += 1;
+            self.score.add(s.score);
             self.sketch.add(features);
             if s.alarm {
                 self.alarms += 1;
@@ -272,8 +281,16 @@ impl Producer {
             scored: self.scored,
             alarms: self.alarms,
             channels: self.running.iter().zip(&self.channels).map(|(r, c)| r.stats(c)).collect(),
+            score: (self.score.count > 0).then(|| ScoreStats {
+                count: self.score.count,
+                mean: self.score.mean,
+                min: self.score.min,
+                max: self.score.max,
+                threshold: self.threshold,
+            }),
         };
         self.running.iter_mut().for_each(|r| *r = Running::default());
+        self.score = Running::default();
         self.scored = 0;
         self.alarms = 0;
         message(Class::Aggregate, &body)
@@ -342,12 +359,22 @@ mod tests {
         let count = |c: Class| msgs.iter().filter(|m| m.class == c).count();
         assert_eq!(count(Class::Aggregate), 2, "intervals [0,10) and [10,20) ended");
         assert_eq!(count(Class::Sketch), 1, "interval [0,20) ended");
-        assert_eq!(count(Class::Raw), 4, "12 raw frames (every 2nd of 25) in batches of 3");
+        assert_eq!(
+            count(Class::Raw),
+            4,
+            "runs of 3 consecutive frames, one run in every 2 (frames 0-2, 6-8, 12-14, 18-20)"
+        );
+        let raw: Vec<SamplesBody> =
+            msgs.iter().filter(|m| m.class == Class::Raw).map(|m| serde_json::from_slice(&m.body).unwrap()).collect();
+        let times: Vec<i64> = raw[1].frames.iter().map(|f| f.ts_ms).collect();
+        assert_eq!(times, [6000, 7000, 8000], "consecutive frames");
         let agg: AggregateBody =
             serde_json::from_slice(&msgs.iter().find(|m| m.class == Class::Aggregate).unwrap().body).unwrap();
         assert_eq!((agg.start_ms, agg.end_ms, agg.channels[0].count), (0, 10_000, 10));
         assert_eq!(agg.channels[0].mean, Some(4.5));
         assert_eq!(agg.channels[0].max, Some(9.0));
+        let score = ScoreStats { count: 10, mean: 0.1, min: 0.1, max: 0.1, threshold: 1.5 };
+        assert_eq!(agg.score, Some(score), "the score of the scored frames and the threshold");
     }
 
     #[test]

@@ -123,8 +123,15 @@ pub async fn snapshot(
         if frames.is_empty() {
             continue;
         }
-        let labels = req.label_incidents.then(|| frames.iter().map(|f| in_incident(f.ts_ms)).collect());
-        parts.push(Part { name: device.clone(), frames, labels });
+        // Agents send runs of consecutive frames: each run is a part of its own (named
+        // `device/0`, `device/1`, … when there are several), so no rolling window spans a gap.
+        let runs = split_runs(frames);
+        let several = runs.len() > 1;
+        for (k, frames) in runs.into_iter().enumerate() {
+            let labels = req.label_incidents.then(|| frames.iter().map(|f| in_incident(f.ts_ms)).collect());
+            let name = if several { format!("{device}/{k}") } else { device.clone() };
+            parts.push(Part { name, frames, labels });
+        }
     }
     if parts.is_empty() {
         return Err(SnapshotError::Invalid(format!(
@@ -163,6 +170,28 @@ pub async fn snapshot(
     impeller_pipeline::dataset::read_manifest(datasets_dir, &sha).map_err(|e| SnapshotError::Write(e.to_string()))
 }
 
+/// Splits frames at gaps longer than five times their median spacing (and a second).
+pub fn split_runs(frames: Vec<Frame>) -> Vec<Vec<Frame>> {
+    let mut steps: Vec<i64> = frames.windows(2).map(|w| w[1].ts_ms - w[0].ts_ms).collect();
+    if steps.is_empty() {
+        return vec![frames];
+    }
+    steps.sort_unstable();
+    let gap = (steps[steps.len() / 2].saturating_mul(5)).max(1000);
+    let mut runs: Vec<Vec<Frame>> = vec![Vec::new()];
+    for f in frames {
+        if let Some(last) = runs.last().and_then(|r| r.last())
+            && f.ts_ms - last.ts_ms > gap
+        {
+            runs.push(Vec::new());
+        }
+        if let Some(run) = runs.last_mut() {
+            run.push(f);
+        }
+    }
+    runs
+}
+
 /// Units of every channel some stored package's model has, by channel name: samples carry the
 /// model's channel names, not their units.
 async fn units_of(store: &Store, packages_dir: &Path) -> Result<BTreeMap<String, String>, StoreError> {
@@ -176,4 +205,20 @@ async fn units_of(store: &Store, packages_dir: &Path) -> Result<BTreeMap<String,
         }
     }
     Ok(units)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_split_at_gaps_only() {
+        let f = |t: i64| Frame { ts_ms: t, values: vec![] };
+        let frames: Vec<Frame> = [0, 100, 200, 300, 10_000, 10_100, 10_200, 10_350].into_iter().map(f).collect();
+        let runs = split_runs(frames);
+        assert_eq!(runs.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4]);
+        let steady: Vec<Frame> = (0..10).map(|i| f(i * 1000)).collect();
+        assert_eq!(split_runs(steady).len(), 1, "a second's spacing is no gap");
+        assert_eq!(split_runs(vec![f(5)]).len(), 1);
+    }
 }

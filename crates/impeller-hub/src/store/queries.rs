@@ -323,7 +323,14 @@ mod tests {
             std: Some(0.5),
             last: Some(mean),
         };
-        AggregateBody { start_ms, end_ms: start_ms + 60_000, scored: count, alarms: 0, channels: vec![stats] }
+        AggregateBody {
+            start_ms,
+            end_ms: start_ms + 60_000,
+            scored: count,
+            alarms: 0,
+            channels: vec![stats],
+            score: None,
+        }
     }
 
     #[test]
