@@ -11,8 +11,9 @@ use serde::{Deserialize, Serialize};
 pub const INNER_BINS: usize = 32;
 /// Total bins per feature: the inner ones and two tails.
 pub const BINS: usize = INNER_BINS + 2;
-const LOW: f64 = -4.0;
-const WIDTH: f64 = 0.25;
+/// Lower edge of the first inner bin, and every inner bin's width (standardised units).
+pub const LOW: f64 = -4.0;
+pub const WIDTH: f64 = 0.25;
 
 /// Bin of a standardised value: 0 is (−∞, −4), `BINS − 1` is [4, ∞). NaN goes nowhere.
 pub fn bin_of(z: f64) -> Option<usize> {

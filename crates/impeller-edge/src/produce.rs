@@ -281,7 +281,7 @@ impl Producer {
             scored: self.scored,
             alarms: self.alarms,
             channels: self.running.iter().zip(&self.channels).map(|(r, c)| r.stats(c)).collect(),
-            score: (self.score.count > 0).then(|| ScoreStats {
+            score: (self.score.count > 0).then_some(ScoreStats {
                 count: self.score.count,
                 mean: self.score.mean,
                 min: self.score.min,

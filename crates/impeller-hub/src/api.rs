@@ -16,6 +16,7 @@ use axum::routing::{get, post};
 
 mod datasets;
 mod registry;
+mod views;
 use impeller_core::audit::AuditRecord;
 use impeller_core::deploy::{self, Condition, valid_sha256};
 use impeller_core::package::{Limits, TrustStore};
@@ -28,7 +29,7 @@ use crate::auth::{self, AuthError, Caller, Role};
 use crate::fleet::{Credentials, Device};
 use crate::store::{
     AlertSummary, AuditFilter, DeploymentInfo, DriftReport, FleetFilter, PackageInfo, Store, StoreError,
-    TelemetryPoint, UpdateInfo, downsample, now_ms,
+    TelemetryPoint, UpdateInfo, channel_summary, downsample, now_ms,
 };
 
 /// What the handlers share.
@@ -49,6 +50,8 @@ pub struct ApiState {
     pub runs: crate::runs::Runs,
     /// The retraining loop, for approvals.
     pub retrainer: Arc<crate::retrain::Retrainer>,
+    /// The hub's audit public key, for its own check of the trail; `None` without one.
+    pub audit_keys: Option<Arc<TrustStore>>,
 }
 
 /// The closed set of error codes; each maps to one HTTP status.
@@ -256,6 +259,13 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/api/v1/alerts/{device}/{seq}/feedback", post(datasets::alert_feedback))
         .route("/api/v1/feedback", get(datasets::precision))
         .route("/api/v1/lineage/devices/{id}", get(registry::device_lineage))
+        .route("/api/v1/fleet", get(views::fleet))
+        .route("/api/v1/policies", get(registry::list_policies))
+        .route("/api/v1/devices/{id}/series", get(views::device_series))
+        .route("/api/v1/alerts/{device}/{seq}", get(views::alert))
+        .route("/api/v1/drift/{device}/{seq}", get(views::sketch))
+        .route("/api/v1/audit/status", get(views::audit_status))
+        .merge(crate::dashboard::router())
         .fallback(|| async { Problem::new(Code::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             Problem::new(Code::MethodNotAllowed, "this endpoint does not take that method")
@@ -367,7 +377,7 @@ async fn device_telemetry(
         return Err(StoreError::NoDevice(id).into());
     }
     let aggregates = s.store.aggregates(&id, since_ms, until_ms).await?;
-    let points = downsample(&aggregates, &q.channel, since_ms, until_ms, points);
+    let points = downsample(&aggregates, channel_summary(&q.channel), since_ms, until_ms, points);
     Ok(Json(TelemetrySeries { device: id, channel: q.channel, since_ms, until_ms, points }))
 }
 

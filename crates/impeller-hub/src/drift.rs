@@ -135,27 +135,38 @@ impl Monitor {
         if let Some(r) = self.references.get(&key) {
             return Ok(Some(r.clone()));
         }
-        let packages = self.store.packages().await?;
-        let Some(info) =
-            packages.iter().find(|p| p.model == model.name && p.version == model.version && p.release == model.release)
-        else {
-            return Ok(None);
-        };
-        let path = self.packages_dir.join(format!("{}.pkg", info.sha256));
-        let opened = tokio::fs::read(&path).await.map_err(|e| e.to_string()).and_then(|bytes| {
-            let limits = Limits { max_bytes: u64::MAX, ..Limits::default() };
-            package::open(&bytes, &self.trust, limits).map_err(|e| e.to_string())
-        });
-        match opened {
-            Ok(pkg) => {
-                let r = Arc::new(pkg.reference);
-                self.references.insert(key, r.clone());
-                Ok(Some(r))
-            }
-            Err(error) => {
-                tracing::error!(%error, path = %path.display(), "cannot read a stored package's drift reference");
-                Ok(None)
-            }
+        let found = reference(&self.store, &self.packages_dir, &self.trust, model).await?.map(Arc::new);
+        if let Some(r) = &found {
+            self.references.insert(key, r.clone());
+        }
+        Ok(found)
+    }
+}
+
+/// The drift reference in the stored package built for `model`, verified; `None` when the hub
+/// holds no such package or cannot read it (logged).
+pub async fn reference(
+    store: &Store,
+    packages_dir: &std::path::Path,
+    trust: &TrustStore,
+    model: &ModelRef,
+) -> Result<Option<Sketch>, StoreError> {
+    let packages = store.packages().await?;
+    let Some(info) =
+        packages.iter().find(|p| p.model == model.name && p.version == model.version && p.release == model.release)
+    else {
+        return Ok(None);
+    };
+    let path = packages_dir.join(format!("{}.pkg", info.sha256));
+    let opened = tokio::fs::read(&path).await.map_err(|e| e.to_string()).and_then(|bytes| {
+        let limits = Limits { max_bytes: u64::MAX, ..Limits::default() };
+        package::open(&bytes, trust, limits).map_err(|e| e.to_string())
+    });
+    match opened {
+        Ok(pkg) => Ok(Some(pkg.reference)),
+        Err(error) => {
+            tracing::error!(%error, path = %path.display(), "cannot read a stored package's drift reference");
+            Ok(None)
         }
     }
 }

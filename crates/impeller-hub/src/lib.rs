@@ -10,6 +10,7 @@ pub mod api;
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod dashboard;
 pub mod datasets;
 pub mod deploy;
 pub mod drift;
@@ -166,6 +167,11 @@ impl Hub {
                     trust: trust.clone(),
                     max_package_bytes: if cfg.max_package_bytes == 0 { 64 << 20 } else { cfg.max_package_bytes },
                     reconcile: reconcile.clone(),
+                    audit_keys: audit_key.as_ref().map(|k| {
+                        let mut t = TrustStore::new();
+                        t.add(k.verifying_key());
+                        Arc::new(t)
+                    }),
                 };
                 let listener =
                     tokio::net::TcpListener::bind(listen).await.with_context(|| format!("HTTP API on {listen}"))?;

@@ -121,7 +121,7 @@ fn schemas() -> Value {
     let mut device_view = device_props.as_object().cloned().unwrap_or_default();
     device_view.insert("desired_deployment".into(), nullable("string"));
     device_view.insert("update".into(), nullable_ref("UpdateReport"));
-    json!({
+    let mut schemas = json!({
         "Problem": object(&["type", "title", "status", "code", "detail"], json!({
             "type": string(), "title": string(), "status": int(), "detail": string(),
             "code": {"type": "string", "enum": ["unauthorized", "forbidden", "not_found", "method_not_allowed", "conflict",
@@ -219,8 +219,10 @@ fn schemas() -> Value {
             "counts": {"type": "object", "additionalProperties": uint()},
             "devices": {"type": "array", "items": schema("DeviceStatus")},
         })),
-        "Alert": object(&["device", "seq", "ts_ms", "started_ms", "model", "model_version", "score", "threshold", "top_features"], json!({
+        "Alert": object(&["device", "seq", "ts_ms", "started_ms", "model", "model_version", "score", "threshold", "top_features",
+                          "verdict"], json!({
             "device": string(), "seq": uint(), "ts_ms": {"type": "integer"}, "started_ms": {"type": "integer"},
+            "verdict": {"type": ["string", "null"], "enum": ["confirmed", "false_alarm", null]},
             "model": string(), "model_version": string(), "score": {"type": "number"}, "threshold": {"type": "number"},
             "top_features": {"type": "array", "items": {"type": "array", "prefixItems": [string(), {"type": "number"}],
                                                        "minItems": 2, "maxItems": 2}},
@@ -387,6 +389,65 @@ fn schemas() -> Value {
         "DatasetLineage": object(&["dataset_sha256", "versions", "devices"], json!({
             "dataset_sha256": sha256(), "versions": {"type": "array", "items": schema("ModelVersion")},
             "devices": {"type": "array", "items": schema("RunningModel")},
+        })),
+    });
+    if let (Value::Object(all), Value::Object(views)) = (&mut schemas, view_schemas()) {
+        all.extend(views);
+    }
+    schemas
+}
+
+/// Schemas of the views the dashboard reads (`api::views`).
+fn view_schemas() -> Value {
+    json!({
+        "FleetRow": object(&["id", "tags", "profile", "revoked", "last_contact_ms", "data_through_ms", "model",
+                             "model_version", "release", "registry_version", "update_state", "update_reason",
+                             "drift_state", "alerts", "last_alert_ms"], json!({
+            "id": string(), "tags": {"type": "object", "additionalProperties": string()}, "profile": string(),
+            "revoked": {"type": "boolean"},
+            "last_contact_ms": {"type": ["integer", "null"], "description": "the hub's time of the last message"},
+            "data_through_ms": {"type": ["integer", "null"], "description": "the time of the newest message the acknowledged stream reaches"},
+            "model": nullable("string"), "model_version": nullable("string"), "release": nullable("integer"),
+            "registry_version": nullable("integer"), "update_state": nullable("string"), "update_reason": nullable("string"),
+            "drift_state": nullable("string"), "alerts": uint(), "last_alert_ms": nullable("integer"),
+        })),
+        "FleetList": {"type": "array", "items": schema("FleetRow")},
+        "PolicyList": object(&["items"], json!({"items": {"type": "array", "items": schema("PolicyView")}})),
+        "ChannelSeries": object(&["name", "unit", "points"], json!({
+            "name": string(), "unit": string(), "points": {"type": "array", "items": schema("TelemetryPoint")},
+        })),
+        "DeviceSeries": object(&["device", "since_ms", "until_ms", "channels", "score", "threshold"], json!({
+            "device": string(), "since_ms": int(), "until_ms": int(),
+            "channels": {"type": "array", "items": schema("ChannelSeries")},
+            "score": {"type": "array", "items": schema("TelemetryPoint")}, "threshold": nullable("number"),
+        })),
+        "AlertDetail": object(&["device", "seq", "ts_ms", "alert", "feedback"], json!({
+            "device": string(), "seq": uint(), "ts_ms": int(),
+            "alert": object(&["model", "started_ms", "score", "threshold", "top_features", "channels", "window"], json!({
+                "model": object(&["name", "version", "release"], json!({"name": string(), "version": string(), "release": uint()})),
+                "started_ms": int(), "score": {"type": "number"}, "threshold": {"type": "number"},
+                "top_features": {"type": "array", "items": {"type": "array", "prefixItems": [string(), {"type": "number"}],
+                                                           "minItems": 2, "maxItems": 2}},
+                "channels": {"type": "array", "items": string()},
+                "window": {"type": "array", "items": object(&["ts_ms", "values"], json!({
+                    "ts_ms": int(), "values": {"type": "array", "items": {"type": ["number", "null"]}},
+                }))},
+            })),
+            "feedback": nullable_ref("Feedback"),
+        })),
+        "SketchDetail": object(&["device", "seq", "model", "model_version", "start_ms", "end_ms", "low", "width", "features"], json!({
+            "device": string(), "seq": uint(), "model": string(), "model_version": string(), "start_ms": int(),
+            "end_ms": int(), "low": {"type": "number"}, "width": {"type": "number"},
+            "features": {"type": ["array", "null"], "items": object(&["feature", "reference", "current"], json!({
+                "feature": string(), "reference": {"type": "array", "items": uint()},
+                "current": {"type": "array", "items": uint()},
+            }))},
+        })),
+        "AuditStatus": object(&["intact", "problem", "records", "last_seq", "checkpoints_verified", "last_verified_seq",
+                                "audit_key", "checked_ms"], json!({
+            "intact": {"type": "boolean"}, "problem": nullable("string"), "records": uint(), "last_seq": nullable("integer"),
+            "checkpoints_verified": uint(), "last_verified_seq": nullable("integer"), "audit_key": nullable("string"),
+            "checked_ms": int(),
         })),
     })
 }
@@ -638,6 +699,41 @@ pub fn document() -> Value {
                 "get": with(op("Alert precision per model version, from the verdicts given", "alerts", Who::Operator,
                                json!({"200": ok("precision", "PrecisionList")}), &[]),
                             "parameters", json!([{"name": "model", "in": "query", "schema": string()}])),
+            },
+            "/api/v1/policies": {
+                "get": op("Every model's retraining policy and the loop's state", "registry", Who::Operator,
+                          json!({"200": ok("the policies", "PolicyList")}), &[]),
+            },
+            "/api/v1/fleet": {
+                "get": op("Every device with its last contact, model, rollout state, drift state and alerts", "devices",
+                          Who::Operator, json!({"200": ok("the fleet", "FleetList")}), &[]),
+            },
+            "/api/v1/devices/{id}/series": {
+                "parameters": [id.clone()],
+                "get": with(op("Every channel and the anomaly score of a device over its newest aggregates, downsampled",
+                               "devices", Who::Operator, json!({"200": ok("the series", "DeviceSeries")}), &[404]),
+                            "parameters", json!([
+                                {"name": "last", "in": "query", "description": "the newest this many aggregates, 1 to 10000, default 1440",
+                                 "schema": {"type": "integer", "minimum": 1, "maximum": 10000}},
+                                {"name": "points", "in": "query", "description": "1 to 2000, default 200",
+                                 "schema": {"type": "integer", "minimum": 1, "maximum": 2000}},
+                            ])),
+            },
+            "/api/v1/alerts/{device}/{seq}": {
+                "parameters": [path_param("device", "device id"),
+                               {"name": "seq", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 0}}],
+                "get": op("One alert with the readings around it and the verdict on it", "alerts", Who::Operator,
+                          json!({"200": ok("the alert", "AlertDetail")}), &[404]),
+            },
+            "/api/v1/drift/{device}/{seq}": {
+                "parameters": [path_param("device", "device id"),
+                               {"name": "seq", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 0}}],
+                "get": op("A drift sketch's histograms beside its package's reference", "drift", Who::Operator,
+                          json!({"200": ok("the histograms", "SketchDetail")}), &[404]),
+            },
+            "/api/v1/audit/status": {
+                "get": op("The hub's own verification of its audit trail (chain and signed checkpoints)", "audit",
+                          Who::Operator, json!({"200": ok("the status", "AuditStatus")}), &[]),
             },
             "/api/v1/audit": {
                 "get": with(op("The audit trail in chain order; verify it with `impeller audit verify`",

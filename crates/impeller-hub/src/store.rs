@@ -72,7 +72,9 @@ pub use deployments::{
     AlertActivity, DeploymentInfo, DesiredInfo, Member, PackageInfo, TokenInfo, TokenSecret, UpdateInfo,
 };
 pub use feedback::{Feedback, Precision, Verdict};
-pub use queries::{AlertSummary, DriftReport, FleetFilter, TelemetryPoint, downsample};
+pub use queries::{
+    AlertSummary, DriftReport, FleetFilter, Summary, TelemetryPoint, channel_summary, downsample, score_summary,
+};
 pub use registry::{
     DatasetLineage, ModelVersion, NewModelVersion, RegisteredModel, RunningModel, VersionFinish, VersionPackage,
 };

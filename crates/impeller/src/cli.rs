@@ -207,6 +207,9 @@ pub struct DemoArgs {
     /// The embedded MQTT broker's port (default: any free port).
     #[arg(long, value_name = "PORT")]
     pub mqtt_port: Option<u16>,
+    /// After the summary, keep the hub and its dashboard up until Ctrl-C.
+    #[arg(long)]
+    pub stay: bool,
 }
 
 #[derive(Debug, Args)]

@@ -100,6 +100,10 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         "  hub: MQTT 127.0.0.1:{mqtt_port} (devices authenticate), API {api_base}/api/v1, SQLite, package signing key {}",
         signer.key_id()
     ))?;
+    // The dashboard's link carries an operator token (it can record verdicts on alerts).
+    let (_, dashboard_token) = hub.store.add_token("dashboard", Role::Operator, "demo").await?;
+    let dashboard = format!("{api_base}/#token={dashboard_token}");
+    say(format_args!("  dashboard: {dashboard}"))?;
 
     // 2. The fleet: healthy history for training, then the live period the agents replay.
     let train_ms = (args.train_hours * HOUR_MS as f64) as i64;
@@ -388,8 +392,12 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
             )?,
             Err(e) => writeln!(out, "audit trail: BROKEN: {e}")?,
         }
-        writeln!(out, "not yet in the demo: retraining on drift, the dashboard (open issues 6 and 7)")
+        writeln!(out, "not yet in the demo: retraining on drift (open issue 6)")
     })?;
+    if args.stay && !interrupted {
+        say(format_args!("The hub stays up for the dashboard: {dashboard} (Ctrl-C to stop)"))?;
+        tokio::signal::ctrl_c().await?;
+    }
     if interrupted {
         return Ok(());
     }

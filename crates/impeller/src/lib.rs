@@ -128,7 +128,7 @@ fn hub(args: cli::HubArgs) -> anyhow::Result<()> {
             None => tracing::info!(mqtt = ?cfg.mqtt_listen, database = %cfg.database, "hub running"),
         }
         if let Some(addr) = hub.http_addr {
-            tracing::info!(api = %format!("http://{addr}/api/v1"), "HTTP API");
+            tracing::info!(api = %format!("http://{addr}/api/v1"), dashboard = %format!("http://{addr}/"), "HTTP API");
         }
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
         tick.tick().await;

@@ -253,6 +253,19 @@ pub struct PolicyView {
     pub updated_ms: i64,
 }
 
+impl From<crate::store::PolicyRecord> for PolicyView {
+    fn from(r: crate::store::PolicyRecord) -> PolicyView {
+        PolicyView {
+            model: r.model,
+            policy: r.policy,
+            spec: r.spec,
+            state: r.state,
+            updated_by: r.updated_by,
+            updated_ms: r.updated_ms,
+        }
+    }
+}
+
 pub async fn get_policy(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -260,14 +273,14 @@ pub async fn get_policy(
 ) -> ApiResult<Json<PolicyView>> {
     operator(&s, &headers, Role::Read).await?;
     let r = s.store.policy(&name).await?.ok_or_else(|| not_found("retraining policy", name))?;
-    Ok(Json(PolicyView {
-        model: r.model,
-        policy: r.policy,
-        spec: r.spec,
-        state: r.state,
-        updated_by: r.updated_by,
-        updated_ms: r.updated_ms,
-    }))
+    Ok(Json(r.into()))
+}
+
+/// `GET /policies`: every model's retraining policy and the loop's state.
+pub async fn list_policies(State(s): State<ApiState>, headers: HeaderMap) -> ApiResult<Json<serde_json::Value>> {
+    operator(&s, &headers, Role::Read).await?;
+    let items: Vec<PolicyView> = s.store.policies().await?.into_iter().map(PolicyView::from).collect();
+    Ok(Json(serde_json::json!({ "items": items })))
 }
 
 pub async fn remove_policy(

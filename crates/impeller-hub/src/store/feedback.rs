@@ -52,16 +52,60 @@ pub struct Precision {
 }
 
 impl Store {
+    /// One stored message of a kind (`alerts`, `sketches`, …): its time and body.
+    pub async fn message(&self, device: &str, seq: u64, kind: &str) -> Result<Option<(i64, String)>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT ts_ms, body FROM messages WHERE device = $1 AND seq = $2 AND kind = $3"
+        )
+        .bind(device)
+        .bind(seq.min(i64::MAX as u64) as i64)
+        .bind(kind)
+        .fetch_optional(p)
+        .await?))
+    }
+
     /// One stored alert.
     pub async fn alert(&self, device: &str, seq: u64) -> Result<Option<(i64, AlertBody)>, StoreError> {
-        let row: Option<(i64, String)> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT ts_ms, body FROM messages WHERE device = $1 AND seq = $2 AND kind = 'alerts'"
+        let row = self.message(device, seq, "alerts").await?;
+        Ok(row.and_then(|(ts, body)| serde_json::from_str(&body).ok().map(|b| (ts, b))))
+    }
+
+    /// The verdict on one alert, if any.
+    pub async fn feedback(&self, device: &str, seq: u64) -> Result<Option<Feedback>, StoreError> {
+        type Row = (String, String, String, String, String, i64, Option<i64>, String, i64);
+        let row: Option<Row> = on_pool!(self, |p| {
+            sqlx::query_as(
+            "SELECT verdict, work_order, note, model, model_version, alert_ts_ms, incident_id, created_by, created_ms \
+             FROM alert_feedback WHERE device = $1 AND seq = $2"
         )
         .bind(device)
         .bind(seq.min(i64::MAX as u64) as i64)
         .fetch_optional(p)
-        .await?);
-        Ok(row.and_then(|(ts, body)| serde_json::from_str(&body).ok().map(|b| (ts, b))))
+        .await?
+        });
+        let Some((verdict, work_order, note, model, model_version, alert_ts_ms, incident_id, created_by, created_ms)) =
+            row
+        else {
+            return Ok(None);
+        };
+        let verdict = match verdict.as_str() {
+            "confirmed" => Verdict::Confirmed,
+            "false_alarm" => Verdict::FalseAlarm,
+            other => return Err(StoreError::Corrupt(format!("alert {device}/{seq}: verdict `{other}`"))),
+        };
+        Ok(Some(Feedback {
+            device: device.to_string(),
+            seq,
+            verdict,
+            work_order,
+            note,
+            model,
+            model_version,
+            alert_ts_ms,
+            incident_id,
+            created_by,
+            created_ms,
+        }))
     }
 
     /// Records a verdict on an alert, replacing an earlier one. A confirmed fault becomes an

@@ -36,6 +36,8 @@ pub struct AlertSummary {
     pub score: f64,
     pub threshold: f64,
     pub top_features: Vec<(String, f64)>,
+    /// The technician's verdict (`confirmed`, `false_alarm`), if any.
+    pub verdict: Option<String>,
 }
 
 /// Rows read per round while filtering by device in memory.
@@ -44,11 +46,12 @@ const CHUNK: i64 = 1000;
 impl Store {
     /// Alerts ordered by (time, device, seq), at most `filter.limit`.
     pub async fn alerts(&self, filter: &FleetFilter) -> Result<Vec<AlertSummary>, StoreError> {
-        let sql = "SELECT device, seq, ts_ms, body FROM messages WHERE kind = 'alerts' \
-                   AND ts_ms >= $1 AND ts_ms < $2 AND (ts_ms, device, seq) > ($3, $4, $5) \
-                   ORDER BY ts_ms, device, seq LIMIT $6";
-        let key = |r: &(String, i64, i64, String)| (r.2, r.0.clone(), r.1);
-        self.scan(sql, filter, key, |(device, seq, ts_ms, body)| {
+        let sql = "SELECT m.device, m.seq, m.ts_ms, m.body, f.verdict FROM messages m LEFT JOIN alert_feedback f \
+                   ON f.device = m.device AND f.seq = m.seq WHERE m.kind = 'alerts' \
+                   AND m.ts_ms >= $1 AND m.ts_ms < $2 AND (m.ts_ms, m.device, m.seq) > ($3, $4, $5) \
+                   ORDER BY m.ts_ms, m.device, m.seq LIMIT $6";
+        let key = |r: &(String, i64, i64, String, Option<String>)| (r.2, r.0.clone(), r.1);
+        self.scan(sql, filter, key, |(device, seq, ts_ms, body, verdict)| {
             // Bodies were checked on ingest; one that no longer parses is skipped, not fatal.
             let Ok(a) = serde_json::from_str::<AlertBody>(&body) else { return Ok(None) };
             Ok(Some(AlertSummary {
@@ -61,6 +64,7 @@ impl Store {
                 score: a.score,
                 threshold: a.threshold,
                 top_features: a.top_features,
+                verdict,
             }))
         })
         .await
@@ -251,12 +255,28 @@ pub struct TelemetryPoint {
     pub max: f64,
 }
 
-/// Merges per-interval aggregates of one channel into at most `points` buckets of equal time
-/// over `[since_ms, until_ms)`: count-weighted mean, lowest minimum, highest maximum. Intervals
-/// without readings of the channel leave their bucket out, so a gap shows as a gap.
+/// What one aggregate says of a series: readings, mean, minimum, maximum.
+pub type Summary = (u64, f64, f64, f64);
+
+/// A channel's [`Summary`] in an aggregate.
+pub fn channel_summary(name: &str) -> impl Fn(&impeller_core::wire::AggregateBody) -> Option<Summary> + '_ {
+    move |a| {
+        let c = a.channels.iter().find(|c| c.name == name)?;
+        Some((c.count, c.mean?, c.min?, c.max?))
+    }
+}
+
+/// The anomaly score's [`Summary`] in an aggregate.
+pub fn score_summary(a: &impeller_core::wire::AggregateBody) -> Option<Summary> {
+    a.score.as_ref().map(|s| (s.count, s.mean, s.min, s.max))
+}
+
+/// Merges per-interval aggregates of one series (`pick`) into at most `points` buckets of equal
+/// time over `[since_ms, until_ms)`: count-weighted mean, lowest minimum, highest maximum.
+/// Intervals without readings of the series leave their bucket out, so a gap shows as a gap.
 pub fn downsample(
     aggregates: &[impeller_core::wire::AggregateBody],
-    channel: &str,
+    pick: impl Fn(&impeller_core::wire::AggregateBody) -> Option<Summary>,
     since_ms: i64,
     until_ms: i64,
     points: usize,
@@ -265,14 +285,13 @@ pub fn downsample(
     let width = (span + points.max(1) as i64 - 1) / points.max(1) as i64;
     let mut buckets: std::collections::BTreeMap<i64, (u64, f64, f64, f64)> = Default::default();
     for a in aggregates {
-        let Some(c) = a.channels.iter().find(|c| c.name == channel) else { continue };
-        let (Some(mean), Some(min), Some(max)) = (c.mean, c.min, c.max) else { continue };
-        if c.count == 0 || a.start_ms < since_ms || a.start_ms >= until_ms {
+        let Some((count, mean, min, max)) = pick(a) else { continue };
+        if count == 0 || a.start_ms < since_ms || a.start_ms >= until_ms {
             continue;
         }
         let b = buckets.entry((a.start_ms - since_ms) / width).or_insert((0, 0.0, f64::INFINITY, f64::NEG_INFINITY));
-        b.0 += c.count;
-        b.1 += mean * c.count as f64;
+        b.0 += count;
+        b.1 += mean * count as f64;
         b.2 = b.2.min(min);
         b.3 = b.3.max(max);
     }
@@ -290,6 +309,41 @@ pub fn downsample(
 }
 
 impl Store {
+    /// Per device that ever sent: the hub's time of its last contact, and the time of the
+    /// newest message its acknowledged stream reaches.
+    pub async fn device_streams(&self) -> Result<Vec<(String, i64, Option<i64>)>, StoreError> {
+        let sql = "SELECT s.device, s.last_seen_ms, m.ts_ms FROM device_streams s \
+                   LEFT JOIN messages m ON m.device = s.device AND m.seq = s.acked";
+        Ok(on_pool!(self, |p| sqlx::query_as(sql).fetch_all(p).await?))
+    }
+
+    /// Per device with alerts: how many, and the newest one's time.
+    pub async fn alert_counts(&self) -> Result<Vec<(String, u64, i64)>, StoreError> {
+        let sql = "SELECT device, COUNT(*), MAX(ts_ms) FROM messages WHERE kind = 'alerts' GROUP BY device";
+        let rows: Vec<(String, i64, i64)> = on_pool!(self, |p| sqlx::query_as(sql).fetch_all(p).await?);
+        Ok(rows.into_iter().map(|(d, n, t)| (d, n.max(0) as u64, t)).collect())
+    }
+
+    /// A device's newest `limit` telemetry aggregates (by when it sent them), in the order of
+    /// their intervals. Bodies that do not parse are skipped.
+    pub async fn latest_aggregates(
+        &self,
+        device: &str,
+        limit: usize,
+    ) -> Result<Vec<impeller_core::wire::AggregateBody>, StoreError> {
+        let sql = "SELECT body FROM messages WHERE device = $1 AND kind = 'telemetry' ORDER BY ts_ms DESC, seq DESC \
+                   LIMIT $2";
+        let rows: Vec<(String,)> = on_pool!(self, |p| sqlx::query_as(sql)
+            .bind(device)
+            .bind(limit.min(i64::MAX as usize) as i64)
+            .fetch_all(p)
+            .await?);
+        let mut out: Vec<impeller_core::wire::AggregateBody> =
+            rows.into_iter().filter_map(|(body,)| serde_json::from_str(&body).ok()).collect();
+        out.sort_by_key(|a| a.start_ms);
+        Ok(out)
+    }
+
     /// A device's telemetry aggregates that began in `[since_ms, until_ms)`, oldest first.
     /// Bodies that do not parse are skipped (ingest checked the envelope only).
     pub async fn aggregates(
@@ -342,7 +396,7 @@ mod tests {
                 .map(|(t, m, n)| agg(t, m, n))
                 .chain([agg(540_000, 100.0, 0)])
                 .collect();
-        let points = downsample(&aggs, "flow", 0, 600_000, 5);
+        let points = downsample(&aggs, channel_summary("flow"), 0, 600_000, 5);
         let got: Vec<(i64, i64, u64, f64, f64, f64)> =
             points.iter().map(|p| (p.start_ms, p.end_ms, p.count, p.mean, p.min, p.max)).collect();
         assert_eq!(
@@ -355,7 +409,7 @@ mod tests {
             ],
             "minutes 4 to 6 had no data: no point; an aggregate without readings adds nothing"
         );
-        assert!(downsample(&aggs, "pressure", 0, 600_000, 5).is_empty());
-        assert_eq!(downsample(&aggs, "flow", 0, 600_000, 1).len(), 1);
+        assert!(downsample(&aggs, channel_summary("pressure"), 0, 600_000, 5).is_empty());
+        assert_eq!(downsample(&aggs, channel_summary("flow"), 0, 600_000, 1).len(), 1);
     }
 }
