@@ -202,6 +202,10 @@ pub struct PolicyState {
     pub drift_rounds: u32,
     /// When retrainings were started, the last 24 hours' worth.
     pub started_ms: Vec<i64>,
+    /// A trigger holds but the budget is spent, and that was said already: said once, not at
+    /// every check.
+    #[serde(default)]
+    pub over_budget: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -248,11 +252,17 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
     } else {
         None
     };
-    let Some(reason) = reason else { return Decision::Wait };
+    let Some(reason) = reason else {
+        s.over_budget = false;
+        return Decision::Wait;
+    };
     if f.busy {
         return Decision::Wait;
     }
     if s.started_ms.len() >= p.budget.per_day as usize {
+        if std::mem::replace(&mut s.over_budget, true) {
+            return Decision::Wait;
+        }
         return Decision::OverBudget {
             reason: format!("{reason}; {} retrainings in the last 24 h already", s.started_ms.len()),
         };
@@ -306,6 +316,7 @@ per_day = 2
         assert_eq!(decide(&p, &mut s, &facts(9, 5)), Decision::Wait, "the count starts again after a retraining");
         assert_eq!(decide(&p, &mut s, &facts(10, 5)), Decision::Wait);
         assert!(matches!(decide(&p, &mut s, &facts(11, 5)), Decision::OverBudget { .. }), "two a day");
+        assert_eq!(decide(&p, &mut s, &facts(12, 5)), Decision::Wait, "said once while the trigger holds");
         // A day after the first, there is budget again (the one at 8 still counts).
         assert!(matches!(decide(&p, &mut s, &facts(DAY_MS + 5, 5)), Decision::Retrain { .. }));
         assert_eq!(s.started_ms, [8, DAY_MS + 5]);

@@ -45,8 +45,8 @@ struct Monitor {
     policy: DriftPolicy,
     /// Reference sketches by (model, version, release).
     references: HashMap<(String, String, u64), Arc<Sketch>>,
-    /// Per (device, model name).
-    monitors: HashMap<(String, String), DriftMonitor>,
+    /// Per (device, model name): the version judged, and its monitor.
+    monitors: HashMap<(String, String), (String, DriftMonitor)>,
 }
 
 impl Monitor {
@@ -112,7 +112,12 @@ impl Monitor {
             report.state = "unreadable".into();
             return Ok((report, None));
         };
-        let monitor = self.monitors.entry((device.to_string(), sketch.model.name.clone())).or_default();
+        let (version, monitor) = self.monitors.entry((device.to_string(), sketch.model.name.clone())).or_default();
+        // A new version brings a new reference: its monitor starts afresh.
+        if *version != sketch.model.version {
+            *version = sketch.model.version.clone();
+            *monitor = DriftMonitor::default();
+        }
         let before = monitor.state;
         let state = monitor.update(&comparison, &self.policy);
         let entered = match (before == DriftState::Drift, state == DriftState::Drift) {

@@ -128,7 +128,7 @@ impl Retrainer {
             let drifting = devices
                 .iter()
                 .filter(|d| {
-                    monitors.get(&(d.to_string(), rec.model.clone())).is_some_and(|m| m.state == DriftState::Drift)
+                    monitors.get(&(d.to_string(), rec.model.clone())).is_some_and(|(_, m)| m.state == DriftState::Drift)
                 })
                 .count();
             let champion = self.store.alias(&rec.model, "champion").await?.map(|v| v.version.to_string());

@@ -210,6 +210,10 @@ pub struct DemoArgs {
     /// After the summary, keep the hub and its dashboard up until Ctrl-C.
     #[arg(long)]
     pub stay: bool,
+    /// No heat wave: by default the gulf site gets one (unless --heat-wave names another),
+    /// drift that is not a fault, which the models' retraining policies react to.
+    #[arg(long)]
+    pub no_drift: bool,
 }
 
 #[derive(Debug, Args)]

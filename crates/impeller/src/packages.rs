@@ -30,7 +30,7 @@ pub fn run(cmd: PackageCommand) -> anyhow::Result<()> {
 }
 
 /// Writes a file readable by its owner only (where the platform has permissions).
-fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let mut options = std::fs::OpenOptions::new();
     options.write(true).create_new(true);
     #[cfg(unix)]

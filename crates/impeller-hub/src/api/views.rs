@@ -73,7 +73,7 @@ pub async fn fleet(State(s): State<ApiState>, headers: HeaderMap) -> ApiResult<J
             let run = running.get(&d.id);
             let package = run.and_then(|r| packages.get(&r.package_sha256));
             let update = updates.get(&d.id);
-            let drift_state = package.and_then(|p| drift.get(&(d.id.clone(), p.model.clone()))).map(|m| m.state);
+            let drift_state = package.and_then(|p| drift.get(&(d.id.clone(), p.model.clone()))).map(|(_, m)| m.state);
             FleetRow {
                 revoked: d.revoked_ms.is_some(),
                 last_contact_ms: streams.get(&d.id).map(|s| s.0),

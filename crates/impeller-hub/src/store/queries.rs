@@ -188,14 +188,14 @@ impl Store {
         Ok(on_pool!(self, |p| sqlx::query_as(sql).bind(limit).fetch_all(p).await?))
     }
 
-    /// Each (device, model)'s monitor after its latest report.
-    pub async fn drift_monitors(&self) -> Result<HashMap<(String, String), DriftMonitor>, StoreError> {
-        let sql = "SELECT device, model, monitor FROM drift_reports ORDER BY device, seq";
-        let rows: Vec<(String, String, String)> = on_pool!(self, |p| sqlx::query_as(sql).fetch_all(p).await?);
+    /// Each (device, model)'s monitor after its latest report, with the model version it judged.
+    pub async fn drift_monitors(&self) -> Result<HashMap<(String, String), (String, DriftMonitor)>, StoreError> {
+        let sql = "SELECT device, model, model_version, monitor FROM drift_reports ORDER BY device, seq";
+        let rows: Vec<(String, String, String, String)> = on_pool!(self, |p| sqlx::query_as(sql).fetch_all(p).await?);
         let mut out = HashMap::new();
-        for (device, model, monitor) in rows {
+        for (device, model, version, monitor) in rows {
             let m = serde_json::from_str(&monitor).map_err(|e| StoreError::Corrupt(format!("drift monitor: {e}")))?;
-            out.insert((device, model), m);
+            out.insert((device, model), (version, m));
         }
         Ok(out)
     }

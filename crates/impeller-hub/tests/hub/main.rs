@@ -635,7 +635,7 @@ async fn drift_records(url: &str) {
         .unwrap();
     assert_eq!(audited.iter().map(|r| r.action.as_str()).collect::<Vec<_>>(), ["drift.detected"]);
     assert_eq!(ours(store.unjudged_sketches(100_000).await.unwrap()), [2]);
-    assert_eq!(store.drift_monitors().await.unwrap()[&(device.clone(), "m".to_string())], monitor);
+    assert_eq!(store.drift_monitors().await.unwrap()[&(device.clone(), "m".to_string())].1, monitor);
     let filter = FleetFilter { devices: Some(vec![device.clone()]), limit: 10, ..Default::default() };
     assert_eq!(store.drift_reports(&filter).await.unwrap(), [report], "stored once, as first written");
 }
