@@ -185,9 +185,12 @@ impl RetrainPolicy {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Facts {
     pub now_ms: i64,
-    /// Devices running the model, and how many of them are in drift now.
+    /// Devices running the model, and how many of them are in drift now, not counting those
+    /// set aside: devices with a labelled incident (a confirmed fault) in the policy's window,
+    /// whose drift has a known cause that retraining must not learn.
     pub devices: u64,
     pub drifting: u64,
+    pub set_aside: u64,
     /// Technicians' verdicts on the model's current version: confirmed faults, false alarms.
     pub confirmed: u64,
     pub false_alarms: u64,
@@ -233,8 +236,12 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
     let precision = (verdicts > 0).then(|| f.confirmed as f64 / verdicts as f64);
     let last = s.started_ms.iter().max().copied();
     let reason = if drifting && s.drift_rounds >= p.triggers.drift_rounds {
+        let aside = match f.set_aside {
+            0 => String::new(),
+            n => format!(" ({n} more set aside under a labelled incident)"),
+        };
         Some(format!(
-            "drift on {} of {} devices ({:.0} %) for {} checks in a row",
+            "drift on {} of {} devices ({:.0} %){aside} for {} checks in a row",
             f.drifting,
             f.devices,
             share * 100.0,
@@ -270,7 +277,7 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
     s.started_ms.push(f.now_ms);
     s.drift_rounds = 0;
     let evidence = serde_json::json!({
-        "devices": f.devices, "drifting": f.drifting, "drift_share": share,
+        "devices": f.devices, "drifting": f.drifting, "set_aside": f.set_aside, "drift_share": share,
         "confirmed": f.confirmed, "false_alarms": f.false_alarms, "precision": precision,
     });
     Decision::Retrain { reason, evidence }
@@ -295,7 +302,7 @@ per_day = 2
 "#;
 
     fn facts(now_ms: i64, drifting: u64) -> Facts {
-        Facts { now_ms, devices: 10, drifting, confirmed: 0, false_alarms: 0, busy: false }
+        Facts { now_ms, devices: 10, drifting, set_aside: 0, confirmed: 0, false_alarms: 0, busy: false }
     }
 
     #[test]

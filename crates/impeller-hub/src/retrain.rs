@@ -120,11 +120,21 @@ impl Retrainer {
         let running = self.store.running_models().await?;
         for rec in self.store.policies().await? {
             let Ok(policy) = RetrainPolicy::parse(&rec.policy, "policy") else { continue };
-            let devices: Vec<&str> = running
+            // Devices with a labelled incident in the window are set aside: their drift has a
+            // known cause (a confirmed fault), which a retraining must not learn as normal.
+            let now = now_ms();
+            let labelled: HashSet<String> = self
+                .store
+                .incidents(None, now - policy.data_window_ms(), now)
+                .await?
+                .into_iter()
+                .map(|i| i.device)
+                .collect();
+            let (devices, set_aside): (Vec<&str>, Vec<&str>) = running
                 .iter()
                 .filter(|r| r.model.as_deref() == Some(rec.model.as_str()))
                 .map(|r| r.device.as_str())
-                .collect();
+                .partition(|d| !labelled.contains(*d));
             let drifting = devices
                 .iter()
                 .filter(|d| {
@@ -143,9 +153,10 @@ impl Retrainer {
                     state.note = Some("the retraining under way was cut off by a restart".into());
                 }
                 let facts = Facts {
-                    now_ms: now_ms(),
+                    now_ms: now,
                     devices: devices.len() as u64,
                     drifting: drifting as u64,
+                    set_aside: set_aside.len() as u64,
                     confirmed: current.map_or(0, |p| p.confirmed),
                     false_alarms: current.map_or(0, |p| p.false_alarms),
                     busy: state.stage != Stage::Idle,

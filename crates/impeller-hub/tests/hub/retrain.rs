@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use impeller_core::drift::{DriftMonitor, DriftState};
 use impeller_core::package::{PackageSpec, build};
 use impeller_core::{Channel, Frame, TrainConfig, detector::DetectorConfig, train};
-use impeller_hub::store::{AuditFilter, DriftReport, NewModelVersion, VersionFinish, VersionPackage};
+use impeller_hub::store::{AuditFilter, DriftReport, NewModelVersion, Verdict, VersionFinish, VersionPackage};
 
 use crate::{api_hub, incoming};
 
@@ -129,7 +129,13 @@ async fn drift_retrains_awaits_approval_and_rolls_out() {
         .collect();
     let update = serde_json::json!({"event": "update", "detail": {"deployment": "d1", "sha256": info.sha256, "state": "active"}});
     batch.push(incoming("r1", 11, t0 + 700_000, "events", update));
-    store.commit(&batch, &[("r1".to_string(), 11)].into_iter().collect()).await.unwrap();
+    let alert = serde_json::json!({
+        "model": {"name": "gulf", "version": "1", "release": v1.release}, "started_ms": t0 + 650_000, "score": 3.0,
+        "threshold": 1.5, "top_features": [], "channels": ["flow", "pressure"],
+        "window": [{"ts_ms": t0 + 660_000, "values": [30.0, 4.0]}],
+    });
+    batch.push(incoming("r1", 12, t0 + 710_000, "alerts", alert));
+    store.commit(&batch, &[("r1".to_string(), 12)].into_iter().collect()).await.unwrap();
 
     let body = serde_json::json!({"policy": POLICY, "spec": SPEC, "profiles": {"gw.toml": PROFILE}});
     let r = reqwest::Client::new()
@@ -142,12 +148,14 @@ async fn drift_retrains_awaits_approval_and_rolls_out() {
         .unwrap();
     assert_eq!(r.status().as_u16(), 204, "{}", r.text().await.unwrap());
 
-    // No drift: nothing happens. Then r1 drifts, for two checks in a row.
+    // No drift: nothing happens. Then r1 drifts, for two checks in a row, but a technician
+    // confirmed a fault on it: its drift has a known cause and it is set aside.
     tokio::time::sleep(Duration::from_millis(800)).await;
     assert_eq!(store.versions("gulf").await.unwrap().len(), 1);
+    store.put_feedback("r1", 12, Verdict::Confirmed, "WO-1", "", "test").await.unwrap();
     let drift = DriftReport {
         device: "r1".into(),
-        seq: 12,
+        seq: 13,
         start_ms: 0,
         end_ms: t0 + 800_000,
         model: "gulf".into(),
@@ -161,6 +169,10 @@ async fn drift_retrains_awaits_approval_and_rolls_out() {
         monitor: DriftMonitor { state: DriftState::Drift, n: 5, ..DriftMonitor::default() },
     };
     store.put_drift(&drift, None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(store.versions("gulf").await.unwrap().len(), 1, "a device under a confirmed fault is set aside");
+    // The verdict turns to false alarm: the incident is withdrawn, and the drift counts.
+    store.put_feedback("r1", 12, Verdict::FalseAlarm, "WO-1", "", "test").await.unwrap();
     let state = || {
         let store = store.clone();
         async move { store.policy("gulf").await.unwrap().unwrap().state }

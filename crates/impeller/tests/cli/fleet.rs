@@ -95,21 +95,20 @@ fn the_demo_rolls_out_models_and_catches_faults() {
         "720",
         "--soak-s",
         "1",
+        "--no-drift",
         "--dir",
         data.to_str().unwrap(),
     ]);
     let (out, err) = (stdout(&o), stderr(&o));
     assert!(o.status.success(), "{out}\n{err}");
     // Six pumps: one per manufacturer at each of two sites, so six classes and rollouts, and
-    // one more for each version the hub retrained; all complete.
+    // one more for any version the hub retrained (with no heat wave, only on a fault's drift
+    // before its first verdict sets the pump aside); all complete.
     let rollouts = out.lines().find(|l| l.starts_with("rollouts: ")).unwrap();
     assert!(rollouts.ends_with("complete; 6/6 devices run their model") && !rollouts.contains(','), "{out}");
-    // The heat wave at gulf retrains that site's three classes (their one pump each drifts), and
-    // every retrained version reaches its devices.
-    let retraining = out.lines().find(|l| l.starts_with("retraining: ")).unwrap();
-    let numbers: Vec<usize> =
-        retraining.split(|c: char| !c.is_ascii_digit()).filter_map(|w| w.parse().ok()).take(3).collect();
-    assert!(numbers[0] >= 3 && numbers[1] == numbers[0] && numbers[2] == 3, "{retraining}");
+    // Every pump is faulty: the technician confirms what it is shown.
+    let technician = out.lines().find(|l| l.starts_with("technician: ")).unwrap();
+    assert!(!technician.starts_with("technician: 0 alerts confirmed"), "{technician}");
     // An impeller losing a piece shows at once in vibration on every manufacturer's sensors.
     let imbalance = out.lines().find(|l| l.starts_with("impeller_imbalance")).unwrap();
     assert_eq!(imbalance.split_whitespace().take(3).collect::<Vec<_>>(), ["impeller_imbalance", "1", "1"], "{out}");
