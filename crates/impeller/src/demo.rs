@@ -329,9 +329,6 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     }
     // A retraining that began late may still be rolling out: give it time to finish.
     let give_up = Instant::now() + Duration::from_secs(90);
-    let settled = |waves: &BTreeMap<String, (String, u64, u64)>, d: &String| {
-        waves.get(d).is_some_and(|(phase, _, _)| phase == "complete" || phase == "aborted")
-    };
     while !interrupted && Instant::now() < give_up && !deployments.iter().all(|d| settled(&waves, d)) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         watch_retraining(&api, &mut deployments, &mut retrain_notes, started).await?;
@@ -611,6 +608,11 @@ async fn technician(
     })
 }
 
+/// Whether a deployment's rollout has ended, complete or aborted.
+fn settled(waves: &BTreeMap<String, (String, u64, u64)>, deployment: &str) -> bool {
+    waves.get(deployment).is_some_and(|(phase, _, _)| phase == "complete" || phase == "aborted")
+}
+
 /// Follows each deployment's rollout: its phase, wave and active devices, and when it completed.
 async fn watch_rollouts(
     api: &HubClient,
@@ -620,7 +622,7 @@ async fn watch_rollouts(
     started: Instant,
 ) -> anyhow::Result<()> {
     for dep in deployments {
-        if waves.get(dep).is_some_and(|(phase, _, _)| phase == "complete" || phase == "aborted") {
+        if settled(waves, dep) {
             continue;
         }
         let status = api.call("GET", &format!("/deployments/{dep}"), None).await?;
