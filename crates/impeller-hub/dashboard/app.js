@@ -339,7 +339,15 @@ async function pageModels() {
 <div class="node">built ${l.versions.length} version${l.versions.length === 1 ? '' : 's'}: ${l.versions.map((v) => `${esc(v.model)} v${v.version}`).join(', ')}</div><span class="arrow">→</span>${runs}</div>`;
     }
     const aliases = Object.entries(m.aliases).map(([a, v]) => badge('info', `${a} → v${v}`)).join(' ');
-    const pol = policy ? `<h3>Retraining policy</h3><p>Stage: ${badge('info', (policy.state && policy.state.stage) || 'idle')} ${policy.state && policy.state.note ? esc(policy.state.note) : ''} <span class="muted">spec ${esc(policy.spec)}</span></p>` : '';
+    let pol = '';
+    if (policy) {
+      const st = policy.state || {};
+      const stage = st.stage || 'idle';
+      const approve = stage.startsWith('awaiting_')
+        ? ` <button class="btn primary" type="button" data-action="approve" data-model="${esc(m.name)}">Approve the ${stage === 'awaiting_promotion' ? 'promotion' : 'rollout'} of v${st.version}</button>` : '';
+      pol = `<h3>Retraining policy</h3><p>Stage: ${badge(stage === 'idle' ? 'off' : 'info', stage.replace('_', ' '))}${approve}${st.reason ? ` <span class="muted">last trigger: ${esc(st.reason)}</span>` : ''}</p>
+${st.note ? `<p class="muted">${esc(st.note)}</p>` : ''}<details><summary>Policy and pipeline spec</summary><pre class="mono">${esc(policy.policy)}</pre><pre class="mono">${esc(policy.spec)}</pre></details>`;
+    }
     return `<div class="panel"><h2>${esc(m.name)} ${aliases}</h2><p class="muted">${m.versions} version${m.versions === 1 ? '' : 's'}, registered ${fmtTime(m.created_ms)}</p>
 <table><thead><tr><th>Version</th><th>Status</th><th>Aliases</th><th>Validation metrics</th><th>Alert precision</th><th>Dataset</th><th>Parent</th><th>Packages</th><th>Code</th><th>Created</th></tr></thead><tbody>${rows}</tbody></table>${lineage}${pol}</div>`;
   }));
@@ -365,7 +373,9 @@ async function pageDeployments() {
     const gates = d.rollout ? `<details><summary>Soak and health gates</summary><pre class="mono">${esc(JSON.stringify(d.rollout, null, 2))}</pre></details>` : '';
     const devices = s.devices.map((x) => `<tr><td><a href="#/device/${enc(x.device)}">${esc(x.device)}</a></td><td>${esc(x.state)}</td><td>${x.running_release ?? '—'}</td><td>${esc(x.reason || '')}</td></tr>`).join('');
     const counts = Object.entries(s.counts).map(([k, v]) => `${esc(k)} ${v}`).join(' · ');
-    return `<div class="panel"><div class="row"><h2>${esc(d.name)}</h2>${badge(kind, phase)}<span class="spacer"></span><span class="muted">created ${fmtTime(d.created_ms)}</span></div>
+    const abort = !d.stopped_ms && !d.aborted_ms
+      ? `<button class="btn danger" type="button" data-action="abort" data-name="${esc(d.name)}">Abort and roll back</button>` : '';
+    return `<div class="panel"><div class="row"><h2>${esc(d.name)}</h2>${badge(kind, phase)}<span class="spacer"></span>${abort}<span class="muted">created ${fmtTime(d.created_ms)}</span></div>
 <p>${p ? `${esc(p.model)} ${esc(p.version)} (release ${p.release}, ${esc(p.target)})` : ''} <span class="mono">${short(d.package_sha256)}</span> · target <span class="mono">${esc(d.target_condition)}</span> · priority ${d.priority}</p>
 ${waves}${r && r.note ? `<p class="muted">${esc(r.note)}</p>` : ''}${d.abort_reason ? `<p class="error">Aborted: ${esc(d.abort_reason)}</p>` : ''}
 ${stackedBar(s.counts)}<p class="muted">${counts || 'no devices'}</p>${gates}
@@ -467,6 +477,16 @@ async function render(live = false) {
   }
 }
 
+/// An operator's action from a button: POST, then show the new state (or the refusal beside it).
+async function post(path, body, button) {
+  try {
+    await api(path, { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: body ? JSON.stringify(body) : undefined });
+    render();
+  } catch (e) {
+    button.insertAdjacentHTML('afterend', `<span class="error"> ${esc(e.message)}</span>`);
+  }
+}
+
 function editing() {
   const a = document.activeElement;
   return a && (a.tagName === 'INPUT' || a.tagName === 'SELECT');
@@ -483,6 +503,12 @@ document.addEventListener('click', (e) => {
   else if (act === 'drift-seq') { ui.driftSeq = Number(t.dataset.seq); render(); }
   else if (act === 'audit-page') { ui.auditAfter = Number(t.dataset.after); render(); }
   else if (act === 'audit-filter') { ui.auditAction = $('#audit-action').value.trim(); ui.auditSubject = $('#audit-subject').value.trim(); ui.auditAfter = null; render(); }
+  else if (act === 'approve') post(`/api/v1/models/${enc(t.dataset.model)}/policy/approve`, null, t);
+  else if (act === 'abort') {
+    // Two clicks: a rollback of every device the deployment took is not a misclick.
+    if (t.dataset.armed) post(`/api/v1/deployments/${enc(t.dataset.name)}/abort`, { reason: 'aborted from the dashboard' }, t);
+    else { t.dataset.armed = '1'; t.textContent = 'Click again to abort'; }
+  }
   else if (act === 'login') { sessionStorage.setItem(TOKEN_KEY, $('#token').value.trim()); render(); }
 });
 document.addEventListener('change', (e) => {

@@ -2,7 +2,7 @@
 //! a deployment, a device's aggregates, alert and drift sketches; the views must put them
 //! together right, the page must be served with its security headers, and (with Chromium and
 //! Selenium present) every page must load in a real headless browser without a console error,
-//! and a click on "Confirm fault" must change the stored verdict.
+//! and clicks on "Confirm fault" and "Abort" must change the stored verdict and deployment.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -269,7 +269,8 @@ async fn every_page_loads_in_headless_chromium_and_a_verdict_click_is_stored() {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/dashboard_check.py");
     let mut check = Command::new("python3");
     check
-        .args([script, "--url", &p.base, "--token", &p.token, "--device", DEVICE, "--confirm-alert"])
+        .args([script, "--url", &p.base, "--token", &p.token, "--device", DEVICE, "--abort-deployment", "north"])
+        .arg("--confirm-alert")
         .arg(ALERT_SEQ.to_string())
         .arg("--screenshots")
         .arg(&shots);
@@ -283,4 +284,7 @@ async fn every_page_loads_in_headless_chromium_and_a_verdict_click_is_stored() {
     // The click went through the page to the store.
     let stored = p.hub.store.feedback(DEVICE, ALERT_SEQ).await.unwrap();
     assert_eq!(stored.map(|f| f.verdict), Some(Verdict::Confirmed), "{log}");
+    let deployments = p.hub.store.deployments().await.unwrap();
+    let north = deployments.iter().find(|d| d.name == "north").unwrap();
+    assert!(north.abort_reason.as_deref().is_some_and(|r| r.starts_with("aborted from the dashboard")), "{log}");
 }

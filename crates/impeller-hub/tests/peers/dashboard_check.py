@@ -50,6 +50,7 @@ def main():
     ap.add_argument("--token", required=True, help="an operator API token")
     ap.add_argument("--device", help="the device page to open (default: the one with most alerts)")
     ap.add_argument("--confirm-alert", type=int, metavar="SEQ", help="open this alert of the device and confirm it")
+    ap.add_argument("--abort-deployment", metavar="NAME", help="abort this deployment with the page's button")
     ap.add_argument("--screenshots", required=True, help="folder for one PNG per page")
     ap.add_argument("--width", type=int, default=1400)
     args = ap.parse_args()
@@ -105,6 +106,16 @@ def main():
             for e in console_errors(driver):
                 failures.append(f"alert: console error: {e['message']}")
             print(f"alert {device}/{args.confirm_alert}: confirmed through the page")
+        if args.abort_deployment:
+            driver.get(f"{args.url}/#/deployments")
+            button = (By.CSS_SELECTOR, f"button[data-action='abort'][data-name='{args.abort_deployment}']")
+            wait.until(ec.element_to_be_clickable(button)).click()
+            wait.until(ec.text_to_be_present_in_element(button, "Click again"))
+            driver.find_element(*button).click()
+            wait.until(ec.text_to_be_present_in_element((By.ID, "main"), "Aborted: aborted from the dashboard"))
+            for e in console_errors(driver):
+                failures.append(f"abort: console error: {e['message']}")
+            print(f"deployment {args.abort_deployment}: aborted through the page")
     finally:
         driver.quit()
     if failures:
