@@ -368,7 +368,7 @@ async function pageDeployments() {
     const kind = phase === 'complete' || phase === 'applied' ? 'ok' : phase === 'aborted' ? 'bad' : phase === 'stopped' ? 'off' : 'info';
     const waves = r ? `<div class="waves">${r.waves.map((w) => {
       const cls = phase === 'aborted' && w.wave === r.wave ? 'aborted' : w.wave < r.wave || phase === 'complete' ? 'done' : w.wave === r.wave ? 'current' : '';
-      return `<div class="wave ${cls}">wave ${w.wave + 1}: ${num(w.percent, 0)} % · ${w.devices.length} device${w.devices.length === 1 ? '' : 's'}</div>`;
+      return `<div class="wave ${cls}">wave ${w.wave}: ${num(w.percent, 0)} % · ${w.devices.length} device${w.devices.length === 1 ? '' : 's'}</div>`;
     }).join('')}</div>` : '';
     const gates = d.rollout ? `<details><summary>Soak and health gates</summary><pre class="mono">${esc(JSON.stringify(d.rollout, null, 2))}</pre></details>` : '';
     const devices = s.devices.map((x) => `<tr><td><a href="#/device/${enc(x.device)}">${esc(x.device)}</a></td><td>${esc(x.state)}</td><td>${x.running_release ?? '—'}</td><td>${esc(x.reason || '')}</td></tr>`).join('');
