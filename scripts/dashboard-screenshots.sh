@@ -25,9 +25,9 @@ link=$(grep -o 'http://[^ ]*/#token=[^ ]*' "$log" | tail -1)
 base=${link%%/#token=*}
 token=${link##*#token=}
 # The busiest device's newest alert, confirmed through the page.
-device=$(curl -sf -H "Authorization: Bearer $token" "$base/api/v1/fleet" | python3 -c '
+device=$(curl -sf -H "Authorization: Bearer $token" "$base/api/v1/fleet?limit=1000" | python3 -c '
 import json, sys
-fleet = json.load(sys.stdin)
+fleet = json.load(sys.stdin)["items"]
 d = max(fleet, key=lambda d: (d["alerts"], d["id"]))
 print(d["id"])')
 alerts=$(curl -sf -H "Authorization: Bearer $token" "$base/api/v1/alerts?device=$device&limit=1000" | python3 -c '

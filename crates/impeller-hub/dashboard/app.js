@@ -195,7 +195,7 @@ function options(values, selected, all) {
 }
 
 async function pageFleet() {
-  const rows = await api('/api/v1/fleet');
+  const rows = await allPages('/api/v1/fleet');
   const tag = (d, k) => d.tags[k] || '—';
   const sites = [...new Set(rows.map((d) => tag(d, 'site')))].sort();
   const makers = [...new Set(rows.map((d) => tag(d, 'manufacturer')))].sort();
@@ -247,7 +247,7 @@ function verdictBadge(f) {
 }
 
 async function pageDevice(id) {
-  const [fleet, series] = await Promise.all([api('/api/v1/fleet'), api(`/api/v1/devices/${enc(id)}/series?points=240`)]);
+  const [fleet, series] = await Promise.all([allPages('/api/v1/fleet'), api(`/api/v1/devices/${enc(id)}/series?points=240`)]);
   const d = fleet.find((x) => x.id === id);
   if (!d) throw new ApiError(404, `no device ${id}`);
   const alerts = await allPages(`/api/v1/alerts?device=${enc(id)}`, 5);
@@ -385,7 +385,7 @@ ${stackedBar(s.counts)}<p class="muted">${counts || 'no devices'}</p>${gates}
 }
 
 async function pageDrift() {
-  const fleet = await api('/api/v1/fleet');
+  const fleet = await allPages('/api/v1/fleet');
   const order = { drift: 0, warning: 1, stable: 2, unknown: 3 };
   const rows = fleet.filter((d) => d.drift_state).sort((a, b) => (order[a.drift_state] ?? 4) - (order[b.drift_state] ?? 4) || a.id.localeCompare(b.id));
   if (!rows.length) return '<h1>Drift</h1><p class="muted">No drift reports yet: agents send a sketch of their features every sketch interval.</p>';
@@ -460,7 +460,9 @@ async function render(live = false) {
   refreshing = true;
   try {
     const html = await f();
-    // A live refresh keeps the reader's place and leaves an open form alone.
+    // A live refresh keeps the reader's place and leaves an open form alone (also one opened
+    // or armed while this refresh was loading).
+    if (live && (editing() || !$('#modal').hidden)) return;
     const y = window.scrollY;
     const open = [...document.querySelectorAll('#main details[open] summary')].map((s) => s.textContent);
     $('#main').innerHTML = html;
@@ -487,9 +489,10 @@ async function post(path, body, button) {
   }
 }
 
+/// A form in use or a button armed for its second click: a live refresh would lose it.
 function editing() {
   const a = document.activeElement;
-  return a && (a.tagName === 'INPUT' || a.tagName === 'SELECT');
+  return (a && (a.tagName === 'INPUT' || a.tagName === 'SELECT')) || document.querySelector('[data-armed]') !== null;
 }
 
 document.addEventListener('click', (e) => {

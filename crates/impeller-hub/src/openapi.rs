@@ -411,7 +411,7 @@ fn view_schemas() -> Value {
             "registry_version": nullable("integer"), "update_state": nullable("string"), "update_reason": nullable("string"),
             "drift_state": nullable("string"), "alerts": uint(), "last_alert_ms": nullable("integer"),
         })),
-        "FleetList": {"type": "array", "items": schema("FleetRow")},
+        "FleetPage": page_of("FleetRow"),
         "PolicyList": object(&["items"], json!({"items": {"type": "array", "items": schema("PolicyView")}})),
         "ChannelSeries": object(&["name", "unit", "points"], json!({
             "name": string(), "unit": string(), "points": {"type": "array", "items": schema("TelemetryPoint")},
@@ -705,8 +705,9 @@ pub fn document() -> Value {
                           json!({"200": ok("the policies", "PolicyList")}), &[]),
             },
             "/api/v1/fleet": {
-                "get": op("Every device with its last contact, model, rollout state, drift state and alerts", "devices",
-                          Who::Operator, json!({"200": ok("the fleet", "FleetList")}), &[]),
+                "get": with(op("Every device with its last contact, model, rollout state, drift state and alerts", "devices",
+                               Who::Operator, json!({"200": ok("a page, by device id", "FleetPage")}), &[]),
+                            "parameters", paging()),
             },
             "/api/v1/devices/{id}/series": {
                 "parameters": [id.clone()],

@@ -522,8 +522,16 @@ async fn verify_audit(
 /// All rollouts in one line: how many are at which wave, and devices running their model.
 /// Devices whose latest report says their model is active.
 async fn running(api: &HubClient) -> anyhow::Result<usize> {
-    let fleet = api.call("GET", "/fleet", None).await?;
-    Ok(fleet.as_array().into_iter().flatten().filter(|d| d["update_state"] == "active").count())
+    let mut cursor = None;
+    let mut active = 0;
+    loop {
+        let page = api.call("GET", &page_after("/fleet", &cursor), None).await?;
+        active += page["items"].as_array().into_iter().flatten().filter(|d| d["update_state"] == "active").count();
+        cursor = page["next_after"].as_str().map(String::from);
+        if cursor.is_none() {
+            return Ok(active);
+        }
+    }
 }
 
 fn rollout_line(waves: &BTreeMap<String, (String, u64, u64)>, active: usize, devices: usize) -> String {

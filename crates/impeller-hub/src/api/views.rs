@@ -12,7 +12,7 @@ use impeller_core::sketch;
 use impeller_core::wire::{AlertBody, SketchBody};
 use serde::{Deserialize, Serialize};
 
-use super::{ApiResult, ApiState, Code, Problem, operator, query};
+use super::{ApiResult, ApiState, Code, Page, PageQuery, Problem, operator, page, query};
 use crate::auth::Role;
 use crate::store::{
     AuditFilter, Feedback, StoreError, TelemetryPoint, channel_summary, downsample, now_ms, score_summary,
@@ -47,9 +47,14 @@ pub struct FleetRow {
     pub last_alert_ms: Option<i64>,
 }
 
-/// `GET /fleet`: every device with its contact, model, rollout, drift and alerts.
-pub async fn fleet(State(s): State<ApiState>, headers: HeaderMap) -> ApiResult<Json<Vec<FleetRow>>> {
+/// `GET /fleet`: every device with its contact, model, rollout, drift and alerts, by id.
+pub async fn fleet(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    q: QueryResult<PageQuery>,
+) -> ApiResult<Json<Page<FleetRow>>> {
     operator(&s, &headers, Role::Read).await?;
+    let q = query(q)?;
     let streams: HashMap<String, (i64, Option<i64>)> =
         s.store.device_streams().await?.into_iter().map(|(d, seen, through)| (d, (seen, through))).collect();
     let alerts: HashMap<String, (u64, i64)> =
@@ -64,7 +69,7 @@ pub async fn fleet(State(s): State<ApiState>, headers: HeaderMap) -> ApiResult<J
         }
     }
     let drift = s.store.drift_monitors().await?;
-    let rows = s
+    let rows: Vec<FleetRow> = s
         .store
         .devices()
         .await?
@@ -93,7 +98,7 @@ pub async fn fleet(State(s): State<ApiState>, headers: HeaderMap) -> ApiResult<J
             }
         })
         .collect();
-    Ok(Json(rows))
+    Ok(Json(page(rows, |r| &r.id, &q)?))
 }
 
 /// `GET /devices/{id}/series?last=&points=`.

@@ -154,7 +154,7 @@ async fn views_put_the_stores_together() {
 
     let (status, fleet) = call(&p, "GET", "/api/v1/fleet", None).await;
     assert_eq!(status, 200, "{fleet}");
-    let row = fleet.as_array().unwrap().iter().find(|d| d["id"] == DEVICE).unwrap();
+    let row = fleet["items"].as_array().unwrap().iter().find(|d| d["id"] == DEVICE).unwrap();
     assert_eq!(row["model"], "pumps");
     assert_eq!(row["registry_version"], 1);
     assert_eq!(row["update_state"], "active");

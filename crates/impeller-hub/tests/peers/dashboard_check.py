@@ -14,6 +14,7 @@ import time
 import urllib.request
 
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
@@ -32,12 +33,31 @@ PAGES = [
 
 def busiest_device(url, token):
     """The device with the most alerts, for a run without --device."""
-    req = urllib.request.Request(f"{url}/api/v1/fleet", headers={"Authorization": f"Bearer {token}"})
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        fleet = json.load(resp)
+    fleet, after = [], ""
+    while True:
+        req = urllib.request.Request(f"{url}/api/v1/fleet?limit=1000{after}",
+                                     headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            page = json.load(resp)
+        fleet += page["items"]
+        if "next_after" not in page:
+            break
+        after = f"&after={page['next_after']}"
     if not fleet:
         sys.exit("the hub has no devices")
     return max(fleet, key=lambda d: (d["alerts"], d["id"]))["id"]
+
+
+def click(wait, locator):
+    """Clicks an element; the page re-renders every few seconds, so a click may land on an
+    element just replaced: find it again and retry."""
+    for attempt in range(3):
+        try:
+            wait.until(ec.element_to_be_clickable(locator)).click()
+            return
+        except StaleElementReferenceException:
+            if attempt == 2:
+                raise
 
 
 def console_errors(driver):
@@ -94,7 +114,7 @@ def main():
         if args.confirm_alert is not None:
             driver.get(f"{args.url}/#/device/{device}")
             row = (By.CSS_SELECTOR, f"tr[data-action='open-alert'][data-seq='{args.confirm_alert}']")
-            wait.until(ec.element_to_be_clickable(row)).click()
+            click(wait, row)
             button = (By.CSS_SELECTOR, "#modal button[data-verdict='confirmed']")
             wait.until(ec.element_to_be_clickable(button))
             driver.find_element(By.ID, "work-order").send_keys("WO-BROWSER-1")
@@ -109,9 +129,10 @@ def main():
         if args.abort_deployment:
             driver.get(f"{args.url}/#/deployments")
             button = (By.CSS_SELECTOR, f"button[data-action='abort'][data-name='{args.abort_deployment}']")
-            wait.until(ec.element_to_be_clickable(button)).click()
+            click(wait, button)
+            # Armed, the button holds the page still until its second click.
             wait.until(ec.text_to_be_present_in_element(button, "Click again"))
-            driver.find_element(*button).click()
+            click(wait, button)
             wait.until(ec.text_to_be_present_in_element((By.ID, "main"), "Aborted: aborted from the dashboard"))
             for e in console_errors(driver):
                 failures.append(f"abort: console error: {e['message']}")
