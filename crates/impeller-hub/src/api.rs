@@ -29,7 +29,7 @@ use crate::auth::{self, AuthError, Caller, Role};
 use crate::fleet::{Credentials, Device};
 use crate::store::{
     AlertSummary, AuditFilter, DeploymentInfo, DriftReport, FleetFilter, PackageInfo, Store, StoreError,
-    TelemetryPoint, UpdateInfo, channel_summary, downsample, now_ms,
+    TelemetryPoint, channel_summary, downsample, now_ms,
 };
 
 /// What the handlers share.
@@ -289,13 +289,7 @@ pub struct DeviceView {
 async fn device_views(store: &Store) -> ApiResult<Vec<DeviceView>> {
     let desired: HashMap<String, String> =
         store.desired().await?.into_iter().map(|d| (d.device, d.deployment)).collect();
-    // Each device's latest report, whichever deployment it was about.
-    let mut updates: HashMap<String, UpdateInfo> = HashMap::new();
-    for u in store.updates().await? {
-        if updates.get(&u.device).is_none_or(|v| v.seq < u.seq) {
-            updates.insert(u.device.clone(), u);
-        }
-    }
+    let updates = store.latest_updates().await?;
     Ok(store
         .devices()
         .await?

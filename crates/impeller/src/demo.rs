@@ -278,7 +278,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
             seen.push(at);
             let Some(p) = by_id.get(device) else { continue };
             let (verdict, caught) = judge(p, at);
-            let technician = technician(&api, p, a, &mut verdicts).await?;
+            let technician = technician(&api, p, a, caught, &mut verdicts).await?;
             // A fault keeps alarming; say so once per pump. Every false alarm is news.
             if caught && seen.iter().filter(|&&t| p.faults.iter().any(|f| f.onset_ms <= t)).count() > 1 {
                 continue;
@@ -599,10 +599,10 @@ async fn technician(
     api: &HubClient,
     p: &PumpPlan,
     alert: &serde_json::Value,
+    confirmed: bool,
     verdicts: &mut (usize, usize),
 ) -> anyhow::Result<String> {
-    let (device, seq, at) = (&p.id, &alert["seq"], alert["started_ms"].as_i64().unwrap_or_default());
-    let confirmed = p.faults.iter().any(|f| f.onset_ms <= at);
+    let (device, seq) = (&p.id, &alert["seq"]);
     let work_order = format!("WO-{device}-{seq}");
     let verdict = if confirmed { "confirmed" } else { "false_alarm" };
     api.post_json(&format!("/alerts/{device}/{seq}/feedback"), &json!({"verdict": verdict, "work_order": work_order}))

@@ -62,12 +62,7 @@ pub async fn fleet(
     let packages: HashMap<String, _> = s.store.packages().await?.into_iter().map(|p| (p.sha256.clone(), p)).collect();
     let running: HashMap<String, _> =
         s.store.running_models().await?.into_iter().map(|r| (r.device.clone(), r)).collect();
-    let mut updates: HashMap<String, crate::store::UpdateInfo> = HashMap::new();
-    for u in s.store.updates().await? {
-        if updates.get(&u.device).is_none_or(|v| v.seq < u.seq) {
-            updates.insert(u.device.clone(), u);
-        }
-    }
+    let updates = s.store.latest_updates().await?;
     let drift = s.store.drift_monitors().await?;
     let rows: Vec<FleetRow> = s
         .store

@@ -489,6 +489,17 @@ impl Store {
         }))
     }
 
+    /// Each device's latest report, whichever deployment it was about.
+    pub async fn latest_updates(&self) -> Result<std::collections::HashMap<String, UpdateInfo>, StoreError> {
+        let mut latest: std::collections::HashMap<String, UpdateInfo> = Default::default();
+        for u in self.updates().await? {
+            if latest.get(&u.device).is_none_or(|v| v.seq < u.seq) {
+                latest.insert(u.device.clone(), u);
+            }
+        }
+        Ok(latest)
+    }
+
     pub async fn updates(&self) -> Result<Vec<UpdateInfo>, StoreError> {
         let sql = "SELECT device, seq, deployment, package_sha256, state, reason, running_release, ts_ms, \
                    first_seq, first_ts_ms, active_seq FROM update_reports ORDER BY device, deployment";
