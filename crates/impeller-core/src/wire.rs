@@ -25,6 +25,20 @@ pub fn topic(device: &str, kind: &str) -> String {
 /// Kinds an agent sends to the hub, each in an [`Envelope`].
 pub const UPLINK_KINDS: [&str; 5] = ["alerts", "telemetry", "samples", "sketches", "events"];
 
+/// Kinds the hub sends to a device.
+pub const DOWNLINK_KINDS: [&str; 2] = ["ack", "desired"];
+
+/// Whether `device` may publish on `topic` at the hub's broker: only its own uplink topics.
+pub fn device_may_publish(device: &str, topic: &str) -> bool {
+    matches!(parse_topic(topic), Some((d, kind)) if d == device && UPLINK_KINDS.contains(&kind))
+}
+
+/// Whether `device` may subscribe to `filter` at the hub's broker: exactly its own `ack` or
+/// `desired`, so no wildcard and no other device's topic.
+pub fn device_may_subscribe(device: &str, filter: &str) -> bool {
+    matches!(parse_topic(filter), Some((d, kind)) if d == device && DOWNLINK_KINDS.contains(&kind))
+}
+
 /// `impeller/v1/devices/{device}/{kind}` → (device, kind), for a valid device id.
 pub fn parse_topic(topic: &str) -> Option<(&str, &str)> {
     let rest = topic.strip_prefix(TOPIC_ROOT)?.strip_prefix('/')?;
@@ -286,5 +300,34 @@ mod tests {
         assert_eq!(parse_topic("impeller/v1/devices/+/alerts"), None);
         assert_eq!(parse_topic("other/p/alerts"), None);
         assert_eq!(decode_ack(&encode_ack(42)).unwrap().acked, 42);
+    }
+
+    #[test]
+    fn a_device_reaches_only_its_own_topics() {
+        for kind in UPLINK_KINDS {
+            assert!(device_may_publish("p1", &topic("p1", kind)), "{kind}");
+            assert!(!device_may_publish("p1", &topic("p2", kind)), "another device's {kind}");
+            assert!(!device_may_subscribe("p1", &topic("p1", kind)), "subscribing to uplink {kind}");
+        }
+        for kind in DOWNLINK_KINDS {
+            assert!(device_may_subscribe("p1", &topic("p1", kind)), "{kind}");
+            assert!(!device_may_subscribe("p1", &topic("p2", kind)), "another device's {kind}");
+            assert!(!device_may_publish("p1", &topic("p1", kind)), "publishing its own {kind}");
+        }
+        for filter in [
+            "#",
+            "impeller/#",
+            "impeller/v1/devices/#",
+            "impeller/v1/devices/+/desired",
+            "impeller/v1/devices/p1/+",
+            "impeller/v1/devices/p1/#",
+            "$share/g/impeller/v1/devices/p1/desired",
+            "impeller/v1/devices/p1/desired/x",
+            "",
+        ] {
+            assert!(!device_may_subscribe("p1", filter), "{filter}");
+            assert!(!device_may_publish("p1", filter), "{filter}");
+        }
+        assert!(!device_may_publish("p1", "impeller/v1/devices/p1/readings"), "the hub ingests no readings");
     }
 }

@@ -2,7 +2,6 @@
 //! or any external MQTT broker through a client. Either way the rest of the hub sees two
 //! channels: publishes coming in on the device topics, and publishes to send.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -35,30 +34,13 @@ pub struct Bus {
 
 const FILTER: &str = "impeller/v1/devices/+/+";
 
-/// Starts rumqttd listening for MQTT 3.1.1 clients on `listen`, on its own threads. With
-/// `credentials`, a client must connect as a provisioned device (client id and user name = the
-/// device id, password = its secret); without, anyone may connect.
-pub fn embedded(listen: SocketAddr, credentials: Option<Credentials>) -> anyhow::Result<Bus> {
-    let external_auth: Option<rumqttd::AuthHandler> = credentials.map(|c| {
-        let handler: rumqttd::AuthHandler = std::sync::Arc::new(move |client_id, user, pass| {
-            let ok = c.verify(&client_id, &user, &pass);
-            if !ok {
-                tracing::warn!(%client_id, %user, "refused an MQTT connection: unknown or revoked device, or wrong secret");
-            }
-            Box::pin(std::future::ready(ok))
-        });
-        handler
-    });
-    let connections = rumqttd::ConnectionSettings {
-        connection_timeout_ms: 60_000,
-        max_payload_size: 4 << 20,
-        max_inflight_count: 500,
-        auth: None,
-        external_auth,
-        dynamic_filters: true,
-    };
-    let server =
-        rumqttd::ServerSettings { name: "v4".into(), listen, tls: None, next_connection_delay_ms: 1, connections };
+/// Starts rumqttd's router with the hub's own link to it, and serves MQTT 3.1.1 clients on
+/// `listen` through [`crate::gate`], which enforces each device's topics. With `credentials`, a
+/// client must connect as a provisioned device (client id and user name = the device id,
+/// password = its secret); without, any client id may connect. Returns the bus and the address
+/// it listens on (`listen` with port 0 takes a free port).
+pub async fn embedded(listen: SocketAddr, credentials: Option<Credentials>) -> anyhow::Result<(Bus, SocketAddr)> {
+    const MAX_PACKET: usize = 4 << 20;
     let config = rumqttd::Config {
         id: 0,
         router: rumqttd::RouterConfig {
@@ -69,17 +51,14 @@ pub fn embedded(listen: SocketAddr, credentials: Option<Credentials>) -> anyhow:
             max_segment_count: 8,
             ..Default::default()
         },
-        v4: Some(HashMap::from([("1".to_string(), server)])),
+        // No rumqttd listener: the gate is the network side.
         ..Default::default()
     };
-    let mut broker = rumqttd::Broker::new(config);
+    let (listener, addr) = crate::gate::bind(listen).await?;
+    let broker = std::sync::Arc::new(rumqttd::Broker::new(config));
     let (mut link_tx, mut link_rx) = broker.link("impeller-hub")?;
-    std::thread::Builder::new().name("mqtt-broker".into()).spawn(move || {
-        if let Err(error) = broker.start() {
-            tracing::error!(%error, "the embedded MQTT broker stopped");
-        }
-    })?;
     link_tx.subscribe(FILTER)?;
+    tokio::spawn(crate::gate::serve(listener, broker, credentials, MAX_PACKET));
 
     let (in_tx, incoming) = mpsc::channel(10_000);
     std::thread::Builder::new().name("mqtt-link-rx".into()).spawn(move || {
@@ -118,7 +97,7 @@ pub fn embedded(listen: SocketAddr, credentials: Option<Credentials>) -> anyhow:
             }
         }
     })?;
-    Ok(Bus { incoming, outgoing })
+    Ok((Bus { incoming, outgoing }, addr))
 }
 
 /// How long the hub waits at start for its subscription on an external broker.

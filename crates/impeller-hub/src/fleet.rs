@@ -48,24 +48,55 @@ pub(crate) fn same(a: &str, b: &str) -> bool {
 }
 
 /// The broker's view of the fleet's credentials.
-#[derive(Debug, Clone, Default)]
-pub struct Credentials(Arc<RwLock<HashMap<String, Credential>>>);
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    map: Arc<RwLock<HashMap<String, Credential>>>,
+    /// Bumped when a refresh takes a device's access away (revoked, removed, new secret), so
+    /// live connections can check theirs at once.
+    withdrawn: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Default for Credentials {
+    fn default() -> Self {
+        Credentials { map: Arc::default(), withdrawn: Arc::new(tokio::sync::watch::Sender::new(0)) }
+    }
+}
 
 impl Credentials {
+    /// True while `device` is provisioned and not revoked.
+    pub fn admits(&self, device: &str) -> bool {
+        self.map.read().is_ok_and(|map| map.get(device).is_some_and(|c| !c.revoked))
+    }
+
+    /// Changes whenever a refresh withdraws some device's access.
+    pub fn withdrawals(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.withdrawn.subscribe()
+    }
+
     /// True when `client_id` and `username` both name a provisioned, unrevoked device whose
     /// secret is `password`.
     pub fn verify(&self, client_id: &str, username: &str, password: &str) -> bool {
         if client_id != username {
             return false;
         }
-        let Ok(map) = self.0.read() else { return false };
+        let Ok(map) = self.map.read() else { return false };
         map.get(username).is_some_and(|c| !c.revoked && same(&c.hash, &hash_secret(&c.salt, password)))
     }
 
     pub async fn refresh(&self, store: &Store) -> Result<(), StoreError> {
         let fresh = store.credentials().await?;
-        if let Ok(mut map) = self.0.write() {
-            *map = fresh;
+        let withdrawn = match self.map.write() {
+            Ok(mut map) => {
+                let withdrawn = map.iter().any(|(id, old)| {
+                    !old.revoked && fresh.get(id).is_none_or(|new| new.revoked || new.hash != old.hash)
+                });
+                *map = fresh;
+                withdrawn
+            }
+            Err(_) => false,
+        };
+        if withdrawn {
+            self.withdrawn.send_modify(|n| *n += 1);
         }
         Ok(())
     }
@@ -108,17 +139,18 @@ mod tests {
         let salt = "00ff".to_string();
         let hash = hash_secret(&salt, "s3cret");
         creds
-            .0
+            .map
             .write()
             .unwrap()
             .insert("p1".into(), Credential { salt: salt.clone(), hash: hash.clone(), revoked: false });
-        creds.0.write().unwrap().insert("p2".into(), Credential { salt, hash, revoked: true });
+        creds.map.write().unwrap().insert("p2".into(), Credential { salt, hash, revoked: true });
         assert!(creds.verify("p1", "p1", "s3cret"));
         assert!(!creds.verify("p1", "p1", "s3cret "));
         assert!(!creds.verify("p1", "p1", ""));
         assert!(!creds.verify("other", "p1", "s3cret"), "client id must be the device");
         assert!(!creds.verify("p2", "p2", "s3cret"), "revoked");
         assert!(!creds.verify("p3", "p3", "s3cret"), "unknown");
+        assert!(creds.admits("p1") && !creds.admits("p2") && !creds.admits("p3"));
     }
 
     #[test]

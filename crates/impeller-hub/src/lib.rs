@@ -15,6 +15,7 @@ pub mod datasets;
 pub mod deploy;
 pub mod drift;
 pub mod fleet;
+pub mod gate;
 pub mod ingest;
 pub mod openapi;
 pub mod packages;
@@ -82,6 +83,8 @@ pub struct Hub {
     pub ingest: tokio::task::JoinHandle<anyhow::Result<()>>,
     /// Where the API listens (with the port chosen when `http_listen` asked for port 0).
     pub http_addr: Option<SocketAddr>,
+    /// Where the embedded broker listens (likewise); `None` with an external broker.
+    pub mqtt_addr: Option<SocketAddr>,
     /// Wakes the deployment reconciler.
     pub reconcile: Arc<tokio::sync::Notify>,
 }
@@ -97,12 +100,11 @@ impl Hub {
         let credentials = fleet::Credentials::default();
         credentials.refresh(&store).await?;
         tokio::spawn(credentials.clone().keep_fresh(store.clone()));
-        let bus = match (&cfg.external_broker, cfg.mqtt_listen) {
-            (Some(url), _) => bus::external(url, "impeller-hub").await?,
+        let (bus, mqtt_addr) = match (&cfg.external_broker, cfg.mqtt_listen) {
+            (Some(url), _) => (bus::external(url, "impeller-hub").await?, None),
             (None, Some(listen)) => {
-                let bus = bus::embedded(listen, cfg.device_auth.then(|| credentials.clone()))?;
-                wait_listening(listen).await?;
-                bus
+                let (bus, addr) = bus::embedded(listen, cfg.device_auth.then(|| credentials.clone())).await?;
+                (bus, Some(addr))
             }
             (None, None) => anyhow::bail!("the hub needs an MQTT listen address or an external broker"),
         };
@@ -187,7 +189,7 @@ impl Hub {
         };
         let stats = Arc::new(ingest::IngestStats::default());
         let ingest = tokio::spawn(ingest::run(bus, store.clone(), stats.clone(), 1000, reconcile.clone()));
-        Ok(Hub { store, stats, ingest, http_addr, reconcile })
+        Ok(Hub { store, stats, ingest, http_addr, mqtt_addr, reconcile })
     }
 }
 
@@ -295,21 +297,5 @@ async fn record_keys(
             "removed": before.difference(&now).collect::<Vec<_>>(),
         }));
     store.audit(event).await?;
-    Ok(())
-}
-
-/// The embedded broker binds on its own thread; wait until it accepts connections.
-async fn wait_listening(listen: SocketAddr) -> anyhow::Result<()> {
-    let mut addr = listen;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
-    }
-    let until = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
-        if tokio::time::Instant::now() > until {
-            anyhow::bail!("the embedded MQTT broker does not accept connections on {listen}");
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
     Ok(())
 }

@@ -10,6 +10,7 @@ use impeller_hub::{Hub, HubConfig};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
 mod audit;
+mod broker_rules;
 mod dashboard;
 mod datasets;
 mod feedback;

@@ -1,0 +1,359 @@
+//! The embedded broker's network side: the MQTT 3.1.1 connections of devices, each packet
+//! checked before it reaches rumqttd's router. rumqttd authenticates connections but has no
+//! topic authorisation, so the hub speaks MQTT to the devices itself and hands what a device
+//! may send to the router through an in-process link (one per connection, no second socket):
+//!
+//! - CONNECT: client id and user name name a provisioned, unrevoked device and the password is
+//!   its secret (else CONNACK 4, or 5 without a login); no will message (5: not supported here,
+//!   as the router link cannot carry one). A persistent session is not kept: CONNACK always says
+//!   no session is present, and the agent's outbox is what makes delivery durable.
+//! - PUBLISH only on the device's own uplink topics ([`wire::device_may_publish`]); anything
+//!   else closes the connection, since MQTT 3.1.1 cannot refuse a single publish.
+//! - SUBSCRIBE only to the device's own `ack` and `desired` ([`wire::device_may_subscribe`]):
+//!   a request with any other filter (another device's topic, a wildcard) subscribes to nothing
+//!   and is answered with SUBACK 0x80 for each of its filters.
+//! - A device revoked while connected is disconnected as soon as the hub's credentials learn it
+//!   (at once for `impeller device revoke` through this hub's API).
+//!
+//! Without credentials (`allow_anonymous`, for tests and benchmarks) any client may connect and
+//! use any topic, as rumqttd alone would allow.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use impeller_core::wire;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::v4::V4;
+use rumqttd::protocol::{
+    ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, Protocol, SubAck, SubscribeReasonCode,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
+
+use crate::fleet::Credentials;
+
+/// How long a new connection may take to send its CONNECT.
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+/// How long a connection with keep-alive 0 may stay silent.
+const IDLE_WITHOUT_KEEPALIVE: Duration = Duration::from_secs(300);
+
+/// Accepts device connections on `listener` until the task is dropped.
+pub async fn serve(
+    listener: TcpListener,
+    broker: Arc<rumqttd::Broker>,
+    credentials: Option<Credentials>,
+    max_packet: usize,
+) {
+    let gate = Arc::new(Gate { broker, credentials, max_packet });
+    loop {
+        match listener.accept().await {
+            Ok((socket, peer)) => {
+                let gate = gate.clone();
+                tokio::spawn(async move {
+                    if let Err(why) = gate.connection(socket).await {
+                        tracing::debug!(%peer, %why, "mqtt connection ended");
+                    }
+                });
+            }
+            Err(error) => {
+                // Out of file descriptors, usually: wait rather than spin.
+                tracing::warn!(%error, "cannot accept an mqtt connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+struct Gate {
+    broker: Arc<rumqttd::Broker>,
+    credentials: Option<Credentials>,
+    max_packet: usize,
+}
+
+/// Why a connection ended.
+#[derive(Debug, thiserror::Error)]
+enum Ended {
+    #[error("network: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("malformed packet: {0}")]
+    Malformed(rumqttd::protocol::Error),
+    #[error("no CONNECT within {CONNECT_WAIT:?}")]
+    NoConnect,
+    #[error("first packet is not CONNECT")]
+    NotConnect,
+    #[error("refused at CONNECT: {0}")]
+    Refused(&'static str),
+    #[error("nothing received for {0:?}")]
+    Idle(Duration),
+    #[error("closed by the device")]
+    Closed,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("revoked while connected")]
+    Revoked,
+    #[error("the broker dropped the session: {0}")]
+    Router(String),
+}
+
+/// What to do with one packet from a device.
+enum Verdict {
+    Forward(Packet),
+    /// Forward, then end the connection (the device's DISCONNECT).
+    Last(Packet),
+    /// Answer the device, forward nothing.
+    Answer(Packet),
+    Close(String),
+}
+
+impl Gate {
+    async fn connection(&self, mut socket: TcpStream) -> Result<(), Ended> {
+        socket.set_nodelay(true)?;
+        let mut read = BytesMut::with_capacity(4096);
+        let first = tokio::time::timeout(CONNECT_WAIT, self.read_one(&mut socket, &mut read))
+            .await
+            .map_err(|_| Ended::NoConnect)??;
+        let Packet::Connect(connect, _, will, _, login) = first else { return Err(Ended::NotConnect) };
+        let device = connect.client_id;
+        let refusal = match (&self.credentials, login) {
+            _ if will.is_some() => Some((ConnectReturnCode::NotAuthorized, "a will message is not supported")),
+            _ if device.is_empty() || (self.credentials.is_some() && !wire::valid_device_id(&device)) => {
+                Some((ConnectReturnCode::ClientIdentifierNotValid, "client id is not a valid device id"))
+            }
+            (None, _) => None,
+            (Some(_), None) => Some((ConnectReturnCode::NotAuthorized, "no user name and password")),
+            (Some(creds), Some(login)) => (!creds.verify(&device, &login.username, &login.password))
+                .then_some((ConnectReturnCode::BadUserNamePassword, "unknown or revoked device, or wrong secret")),
+        };
+        if let Some((code, why)) = refusal {
+            tracing::warn!(client_id = %device, why, "refused an mqtt connection");
+            self.write(&mut socket, [Packet::ConnAck(ConnAck { session_present: false, code }, None)]).await?;
+            return Err(Ended::Refused(why));
+        }
+        let broker = self.broker.clone();
+        let id = device.clone();
+        let (tx, rx) = tokio::task::spawn_blocking(move || broker.link(&id).map_err(|e| e.to_string()))
+            .await
+            .map_err(|e| Ended::Io(std::io::Error::other(e)))?
+            .map_err(Ended::Router)?;
+        let ack = ConnAck { session_present: false, code: ConnectReturnCode::Success };
+        self.write(&mut socket, [Packet::ConnAck(ack, None)]).await?;
+        let idle = match connect.keep_alive {
+            0 => IDLE_WITHOUT_KEEPALIVE,
+            secs => Duration::from_millis(u64::from(secs) * 1500),
+        };
+        let mut link = Link { tx, rx };
+        let ended = self.relay(&mut socket, &mut read, &device, &mut link, idle).await;
+        match &ended {
+            Err(Ended::Forbidden(why)) => tracing::warn!(device, why, "closed an mqtt connection"),
+            Err(Ended::Revoked) => tracing::warn!(device, "closed the mqtt connection of a revoked device"),
+            _ => {}
+        }
+        // Ends the router's session; after a takeover by a newer connection of the same device
+        // this lands in the old link's own buffer, which the router no longer reads.
+        if ended.is_err() {
+            let bye = Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::NormalDisconnection }, None);
+            let _ = link.tx.send(bye).await;
+        }
+        ended
+    }
+
+    /// Moves packets both ways until the device leaves, breaks a rule or is revoked.
+    async fn relay(
+        &self,
+        socket: &mut TcpStream,
+        read: &mut BytesMut,
+        device: &str,
+        link: &mut Link,
+        idle: Duration,
+    ) -> Result<(), Ended> {
+        let mut withdrawals = self.credentials.as_ref().map(Credentials::withdrawals);
+        let mut last_heard = Instant::now();
+        let mut out = BytesMut::with_capacity(4096);
+        let mut forward = Vec::new();
+        loop {
+            tokio::select! {
+                n = socket.read_buf(read) => {
+                    if n? == 0 {
+                        return Err(Ended::Closed);
+                    }
+                    last_heard = Instant::now();
+                    let mut close = None;
+                    let mut last = false;
+                    while !last {
+                        match V4.read_mut(read, self.max_packet) {
+                            Ok(packet) => match self.check(device, packet) {
+                                Verdict::Forward(p) => forward.push(p),
+                                Verdict::Last(p) => {
+                                    forward.push(p);
+                                    last = true;
+                                }
+                                Verdict::Answer(p) => encode(&mut out, p)?,
+                                Verdict::Close(why) => {
+                                    close = Some(why);
+                                    break;
+                                }
+                            },
+                            Err(rumqttd::protocol::Error::InsufficientBytes(_)) => break,
+                            Err(e) => return Err(Ended::Malformed(e)),
+                        }
+                    }
+                    // What came before a forbidden packet still goes through, as it would
+                    // have had the packets arrived in separate reads.
+                    link.forward(&mut forward).await?;
+                    if !out.is_empty() {
+                        socket.write_all(&out).await?;
+                        out.clear();
+                    }
+                    if let Some(why) = close {
+                        return Err(Ended::Forbidden(why));
+                    }
+                    if last {
+                        return Ok(());
+                    }
+                }
+                first = link.rx.next() => {
+                    let mut unscheduled = false;
+                    let mut next = first.map_err(router)?;
+                    while let Some(n) = next {
+                        match Option::<Packet>::from(n) {
+                            Some(p) => encode(&mut out, p)?,
+                            None => unscheduled = true,
+                        }
+                        // Everything already waiting goes out in one write.
+                        next = link.rx.recv_deadline(std::time::Instant::now()).unwrap_or(None);
+                    }
+                    if !out.is_empty() {
+                        socket.write_all(&out).await?;
+                        out.clear();
+                    }
+                    // Without this the router stops scheduling the link.
+                    if unscheduled {
+                        link.rx.wake().await.map_err(router)?;
+                    }
+                }
+                changed = async { withdrawals.as_mut()?.changed().await.ok() }, if withdrawals.is_some() => {
+                    if changed.is_none() {
+                        withdrawals = None;
+                    } else if self.credentials.as_ref().is_some_and(|c| !c.admits(device)) {
+                        return Err(Ended::Revoked);
+                    }
+                }
+                () = tokio::time::sleep_until(last_heard + idle) => return Err(Ended::Idle(idle)),
+            }
+        }
+    }
+
+    /// Reads until one whole packet is in `read`.
+    async fn read_one(&self, socket: &mut TcpStream, read: &mut BytesMut) -> Result<Packet, Ended> {
+        loop {
+            match V4.read_mut(read, self.max_packet) {
+                Ok(packet) => return Ok(packet),
+                Err(rumqttd::protocol::Error::InsufficientBytes(_)) => {
+                    if socket.read_buf(read).await? == 0 {
+                        return Err(Ended::Closed);
+                    }
+                }
+                Err(rumqttd::protocol::Error::InvalidProtocolLevel(level)) => {
+                    let code = ConnectReturnCode::RefusedProtocolVersion;
+                    self.write(socket, [Packet::ConnAck(ConnAck { session_present: false, code }, None)]).await?;
+                    tracing::warn!(level, "refused an mqtt connection: only MQTT 3.1.1 (level 4) is served");
+                    return Err(Ended::Refused("unsupported protocol level"));
+                }
+                Err(e) => return Err(Ended::Malformed(e)),
+            }
+        }
+    }
+
+    async fn write<const N: usize>(&self, socket: &mut TcpStream, packets: [Packet; N]) -> Result<(), Ended> {
+        let mut out = BytesMut::new();
+        for p in packets {
+            encode(&mut out, p)?;
+        }
+        socket.write_all(&out).await?;
+        Ok(())
+    }
+}
+
+/// One connection's session in the router.
+struct Link {
+    tx: LinkTx,
+    rx: LinkRx,
+}
+
+impl Link {
+    /// Hands `packets` to the router in one wake-up.
+    async fn forward(&mut self, packets: &mut Vec<Packet>) -> Result<(), Ended> {
+        let Some(last) = packets.pop() else { return Ok(()) };
+        self.tx.buffer().extend(packets.drain(..));
+        // Blocks the thread only while the router's queue is full; the router never waits on
+        // links, so this is back-pressure, not a deadlock.
+        self.tx.send(last).await.map_err(router)?;
+        Ok(())
+    }
+}
+
+fn router(e: rumqttd::local::LinkError) -> Ended {
+    Ended::Router(e.to_string())
+}
+
+fn encode(out: &mut BytesMut, packet: Packet) -> Result<(), Ended> {
+    V4.write(packet, out).map(drop).map_err(Ended::Malformed)
+}
+
+impl Gate {
+    /// The rules of the module doc, for one packet from `device`.
+    fn check(&self, device: &str, packet: Packet) -> Verdict {
+        let rules = self.credentials.is_some();
+        match packet {
+            Packet::Publish(p, props) => {
+                let topic = String::from_utf8_lossy(&p.topic);
+                if !rules || wire::device_may_publish(device, &topic) {
+                    Verdict::Forward(Packet::Publish(p, props))
+                } else {
+                    Verdict::Close(format!("device may not publish on `{topic}`"))
+                }
+            }
+            Packet::Subscribe(s, props) => {
+                match s.filters.iter().find(|f| rules && !wire::device_may_subscribe(device, &f.path)) {
+                    Some(bad) => {
+                        tracing::warn!(device, filter = %bad.path, "refused an mqtt subscription");
+                        let return_codes = vec![SubscribeReasonCode::Failure; s.filters.len()];
+                        Verdict::Answer(Packet::SubAck(SubAck { pkid: s.pkid, return_codes }, None))
+                    }
+                    None => Verdict::Forward(Packet::Subscribe(s, props)),
+                }
+            }
+            p @ (Packet::PubAck(..)
+            | Packet::PubRec(..)
+            | Packet::PubRel(..)
+            | Packet::PubComp(..)
+            | Packet::PingReq(..)
+            | Packet::Unsubscribe(..)) => Verdict::Forward(p),
+            p @ Packet::Disconnect(..) => Verdict::Last(p),
+            other => Verdict::Close(format!("protocol error: {} from a client", packet_name(&other))),
+        }
+    }
+}
+
+fn packet_name(p: &Packet) -> &'static str {
+    match p {
+        Packet::Connect(..) => "a second CONNECT",
+        Packet::ConnAck(..) => "CONNACK",
+        Packet::SubAck(..) => "SUBACK",
+        Packet::UnsubAck(..) => "UNSUBACK",
+        Packet::PingResp(..) => "PINGRESP",
+        _ => "an unexpected packet",
+    }
+}
+
+/// Binds `listen` (port 0: any free port) and returns the listener with its address.
+pub async fn bind(listen: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("the embedded MQTT broker cannot listen on {listen}: {e}"))?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
+}
