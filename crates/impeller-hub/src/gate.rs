@@ -174,45 +174,46 @@ impl Gate {
         let mut out = BytesMut::with_capacity(4096);
         let mut forward = Vec::new();
         loop {
+            // Whole packets already read (the first read may have brought more than CONNECT).
+            let mut close = None;
+            let mut last = false;
+            while !last {
+                match V4.read_mut(read, self.max_packet) {
+                    Ok(packet) => match self.check(device, packet) {
+                        Verdict::Forward(p) => forward.push(p),
+                        Verdict::Last(p) => {
+                            forward.push(p);
+                            last = true;
+                        }
+                        Verdict::Answer(p) => encode(&mut out, p)?,
+                        Verdict::Close(why) => {
+                            close = Some(why);
+                            break;
+                        }
+                    },
+                    Err(rumqttd::protocol::Error::InsufficientBytes(_)) => break,
+                    Err(e) => return Err(Ended::Malformed(e)),
+                }
+            }
+            // What came before a forbidden packet still goes through, as it would
+            // have had the packets arrived in separate reads.
+            link.forward(&mut forward).await?;
+            if !out.is_empty() {
+                socket.write_all(&out).await?;
+                out.clear();
+            }
+            if let Some(why) = close {
+                return Err(Ended::Forbidden(why));
+            }
+            if last {
+                return Ok(());
+            }
             tokio::select! {
                 n = socket.read_buf(read) => {
                     if n? == 0 {
                         return Err(Ended::Closed);
                     }
                     last_heard = Instant::now();
-                    let mut close = None;
-                    let mut last = false;
-                    while !last {
-                        match V4.read_mut(read, self.max_packet) {
-                            Ok(packet) => match self.check(device, packet) {
-                                Verdict::Forward(p) => forward.push(p),
-                                Verdict::Last(p) => {
-                                    forward.push(p);
-                                    last = true;
-                                }
-                                Verdict::Answer(p) => encode(&mut out, p)?,
-                                Verdict::Close(why) => {
-                                    close = Some(why);
-                                    break;
-                                }
-                            },
-                            Err(rumqttd::protocol::Error::InsufficientBytes(_)) => break,
-                            Err(e) => return Err(Ended::Malformed(e)),
-                        }
-                    }
-                    // What came before a forbidden packet still goes through, as it would
-                    // have had the packets arrived in separate reads.
-                    link.forward(&mut forward).await?;
-                    if !out.is_empty() {
-                        socket.write_all(&out).await?;
-                        out.clear();
-                    }
-                    if let Some(why) = close {
-                        return Err(Ended::Forbidden(why));
-                    }
-                    if last {
-                        return Ok(());
-                    }
                 }
                 first = link.rx.next() => {
                     let mut unscheduled = false;

@@ -107,3 +107,37 @@ async fn a_device_reaches_only_its_own_topics_and_is_dropped_when_revoked() {
     let c = devices.iter().find(|d| d.id == "pump-c").unwrap();
     assert!(c.revoked_ms.is_some(), "c was revoked through the API");
 }
+
+/// Regression: a client that sends CONNECT and SUBSCRIBE in one write (the load bench's lean
+/// client does) got no SUBACK, because the gate waited for more bytes before reading what was
+/// already buffered behind the CONNECT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn packets_behind_the_connect_in_one_write_are_answered() {
+    use rumqttc::mqttbytes::QoS;
+    use rumqttc::mqttbytes::v4::{Connect, Packet, Subscribe};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().unwrap();
+    let (cfg, port) = crate::embedded_sqlite(dir.path(), true);
+    let store = impeller_hub::store::Store::open(&cfg.database).await.unwrap();
+    let secret = store.add_device("pump-1", &Default::default(), "gw", "test").await.unwrap();
+    let _hub = Hub::start(&cfg).await.unwrap();
+    let mut socket = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut connect = Connect::new("pump-1");
+    connect.set_login("pump-1", secret);
+    let mut out = bytes::BytesMut::new();
+    Packet::Connect(connect).write(&mut out, 1 << 20).unwrap();
+    Packet::Subscribe(Subscribe::new(wire::topic("pump-1", "ack"), QoS::AtLeastOnce)).write(&mut out, 1 << 20).unwrap();
+    socket.write_all(&out).await.unwrap();
+    let mut read = bytes::BytesMut::new();
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let n = tokio::time::timeout(Duration::from_secs(5), socket.read_buf(&mut read)).await;
+        assert!(n.is_ok_and(|n| n.is_ok_and(|n| n > 0)), "no answer; seen {seen:?}");
+        while let Ok(p) = Packet::read(&mut read, 1 << 20) {
+            seen.push(format!("{p:?}"));
+        }
+    }
+    assert!(seen[0].starts_with("ConnAck") && seen[0].contains("Success"), "{seen:?}");
+    assert!(seen[1].starts_with("SubAck") && seen[1].contains("Success(AtLeastOnce)"), "{seen:?}");
+}
