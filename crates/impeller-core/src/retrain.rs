@@ -185,7 +185,7 @@ impl RetrainPolicy {
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Facts {
     pub now_ms: i64,
-    /// Devices running the model, and how many of them are in drift now, not counting those
+    /// Devices running the model's champion, and how many of them are in drift now, not counting those
     /// set aside: devices with a labelled incident (a confirmed fault) in the policy's window,
     /// whose drift has a known cause that retraining must not learn.
     pub devices: u64,
@@ -230,7 +230,9 @@ pub enum Decision {
 pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
     let share = if f.devices == 0 { 0.0 } else { f.drifting as f64 / f.devices as f64 };
     let drifting = p.triggers.drift_share.is_some_and(|t| f.devices > 0 && f.drifting > 0 && share >= t);
-    s.drift_rounds = if drifting { s.drift_rounds.saturating_add(1) } else { 0 };
+    // Drift seen while a retraining is under way is the old model's; the new one must show its
+    // own for the full count before it is retrained in turn.
+    s.drift_rounds = if drifting && !f.busy { s.drift_rounds.saturating_add(1) } else { 0 };
     s.started_ms.retain(|&t| f.now_ms - t < DAY_MS);
     let verdicts = f.confirmed + f.false_alarms;
     let precision = (verdicts > 0).then(|| f.confirmed as f64 / verdicts as f64);
@@ -314,19 +316,22 @@ per_day = 2
         assert_eq!(decide(&p, &mut s, &facts(2, 3)), Decision::Wait);
         assert_eq!(decide(&p, &mut s, &facts(3, 4)), Decision::Wait);
         assert!(matches!(decide(&p, &mut s, &facts(4, 5)), Decision::Retrain { .. }), "third check in a row");
-        // Busy: no new retraining, and the rounds go on counting.
+        // Busy: no new retraining, and drift seen meanwhile does not count.
         for t in 5..8 {
             let busy = Facts { busy: true, ..facts(t, 5) };
             assert_eq!(decide(&p, &mut s, &busy), Decision::Wait);
         }
-        assert!(matches!(decide(&p, &mut s, &facts(8, 5)), Decision::Retrain { .. }), "the drift went on while busy");
-        assert_eq!(decide(&p, &mut s, &facts(9, 5)), Decision::Wait, "the count starts again after a retraining");
-        assert_eq!(decide(&p, &mut s, &facts(10, 5)), Decision::Wait);
-        assert!(matches!(decide(&p, &mut s, &facts(11, 5)), Decision::OverBudget { .. }), "two a day");
-        assert_eq!(decide(&p, &mut s, &facts(12, 5)), Decision::Wait, "said once while the trigger holds");
-        // A day after the first, there is budget again (the one at 8 still counts).
+        assert_eq!(decide(&p, &mut s, &facts(8, 5)), Decision::Wait, "the count starts again after a retraining");
+        assert_eq!(decide(&p, &mut s, &facts(9, 5)), Decision::Wait);
+        assert!(matches!(decide(&p, &mut s, &facts(10, 5)), Decision::Retrain { .. }), "three checks of its own");
+        for t in 11..13 {
+            assert_eq!(decide(&p, &mut s, &facts(t, 5)), Decision::Wait);
+        }
+        assert!(matches!(decide(&p, &mut s, &facts(13, 5)), Decision::OverBudget { .. }), "two a day");
+        assert_eq!(decide(&p, &mut s, &facts(14, 5)), Decision::Wait, "said once while the trigger holds");
+        // A day after the first, there is budget again (the one at 10 still counts).
         assert!(matches!(decide(&p, &mut s, &facts(DAY_MS + 5, 5)), Decision::Retrain { .. }));
-        assert_eq!(s.started_ms, [8, DAY_MS + 5]);
+        assert_eq!(s.started_ms, [10, DAY_MS + 5]);
     }
 
     #[test]

@@ -130,9 +130,13 @@ impl Retrainer {
                 .into_iter()
                 .map(|i| i.device)
                 .collect();
+            // Only devices running the champion are evidence against it: those still on an
+            // older version (a rollout under way) are about a model already replaced. With no
+            // champion yet, every device running the model counts.
+            let champion = self.store.alias(&rec.model, "champion").await?.map(|v| v.version);
             let (devices, set_aside): (Vec<&str>, Vec<&str>) = running
                 .iter()
-                .filter(|r| r.model.as_deref() == Some(rec.model.as_str()))
+                .filter(|r| r.model.as_deref() == Some(rec.model.as_str()) && (champion.is_none() || r.version == champion))
                 .map(|r| r.device.as_str())
                 .partition(|d| !labelled.contains(*d));
             let drifting = devices
@@ -141,9 +145,8 @@ impl Retrainer {
                     monitors.get(&(d.to_string(), rec.model.clone())).is_some_and(|(_, m)| m.state == DriftState::Drift)
                 })
                 .count();
-            let champion = self.store.alias(&rec.model, "champion").await?.map(|v| v.version.to_string());
             let verdicts = self.store.precision(Some(&rec.model)).await?;
-            let current = verdicts.iter().find(|p| Some(&p.model_version) == champion.as_ref());
+            let current = verdicts.iter().find(|p| Some(&p.model_version) == champion.map(|v| v.to_string()).as_ref());
             let busy = self.is_busy(&rec.model);
             let mut decision = Decision::Wait;
             self.update(&rec.model, |state| {
