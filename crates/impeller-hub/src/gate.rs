@@ -12,25 +12,36 @@
 //! - SUBSCRIBE only to the device's own `ack` and `desired` ([`wire::device_may_subscribe`]):
 //!   a request with any other filter (another device's topic, a wildcard) subscribes to nothing
 //!   and is answered with SUBACK 0x80 for each of its filters.
+//! - The hub's publishes to devices (`ack`, `desired`) do not pass through the router: the gate
+//!   keeps the subscriptions to those exact topics ([`Downlink`]) and writes the publishes to
+//!   each subscriber's connection at QoS 0, the retained desired state on subscribing. rumqttd
+//!   matches each topic it has not seen against every subscription, and each new subscription
+//!   against every topic: with one subscription per device, a fleet of 10,000 connecting cost
+//!   the router's single thread tens of seconds before its first acknowledgement went out.
 //! - A device revoked while connected is disconnected as soon as the hub's credentials learn it
 //!   (at once for `impeller device revoke` through this hub's API).
 //!
 //! Without credentials (`allow_anonymous`, for tests and benchmarks) any client may connect and
-//! use any topic, as rumqttd alone would allow.
+//! use any topic, as rumqttd alone would allow; a wildcard subscription then goes to the router
+//! and sees what clients publish, not the hub's downlink.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use impeller_core::wire;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{
-    ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, Protocol, SubAck, SubscribeReasonCode,
+    ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, Protocol, PubAck, PubAckReason, Publish, QoS,
+    SubAck, SubscribeReasonCode, UnsubAck,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use crate::fleet::Credentials;
@@ -39,15 +50,116 @@ use crate::fleet::Credentials;
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// How long a connection with keep-alive 0 may stay silent.
 const IDLE_WITHOUT_KEEPALIVE: Duration = Duration::from_secs(300);
+/// Downlink publishes queued for one connection before more are dropped (an acknowledgement is
+/// cumulative, so the next one makes up for a dropped one).
+const DOWNLINK_QUEUE: usize = 1024;
+
+/// The subscriptions to the hub's downlink topics and the retained desired state, shared by
+/// the gate's connections and the hub's side of the bus.
+#[derive(Debug, Default)]
+pub struct Downlink {
+    state: Mutex<Subscriptions>,
+    sessions: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Subscriptions {
+    by_topic: HashMap<String, Vec<(u64, mpsc::Sender<Down>)>>,
+    retained: HashMap<String, Bytes>,
+}
+
+/// One downlink publish on its way to a connection.
+#[derive(Debug)]
+struct Down {
+    topic: Bytes,
+    payload: Bytes,
+}
+
+impl Downlink {
+    /// Sends `payload` on `topic` to its subscribers now; `retain` also keeps it for later ones
+    /// (an empty payload clears what was kept).
+    pub fn publish(&self, topic: String, payload: Vec<u8>, retain: bool) {
+        let payload = Bytes::from(payload);
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if retain {
+            if payload.is_empty() {
+                state.retained.remove(&topic);
+            } else {
+                state.retained.insert(topic.clone(), payload.clone());
+            }
+        }
+        if payload.is_empty() {
+            return;
+        }
+        let Some(subscribers) = state.by_topic.get_mut(&topic) else { return };
+        let topic = Bytes::from(topic.into_bytes());
+        subscribers.retain(|(_, tx)| match tx.try_send(Down { topic: topic.clone(), payload: payload.clone() }) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::warn!(topic = %String::from_utf8_lossy(&topic), "a connection is not reading; dropped a downlink publish");
+                true
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        });
+    }
+
+    /// Adds session `id` as a subscriber of `topic`; what is retained on it, if anything.
+    fn subscribe(&self, topic: &str, id: u64, tx: &mpsc::Sender<Down>) -> Option<Bytes> {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let subscribers = state.by_topic.entry(topic.to_string()).or_default();
+        if !subscribers.iter().any(|(s, _)| *s == id) {
+            subscribers.push((id, tx.clone()));
+        }
+        state.retained.get(topic).cloned()
+    }
+
+    fn unsubscribe(&self, topic: &str, id: u64) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(subscribers) = state.by_topic.get_mut(topic) {
+            subscribers.retain(|(s, _)| *s != id);
+            if subscribers.is_empty() {
+                state.by_topic.remove(topic);
+            }
+        }
+    }
+}
+
+/// A connection's side of the downlink: its subscriptions and their queue.
+struct Session {
+    id: u64,
+    tx: mpsc::Sender<Down>,
+    rx: mpsc::Receiver<Down>,
+    topics: Vec<String>,
+}
+
+impl Session {
+    fn open(downlink: &Downlink) -> Session {
+        let (tx, rx) = mpsc::channel(DOWNLINK_QUEUE);
+        Session { id: downlink.sessions.fetch_add(1, Ordering::Relaxed), tx, rx, topics: Vec::new() }
+    }
+
+    fn close(self, downlink: &Downlink) {
+        for t in &self.topics {
+            downlink.unsubscribe(t, self.id);
+        }
+    }
+}
+
+/// Whether `filter` is one exact downlink topic, which the gate serves itself.
+fn served_by_gate(filter: &str) -> bool {
+    !filter.contains(['+', '#'])
+        && wire::parse_topic(filter).is_some_and(|(_, kind)| wire::DOWNLINK_KINDS.contains(&kind))
+}
 
 /// Accepts device connections on `listener` until the task is dropped.
 pub async fn serve(
     listener: TcpListener,
     broker: Arc<rumqttd::Broker>,
+    downlink: Arc<Downlink>,
     credentials: Option<Credentials>,
     max_packet: usize,
 ) {
-    let gate = Arc::new(Gate { broker, credentials, max_packet });
+    let gate = Arc::new(Gate { broker, downlink, credentials, max_packet });
     loop {
         match listener.accept().await {
             Ok((socket, peer)) => {
@@ -69,6 +181,7 @@ pub async fn serve(
 
 struct Gate {
     broker: Arc<rumqttd::Broker>,
+    downlink: Arc<Downlink>,
     credentials: Option<Credentials>,
     max_packet: usize,
 }
@@ -105,6 +218,10 @@ enum Verdict {
     Last(Packet),
     /// Answer the device, forward nothing.
     Answer(Packet),
+    /// Forward, then answer with a PUBACK of this packet id.
+    ForwardAndAck(Packet, u16),
+    /// A SUBSCRIBE or UNSUBSCRIBE of downlink topics, which the gate serves itself.
+    Serve(Packet),
     Close(String),
 }
 
@@ -145,7 +262,9 @@ impl Gate {
             secs => Duration::from_millis(u64::from(secs) * 1500),
         };
         let mut link = Link { tx, rx };
-        let ended = self.relay(&mut socket, &mut read, &device, &mut link, idle).await;
+        let mut session = Session::open(&self.downlink);
+        let ended = self.relay(&mut socket, &mut read, &device, &mut link, &mut session, idle).await;
+        session.close(&self.downlink);
         match &ended {
             Err(Ended::Forbidden(why)) => tracing::warn!(device, why, "closed an mqtt connection"),
             Err(Ended::Revoked) => tracing::warn!(device, "closed the mqtt connection of a revoked device"),
@@ -167,6 +286,7 @@ impl Gate {
         read: &mut BytesMut,
         device: &str,
         link: &mut Link,
+        session: &mut Session,
         idle: Duration,
     ) -> Result<(), Ended> {
         let mut withdrawals = self.credentials.as_ref().map(Credentials::withdrawals);
@@ -178,14 +298,20 @@ impl Gate {
             let mut close = None;
             let mut last = false;
             while !last {
+                let head = publish_qos_and_id(read);
                 match V4.read_mut(read, self.max_packet) {
-                    Ok(packet) => match self.check(device, packet) {
+                    Ok(packet) => match self.check(device, packet, head) {
                         Verdict::Forward(p) => forward.push(p),
+                        Verdict::ForwardAndAck(p, pkid) => {
+                            forward.push(p);
+                            encode(&mut out, Packet::PubAck(PubAck { pkid, reason: PubAckReason::Success }, None))?;
+                        }
                         Verdict::Last(p) => {
                             forward.push(p);
                             last = true;
                         }
                         Verdict::Answer(p) => encode(&mut out, p)?,
+                        Verdict::Serve(p) => self.serve(p, session, &mut out)?,
                         Verdict::Close(why) => {
                             close = Some(why);
                             break;
@@ -235,6 +361,15 @@ impl Gate {
                         link.rx.wake().await.map_err(router)?;
                     }
                 }
+                Some(first) = session.rx.recv() => {
+                    let mut next = Some(first);
+                    while let Some(d) = next {
+                        encode(&mut out, Packet::Publish(Publish::new(d.topic, d.payload, false), None))?;
+                        next = session.rx.try_recv().ok();
+                    }
+                    socket.write_all(&out).await?;
+                    out.clear();
+                }
                 changed = async { withdrawals.as_mut()?.changed().await.ok() }, if withdrawals.is_some() => {
                     if changed.is_none() {
                         withdrawals = None;
@@ -245,6 +380,40 @@ impl Gate {
                 () = tokio::time::sleep_until(last_heard + idle) => return Err(Ended::Idle(idle)),
             }
         }
+    }
+
+    /// Subscribes or unsubscribes `session` to downlink topics; the answer, and on subscribing
+    /// what is retained, go to `out`.
+    fn serve(&self, packet: Packet, session: &mut Session, out: &mut BytesMut) -> Result<(), Ended> {
+        match packet {
+            Packet::Subscribe(s, _) => {
+                let mut retained = Vec::new();
+                for f in &s.filters {
+                    if let Some(payload) = self.downlink.subscribe(&f.path, session.id, &session.tx) {
+                        retained.push((f.path.clone(), payload));
+                    }
+                    if !session.topics.contains(&f.path) {
+                        session.topics.push(f.path.clone());
+                    }
+                }
+                // Delivered at QoS 0: on a live connection TCP delivers it, and after a broken one
+                // the device subscribes again and gets the retained state again.
+                let return_codes = vec![SubscribeReasonCode::Success(QoS::AtMostOnce); s.filters.len()];
+                encode(out, Packet::SubAck(SubAck { pkid: s.pkid, return_codes }, None))?;
+                for (topic, payload) in retained {
+                    encode(out, Packet::Publish(Publish::new(Bytes::from(topic.into_bytes()), payload, true), None))?;
+                }
+            }
+            Packet::Unsubscribe(u, _) => {
+                for f in &u.filters {
+                    self.downlink.unsubscribe(f, session.id);
+                    session.topics.retain(|t| t != f);
+                }
+                encode(out, Packet::UnsubAck(UnsubAck { pkid: u.pkid, reasons: Vec::new() }, None))?;
+            }
+            other => encode(out, other)?,
+        }
+        Ok(())
     }
 
     /// Reads until one whole packet is in `read`.
@@ -306,15 +475,24 @@ fn encode(out: &mut BytesMut, packet: Packet) -> Result<(), Ended> {
 
 impl Gate {
     /// The rules of the module doc, for one packet from `device`.
-    fn check(&self, device: &str, packet: Packet) -> Verdict {
+    /// `head` is the packet's QoS and id when it is a PUBLISH.
+    fn check(&self, device: &str, packet: Packet, head: Option<(u8, u16)>) -> Verdict {
         let rules = self.credentials.is_some();
         match packet {
             Packet::Publish(p, props) => {
                 let topic = String::from_utf8_lossy(&p.topic);
-                if !rules || wire::device_may_publish(device, &topic) {
-                    Verdict::Forward(Packet::Publish(p, props))
-                } else {
-                    Verdict::Close(format!("device may not publish on `{topic}`"))
+                if rules && !wire::device_may_publish(device, &topic) {
+                    return Verdict::Close(format!("device may not publish on `{topic}`"));
+                }
+                match head {
+                    // The gate acknowledges a QoS 1 publish itself once the router has it (in
+                    // memory, as the router's own PUBACK would mean), handing the router QoS 0:
+                    // one wake-up and one write fewer per message. The hub's acknowledgement,
+                    // after its commit, is what frees the agent's outbox.
+                    Some((1, pkid)) => {
+                        Verdict::ForwardAndAck(Packet::Publish(Publish::new(p.topic, p.payload, p.retain), None), pkid)
+                    }
+                    _ => Verdict::Forward(Packet::Publish(p, props)),
                 }
             }
             Packet::Subscribe(s, props) => {
@@ -324,8 +502,14 @@ impl Gate {
                         let return_codes = vec![SubscribeReasonCode::Failure; s.filters.len()];
                         Verdict::Answer(Packet::SubAck(SubAck { pkid: s.pkid, return_codes }, None))
                     }
+                    None if s.filters.iter().all(|f| served_by_gate(&f.path)) => {
+                        Verdict::Serve(Packet::Subscribe(s, props))
+                    }
                     None => Verdict::Forward(Packet::Subscribe(s, props)),
                 }
+            }
+            Packet::Unsubscribe(u, props) if u.filters.iter().all(|f| served_by_gate(f)) => {
+                Verdict::Serve(Packet::Unsubscribe(u, props))
             }
             p @ (Packet::PubAck(..)
             | Packet::PubRec(..)
@@ -337,6 +521,32 @@ impl Gate {
             other => Verdict::Close(format!("protocol error: {} from a client", packet_name(&other))),
         }
     }
+}
+
+/// The QoS and packet id of the PUBLISH at the start of `buf` (rumqttd decodes them but keeps
+/// them private); `None` when `buf` does not start with a PUBLISH's whole variable header.
+fn publish_qos_and_id(buf: &[u8]) -> Option<(u8, u16)> {
+    let first = *buf.first()?;
+    if first >> 4 != 3 {
+        return None;
+    }
+    let qos = (first >> 1) & 0b11;
+    // The remaining length: one to four bytes of seven bits each.
+    let mut i = 1;
+    loop {
+        let b = *buf.get(i)?;
+        i += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        if i > 4 {
+            return None;
+        }
+    }
+    let topic_len = usize::from(u16::from_be_bytes([*buf.get(i)?, *buf.get(i + 1)?]));
+    let at = i + 2 + topic_len;
+    let pkid = if qos == 0 { 0 } else { u16::from_be_bytes([*buf.get(at)?, *buf.get(at + 1)?]) };
+    Some((qos, pkid))
 }
 
 fn packet_name(p: &Packet) -> &'static str {
@@ -357,4 +567,35 @@ pub async fn bind(listen: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr
         .map_err(|e| anyhow::anyhow!("the embedded MQTT broker cannot listen on {listen}: {e}"))?;
     let addr = listener.local_addr()?;
     Ok((listener, addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn qos_and_packet_id_are_read_from_a_publish_header() {
+        let encoded = |qos: rumqttc::mqttbytes::QoS, pkid: u16, payload: usize| {
+            let mut p =
+                rumqttc::mqttbytes::v4::Publish::new("impeller/v1/devices/p1/telemetry", qos, vec![7u8; payload]);
+            p.pkid = pkid;
+            let mut out = BytesMut::new();
+            rumqttc::mqttbytes::v4::Packet::Publish(p).write(&mut out, 1 << 20).unwrap();
+            out
+        };
+        use rumqttc::mqttbytes::QoS as Q;
+        assert_eq!(publish_qos_and_id(&encoded(Q::AtLeastOnce, 513, 10)), Some((1, 513)));
+        // A remaining length of two and of three bytes.
+        assert_eq!(publish_qos_and_id(&encoded(Q::ExactlyOnce, 65535, 300)), Some((2, 65535)));
+        assert_eq!(publish_qos_and_id(&encoded(Q::AtLeastOnce, 9, 20_000)), Some((1, 9)));
+        assert_eq!(publish_qos_and_id(&encoded(Q::AtMostOnce, 0, 10)), Some((0, 0)));
+        // Cut anywhere in the header: nothing, never a panic.
+        let whole = encoded(Q::AtLeastOnce, 513, 10);
+        let header = 2 + 2 + "impeller/v1/devices/p1/telemetry".len() + 2;
+        for cut in 0..header {
+            assert_eq!(publish_qos_and_id(&whole[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(publish_qos_and_id(&[0x32, 0xff, 0xff, 0xff, 0xff, 0x01]), None, "five length bytes");
+        assert_eq!(publish_qos_and_id(&[0x40, 0x02, 0x00, 0x01]), None, "a PUBACK");
+    }
 }

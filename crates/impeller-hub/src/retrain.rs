@@ -136,7 +136,9 @@ impl Retrainer {
             let champion = self.store.alias(&rec.model, "champion").await?.map(|v| v.version);
             let (devices, set_aside): (Vec<&str>, Vec<&str>) = running
                 .iter()
-                .filter(|r| r.model.as_deref() == Some(rec.model.as_str()) && (champion.is_none() || r.version == champion))
+                .filter(|r| {
+                    r.model.as_deref() == Some(rec.model.as_str()) && (champion.is_none() || r.version == champion)
+                })
                 .map(|r| r.device.as_str())
                 .partition(|d| !labelled.contains(*d));
             let drifting = devices

@@ -280,16 +280,16 @@ impl Store {
                         append_audit!(tx, event update_event(m, u, now));
                     }
                 }
-                for (device, acked) in acked {
-                    sqlx::query(
-                        "INSERT INTO device_streams (device, acked, last_seen_ms) VALUES ($1, $2, $3) \
-                         ON CONFLICT (device) DO UPDATE SET acked = excluded.acked, last_seen_ms = excluded.last_seen_ms",
-                    )
-                    .bind(device)
-                    .bind(*acked as i64)
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
+                // One statement per chunk of devices too: a batch from a large fleet names
+                // hundreds of devices, and a statement each cost more than the messages.
+                let acked: Vec<(&String, &u64)> = acked.iter().collect();
+                for chunk in acked.chunks(INSERT_CHUNK) {
+                    let mut q = sqlx::QueryBuilder::new("INSERT INTO device_streams (device, acked, last_seen_ms) ");
+                    q.push_values(chunk, |mut row, (device, acked)| {
+                        row.push_bind(*device).push_bind(**acked as i64).push_bind(now);
+                    });
+                    q.push(" ON CONFLICT (device) DO UPDATE SET acked = excluded.acked, last_seen_ms = excluded.last_seen_ms");
+                    q.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
             }};

@@ -604,6 +604,39 @@ pub enum Bench {
     /// import, train, evaluate, validate, package for three profiles, sign, register; then an
     /// unchanged rerun, and the same spec in a fresh work folder. Times each run.
     Pipeline(PipelineBenchArgs),
+    /// The hub under a fleet's load: a real `impeller hub` as a child process with every device
+    /// provisioned, and one MQTT connection per device publishing telemetry at a steady rate,
+    /// resending what is not acknowledged after a reconnect. Reports the stored rate, the
+    /// latency from publish to the acknowledgement the hub sends after its commit, and checks
+    /// that the store holds every message exactly once.
+    Load(LoadBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoadBenchArgs {
+    /// Devices connected at once.
+    #[arg(long, default_value_t = 10_000)]
+    pub devices: u64,
+    /// Messages per second offered by the whole fleet.
+    #[arg(long, default_value_t = 50_000.0)]
+    pub rate: f64,
+    /// Seconds of publishing.
+    #[arg(long, default_value_t = 30)]
+    pub secs: u64,
+    /// The hub's database (default: SQLite in a temporary folder). A postgres:// URL gets a
+    /// fresh database of its own on that server, dropped at the end.
+    #[arg(long, value_name = "URL")]
+    pub database: Option<String>,
+    /// An external MQTT broker (mqtt://host:port) for the hub and the devices instead of the
+    /// embedded one.
+    #[arg(long, value_name = "URL")]
+    pub broker: Option<String>,
+    /// Kill the hub (SIGKILL) this many seconds into the run and start it again.
+    #[arg(long, value_name = "SECS")]
+    pub restart_after: Option<u64>,
+    /// The `impeller` binary to run the hub with (default: this one).
+    #[arg(long, value_name = "FILE")]
+    pub hub_bin: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

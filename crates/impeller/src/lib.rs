@@ -8,6 +8,7 @@ pub mod data;
 pub mod demo;
 pub mod fleet;
 pub mod lifecycle;
+pub mod load;
 pub mod logging;
 pub mod packages;
 pub mod remote;
@@ -52,6 +53,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Bench(Bench::Fleet(args)) => fleet::bench(args),
         Command::Bench(Bench::Audit(args)) => audit::bench(args),
         Command::Bench(Bench::Pipeline(args)) => lifecycle::bench(args),
+        Command::Bench(Bench::Load(args)) => load::bench(args),
         Command::Sim(args) => fleet::sim(args),
         Command::Demo(args) => demo::run(args),
         Command::Alerts(q) => remote::alerts(q),

@@ -9,7 +9,7 @@ fn main() -> ExitCode {
     let cli = impeller::cli::Cli::parse();
     // The demo tells its story on standard output; two dozen agents' routine logs, and the
     // embedded broker's notes on their connections ending when the demo stops, would drown it.
-    let default = if matches!(cli.command, impeller::cli::Command::Demo(_)) { "error,rumqttd=off" } else { "info" };
+    let default = if matches!(cli.command, impeller::cli::Command::Demo(_)) { "error" } else { "info" };
     impeller::logging::init(cli.verbose, cli.quiet, default);
     match impeller::run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -34,6 +34,7 @@ fn embedded_sqlite(dir: &std::path::Path, device_auth: bool) -> (HubConfig, u16)
         mqtt_listen: Some(format!("127.0.0.1:{port}").parse().unwrap()),
         external_broker: None,
         device_auth,
+        packages_dir: dir.join("packages"),
         ..Default::default()
     };
     (cfg, port)

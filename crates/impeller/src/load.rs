@@ -1,0 +1,565 @@
+//! `impeller bench load`: the hub under a fleet's load. A real `impeller hub` runs as a child
+//! process (its own file-descriptor budget, as in production) with every device provisioned;
+//! this process is the fleet: one MQTT connection per device, each publishing telemetry-sized
+//! envelopes at a steady rate and keeping what the hub has not acknowledged, as the agent's
+//! outbox does, to send again after a reconnect. The latency of a message is from its publish
+//! to the hub's acknowledgement that covers it, which the hub sends only after the message is
+//! committed: an upper bound on publish-to-queryable. At the end the store must hold every
+//! published sequence number of every device exactly once. `--restart-after` kills the hub
+//! (SIGKILL) that many seconds into the run and starts it again on the same data.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::BytesMut;
+use impeller_core::wire;
+use rumqttc::mqttbytes::QoS;
+use rumqttc::mqttbytes::v4::{Connect, Packet, Publish, Subscribe};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+
+use crate::cli::LoadBenchArgs;
+
+const MAX_PACKET: usize = 1 << 20;
+
+/// The bench's report, line by line on standard output as the run goes.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+pub fn bench(args: LoadBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.devices > 0 && args.rate > 0.0 && args.secs > 0, "devices, rate and secs must be positive");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: LoadBenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let run_id = format!("load{}", std::process::id());
+    let (database, scratch_db) = match &args.database {
+        Some(url) if url.starts_with("postgres") => {
+            let (fresh, name) = fresh_postgres(url, &run_id).await?;
+            (fresh, Some((url.clone(), name)))
+        }
+        Some(url) => (url.clone(), None),
+        None => (format!("sqlite:{}", dir.path().join("hub.db").display()), None),
+    };
+    let outcome = load(&args, dir.path(), &database, &run_id).await;
+    if let Some((admin, name)) = scratch_db {
+        drop_postgres(&admin, &name).await;
+    }
+    outcome
+}
+
+async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let devices = provision(database, args.devices, run_id).await?;
+    say!("provisioned {} devices in {:.1} s", devices.len(), started.elapsed().as_secs_f64());
+
+    let mqtt_port = free_port()?;
+    let (host, port) = match &args.broker {
+        Some(url) => split_url(url)?,
+        None => ("127.0.0.1".to_string(), mqtt_port),
+    };
+    let mut hub = HubProcess::start(args, dir, database, mqtt_port)?;
+    wait_accepting(&host, port, Duration::from_secs(30)).await?;
+
+    let fleet = Arc::new(Fleet::default());
+    let per_device = Duration::from_secs_f64(args.devices as f64 / args.rate);
+    let connect_start = Instant::now();
+    let limit = Arc::new(tokio::sync::Semaphore::new(200));
+    let (schedule, schedule_rx) = tokio::sync::watch::channel(None);
+    let mut tasks = Vec::with_capacity(devices.len());
+    for (i, d) in devices.into_iter().enumerate() {
+        let device = SimDevice {
+            id: d.0,
+            secret: d.1,
+            host: host.clone(),
+            port,
+            every: per_device,
+            // Spread the devices' publishes evenly over one period.
+            phase: per_device.mul_f64(i as f64 / args.devices as f64),
+            external: args.broker.is_some(),
+        };
+        tasks.push(tokio::spawn(device.run(fleet.clone(), limit.clone(), schedule_rx.clone())));
+    }
+    while fleet.connected.load(Relaxed) < args.devices {
+        if connect_start.elapsed() > Duration::from_secs(300) {
+            anyhow::bail!("only {} of {} devices connected in 300 s", fleet.connected.load(Relaxed), args.devices);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let connect_secs = connect_start.elapsed().as_secs_f64();
+    say!("{} devices connected and subscribed in {connect_secs:.1} s", args.devices);
+
+    let t0 = Instant::now();
+    schedule.send_replace(Some(Schedule { start: t0, end: t0 + Duration::from_secs(args.secs) }));
+    let mut restarted = None;
+    let mut hub_cpu = 0.0;
+    let mut last_report = t0;
+    while t0.elapsed() < Duration::from_secs(args.secs) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Some(after) = args.restart_after
+            && restarted.is_none()
+            && t0.elapsed() >= Duration::from_secs(after)
+        {
+            hub_cpu += hub.cpu_secs().unwrap_or(0.0);
+            hub.kill()?;
+            hub = HubProcess::start(args, dir, database, mqtt_port)?;
+            restarted = Some(t0.elapsed());
+            say!("killed the hub (SIGKILL) at {:.1} s and started it again", t0.elapsed().as_secs_f64());
+        }
+        if last_report.elapsed() >= Duration::from_secs(5) {
+            last_report = Instant::now();
+            say!(
+                "  {:>5.1} s: {} published, {} acknowledged, {} connected",
+                t0.elapsed().as_secs_f64(),
+                fleet.published.load(Relaxed),
+                fleet.acked.load(Relaxed),
+                fleet.connected.load(Relaxed)
+            );
+        }
+    }
+    let publish_secs = t0.elapsed().as_secs_f64();
+    let published = fleet.published.load(Relaxed);
+    // Every device waits for its last acknowledgement, then hands back its latencies.
+    let mut latencies = Vec::with_capacity(published as usize);
+    let mut unacked = 0u64;
+    for t in tasks {
+        while !t.is_finished() && t0.elapsed() < Duration::from_secs(args.secs) + DRAIN + Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if last_report.elapsed() >= Duration::from_secs(5) {
+                last_report = Instant::now();
+                say!(
+                    "  {:>5.1} s: {} published, {} acknowledged, {} connected (draining)",
+                    t0.elapsed().as_secs_f64(),
+                    fleet.published.load(Relaxed),
+                    fleet.acked.load(Relaxed),
+                    fleet.connected.load(Relaxed)
+                );
+            }
+        }
+        match tokio::time::timeout(Duration::from_secs(1), t).await {
+            Ok(Ok(done)) => {
+                latencies.extend(done.latencies_us);
+                unacked += done.unacked;
+            }
+            Ok(Err(e)) => anyhow::bail!("a device task failed: {e}"),
+            Err(_) => anyhow::bail!("a device still waits for acknowledgements {DRAIN:?} after the end"),
+        }
+    }
+    let drain_secs = t0.elapsed().as_secs_f64();
+    hub_cpu += hub.cpu_secs().unwrap_or(0.0);
+    let fleet_cpu = cpu_secs("self").unwrap_or(0.0);
+    hub.kill()?;
+
+    // The store must hold each published message exactly once.
+    let check = verify(database, run_id, args.devices).await?;
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    let backend = if database.starts_with("postgres") { "PostgreSQL" } else { "SQLite" };
+    let broker = args.broker.as_deref().unwrap_or("embedded");
+    say!("\n{} devices, broker {broker}, {backend}; offered {:.0} msg/s for {} s", args.devices, args.rate, args.secs);
+    say!(
+        "published {published} ({:.0} msg/s); stored {} ({:.0} msg/s over the publishing time, all acknowledged {:.1} s after it began)",
+        published as f64 / publish_secs,
+        check.stored,
+        check.stored as f64 / publish_secs,
+        drain_secs
+    );
+    say!(
+        "publish → acknowledged after commit: p50 {:.0} ms, p90 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} samples)",
+        pct(0.5),
+        pct(0.9),
+        pct(0.99),
+        pct(1.0),
+        latencies.len()
+    );
+    say!(
+        "store: {} devices checked, {} messages missing, {} unacknowledged at the end, {} reconnects, {} sent again after {ACK_TIMEOUT:?} without an acknowledgement{}",
+        check.devices,
+        check.missing,
+        unacked,
+        fleet.reconnects.load(Relaxed),
+        fleet.resent.load(Relaxed),
+        restarted.map(|t| format!(", hub killed at {:.1} s", t.as_secs_f64())).unwrap_or_default()
+    );
+    // The fleet shares the machine with the hub: what each used says how much was left.
+    say!(
+        "cpu: the hub {hub_cpu:.0} s, this fleet {fleet_cpu:.0} s (its provisioning included), {drain_secs:.0} s of wall time on {} cores{}",
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        if args.broker.is_some() { "; the external broker's own not counted" } else { "" }
+    );
+    anyhow::ensure!(check.missing == 0 && check.stored == published, "the store lost messages");
+    Ok(())
+}
+
+/// Counters the devices share.
+#[derive(Default)]
+struct Fleet {
+    connected: AtomicU64,
+    published: AtomicU64,
+    acked: AtomicU64,
+    reconnects: AtomicU64,
+    resent: AtomicU64,
+    errors: AtomicU64,
+}
+
+/// When the devices publish: set once every device is connected.
+#[derive(Debug, Clone, Copy)]
+struct Schedule {
+    start: Instant,
+    end: Instant,
+}
+
+/// How long after the end a device waits for its last acknowledgement.
+const DRAIN: Duration = Duration::from_secs(110);
+
+/// With no acknowledgement for this long, a device sends everything unacknowledged again, as
+/// the agent does (its default `hub.ack_timeout_s`).
+const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct SimDevice {
+    id: String,
+    secret: String,
+    host: String,
+    port: u16,
+    every: Duration,
+    phase: Duration,
+    /// An external broker does its own authentication; connect without a login.
+    external: bool,
+}
+
+/// What a device reports at the end.
+struct Done {
+    latencies_us: Vec<u32>,
+    unacked: u64,
+}
+
+/// A message the hub has not acknowledged yet.
+struct Pending {
+    seq: u64,
+    sent: Instant,
+    payload: bytes::Bytes,
+}
+
+impl SimDevice {
+    async fn run(
+        self,
+        fleet: Arc<Fleet>,
+        limit: Arc<tokio::sync::Semaphore>,
+        mut schedule: tokio::sync::watch::Receiver<Option<Schedule>>,
+    ) -> Done {
+        let body = format!(
+            r#"{{"from_ms":0,"to_ms":60000,"channels":[{}]}}"#,
+            [r#"{"n":600,"mean":31.9,"min":29.8,"max":34.1,"std":1.22}"#; 8].join(",")
+        );
+        let topic = wire::topic(&self.id, "telemetry");
+        let mut pending: VecDeque<Pending> = VecDeque::new();
+        let mut latencies = Vec::new();
+        let mut seq = 0u64;
+        let mut first = true;
+        let mut next: Option<Instant> = None;
+        let mut out = BytesMut::new();
+        // The last time an acknowledgement freed something (or a send began the wait for one).
+        let mut progress;
+        loop {
+            // (Re)connect; everything not acknowledged is sent again, in order.
+            let conn = {
+                let _permit = limit.acquire().await;
+                self.connect().await
+            };
+            let (mut socket, mut read) = match conn {
+                Ok(c) => c,
+                Err(error) => {
+                    if fleet.errors.fetch_add(1, Relaxed) == 0 {
+                        tracing::warn!(device = %self.id, %error, "cannot connect (first of the run's connection errors)");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+            };
+            if first {
+                fleet.connected.fetch_add(1, Relaxed);
+                first = false;
+            } else {
+                fleet.reconnects.fetch_add(1, Relaxed);
+            }
+            if resend(&mut socket, &mut out, &topic, &pending).await.is_err() {
+                continue;
+            }
+            progress = Instant::now();
+            loop {
+                let plan = *schedule.borrow();
+                let now = Instant::now();
+                if let Some(s) = plan {
+                    if now >= s.end {
+                        next = None;
+                        if pending.is_empty() || now >= s.end + DRAIN {
+                            return Done { latencies_us: latencies, unacked: pending.len() as u64 };
+                        }
+                    } else if next.is_none() && seq == 0 {
+                        next = Some(s.start + self.phase);
+                    }
+                }
+                // Nothing left to publish: wake at the end if all is acknowledged, else give up
+                // after the drain time.
+                let wake = next.or(plan.map(|s| if pending.is_empty() { s.end } else { s.end + DRAIN }));
+                tokio::select! {
+                    n = socket.read_buf(&mut read) => {
+                        if !matches!(n, Ok(n) if n > 0) {
+                            break; // the hub went away: reconnect
+                        }
+                        loop {
+                            match Packet::read(&mut read, MAX_PACKET) {
+                                Ok(Packet::Publish(p)) => {
+                                    let Ok(ack) = wire::decode_ack(&p.payload) else { continue };
+                                    let now = Instant::now();
+                                    while let Some(m) = pending.pop_front_if(|m| m.seq <= ack.acked) {
+                                        latencies.push(now.duration_since(m.sent).as_micros().min(u128::from(u32::MAX)) as u32);
+                                        fleet.acked.fetch_add(1, Relaxed);
+                                        progress = now;
+                                    }
+                                }
+                                Ok(_) => {}
+                                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => break,
+                                Err(_) => break,
+                            }
+                        }
+                    }
+                    _ = schedule.changed(), if plan.is_none() => {}
+                    () = tokio::time::sleep_until(progress + ACK_TIMEOUT), if !pending.is_empty() => {
+                        fleet.resent.fetch_add(pending.len() as u64, Relaxed);
+                        progress = Instant::now();
+                        if resend(&mut socket, &mut out, &topic, &pending).await.is_err() {
+                            break;
+                        }
+                    }
+                    () = tokio::time::sleep_until(wake.unwrap_or(now)), if wake.is_some() => {
+                        let (Some(t), Some(s)) = (next, plan) else { continue };
+                        if Instant::now() < t {
+                            continue;
+                        }
+                        seq += 1;
+                        let payload = wire::encode_envelope(&self.id, seq, seq - 1, impeller_edge::now_ms(), "telemetry", body.as_bytes())
+                            .map(bytes::Bytes::from)
+                            .unwrap_or_default();
+                        out.clear();
+                        encode_publish(&mut out, &topic, seq, &payload);
+                        if pending.is_empty() {
+                            progress = Instant::now();
+                        }
+                        pending.push_back(Pending { seq, sent: Instant::now(), payload });
+                        fleet.published.fetch_add(1, Relaxed);
+                        next = Some(t + self.every).filter(|n| *n < s.end);
+                        if socket.write_all(&out).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// CONNECT and SUBSCRIBE to the device's acknowledgements; returns once both are answered.
+    async fn connect(&self) -> anyhow::Result<(TcpStream, BytesMut)> {
+        let mut socket = TcpStream::connect((self.host.as_str(), self.port)).await?;
+        socket.set_nodelay(true)?;
+        let mut connect = Connect::new(self.id.clone());
+        connect.keep_alive = 120;
+        if !self.external {
+            connect.set_login(self.id.clone(), self.secret.clone());
+        }
+        let mut out = BytesMut::new();
+        Packet::Connect(connect).write(&mut out, MAX_PACKET)?;
+        let mut subscribe = Subscribe::new(wire::topic(&self.id, "ack"), QoS::AtMostOnce);
+        // Packet id 0 is a protocol error (Mosquitto closes the connection for it).
+        subscribe.pkid = 1;
+        Packet::Subscribe(subscribe).write(&mut out, MAX_PACKET)?;
+        socket.write_all(&out).await?;
+        let mut read = BytesMut::with_capacity(4096);
+        let (mut connacked, mut subacked) = (false, false);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(connacked && subacked) {
+            let n = tokio::time::timeout_at(deadline, socket.read_buf(&mut read)).await??;
+            anyhow::ensure!(n > 0, "closed during connect");
+            while let Ok(packet) = Packet::read(&mut read, MAX_PACKET) {
+                match packet {
+                    Packet::ConnAck(a) => {
+                        anyhow::ensure!(
+                            a.code == rumqttc::mqttbytes::v4::ConnectReturnCode::Success,
+                            "refused: {:?}",
+                            a.code
+                        );
+                        connacked = true;
+                    }
+                    Packet::SubAck(_) => subacked = true,
+                    _ => {}
+                }
+            }
+        }
+        Ok((socket, read))
+    }
+}
+
+/// Everything unacknowledged, again, in order.
+async fn resend(
+    socket: &mut TcpStream,
+    out: &mut BytesMut,
+    topic: &str,
+    pending: &VecDeque<Pending>,
+) -> std::io::Result<()> {
+    out.clear();
+    for p in pending {
+        encode_publish(out, topic, p.seq, &p.payload);
+    }
+    socket.write_all(out).await
+}
+
+fn encode_publish(out: &mut BytesMut, topic: &str, seq: u64, payload: &bytes::Bytes) {
+    let mut p = Publish::new(topic, QoS::AtLeastOnce, Vec::new());
+    p.payload = payload.clone();
+    // Packet ids cycle; the hub's acknowledgement, not PUBACK, is what frees a message.
+    p.pkid = (seq % u64::from(u16::MAX)) as u16 + 1;
+    let _ = Packet::Publish(p).write(out, MAX_PACKET);
+}
+
+/// Provisions `n` devices through the store, as `impeller device add` does through the API.
+async fn provision(database: &str, n: u64, run_id: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let store = impeller_hub::store::Store::open(database).await?;
+    let tags = [("site".to_string(), "load".to_string())].into_iter().collect();
+    let mut out = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let id = format!("{run_id}-{i:05}");
+        let secret = store.add_device(&id, &tags, "gw", "bench").await?;
+        out.push((id, secret));
+    }
+    Ok(out)
+}
+
+struct Checked {
+    devices: u64,
+    stored: u64,
+    missing: u64,
+}
+
+/// Every device's stored sequence numbers must be 1..=n without a gap (the primary key on
+/// (device, seq) rules out a duplicate).
+async fn verify(database: &str, run_id: &str, n: u64) -> anyhow::Result<Checked> {
+    let store = impeller_hub::store::Store::open(database).await?;
+    let mut c = Checked { devices: 0, stored: 0, missing: 0 };
+    for i in 0..n {
+        let msgs = store.messages(&format!("{run_id}-{i:05}")).await?;
+        let top = msgs.last().map_or(0, |m| m.seq);
+        c.devices += 1;
+        c.stored += msgs.len() as u64;
+        c.missing += top - msgs.len() as u64;
+    }
+    Ok(c)
+}
+
+/// The hub as a child process.
+struct HubProcess(Child);
+
+impl HubProcess {
+    fn start(args: &LoadBenchArgs, dir: &Path, database: &str, mqtt_port: u16) -> anyhow::Result<HubProcess> {
+        let exe = match &args.hub_bin {
+            Some(p) => p.clone(),
+            None => std::env::current_exe()?,
+        };
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("hub.log"))?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("hub")
+            .arg("--data-dir")
+            .arg(dir.join("hub"))
+            .args(["--database", database])
+            .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}")])
+            .args(["--http-listen", &format!("127.0.0.1:{}", free_port()?)]);
+        if let Some(b) = &args.broker {
+            cmd.args(["--broker", b]);
+        }
+        let child = cmd.stdout(Stdio::null()).stderr(log).spawn().context("starting the hub")?;
+        Ok(HubProcess(child))
+    }
+
+    fn cpu_secs(&self) -> Option<f64> {
+        cpu_secs(&self.0.id().to_string())
+    }
+
+    fn kill(&mut self) -> anyhow::Result<()> {
+        self.0.kill()?;
+        self.0.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for HubProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// CPU seconds (user and system) process `pid` (or "self") has used, from /proc on Linux.
+fn cpu_secs(pid: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces: utime and
+    // stime are the 12th and 13th, in clock ticks of 1/100 s.
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+async fn wait_accepting(host: &str, port: u16, within: Duration) -> anyhow::Result<()> {
+    let until = Instant::now() + within;
+    while TcpStream::connect((host, port)).await.is_err() {
+        anyhow::ensure!(Instant::now() < until, "nothing accepts MQTT connections on {host}:{port}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn split_url(url: &str) -> anyhow::Result<(String, u16)> {
+    let rest = url.strip_prefix("mqtt://").with_context(|| format!("broker `{url}` must start with mqtt://"))?;
+    let (host, port) = rest.rsplit_once(':').with_context(|| format!("broker `{url}` needs a port"))?;
+    Ok((host.to_string(), port.parse().with_context(|| format!("broker `{url}`: bad port"))?))
+}
+
+/// A database of its own on the server of `url`, so the run starts empty and leaves nothing.
+async fn fresh_postgres(url: &str, run_id: &str) -> anyhow::Result<(String, String)> {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(url).await.with_context(|| format!("connecting to {url}"))?;
+    let name = format!("impeller_{run_id}");
+    // The name is ours (a fixed prefix and the process id), not input.
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await?;
+    let base = url.rsplit_once('/').map_or(url, |(b, _)| b);
+    Ok((format!("{base}/{name}"), name))
+}
+
+async fn drop_postgres(url: &str, name: &str) {
+    use sqlx::Connection;
+    if let Ok(mut conn) = sqlx::PgConnection::connect(url).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+            .execute(&mut conn)
+            .await;
+    }
+}
