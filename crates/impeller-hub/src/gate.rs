@@ -138,6 +138,19 @@ impl Session {
         Session { id: downlink.sessions.fetch_add(1, Ordering::Relaxed), tx, rx, topics: Vec::new() }
     }
 
+    /// Subscribes to `topic`; what is retained on it, if anything.
+    fn subscribe(&mut self, downlink: &Downlink, topic: &str) -> Option<Bytes> {
+        if !self.topics.iter().any(|t| t == topic) {
+            self.topics.push(topic.to_string());
+        }
+        downlink.subscribe(topic, self.id, &self.tx)
+    }
+
+    fn unsubscribe(&mut self, downlink: &Downlink, topic: &str) {
+        downlink.unsubscribe(topic, self.id);
+        self.topics.retain(|t| t != topic);
+    }
+
     fn close(self, downlink: &Downlink) {
         for t in &self.topics {
             downlink.unsubscribe(t, self.id);
@@ -389,11 +402,8 @@ impl Gate {
             Packet::Subscribe(s, _) => {
                 let mut retained = Vec::new();
                 for f in &s.filters {
-                    if let Some(payload) = self.downlink.subscribe(&f.path, session.id, &session.tx) {
+                    if let Some(payload) = session.subscribe(&self.downlink, &f.path) {
                         retained.push((f.path.clone(), payload));
-                    }
-                    if !session.topics.contains(&f.path) {
-                        session.topics.push(f.path.clone());
                     }
                 }
                 // Delivered at QoS 0: on a live connection TCP delivers it, and after a broken one
@@ -406,8 +416,7 @@ impl Gate {
             }
             Packet::Unsubscribe(u, _) => {
                 for f in &u.filters {
-                    self.downlink.unsubscribe(f, session.id);
-                    session.topics.retain(|t| t != f);
+                    session.unsubscribe(&self.downlink, f);
                 }
                 encode(out, Packet::UnsubAck(UnsubAck { pkid: u.pkid, reasons: Vec::new() }, None))?;
             }
@@ -572,6 +581,48 @@ pub async fn bind(listen: SocketAddr) -> anyhow::Result<(TcpListener, SocketAddr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_downlink_reaches_subscribers_and_keeps_the_retained_state() {
+        let d = Downlink::default();
+        let (ack, desired) = (wire::topic("p1", "ack"), wire::topic("p1", "desired"));
+        d.publish(desired.clone(), b"v1".to_vec(), true);
+        d.publish(ack.clone(), b"before".to_vec(), false);
+        let mut a = Session::open(&d);
+        let mut b = Session::open(&d);
+        assert_eq!(a.subscribe(&d, &desired).as_deref(), Some(&b"v1"[..]), "retained on subscribing");
+        assert_eq!(a.subscribe(&d, &ack), None, "an acknowledgement is not retained");
+        assert_eq!(b.subscribe(&d, &ack), None);
+        d.publish(ack.clone(), b"7".to_vec(), false);
+        for s in [&mut a, &mut b] {
+            let got = s.rx.try_recv().unwrap();
+            assert_eq!((&got.topic[..], &got.payload[..]), (ack.as_bytes(), &b"7"[..]));
+            assert!(s.rx.try_recv().is_err(), "once");
+        }
+        b.unsubscribe(&d, &ack);
+        d.publish(ack.clone(), b"8".to_vec(), false);
+        assert!(b.rx.try_recv().is_err(), "unsubscribed");
+        assert_eq!(&a.rx.try_recv().unwrap().payload[..], b"8");
+        // An empty retained payload clears the state and is not delivered.
+        d.publish(desired.clone(), Vec::new(), true);
+        assert!(a.rx.try_recv().is_err());
+        assert_eq!(b.subscribe(&d, &desired), None, "cleared");
+        // A connection that does not read loses publishes, never blocks the hub.
+        for i in 0..DOWNLINK_QUEUE + 10 {
+            d.publish(ack.clone(), i.to_string().into_bytes(), false);
+        }
+        let mut n = 0;
+        while a.rx.try_recv().is_ok() {
+            n += 1;
+        }
+        assert_eq!(n, DOWNLINK_QUEUE);
+        // A closed connection is subscribed to nothing.
+        a.close(&d);
+        b.close(&d);
+        assert!(d.state.lock().unwrap().by_topic.is_empty());
+        assert!(served_by_gate(&ack) && served_by_gate(&desired));
+        assert!(!served_by_gate("impeller/v1/devices/+/ack") && !served_by_gate(&wire::topic("p1", "telemetry")));
+    }
 
     #[test]
     fn qos_and_packet_id_are_read_from_a_publish_header() {

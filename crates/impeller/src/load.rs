@@ -205,7 +205,15 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         if args.broker.is_some() { "; the external broker's own not counted" } else { "" }
     );
-    anyhow::ensure!(check.missing == 0 && check.stored == published, "the store lost messages");
+    let complete = check.missing == 0 && check.stored == published;
+    if !complete && let Ok(log) = std::fs::read_to_string(dir.join("hub.log")) {
+        say!("the hub's log ends:");
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        for line in tail.into_iter().rev() {
+            say!("  {line}");
+        }
+    }
+    anyhow::ensure!(complete, "the store lost messages");
     Ok(())
 }
 
