@@ -25,10 +25,12 @@ shadow="${4:-1200}"
 profile="${PROFILE:-release}"
 cargo build --release -p impeller >/dev/null 2>&1
 cargo build --profile "$profile" -p impeller-edge >/dev/null 2>&1
-impeller=target/release/impeller
-edge=target/$profile/impeller-edge
+target="${CARGO_TARGET_DIR:-target}"
+impeller=$target/release/impeller
+edge=$target/$profile/impeller-edge
 work=$(mktemp -d)
-trap 'kill "${pid:-0}" "${pub:-0}" 2>/dev/null || true; rm -rf "$work"' EXIT
+# Only the pids that were set: `kill 0` would signal this whole process group, the caller too.
+trap 'for p in ${pid:-} ${pub:-}; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
 
 $impeller -q keys generate --name ops --out "$work" >/dev/null
 $impeller -q train --data "$skab/anomaly-free/anomaly-free.csv" --rows 400 --out "$work/m.json" >/dev/null
