@@ -9,6 +9,7 @@ mod bad_input;
 mod deploy;
 mod fleet;
 mod hub;
+mod load;
 mod packages;
 mod pipeline;
 mod skab;
