@@ -40,7 +40,7 @@ fn sim_clock(ms: i64) -> String {
     format!("+{}h{:02}m", m / 60, m % 60)
 }
 
-fn free_port() -> anyhow::Result<u16> {
+pub(crate) fn free_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

@@ -25,6 +25,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use crate::cli::LoadBenchArgs;
+use crate::demo::free_port;
 
 const MAX_PACKET: usize = 1 << 20;
 
@@ -67,7 +68,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
 
     let mqtt_port = free_port()?;
     let (host, port) = match &args.broker {
-        Some(url) => split_url(url)?,
+        Some(url) => impeller_edge::config::broker_address(url).map_err(|e| anyhow::anyhow!("--broker: {e}"))?,
         None => ("127.0.0.1".to_string(), mqtt_port),
     };
     let mut hub = HubProcess::start(args, dir, database, mqtt_port)?;
@@ -118,16 +119,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
             restarted = Some(t0.elapsed());
             say!("killed the hub (SIGKILL) at {:.1} s and started it again", t0.elapsed().as_secs_f64());
         }
-        if last_report.elapsed() >= Duration::from_secs(5) {
-            last_report = Instant::now();
-            say!(
-                "  {:>5.1} s: {} published, {} acknowledged, {} connected",
-                t0.elapsed().as_secs_f64(),
-                fleet.published.load(Relaxed),
-                fleet.acked.load(Relaxed),
-                fleet.connected.load(Relaxed)
-            );
-        }
+        fleet.report(t0, &mut last_report, "");
     }
     let publish_secs = t0.elapsed().as_secs_f64();
     let published = fleet.published.load(Relaxed);
@@ -137,16 +129,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
     for t in tasks {
         while !t.is_finished() && t0.elapsed() < Duration::from_secs(args.secs) + DRAIN + Duration::from_secs(10) {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            if last_report.elapsed() >= Duration::from_secs(5) {
-                last_report = Instant::now();
-                say!(
-                    "  {:>5.1} s: {} published, {} acknowledged, {} connected (draining)",
-                    t0.elapsed().as_secs_f64(),
-                    fleet.published.load(Relaxed),
-                    fleet.acked.load(Relaxed),
-                    fleet.connected.load(Relaxed)
-                );
-            }
+            fleet.report(t0, &mut last_report, " (draining)");
         }
         match tokio::time::timeout(Duration::from_secs(1), t).await {
             Ok(Ok(done)) => {
@@ -226,6 +209,23 @@ struct Fleet {
     reconnects: AtomicU64,
     resent: AtomicU64,
     errors: AtomicU64,
+}
+
+impl Fleet {
+    /// A progress line every 5 s.
+    fn report(&self, t0: Instant, last: &mut Instant, note: &str) {
+        if last.elapsed() < Duration::from_secs(5) {
+            return;
+        }
+        *last = Instant::now();
+        say!(
+            "  {:>5.1} s: {} published, {} acknowledged, {} connected{note}",
+            t0.elapsed().as_secs_f64(),
+            self.published.load(Relaxed),
+            self.acked.load(Relaxed),
+            self.connected.load(Relaxed)
+        );
+    }
 }
 
 /// When the devices publish: set once every device is connected.
@@ -540,16 +540,6 @@ async fn wait_accepting(host: &str, port: u16, within: Duration) -> anyhow::Resu
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(())
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-fn split_url(url: &str) -> anyhow::Result<(String, u16)> {
-    let rest = url.strip_prefix("mqtt://").with_context(|| format!("broker `{url}` must start with mqtt://"))?;
-    let (host, port) = rest.rsplit_once(':').with_context(|| format!("broker `{url}` needs a port"))?;
-    Ok((host.to_string(), port.parse().with_context(|| format!("broker `{url}`: bad port"))?))
 }
 
 /// A database of its own on the server of `url`, so the run starts empty and leaves nothing.
