@@ -1,9 +1,14 @@
 // Impeller's dashboard: plain JavaScript over the hub's /api/v1, no framework, no build step.
-// Pages are rendered from the API on every hash change and again every few seconds (live);
-// charts are SVG drawn here. Event handlers are delegated (the page's CSP forbids inline ones).
+// Pages are rendered from the API on every hash change and again when the hub's event stream
+// says something changed (polling every few seconds while the stream is down); charts are SVG
+// drawn here. Event handlers are delegated (the page's CSP forbids inline ones).
 'use strict';
 
 const REFRESH_MS = 5000;
+// With the event stream up: at most one re-render per this, and one anyway after the slow
+// interval (for what no event announces, like "2 min ago" or drift judgements).
+const RENDER_GAP_MS = 2000;
+const SLOW_REFRESH_MS = 30000;
 const OFFLINE_AFTER_MS = 120000;
 const TOKEN_KEY = 'impeller-token';
 const ui = { site: '', manufacturer: '', health: '', auditAction: '', auditSubject: '', auditAfter: null, driftDevice: '', driftSeq: null };
@@ -468,8 +473,9 @@ async function render(live = false) {
     $('#main').innerHTML = html;
     document.querySelectorAll('#main details summary').forEach((s) => { if (open.includes(s.textContent)) s.parentElement.open = true; });
     if (live) window.scrollTo(0, y);
+    lastRender = Date.now();
     $('#live').classList.remove('stale');
-    $('#live').textContent = `live · ${fmtTime(Date.now()).slice(11)}`;
+    $('#live').textContent = `${events.up ? 'live' : 'polling'} · ${fmtTime(Date.now()).slice(11)}`;
   } catch (e) {
     if (e.status === 401) { $('#main').innerHTML = loginPage(e.message); }
     else if (live) { $('#live').classList.add('stale'); $('#live').textContent = `stale: ${e.message}`; }
@@ -512,7 +518,7 @@ document.addEventListener('click', (e) => {
     if (t.dataset.armed) post(`/api/v1/deployments/${enc(t.dataset.name)}/abort`, { reason: 'aborted from the dashboard' }, t);
     else { t.dataset.armed = '1'; t.textContent = 'Click again to abort'; }
   }
-  else if (act === 'login') { sessionStorage.setItem(TOKEN_KEY, $('#token').value.trim()); render(); }
+  else if (act === 'login') { sessionStorage.setItem(TOKEN_KEY, $('#token').value.trim()); render(); listen(); }
 });
 document.addEventListener('change', (e) => {
   const f = e.target.dataset && e.target.dataset.filter;
@@ -523,7 +529,11 @@ document.addEventListener('change', (e) => {
   render();
 });
 $('#modal').addEventListener('click', (e) => { if (e.target.id === 'modal') $('#modal').hidden = true; });
-$('#logout').addEventListener('click', () => { sessionStorage.removeItem(TOKEN_KEY); render(); });
+$('#logout').addEventListener('click', () => {
+  sessionStorage.removeItem(TOKEN_KEY);
+  if (events.controller) events.controller.abort();
+  render();
+});
 window.addEventListener('hashchange', () => { $('#modal').hidden = true; ui.auditAfter = null; ui.driftSeq = null; render(); });
 
 // `/#token=…` (the link `impeller demo` prints): keep the token for this tab, drop it from the URL.
@@ -532,7 +542,87 @@ if (fromLink) {
   sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(fromLink[1]));
   history.replaceState(null, '', `${location.pathname}#/fleet`);
 }
-render();
-setInterval(() => {
+// ---------- live updates: the hub's server-sent events ----------
+// Read with fetch rather than EventSource, which cannot send the Authorization header (a token
+// in the URL would end up in logs).
+const events = { up: false, lastSeq: null, last: '', controller: null, timer: null };
+let lastRender = 0;
+
+function liveRender() {
   if (document.visibilityState === 'visible' && $('#modal').hidden && !editing()) render(true);
+}
+
+/// Something changed: re-render now, or once the gap since the last render has passed.
+function changed() {
+  if (events.timer) return;
+  const wait = Math.max(0, lastRender + RENDER_GAP_MS - Date.now());
+  events.timer = setTimeout(() => { events.timer = null; liveRender(); }, wait);
+}
+
+function showStream() {
+  const live = $('#live');
+  live.dataset.mode = events.up ? 'stream' : 'poll';
+  live.title = events.up
+    ? `updates as the hub records them${events.last ? `; last: ${events.last}` : ''}`
+    : `the hub's event stream is down: refreshing every ${REFRESH_MS / 1000} s`;
+}
+
+function onEvent(name, data) {
+  if (name === 'hello') {
+    const reconnected = events.lastSeq !== null;
+    events.up = true;
+    if (events.lastSeq === null) events.lastSeq = data.audit_seq;
+    if (reconnected) changed();
+  } else if (name === 'audit') {
+    events.lastSeq = data.seq;
+    events.last = `${data.action} ${data.subject}`;
+    changed();
+  } else if (name === 'ingest') {
+    changed();
+  }
+  showStream();
+}
+
+async function listen() {
+  if (events.controller || !token()) return;
+  const controller = new AbortController();
+  events.controller = controller;
+  try {
+    const headers = { Authorization: `Bearer ${token()}`, Accept: 'text/event-stream' };
+    if (events.lastSeq !== null) headers['Last-Event-ID'] = String(events.lastSeq);
+    const res = await fetch('/api/v1/events', { headers, signal: controller.signal, cache: 'no-store' });
+    if (!res.ok || !res.body) throw new Error(`${res.status}`);
+    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += value;
+      let end;
+      while ((end = buf.indexOf('\n\n')) >= 0) {
+        const block = buf.slice(0, end);
+        buf = buf.slice(end + 2);
+        let name = 'message';
+        let data = '';
+        for (const line of block.split('\n')) {
+          if (line.startsWith('event:')) name = line.slice(6).trim();
+          else if (line.startsWith('data:')) data += line.slice(5).trim();
+        }
+        if (data) onEvent(name, JSON.parse(data));
+      }
+    }
+  } catch (e) {
+    // Down, refused or ended: poll meanwhile and try again below.
+  } finally {
+    events.controller = null;
+    events.up = false;
+    showStream();
+  }
+}
+
+render();
+listen();
+setInterval(() => {
+  if (!events.up || Date.now() - lastRender >= SLOW_REFRESH_MS) liveRender();
+  if (!events.controller) listen();
 }, REFRESH_MS);

@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
 mod datasets;
+mod events;
 mod registry;
 mod views;
 use impeller_core::audit::AuditRecord;
@@ -52,6 +53,8 @@ pub struct ApiState {
     pub retrainer: Arc<crate::retrain::Retrainer>,
     /// The hub's audit public key, for its own check of the trail; `None` without one.
     pub audit_keys: Option<Arc<TrustStore>>,
+    /// What the ingest loop has stored, for the live event stream.
+    pub stats: Arc<crate::ingest::IngestStats>,
 }
 
 /// The closed set of error codes; each maps to one HTTP status.
@@ -265,6 +268,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/api/v1/alerts/{device}/{seq}", get(views::alert))
         .route("/api/v1/drift/{device}/{seq}", get(views::sketch))
         .route("/api/v1/audit/status", get(views::audit_status))
+        .route("/api/v1/events", get(events::events))
         .merge(crate::dashboard::router())
         .fallback(|| async { Problem::new(Code::NotFound, "no such endpoint") })
         .method_not_allowed_fallback(|| async {

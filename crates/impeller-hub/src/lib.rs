@@ -157,9 +157,11 @@ impl Hub {
         ));
         let every = if cfg.retrain_every.is_zero() { Duration::from_secs(60) } else { cfg.retrain_every };
         tokio::spawn(retrain::run(retrainer.clone(), every));
+        let stats = Arc::new(ingest::IngestStats::default());
         let http_addr = match cfg.http_listen {
             Some(listen) => {
                 let state = api::ApiState {
+                    stats: stats.clone(),
                     runs,
                     retrainer,
                     store: store.clone(),
@@ -187,7 +189,6 @@ impl Hub {
             }
             None => None,
         };
-        let stats = Arc::new(ingest::IngestStats::default());
         let ingest = tokio::spawn(ingest::run(bus, store.clone(), stats.clone(), 1000, reconcile.clone()));
         Ok(Hub { store, stats, ingest, http_addr, mqtt_addr, reconcile })
     }

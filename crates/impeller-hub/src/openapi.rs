@@ -736,6 +736,19 @@ pub fn document() -> Value {
                 "get": op("The hub's own verification of its audit trail (chain and signed checkpoints)", "audit",
                           Who::Operator, json!({"200": ok("the status", "AuditStatus")}), &[]),
             },
+            "/api/v1/events": {
+                "get": with(op("Server-sent events for live pages: `hello` first, then `audit` (each new audit record's \
+                                seq, time_ms, actor, action and subject; the event id is the seq, and `Last-Event-ID` \
+                                resumes after it) and `ingest` (messages this hub stored: total and new), checked \
+                                every second; a comment every 15 s when idle. The stream does not end.",
+                               "audit", Who::Operator,
+                               json!({"200": {"description": "the stream",
+                                              "content": {"text/event-stream": {"schema": string()}}}}), &[]),
+                            "parameters", json!([
+                                {"name": "Last-Event-ID", "in": "header", "description": "the last audit seq received",
+                                 "schema": string()},
+                            ])),
+            },
             "/api/v1/audit": {
                 "get": with(op("The audit trail in chain order; verify it with `impeller audit verify`",
                                "audit", Who::Operator, json!({"200": ok("a page", "AuditPage")}), &[]),

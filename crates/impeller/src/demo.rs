@@ -22,6 +22,7 @@ use crate::InputError;
 use crate::cli::DemoArgs;
 use crate::commands::emit;
 use crate::fleet::{Class, HOUR_MS, outcomes, plan, summarise, train_class, write_fleet, write_summary};
+use crate::progress::{self, say};
 use crate::remote::HubClient;
 
 /// Faults begin between these fractions of the live period: after the rollout, with time left
@@ -29,10 +30,6 @@ use crate::remote::HubClient;
 const FAULTS_BETWEEN: (f64, f64) = (0.3, 0.7);
 /// The site whose heat wave (drift, not a fault) the retraining policies react to by default.
 const DRIFT_SITE: &str = "gulf";
-
-fn say(text: impl std::fmt::Display) -> anyhow::Result<()> {
-    emit(|out| writeln!(out, "{text}"))
-}
 
 /// Simulated time since the fleet's start, as `+2h05m`.
 fn sim_clock(ms: i64) -> String {
@@ -138,7 +135,10 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     // uploaded, and made the class's champion.
     let mut packages = Vec::new();
     let mut datasets = Vec::new();
-    for class in Class::all(&fleet, false) {
+    let classes = Class::all(&fleet, false);
+    let bar = progress::bar(classes.len() as u64, "  training {bar:24} {pos}/{len} models  {wide_msg}");
+    for class in classes {
+        bar.set_message(class.name());
         let m = class.manufacturer;
         let t = Instant::now();
         let (model, frames) = train_class(&fleet, &class, fleet.start_ms - train_ms, fleet.start_ms, args.fleet.seed)?;
@@ -188,10 +188,12 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         ))?;
         set_retrain_policy(&api, &class, &target_of(&m), args).await?;
         packages.push((class, sha));
+        bar.inc(1);
     }
 
     // 4. Devices, provisioned through the API, and their agents.
     let mut agents = Vec::new();
+    let bar = progress::bar(fleet.pumps.len() as u64, "  provisioning {bar:24} {pos}/{len} devices and agents");
     for p in &fleet.pumps {
         let m = Manufacturer::by_name(&p.manufacturer).context("unknown manufacturer")?;
         let creds = api
@@ -203,7 +205,9 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         let secret = creds["secret"].as_str().context("no secret in the answer")?;
         let config = agent_config(dir, p, &m, mqtt_port, &api_base, secret, &public_key, args.speed)?;
         agents.push(tokio::spawn(impeller_edge::agent::run(config)));
+        bar.inc(1);
     }
+    progress::done();
     let replay_started = Instant::now();
     say(format_args!(
         "  {} edge agents started, each replaying its pump at {}× real time through its manufacturer's adapter",
@@ -257,6 +261,9 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         let onset_s = ((args.hours * 3600.0) as u64 as f64 * FAULTS_BETWEEN.0).floor();
         (replay_started + Duration::from_secs_f64(onset_s / args.speed), (onset_s * 1000.0) as i64)
     });
+    let stored = || hub.stats.stored.load(std::sync::atomic::Ordering::Relaxed);
+    let sim_span = fleet.end_ms - fleet.start_ms;
+    let bar = progress::bar(sim_span as u64 / 1000, "  {prefix} {bar:24} {percent:>3}%  {wide_msg}");
     while Instant::now() < deadline {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => { interrupted = true; break }
@@ -264,7 +271,17 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         }
         watch_retraining(&api, &mut deployments, &mut retrain_notes, started).await?;
         watch_rollouts(&api, &deployments, &mut waves, &mut completed, started).await?;
-        let line = rollout_line(&waves, running(&api).await?, fleet.pumps.len());
+        let active = running(&api).await?;
+        let sim = ((replay_started.elapsed().as_secs_f64() * args.speed * 1000.0) as i64).min(sim_span);
+        bar.set_position(sim as u64 / 1000);
+        bar.set_prefix(format!("sim {}/{}", sim_clock(sim), sim_clock(sim_span)));
+        bar.set_message(format!(
+            "{} messages, {} alerts, {active}/{} devices on their model",
+            stored(),
+            alerts.values().map(Vec::len).sum::<usize>(),
+            fleet.pumps.len()
+        ));
+        let line = rollout_line(&waves, active, fleet.pumps.len());
         if line != last_rollout_line {
             say(format_args!("  [{}] {line}", elapsed(started)))?;
             last_rollout_line = line;
@@ -314,20 +331,21 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
                 drift_cause(p, end)
             ))?;
         }
-        if last_status.elapsed() >= Duration::from_secs(10) {
+        // Without a bar on screen (a log, a pipe), the same news as a line now and then.
+        if !progress::visible() && last_status.elapsed() >= Duration::from_secs(10) {
             last_status = Instant::now();
-            let sim = (replay_started.elapsed().as_secs_f64() * args.speed * 1000.0) as i64;
             say(format_args!(
                 "  [{}] sim {} of {}: {} messages stored, {} alerts",
                 elapsed(started),
-                sim_clock(sim.min(fleet.end_ms - fleet.start_ms)),
-                sim_clock(fleet.end_ms - fleet.start_ms),
-                hub.stats.stored.load(std::sync::atomic::Ordering::Relaxed),
+                sim_clock(sim),
+                sim_clock(sim_span),
+                stored(),
                 alerts.values().map(Vec::len).sum::<usize>()
             ))?;
         }
     }
     // A retraining that began late may still be rolling out: give it time to finish.
+    progress::spinner("  {spinner} the replay is over; waiting for the last rollouts and messages ({elapsed})");
     let give_up = Instant::now() + Duration::from_secs(90);
     while !interrupted && Instant::now() < give_up && !deployments.iter().all(|d| settled(&waves, d)) {
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -337,7 +355,6 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     // The agents may lag behind the replay on a busy machine: wait until what they send stops
     // growing, so the summary judges everything they scored.
     if !interrupted {
-        let stored = || hub.stats.stored.load(std::sync::atomic::Ordering::Relaxed);
         let (mut last, mut still) = (stored(), Instant::now());
         let give_up = Instant::now() + Duration::from_secs(120);
         while still.elapsed() < Duration::from_secs(3) && Instant::now() < give_up {
@@ -352,6 +369,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
             alerts.entry(device.to_string()).or_default().push(a["started_ms"].as_i64().unwrap_or_default());
         }
     }
+    progress::done();
     for a in &agents {
         a.abort();
     }
@@ -406,7 +424,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
             fleet.pumps.len(),
             explained
         )?;
-        writeln!(out, "messages stored at the hub: {}", hub.stats.stored.load(std::sync::atomic::Ordering::Relaxed))?;
+        writeln!(out, "messages stored at the hub: {}", stored())?;
         writeln!(
             out,
             "technician: {} alerts confirmed as faults, {} marked false alarms (each confirmed pump set aside from \

@@ -11,6 +11,7 @@ pub mod lifecycle;
 pub mod load;
 pub mod logging;
 pub mod packages;
+pub mod progress;
 pub mod remote;
 pub mod skab;
 

@@ -133,14 +133,19 @@ fn pipeline_run(a: PipelineRunArgs) -> anyhow::Result<()> {
     {
         pull(&h.api, hash, &options.datasets())?;
     }
+    // A spinner names the step running (on a terminal); each finished step is a line.
+    let spinner = crate::progress::spinner("  {spinner} {msg} ({elapsed})");
     let mut progress = |p: Progress<'_>| match p {
-        Progress::Started { step } => tracing::debug!(step, "started"),
+        Progress::Started { step } => spinner.set_message(step.to_string()),
         Progress::Finished(s) => {
             let how = if s.cached { "cached" } else { "ran" };
-            let _ = writeln!(std::io::stderr(), "  {:<28} {how:>6} {:>8.0} ms  {}", s.step, s.ms, s.detail);
+            let line = format!("  {:<28} {how:>6} {:>8.0} ms  {}", s.step, s.ms, s.detail);
+            spinner.suspend(|| writeln!(std::io::stderr(), "{line}").ok());
         }
     };
-    let record = run(&spec, &options, hub.as_mut().map(|h| h as &mut dyn Registry), &mut progress)?;
+    let record = run(&spec, &options, hub.as_mut().map(|h| h as &mut dyn Registry), &mut progress);
+    crate::progress::done();
+    let record = record?;
     if a.json {
         emit_json(&record)?;
     } else {

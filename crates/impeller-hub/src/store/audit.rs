@@ -51,6 +51,13 @@ impl Store {
     /// Records in chain order, at most `filter.limit`. A stored field that no longer parses is
     /// returned as it is (artifacts as one unreadable string, details as a string), so that
     /// verification reports the record instead of the read failing.
+    /// The sequence number of the newest record (0 for an empty trail).
+    pub async fn audit_head(&self) -> Result<u64, StoreError> {
+        let seq: i64 =
+            on_pool!(self, |p| sqlx::query_scalar("SELECT seq FROM audit_head WHERE id = 1").fetch_one(p).await?);
+        Ok(seq.max(0) as u64)
+    }
+
     pub async fn audit_records(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>, StoreError> {
         let (action, prefix) = match filter.action.as_deref() {
             Some(a) if a.ends_with('.') => (None, Some(format!("{a}%"))),

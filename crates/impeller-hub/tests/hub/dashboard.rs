@@ -2,7 +2,8 @@
 //! a deployment, a device's aggregates, alert and drift sketches; the views must put them
 //! together right, the page must be served with its security headers, and (with Chromium and
 //! Selenium present) every page must load in a real headless browser without a console error,
-//! and clicks on "Confirm fault" and "Abort" must change the stored verdict and deployment.
+//! clicks on "Confirm fault" and "Abort" must change the stored verdict and deployment, and a
+//! device added through the API must appear on the audit page without a reload (the event stream).
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -270,6 +271,7 @@ async fn every_page_loads_in_headless_chromium_and_a_verdict_click_is_stored() {
     let mut check = Command::new("python3");
     check
         .args([script, "--url", &p.base, "--token", &p.token, "--device", DEVICE, "--abort-deployment", "north"])
+        .args(["--live-device", "pump-added-live"])
         .arg("--confirm-alert")
         .arg(ALERT_SEQ.to_string())
         .arg("--screenshots")
@@ -277,6 +279,7 @@ async fn every_page_loads_in_headless_chromium_and_a_verdict_click_is_stored() {
     let out = tokio::task::spawn_blocking(move || check.output()).await.unwrap().unwrap();
     let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "the browser check failed:\n{log}");
+    assert!(log.contains("live: pump-added-live on the audit page"), "the live check did not run:\n{log}");
     for page in ["fleet", "device", "models", "deployments", "drift", "audit", "alert"] {
         let shot = std::fs::metadata(shots.join(format!("{page}.png")));
         assert!(shot.is_ok_and(|m| m.len() > 10_000), "no screenshot of {page}:\n{log}");

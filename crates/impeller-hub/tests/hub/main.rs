@@ -13,6 +13,7 @@ mod audit;
 mod broker_rules;
 mod dashboard;
 mod datasets;
+mod events;
 mod feedback;
 mod openapi;
 mod registry;

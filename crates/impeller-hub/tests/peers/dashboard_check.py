@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Drives the hub's dashboard in headless Chromium (Debian's chromium and chromedriver, through
 Selenium): opens every page, fails on any console error or a page that shows an error, saves a
-screenshot of each, and optionally confirms an alert's fault through the page's own button.
+screenshot of each, and optionally confirms an alert's fault through the page's own button and
+checks that a change made elsewhere (a device added through the API) shows up without a reload.
 
 Used by crates/impeller-hub/tests/hub/dashboard.rs and scripts/dashboard-screenshots.sh.
 """
@@ -71,6 +72,8 @@ def main():
     ap.add_argument("--device", help="the device page to open (default: the one with most alerts)")
     ap.add_argument("--confirm-alert", type=int, metavar="SEQ", help="open this alert of the device and confirm it")
     ap.add_argument("--abort-deployment", metavar="NAME", help="abort this deployment with the page's button")
+    ap.add_argument("--live-device", metavar="NAME",
+                    help="add this device through the API (an admin token) and wait for the audit page to show it")
     ap.add_argument("--screenshots", required=True, help="folder for one PNG per page")
     ap.add_argument("--width", type=int, default=1400)
     args = ap.parse_args()
@@ -110,6 +113,31 @@ def main():
             for e in console_errors(driver):
                 failures.append(f"{name}: console error: {e['message']}")
             print(f"{name}: loaded")
+
+        if args.live_device:
+            driver.get(f"{args.url}/#/audit")
+            wait.until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "#main h1"), "Audit trail"))
+            WebDriverWait(driver, 15).until(
+                lambda d: d.find_element(By.ID, "live").get_attribute("data-mode") == "stream")
+            # A reload would drop this; the new row must come without one.
+            driver.execute_script("window.__noReload = true")
+            body = json.dumps({"id": args.live_device, "tags": {"site": "north"}, "profile": "gw"}).encode()
+            req = urllib.request.Request(f"{args.url}/api/v1/devices", data=body, method="POST",
+                                         headers={"Authorization": f"Bearer {args.token}",
+                                                  "Content-Type": "application/json"})
+            urllib.request.urlopen(req, timeout=30).close()
+            added = time.monotonic()
+            try:
+                # Well before the 30 s slow refresh: the event stream has to bring it.
+                WebDriverWait(driver, 10).until(
+                    ec.text_to_be_present_in_element((By.ID, "main"), args.live_device))
+                if not driver.execute_script("return window.__noReload === true"):
+                    failures.append("live: the page reloaded to show the change")
+                print(f"live: {args.live_device} on the audit page {time.monotonic() - added:.1f} s after it was added")
+            except Exception:
+                failures.append(f"live: {args.live_device} did not appear on the audit page within 10 s")
+            for e in console_errors(driver):
+                failures.append(f"live: console error: {e['message']}")
 
         if args.confirm_alert is not None:
             driver.get(f"{args.url}/#/device/{device}")
