@@ -389,6 +389,24 @@ ${stackedBar(s.counts)}<p class="muted">${counts || 'no devices'}</p>${gates}
   return `<h1>Deployments</h1>${cards.join('')}`;
 }
 
+/// Drift over time across the fleet: per model, the worst-feature distance's mean over its
+/// devices with the min–max band, against the monitor's alarm threshold.
+async function fleetDriftCharts() {
+  const f = await api('/api/v1/drift/fleet?points=120');
+  if (!f.buckets.length) return '';
+  const models = [...new Set(f.buckets.map((b) => b.model))].sort();
+  const x0 = Math.min(...f.buckets.map((b) => b.start_ms));
+  const x1 = Math.max(...f.buckets.map((b) => b.end_ms), x0 + 1);
+  const charts = models.map((m) => {
+    const bs = f.buckets.filter((b) => b.model === m);
+    const last = bs[bs.length - 1];
+    const points = bs.map((b) => ({ start_ms: b.start_ms, end_ms: b.end_ms, mean: b.mean_wasserstein, min: b.min_wasserstein, max: b.max_wasserstein }));
+    return timeChart({ title: `${m}: ${last.drifting} of ${last.devices} devices in drift at the end`, points, x0, x1, threshold: f.alarm_sigma, unit: 'σ' });
+  }).join('');
+  return `<h2>Fleet: worst feature's distance from training per model <span class="muted">(mean over devices, band min–max; line: drift at ${num(f.alarm_sigma, 1)} σ)</span></h2>
+<div class="charts">${charts}</div>`;
+}
+
 async function pageDrift() {
   const fleet = await allPages('/api/v1/fleet');
   const order = { drift: 0, warning: 1, stable: 2, unknown: 3 };
@@ -415,6 +433,7 @@ async function pageDrift() {
   const recent = reports.slice(-30).reverse().map((r) => `<tr class="click" data-action="drift-seq" data-seq="${r.seq}"><td>${fmtTime(r.end_ms)}</td><td>${esc(r.model)} ${esc(r.model_version)}</td><td>${num(r.max_wasserstein)}</td><td>${num(r.max_psi)}</td><td>${num(r.page_hinkley)}</td><td>${esc(r.state)}</td></tr>`).join('');
   const counts = ['drift', 'warning', 'stable'].map((s) => `${s} ${rows.filter((d) => d.drift_state === s).length}`).join(' · ');
   return `<h1>Drift</h1><p class="muted">Devices by their monitor's state: ${counts}</p>
+${await fleetDriftCharts()}<h2>One device</h2>
 <div class="filters"><label>Device <select data-filter="driftDevice">${list}</select></label></div>
 <div class="charts">${timeChart({ title: `${device}: worst feature's Wasserstein distance per interval (σ)`, points: pts('max_wasserstein'), x0, x1 })}
 ${timeChart({ title: `${device}: Page–Hinkley statistic`, points: pts('page_hinkley'), x0, x1 })}</div>

@@ -266,6 +266,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/api/v1/policies", get(registry::list_policies))
         .route("/api/v1/devices/{id}/series", get(views::device_series))
         .route("/api/v1/alerts/{device}/{seq}", get(views::alert))
+        .route("/api/v1/drift/fleet", get(views::drift_fleet))
         .route("/api/v1/drift/{device}/{seq}", get(views::sketch))
         .route("/api/v1/audit/status", get(views::audit_status))
         .route("/api/v1/events", get(events::events))

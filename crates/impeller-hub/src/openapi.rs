@@ -443,6 +443,15 @@ fn view_schemas() -> Value {
                 "current": {"type": "array", "items": uint()},
             }))},
         })),
+        "DriftFleet": object(&["warn_sigma", "alarm_sigma", "buckets"], json!({
+            "warn_sigma": {"type": "number"}, "alarm_sigma": {"type": "number"},
+            "buckets": {"type": "array", "items": object(&["model", "start_ms", "end_ms", "reports", "devices", "drifting",
+                                                           "mean_wasserstein", "min_wasserstein", "max_wasserstein"], json!({
+                "model": string(), "start_ms": int(), "end_ms": int(), "reports": uint(), "devices": uint(),
+                "drifting": uint(), "mean_wasserstein": {"type": "number"}, "min_wasserstein": {"type": "number"},
+                "max_wasserstein": {"type": "number"},
+            }))},
+        })),
         "AuditStatus": object(&["intact", "problem", "records", "last_seq", "checkpoints_verified", "last_verified_seq",
                                 "audit_key", "checked_ms"], json!({
             "intact": {"type": "boolean"}, "problem": nullable("string"), "records": uint(), "last_seq": nullable("integer"),
@@ -725,6 +734,18 @@ pub fn document() -> Value {
                                {"name": "seq", "in": "path", "required": true, "schema": {"type": "integer", "minimum": 0}}],
                 "get": op("One alert with the readings around it and the verdict on it", "alerts", Who::Operator,
                           json!({"200": ok("the alert", "AlertDetail")}), &[404]),
+            },
+            "/api/v1/drift/fleet": {
+                "get": with(op("Drift over time per model across its devices: reports in equal buckets of the devices' \
+                                clock, how many devices reported and were in drift, the worst-feature distance's mean, \
+                                min and max", "drift", Who::Operator,
+                               json!({"200": ok("the buckets", "DriftFleet")}), &[]),
+                            "parameters", json!([
+                                {"name": "since_ms", "in": "query", "schema": {"type": "integer"}},
+                                {"name": "until_ms", "in": "query", "schema": {"type": "integer"}},
+                                {"name": "points", "in": "query", "description": "1 to 500, default 60",
+                                 "schema": {"type": "integer", "minimum": 1, "maximum": 500}},
+                            ])),
             },
             "/api/v1/drift/{device}/{seq}": {
                 "parameters": [path_param("device", "device id"),

@@ -73,7 +73,8 @@ pub use deployments::{
 };
 pub use feedback::{Feedback, Precision, Verdict};
 pub use queries::{
-    AlertSummary, DriftReport, FleetFilter, Summary, TelemetryPoint, channel_summary, downsample, score_summary,
+    AlertSummary, DriftBucket, DriftReport, FleetFilter, Summary, TelemetryPoint, channel_summary, downsample,
+    score_summary,
 };
 pub use registry::{
     DatasetLineage, ModelVersion, NewModelVersion, RegisteredModel, RunningModel, VersionFinish, VersionPackage,

@@ -96,6 +96,47 @@ pub async fn fleet(
     Ok(Json(page(rows, |r| &r.id, &q)?))
 }
 
+/// `GET /drift/fleet?since_ms=&until_ms=&points=`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriftFleetQuery {
+    /// Reports whose interval ends in `[since_ms, until_ms)` (device clocks); default all.
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Buckets over that span (1 to 500, default 60).
+    pub points: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct DriftFleet {
+    /// The monitor's thresholds on the worst feature's distance (σ): watch, and drift at once.
+    pub warn_sigma: f64,
+    pub alarm_sigma: f64,
+    pub buckets: Vec<crate::store::DriftBucket>,
+}
+
+/// `GET /drift/fleet`: drift over time per model across every device that runs it.
+pub async fn drift_fleet(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    q: QueryResult<DriftFleetQuery>,
+) -> ApiResult<Json<DriftFleet>> {
+    operator(&s, &headers, Role::Read).await?;
+    let q = query(q)?;
+    let points = q.points.unwrap_or(60);
+    if !(1..=500).contains(&points) {
+        return Err(Problem::new(Code::InvalidRequest, "points must be 1 to 500"));
+    }
+    if let (Some(a), Some(b)) = (q.since_ms, q.until_ms)
+        && a >= b
+    {
+        return Err(Problem::new(Code::InvalidRequest, "since_ms must be before until_ms"));
+    }
+    let policy = impeller_core::drift::DriftPolicy::default();
+    let buckets = s.store.drift_over_time(q.since_ms, q.until_ms, points).await?;
+    Ok(Json(DriftFleet { warn_sigma: policy.warn, alarm_sigma: policy.alarm, buckets }))
+}
+
 /// `GET /devices/{id}/series?last=&points=`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -144,6 +144,22 @@ pub struct DriftReport {
 
 type DriftRow = (String, i64, i64, i64, String, String, i64, f64, f64, f64, String, String, String);
 
+/// One model's drift reports in one time bucket, across the devices that sent them.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DriftBucket {
+    pub model: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub reports: u64,
+    /// Devices that reported in the bucket, and those of them with a report in the drift state.
+    pub devices: u64,
+    pub drifting: u64,
+    /// The monitor's statistic (the worst feature's Wasserstein distance, σ) across the reports.
+    pub mean_wasserstein: f64,
+    pub min_wasserstein: f64,
+    pub max_wasserstein: f64,
+}
+
 impl Store {
     /// Stores a drift report, and with it `event` in the audit trail (a monitor entering or
     /// leaving the drift state), once: a report already stored adds nothing.
@@ -198,6 +214,52 @@ impl Store {
             out.insert((device, model), (version, m));
         }
         Ok(out)
+    }
+
+    /// Drift over time across the fleet: per model, the reports ending in `[since, until)`
+    /// (device clocks; default everything), in `points` equal buckets over the span those
+    /// reports cover. Buckets without reports are left out.
+    pub async fn drift_over_time(
+        &self,
+        since_ms: Option<i64>,
+        until_ms: Option<i64>,
+        points: u32,
+    ) -> Result<Vec<DriftBucket>, StoreError> {
+        let span: (Option<i64>, Option<i64>) = on_pool!(self, |p| sqlx::query_as(
+            "SELECT MIN(end_ms), MAX(end_ms) FROM drift_reports WHERE end_ms >= $1 AND end_ms < $2"
+        )
+        .bind(since_ms.unwrap_or(i64::MIN))
+        .bind(until_ms.unwrap_or(i64::MAX))
+        .fetch_one(p)
+        .await?);
+        let (Some(first), Some(last)) = span else { return Ok(Vec::new()) };
+        // The span the reports cover, so that `end_ms - lo` in the query cannot overflow
+        // however far apart the range asked for is.
+        let (lo, hi) = (first, last.saturating_add(1));
+        let Some(span) = hi.checked_sub(lo) else {
+            return Err(StoreError::Corrupt(format!("drift reports end from {first} to {last} ms: no time span")));
+        };
+        let width = (span as u64).div_ceil(u64::from(points.max(1))).max(1) as i64;
+        let sql = "SELECT model, (end_ms - $1) / $2 AS bucket, COUNT(*), COUNT(DISTINCT device), \
+                   COUNT(DISTINCT CASE WHEN state = 'drift' THEN device END), AVG(max_wasserstein), \
+                   MIN(max_wasserstein), MAX(max_wasserstein) FROM drift_reports \
+                   WHERE end_ms >= $1 AND end_ms < $3 GROUP BY model, bucket ORDER BY model, bucket";
+        type Row = (String, i64, i64, i64, i64, f64, f64, f64);
+        let rows: Vec<Row> = on_pool!(self, |p| sqlx::query_as(sql).bind(lo).bind(width).bind(hi).fetch_all(p).await?);
+        Ok(rows
+            .into_iter()
+            .map(|(model, b, reports, devices, drifting, mean, min, max)| DriftBucket {
+                model,
+                start_ms: lo.saturating_add(b.saturating_mul(width)),
+                end_ms: lo.saturating_add(b.saturating_add(1).saturating_mul(width)).min(hi),
+                reports: reports as u64,
+                devices: devices as u64,
+                drifting: drifting as u64,
+                mean_wasserstein: mean,
+                min_wasserstein: min,
+                max_wasserstein: max,
+            })
+            .collect())
     }
 
     /// Drift reports ordered by (end of interval, device, seq), at most `filter.limit`.

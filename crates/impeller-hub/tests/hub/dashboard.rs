@@ -213,6 +213,29 @@ async fn views_put_the_stores_together() {
     assert!(mass("reference", 0, bins / 2) > 0);
     assert_eq!(call(&p, "GET", &format!("/api/v1/drift/{DEVICE}/{ALERT_SEQ}"), None).await.0, 404, "not a sketch");
 
+    // The fleet's drift over time agrees with the device's reports (both sketches end at the
+    // same time: one bucket, one device, in drift after the shifted one).
+    let reports = call(&p, "GET", &format!("/api/v1/drift?device={DEVICE}"), None).await.1;
+    let distances: Vec<f64> =
+        reports["items"].as_array().unwrap().iter().map(|r| r["max_wasserstein"].as_f64().unwrap()).collect();
+    let (status, fleet) = call(&p, "GET", "/api/v1/drift/fleet?points=60", None).await;
+    assert_eq!(status, 200, "{fleet}");
+    assert_eq!(fleet["alarm_sigma"], 3.5);
+    let buckets = fleet["buckets"].as_array().unwrap();
+    assert_eq!(buckets.len(), 1, "{fleet}");
+    let b = &buckets[0];
+    assert_eq!((b["model"].as_str(), b["reports"].as_u64(), b["devices"].as_u64()), (Some("pumps"), Some(2), Some(1)));
+    assert_eq!(b["drifting"], 1, "{b}");
+    let max = distances.iter().copied().fold(f64::MIN, f64::max);
+    let min = distances.iter().copied().fold(f64::MAX, f64::min);
+    assert_eq!((b["max_wasserstein"].as_f64(), b["min_wasserstein"].as_f64()), (Some(max), Some(min)));
+    assert!((b["mean_wasserstein"].as_f64().unwrap() - (max + min) / 2.0).abs() < 1e-9, "{b}");
+    let later =
+        call(&p, "GET", &format!("/api/v1/drift/fleet?since_ms={}", b["end_ms"].as_i64().unwrap() + 1), None).await;
+    assert_eq!(later.1["buckets"], json!([]), "nothing after the last report");
+    assert_eq!(call(&p, "GET", "/api/v1/drift/fleet?points=0", None).await.0, 422);
+    assert_eq!(call(&p, "GET", "/api/v1/drift/fleet?since_ms=5&until_ms=5", None).await.0, 422);
+
     // The audit status: intact with checkpoints, then broken by an edited record.
     let signer = impeller_hub::audit_signer(&p._dir.path().join("audit.secret.json")).unwrap();
     p.hub.store.audit_checkpoint(&signer).await.unwrap();

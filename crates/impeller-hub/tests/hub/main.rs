@@ -640,7 +640,33 @@ async fn drift_records(url: &str) {
     assert_eq!(ours(store.unjudged_sketches(100_000).await.unwrap()), [2]);
     assert_eq!(store.drift_monitors().await.unwrap()[&(device.clone(), "m".to_string())].1, monitor);
     let filter = FleetFilter { devices: Some(vec![device.clone()]), limit: 10, ..Default::default() };
-    assert_eq!(store.drift_reports(&filter).await.unwrap(), [report], "stored once, as first written");
+    assert_eq!(store.drift_reports(&filter).await.unwrap(), [report.clone()], "stored once, as first written");
+
+    // Drift over time, bucketed in the database: a second model's report in the later half.
+    let model = unique("model");
+    let later = DriftReport {
+        seq: 2,
+        end_ms: 200,
+        model: model.clone(),
+        max_wasserstein: 4.0,
+        state: "drift".into(),
+        ..report
+    };
+    store.put_drift(&later, None).await.unwrap();
+    let buckets = store.drift_over_time(Some(100), Some(201), 2).await.unwrap();
+    let ours: Vec<_> = buckets.into_iter().filter(|b| b.model == model).collect();
+    let expected = impeller_hub::store::DriftBucket {
+        model,
+        start_ms: 151,
+        end_ms: 201,
+        reports: 1,
+        devices: 1,
+        drifting: 1,
+        mean_wasserstein: 4.0,
+        min_wasserstein: 4.0,
+        max_wasserstein: 4.0,
+    };
+    assert_eq!(ours, [expected], "buckets of 51 ms from 100");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
