@@ -640,7 +640,11 @@ async fn drift_records(url: &str) {
     assert_eq!(ours(store.unjudged_sketches(100_000).await.unwrap()), [2]);
     assert_eq!(store.drift_monitors().await.unwrap()[&(device.clone(), "m".to_string())].1, monitor);
     let filter = FleetFilter { devices: Some(vec![device.clone()]), limit: 10, ..Default::default() };
-    assert_eq!(store.drift_reports(&filter).await.unwrap(), [report.clone()], "stored once, as first written");
+    assert_eq!(
+        store.drift_reports(&filter).await.unwrap(),
+        std::slice::from_ref(&report),
+        "stored once, as first written"
+    );
 
     // Drift over time, bucketed in the database: a second model's report in the later half.
     let model = unique("model");
