@@ -66,6 +66,7 @@ async fn run(label: &str, database: String, devices: u64, messages: u64) {
         mqtt_listen: Some(format!("127.0.0.1:{port}").parse().unwrap()),
         external_broker: None,
         device_auth: false,
+        packages_dir: std::env::temp_dir().join(format!("impeller-bench-ingest-{}", std::process::id())),
         ..Default::default()
     };
     let hub = Hub::start(&cfg).await.unwrap();

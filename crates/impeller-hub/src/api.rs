@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, JsonRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -24,8 +24,8 @@ use impeller_core::package::{Limits, TrustStore};
 use impeller_core::rollout::Rollout;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use tower::ServiceExt;
 
+use crate::artifacts::ByteRange;
 use crate::auth::{self, AuthError, Caller, Role};
 use crate::fleet::{Credentials, Device};
 use crate::store::{
@@ -38,8 +38,8 @@ use crate::store::{
 pub struct ApiState {
     pub store: Store,
     pub devices: Credentials,
-    /// Folder of uploaded packages, `{sha256}.pkg`.
-    pub packages_dir: PathBuf,
+    /// Where uploaded packages are kept, `{sha256}.pkg`.
+    pub artifacts: crate::artifacts::Artifacts,
     /// Folder of dataset snapshots, `{sha256}/`.
     pub datasets_dir: PathBuf,
     /// Keys a package must be signed with to be accepted.
@@ -572,7 +572,7 @@ async fn upload_package(
         _ => Problem::new(Code::InvalidRequest, e.body_text()),
     })?;
     let limits = Limits { max_bytes: s.max_package_bytes, ..Limits::default() };
-    let stored = crate::packages::accept(&s.store, &s.packages_dir, &s.trust, limits, bytes.to_vec(), &token).await?;
+    let stored = crate::packages::accept(&s.store, &s.artifacts, &s.trust, limits, bytes.to_vec(), &token).await?;
     Ok((StatusCode::CREATED, Json(stored)))
 }
 
@@ -622,27 +622,54 @@ async fn get_package(
 }
 
 /// The package file, with range requests (a device resumes an interrupted download) and its
-/// hash as the entity tag.
+/// hash as the entity tag, from the artifact store.
 async fn package_content(
     State(s): State<ApiState>,
     headers: HeaderMap,
     Path(sha256): Path<String>,
-    request: Request,
 ) -> ApiResult<Response> {
     reader_or_device(&s, &headers, None).await?;
     let p = known_package(&s, &sha256).await?;
-    let path = s.packages_dir.join(format!("{}.pkg", p.sha256));
-    let served = tower_http::services::ServeFile::new(&path).oneshot(request).await;
-    let mut response = match served {
-        Ok(r) => r.map(Body::new),
-        Err(error) => match error {},
+    let missing = || {
+        tracing::error!(package = %p.sha256, store = s.artifacts.url(), "a registered package is missing from the artifact store");
+        Problem::new(Code::Internal, "the package file is missing on the hub; see its log")
     };
-    if response.status() == StatusCode::NOT_FOUND {
-        tracing::error!(path = %path.display(), "a registered package is missing from the artifact folder");
-        return Err(Problem::new(Code::Internal, "the package file is missing on the hub; see its log"));
-    }
-    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", p.sha256)) {
-        response.headers_mut().insert(header::ETAG, etag);
+    let unreadable = |error: crate::artifacts::ArtifactError| {
+        tracing::error!(%error, "cannot read a package from the artifact store");
+        Problem::new(Code::Internal, "the package file cannot be read; see the hub's log")
+    };
+    let size = s.artifacts.size(&p.sha256).await.map_err(unreadable)?.ok_or_else(missing)?;
+    let etag = format!("\"{}\"", p.sha256);
+    // A range only while the file is the one the client has part of (If-Range), else whole.
+    let same = headers.get(header::IF_RANGE).is_none_or(|v| v.as_bytes() == etag.as_bytes());
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).filter(|_| same);
+    let mut response = match crate::artifacts::byte_range(range, size) {
+        ByteRange::Whole => {
+            let bytes = s.artifacts.get(&p.sha256).await.map_err(unreadable)?.ok_or_else(missing)?;
+            (StatusCode::OK, bytes).into_response()
+        }
+        ByteRange::Part(r) => {
+            let content_range = format!("bytes {}-{}/{size}", r.start, r.end - 1);
+            let bytes = s.artifacts.get_range(&p.sha256, r).await.map_err(unreadable)?;
+            let mut resp = (StatusCode::PARTIAL_CONTENT, bytes).into_response();
+            if let Ok(v) = HeaderValue::from_str(&content_range) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            resp
+        }
+        ByteRange::Unsatisfiable => {
+            let mut resp = StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(resp);
+        }
+    };
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Ok(etag) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, etag);
     }
     Ok(response)
 }

@@ -90,6 +90,9 @@ pub struct Packages {
     #[serde(default)]
     pub trusted_keys: Vec<PathBuf>,
     pub max_bytes: u64,
+    /// `file:///…` or `s3://bucket/prefix`; empty: `packages/` in the data folder.
+    #[serde(default)]
+    pub store: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +133,12 @@ impl FileConfig {
         if c.packages.max_bytes == 0 {
             return Err(err("packages.max_bytes must be positive".into()));
         }
+        if !c.packages.store.is_empty() && !["file:///", "s3://"].iter().any(|p| c.packages.store.starts_with(p)) {
+            return Err(err(format!(
+                "packages.store `{}`: use file:///ABSOLUTE/PATH or s3://BUCKET[/PREFIX]",
+                c.packages.store
+            )));
+        }
         Ok(c)
     }
 
@@ -151,6 +160,8 @@ impl FileConfig {
             device_auth: !self.mqtt.allow_anonymous,
             http_listen: Some(self.http.listen),
             packages_dir: self.data_dir.join("packages"),
+            artifacts: (!self.packages.store.is_empty()).then(|| self.packages.store.clone()),
+            artifact_options: Vec::new(),
             datasets_dir: self.data_dir.join("datasets"),
             trusted_keys: self.packages.trusted_keys.clone(),
             max_package_bytes: self.packages.max_bytes,

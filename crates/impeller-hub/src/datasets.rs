@@ -56,7 +56,7 @@ pub enum SnapshotError {
 /// Makes (or finds, when its content exists already) the snapshot; returns its manifest.
 pub async fn snapshot(
     store: &Store,
-    packages_dir: &Path,
+    artifacts: &crate::artifacts::Artifacts,
     datasets_dir: &Path,
     req: &SnapshotRequest,
     actor: &str,
@@ -76,7 +76,7 @@ pub async fn snapshot(
     if devices.is_empty() {
         return Err(SnapshotError::Invalid(format!("no device matches `{}`", req.condition)));
     }
-    let units = units_of(store, packages_dir).await?;
+    let units = units_of(store, artifacts).await?;
     let mut channels: Vec<String> = req.channels.clone();
     let mut parts = Vec::new();
     let mut rows = 0usize;
@@ -194,10 +194,13 @@ pub fn split_runs(frames: Vec<Frame>) -> Vec<Vec<Frame>> {
 
 /// Units of every channel some stored package's model has, by channel name: samples carry the
 /// model's channel names, not their units.
-async fn units_of(store: &Store, packages_dir: &Path) -> Result<BTreeMap<String, String>, StoreError> {
+async fn units_of(
+    store: &Store,
+    artifacts: &crate::artifacts::Artifacts,
+) -> Result<BTreeMap<String, String>, StoreError> {
     let mut units = BTreeMap::new();
     for p in store.packages().await? {
-        let Ok(bytes) = tokio::fs::read(packages_dir.join(format!("{}.pkg", p.sha256))).await else { continue };
+        let Ok(Some(bytes)) = artifacts.get(&p.sha256).await else { continue };
         if let Ok((manifest, _)) = read_unverified(&bytes, Limits::default()) {
             for c in manifest.channels {
                 units.entry(c.name).or_insert(c.unit);

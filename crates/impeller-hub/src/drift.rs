@@ -6,7 +6,6 @@
 //! so a restarted hub carries on where it stopped and judges what arrived meanwhile.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,9 +21,14 @@ use crate::store::{DriftReport, Store, StoreError, now_ms};
 const TOP_FEATURES: usize = 5;
 
 /// Judges new sketches every `period` until the process ends.
-pub async fn run(store: Store, packages_dir: PathBuf, trust: Arc<TrustStore>, policy: DriftPolicy, period: Duration) {
-    let mut monitor =
-        Monitor { store, packages_dir, trust, policy, references: HashMap::new(), monitors: HashMap::new() };
+pub async fn run(
+    store: Store,
+    artifacts: crate::artifacts::Artifacts,
+    trust: Arc<TrustStore>,
+    policy: DriftPolicy,
+    period: Duration,
+) {
+    let mut monitor = Monitor { store, artifacts, trust, policy, references: HashMap::new(), monitors: HashMap::new() };
     match monitor.store.drift_monitors().await {
         Ok(m) => monitor.monitors = m,
         Err(error) => tracing::error!(%error, "cannot load the drift monitors' state; starting afresh"),
@@ -40,7 +44,7 @@ pub async fn run(store: Store, packages_dir: PathBuf, trust: Arc<TrustStore>, po
 
 struct Monitor {
     store: Store,
-    packages_dir: PathBuf,
+    artifacts: crate::artifacts::Artifacts,
     trust: Arc<TrustStore>,
     policy: DriftPolicy,
     /// Reference sketches by (model, version, release).
@@ -140,7 +144,7 @@ impl Monitor {
         if let Some(r) = self.references.get(&key) {
             return Ok(Some(r.clone()));
         }
-        let found = reference(&self.store, &self.packages_dir, &self.trust, model).await?.map(Arc::new);
+        let found = reference(&self.store, &self.artifacts, &self.trust, model).await?.map(Arc::new);
         if let Some(r) = &found {
             self.references.insert(key, r.clone());
         }
@@ -152,7 +156,7 @@ impl Monitor {
 /// holds no such package or cannot read it (logged).
 pub async fn reference(
     store: &Store,
-    packages_dir: &std::path::Path,
+    artifacts: &crate::artifacts::Artifacts,
     trust: &TrustStore,
     model: &ModelRef,
 ) -> Result<Option<Sketch>, StoreError> {
@@ -162,15 +166,15 @@ pub async fn reference(
     else {
         return Ok(None);
     };
-    let path = packages_dir.join(format!("{}.pkg", info.sha256));
-    let opened = tokio::fs::read(&path).await.map_err(|e| e.to_string()).and_then(|bytes| {
+    let read = artifacts.get(&info.sha256).await.map_err(|e| e.to_string());
+    let opened = read.and_then(|b| b.ok_or_else(|| "the package file is missing".to_string())).and_then(|bytes| {
         let limits = Limits { max_bytes: u64::MAX, ..Limits::default() };
         package::open(&bytes, trust, limits).map_err(|e| e.to_string())
     });
     match opened {
         Ok(pkg) => Ok(Some(pkg.reference)),
         Err(error) => {
-            tracing::error!(%error, path = %path.display(), "cannot read a stored package's drift reference");
+            tracing::error!(%error, package = %info.sha256, "cannot read a stored package's drift reference");
             Ok(None)
         }
     }

@@ -7,6 +7,7 @@
 #![recursion_limit = "256"]
 
 pub mod api;
+pub mod artifacts;
 pub mod auth;
 pub mod bus;
 pub mod config;
@@ -45,8 +46,13 @@ pub struct HubConfig {
     pub device_auth: bool,
     /// Listen address of the HTTP API; `None`: no API.
     pub http_listen: Option<SocketAddr>,
-    /// Folder of uploaded packages.
+    /// Folder of uploaded packages (unless `artifacts` names another store).
     pub packages_dir: PathBuf,
+    /// `file:///…` or `s3://bucket/prefix` for the packages instead of `packages_dir`.
+    pub artifacts: Option<String>,
+    /// object_store's S3 settings (`aws_endpoint`, `aws_allow_http`, …) over the `AWS_*`
+    /// environment.
+    pub artifact_options: Vec<(String, String)>,
     /// Public keys (`impeller keys generate`) a package must be signed with to be uploaded.
     pub trusted_keys: Vec<PathBuf>,
     /// Largest package accepted, in bytes (0: 64 MiB).
@@ -115,9 +121,16 @@ impl Hub {
         }
         let reconcile = Arc::new(tokio::sync::Notify::new());
         tokio::spawn(deploy::run(store.clone(), bus.outgoing.clone(), reconcile.clone()));
+        let artifacts = match &cfg.artifacts {
+            Some(url) => artifacts::Artifacts::open(url, &cfg.artifact_options)?,
+            None if cfg.packages_dir.as_os_str().is_empty() => {
+                anyhow::bail!("the hub needs a packages folder (packages_dir) or an artifact store URL")
+            }
+            None => artifacts::Artifacts::folder(&cfg.packages_dir)?,
+        };
         tokio::spawn(drift::run(
             store.clone(),
-            cfg.packages_dir.clone(),
+            artifacts.clone(),
             trust.clone(),
             impeller_core::drift::DriftPolicy::default(),
             Duration::from_secs(2),
@@ -142,7 +155,7 @@ impl Hub {
         record_keys(&store, &trust, pipeline_signer.as_ref(), audit_key.as_ref()).await?;
         let runs = runs::Runs::new(
             store.clone(),
-            cfg.packages_dir.clone(),
+            artifacts.clone(),
             cfg.datasets_dir(),
             cfg.packages_dir.with_file_name("pipelines"),
             pipeline_signer,
@@ -151,7 +164,7 @@ impl Hub {
         let retrainer = Arc::new(retrain::Retrainer::new(
             store.clone(),
             runs.clone(),
-            cfg.packages_dir.clone(),
+            artifacts.clone(),
             cfg.datasets_dir(),
             reconcile.clone(),
         ));
@@ -166,7 +179,7 @@ impl Hub {
                     retrainer,
                     store: store.clone(),
                     devices: credentials,
-                    packages_dir: cfg.packages_dir.clone(),
+                    artifacts: artifacts.clone(),
                     datasets_dir: cfg.datasets_dir(),
                     trust: trust.clone(),
                     max_package_bytes: if cfg.max_package_bytes == 0 { 64 << 20 } else { cfg.max_package_bytes },

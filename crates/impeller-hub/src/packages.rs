@@ -1,8 +1,6 @@
 //! Accepting a package into the hub: signature and contents checked against the trusted keys,
-//! the file stored durably as `{sha256}.pkg`, the record (with its lineage for the audit trail)
+//! the file stored durably as `{sha256}.pkg` in the artifact store, the record (with its lineage for the audit trail)
 //! written. The API's upload and the hub's own pipeline runs both come through here.
-
-use std::path::Path;
 
 use impeller_core::package::{self, Limits, PackageError, TrustStore};
 use sha2::{Digest, Sha256};
@@ -16,14 +14,14 @@ pub enum AcceptError {
     #[error("{code}: {error}", code = .0.code(), error = .0)]
     Refused(PackageError),
     #[error("storing the package: {0}")]
-    Write(std::io::Error),
+    Write(#[from] crate::artifacts::ArtifactError),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
 
 pub async fn accept(
     store: &Store,
-    packages_dir: &Path,
+    artifacts: &crate::artifacts::Artifacts,
     trust: &TrustStore,
     limits: Limits,
     bytes: Vec<u8>,
@@ -34,13 +32,8 @@ pub async fn accept(
     }
     let pkg = package::open(&bytes, trust, limits).map_err(AcceptError::Refused)?;
     let sha256 = impeller_core::hex::encode(&Sha256::digest(&bytes));
-    let path = packages_dir.join(format!("{sha256}.pkg"));
     let size = bytes.len() as u64;
-    let dir = packages_dir.to_path_buf();
-    tokio::task::spawn_blocking(move || write_durably(&dir, &path, &bytes))
-        .await
-        .map_err(|e| AcceptError::Write(std::io::Error::other(e)))?
-        .map_err(AcceptError::Write)?;
+    artifacts.put(&sha256, bytes).await?;
     let m = &pkg.manifest;
     let info = PackageInfo {
         sha256,
@@ -60,16 +53,4 @@ pub async fn accept(
     lineage.dedup();
     store.put_package(&info, &lineage, actor).await?;
     Ok(store.package(&info.sha256).await?.unwrap_or(info))
-}
-
-/// Temporary file, fsync, rename, fsync of the folder: a package is whole or absent.
-fn write_durably(dir: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    std::fs::create_dir_all(dir)?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }

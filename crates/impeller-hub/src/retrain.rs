@@ -58,7 +58,7 @@ pub enum RetrainError {
 pub struct Retrainer {
     store: Store,
     runs: Runs,
-    packages_dir: PathBuf,
+    artifacts: crate::artifacts::Artifacts,
     datasets_dir: PathBuf,
     reconcile: Arc<Notify>,
     /// Models whose retraining task is running in this process.
@@ -76,14 +76,14 @@ impl Retrainer {
     pub fn new(
         store: Store,
         runs: Runs,
-        packages_dir: PathBuf,
+        artifacts: crate::artifacts::Artifacts,
         datasets_dir: PathBuf,
         reconcile: Arc<Notify>,
     ) -> Retrainer {
         Retrainer {
             store,
             runs,
-            packages_dir,
+            artifacts,
             datasets_dir,
             reconcile,
             busy: Mutex::new(HashSet::new()),
@@ -245,7 +245,7 @@ impl Retrainer {
             exclude_incidents: policy.data.exclude_incidents,
         };
         let actor = format!("retrain:{}", rec.model);
-        let manifest = snapshot(&self.store, &self.packages_dir, &self.datasets_dir, &req, &actor)
+        let manifest = snapshot(&self.store, &self.artifacts, &self.datasets_dir, &req, &actor)
             .await
             .map_err(|e| RetrainError::Invalid(format!("snapshot: {e}")))?;
         let spec = with_dataset(&rec.spec, &manifest.sha256)?;

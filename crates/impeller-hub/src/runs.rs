@@ -68,7 +68,7 @@ pub struct Runs {
 #[derive(Debug)]
 struct Inner {
     store: Store,
-    packages_dir: PathBuf,
+    artifacts: crate::artifacts::Artifacts,
     datasets_dir: PathBuf,
     work: PathBuf,
     signer: Option<Signer25519>,
@@ -81,7 +81,7 @@ struct Inner {
 impl Runs {
     pub fn new(
         store: Store,
-        packages_dir: PathBuf,
+        artifacts: crate::artifacts::Artifacts,
         datasets_dir: PathBuf,
         work: PathBuf,
         signer: Option<Signer25519>,
@@ -90,7 +90,7 @@ impl Runs {
         Runs {
             inner: Arc::new(Inner {
                 store,
-                packages_dir,
+                artifacts,
                 datasets_dir,
                 work,
                 signer,
@@ -268,7 +268,11 @@ impl Registry for HubRegistry {
             return Ok(None);
         };
         let p = v.packages.first().ok_or_else(|| registry(format!("champion {model}@{} has no package", v.version)))?;
-        let bytes = std::fs::read(inner.packages_dir.join(format!("{}.pkg", p.sha256))).map_err(registry)?;
+        let bytes = self
+            .handle
+            .block_on(inner.artifacts.get(&p.sha256))
+            .map_err(registry)?
+            .ok_or_else(|| registry(format!("champion {model}@{}: package {} missing", v.version, p.sha256)))?;
         let pkg = open(&bytes, &inner.trust, Limits::default()).map_err(registry)?;
         Ok(Some(Champion { version: v.version, model: (*pkg.model).clone() }))
     }
@@ -300,7 +304,7 @@ impl Registry for HubRegistry {
             .handle
             .block_on(crate::packages::accept(
                 &inner.store,
-                &inner.packages_dir,
+                &inner.artifacts,
                 &inner.trust,
                 Limits::default(),
                 bytes.to_vec(),

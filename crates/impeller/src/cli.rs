@@ -427,6 +427,10 @@ pub struct HubArgs {
     /// Use this MQTT broker (mqtt://host:port) instead of the embedded one.
     #[arg(long, value_name = "URL")]
     pub broker: Option<String>,
+    /// Where package files are kept: file:///ABSOLUTE/PATH or s3://BUCKET[/PREFIX] (AWS_*
+    /// variables for credentials and endpoint) [default: packages/ in the data folder].
+    #[arg(long, value_name = "URL")]
+    pub artifacts: Option<String>,
     /// Let any client connect to the embedded broker (by default only provisioned devices).
     #[arg(long)]
     pub allow_anonymous: bool,

@@ -106,6 +106,9 @@ fn hub_settings(args: cli::HubArgs) -> anyhow::Result<impeller_hub::config::File
     if let Some(broker) = args.broker {
         c.mqtt.broker = broker;
     }
+    if let Some(store) = args.artifacts {
+        c.packages.store = store;
+    }
     c.mqtt.allow_anonymous |= args.allow_anonymous;
     if let Some(listen) = args.http_listen {
         c.http.listen = listen;

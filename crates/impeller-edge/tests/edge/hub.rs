@@ -18,6 +18,7 @@ fn the_hub_stores_every_message_once_across_agent_restarts() {
         mqtt_listen: Some(format!("127.0.0.1:{port}").parse().unwrap()),
         external_broker: None,
         device_auth: true,
+        packages_dir: site.dir.path().join("packages"),
         ..Default::default()
     };
     // Provisioned first, as an operator would; the agent connects with its secret.

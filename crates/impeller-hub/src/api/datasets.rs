@@ -39,7 +39,7 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, Json<Manifest>)> {
     let token = operator(&s, &headers, Role::Operator).await?;
     let Json(req) = body?;
-    let m = snapshot(&s.store, &s.packages_dir, &s.datasets_dir, &req, &token).await?;
+    let m = snapshot(&s.store, &s.artifacts, &s.datasets_dir, &req, &token).await?;
     Ok((StatusCode::CREATED, Json(m)))
 }
 

@@ -282,7 +282,7 @@ pub async fn sketch(
     let (_, body) = s.store.message(&device, seq, "sketches").await?.ok_or_else(not_found)?;
     let body: SketchBody = serde_json::from_str(&body)
         .map_err(|e| Problem::new(Code::NotFound, format!("sketch {device}/{seq} was stored unreadable: {e}")))?;
-    let reference = crate::drift::reference(&s.store, &s.packages_dir, &s.trust, &body.model).await?;
+    let reference = crate::drift::reference(&s.store, &s.artifacts, &s.trust, &body.model).await?;
     let features = reference.map(|r| {
         body.features
             .iter()

@@ -9,6 +9,7 @@ use impeller_core::wire;
 use impeller_hub::{Hub, HubConfig};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
+mod artifacts;
 mod audit;
 mod broker_rules;
 mod dashboard;
@@ -137,7 +138,11 @@ async fn device_session(host: &str, port: u16, device: &str, n: u64) -> Vec<u64>
     acks
 }
 
-async fn exactly_once(cfg: HubConfig, host: &str, port: u16) {
+async fn exactly_once(mut cfg: HubConfig, host: &str, port: u16) {
+    let packages = tempfile::tempdir().unwrap();
+    if cfg.packages_dir.as_os_str().is_empty() {
+        cfg.packages_dir = packages.path().to_path_buf();
+    }
     let hub = Hub::start(&cfg).await.unwrap();
     let device = unique("pump");
     let n = 300;

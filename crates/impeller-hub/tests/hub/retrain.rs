@@ -100,7 +100,7 @@ async fn drift_retrains_awaits_approval_and_rolls_out() {
     let pkg = build(&model, &frames, &spec, &signer).unwrap();
     let info = impeller_hub::packages::accept(
         &store,
-        &dir.path().join("packages"),
+        &impeller_hub::artifacts::Artifacts::folder(&dir.path().join("packages")).unwrap(),
         &trust(&signer),
         Default::default(),
         pkg,
