@@ -6,7 +6,7 @@
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use impeller_core::package::{PackageSpec, build};
+use impeller_core::package::build;
 use impeller_core::{Channel, Frame, TrainConfig, detector::DetectorConfig, detector::PcaConfig, train};
 use serde_json::Value;
 
@@ -22,16 +22,7 @@ fn package(signer: &impeller_core::package::Signer25519) -> Vec<u8> {
         })
         .collect();
     let model = train(&channels, &frames, &TrainConfig::new(DetectorConfig::Pca(PcaConfig::default()))).unwrap();
-    let spec = PackageSpec {
-        name: "pumps".into(),
-        version: "1".into(),
-        release: 1,
-        target: "gw".into(),
-        created_ms: 0,
-        expires_ms: i64::MAX,
-        pipeline_run: None,
-        metrics: Default::default(),
-    };
+    let spec = crate::package_spec("pumps", 1);
     build(&model, &frames, &spec, signer).unwrap()
 }
 

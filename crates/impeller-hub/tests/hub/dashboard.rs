@@ -8,7 +8,7 @@
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use impeller_core::package::{PackageSpec, build, reference_sketch};
+use impeller_core::package::{build, reference_sketch};
 use impeller_core::{Channel, Frame, TrainConfig, detector::DetectorConfig, detector::PcaConfig, train};
 use impeller_hub::Hub;
 use impeller_hub::store::Verdict;
@@ -72,16 +72,7 @@ async fn populated() -> Populated {
     let channels = [Channel::new("flow", "m3/h"), Channel::new("pressure", "bar")];
     let training = frames(3000, 1, 0.0);
     let model = train(&channels, &training, &TrainConfig::new(DetectorConfig::Pca(PcaConfig::default()))).unwrap();
-    let spec = PackageSpec {
-        name: "pumps".into(),
-        version: "1".into(),
-        release,
-        target: "gw".into(),
-        created_ms: 0,
-        expires_ms: i64::MAX,
-        pipeline_run: None,
-        metrics: Default::default(),
-    };
+    let spec = crate::package_spec("pumps", release);
     let pkg = build(&model, &training, &spec, &signer).unwrap();
     let resp = reqwest::Client::new()
         .post(format!("{}/api/v1/packages", p.base))

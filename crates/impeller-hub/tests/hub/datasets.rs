@@ -3,7 +3,7 @@
 //! name the channels; the same selection gives the same hash; pandas-ready Parquet comes back
 //! through the API and reads to the same content; bad requests are refused with the reason.
 
-use impeller_core::package::{PackageSpec, build};
+use impeller_core::package::build;
 use impeller_core::{Channel, Frame, TrainConfig, detector::DetectorConfig, train};
 use impeller_pipeline::dataset::Dataset;
 
@@ -33,16 +33,7 @@ async fn snapshots_select_label_and_reproduce() {
         .map(|i| Frame { ts_ms: i * 1000, values: vec![10.0 + (i as f64 / 9.0).sin(), 5.0 + (i as f64 / 7.0).cos()] })
         .collect();
     let model = train(&channels, &training, &TrainConfig::new(DetectorConfig::Zscore(Default::default()))).unwrap();
-    let spec = PackageSpec {
-        name: "m".into(),
-        version: "1".into(),
-        release: 1,
-        target: "gw".into(),
-        created_ms: 0,
-        expires_ms: i64::MAX,
-        pipeline_run: None,
-        metrics: Default::default(),
-    };
+    let spec = crate::package_spec("m", 1);
     let pkg = build(&model, &training, &spec, &signer).unwrap();
     let r = client.post(format!("{base}/packages")).bearer_auth(&token).body(pkg).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 201);

@@ -62,6 +62,21 @@ async fn api_hub(
     (hub, token, signer)
 }
 
+/// A test package's specification: version 1 of `name` at `release`, for target `gw`, never
+/// expiring.
+fn package_spec(name: &str, release: u64) -> impeller_core::package::PackageSpec {
+    impeller_core::package::PackageSpec {
+        name: name.into(),
+        version: "1".into(),
+        release,
+        target: "gw".into(),
+        created_ms: 0,
+        expires_ms: i64::MAX,
+        pipeline_run: None,
+        metrics: Default::default(),
+    }
+}
+
 fn postgres(test: &str) -> Option<String> {
     match std::env::var("IMPELLER_TEST_POSTGRES") {
         Ok(url) if !url.is_empty() => Some(url),
@@ -517,7 +532,7 @@ async fn alerts_by_site_through_the_api() {
 /// hub has no package for and an unreadable body are recorded as such, not retried forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_is_judged_against_the_packages_reference() {
-    use impeller_core::package::{PackageSpec, build, reference_sketch};
+    use impeller_core::package::{build, reference_sketch};
     use impeller_core::{Channel, Frame, TrainConfig, detector::DetectorConfig, detector::PcaConfig, train};
 
     let dir = tempfile::tempdir().unwrap();
@@ -537,16 +552,7 @@ async fn drift_is_judged_against_the_packages_reference() {
     let channels = [Channel::new("flow", "m3/h"), Channel::new("pressure", "bar")];
     let training = frames(3000, 1, 0.0);
     let model = train(&channels, &training, &TrainConfig::new(DetectorConfig::Pca(PcaConfig::default()))).unwrap();
-    let spec = PackageSpec {
-        name: "drifty".into(),
-        version: "1".into(),
-        release: 3,
-        target: "gw".into(),
-        created_ms: 0,
-        expires_ms: i64::MAX,
-        pipeline_run: None,
-        metrics: Default::default(),
-    };
+    let spec = package_spec("drifty", 3);
     let pkg = build(&model, &training, &spec, &signer).unwrap();
     let resp = reqwest::Client::new()
         .post(format!("http://{}/api/v1/packages", hub.http_addr.unwrap()))

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use impeller_core::drift::{DriftMonitor, DriftState};
-use impeller_core::package::{PackageSpec, build};
+use impeller_core::package::build;
 use impeller_core::{Channel, Frame, TrainConfig, detector::DetectorConfig, train};
 use impeller_hub::store::{AuditFilter, DriftReport, NewModelVersion, Verdict, VersionFinish, VersionPackage};
 
@@ -87,16 +87,7 @@ async fn drift_retrains_awaits_approval_and_rolls_out() {
         tags: Default::default(),
     };
     let v1 = store.create_version("gulf", &v1, "test").await.unwrap();
-    let spec = PackageSpec {
-        name: "gulf".into(),
-        version: "1".into(),
-        release: v1.release,
-        target: "gw".into(),
-        created_ms: 0,
-        expires_ms: i64::MAX,
-        pipeline_run: None,
-        metrics: Default::default(),
-    };
+    let spec = crate::package_spec("gulf", v1.release);
     let pkg = build(&model, &frames, &spec, &signer).unwrap();
     let info = impeller_hub::packages::accept(
         &store,
