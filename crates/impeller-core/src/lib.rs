@@ -67,6 +67,7 @@ pub mod sketch;
 pub mod stats;
 pub mod table;
 pub mod units;
+pub mod weights;
 pub mod wire;
 
 pub use channel::{Channel, Frame};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use impeller_core::metrics::{Confusion, detections};
-use impeller_core::{Frame, Model, Scorer, stats};
+use impeller_core::{Frame, Model, Scorer, Verdict, stats};
 use serde::{Deserialize, Serialize};
 
 /// One labelled part to score: rows before `skip` warm the scorer up and are not counted.
@@ -143,6 +143,56 @@ pub fn evaluate(model: &Model, parts: &[ValidationPart<'_>]) -> Evaluation {
         device_days: days,
         alarms_per_day: (days > 0.0).then(|| alarms as f64 / days),
         per_part,
+    }
+}
+
+/// How closely a model follows the one it was derived from (an int8 variant and its float
+/// original), frame by frame, both scored as the device would.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Agreement {
+    /// Frames both models scored.
+    pub frames: u64,
+    /// Share of those frames on which the two debounced alarms are the same.
+    pub alarm_agreement: f64,
+    /// Largest and 99th-percentile difference of the normalised scores, relative to the
+    /// reference's score, or to 1 (the calibration quantile) where that is smaller: 0.01 is 1 %
+    /// of a high score, or a hundredth of the way to the calibration quantile for a low one.
+    pub max_rel_score_diff: f64,
+    pub p99_rel_score_diff: f64,
+    /// Alarms raised (rising edges) by each.
+    pub alarms_reference: u64,
+    pub alarms_candidate: u64,
+}
+
+pub fn agreement(reference: &Model, candidate: &Model, parts: &[&[Frame]]) -> Agreement {
+    let (reference, candidate) = (Arc::new(reference.clone()), Arc::new(candidate.clone()));
+    let (mut same, mut diffs) = (0u64, Vec::new());
+    let (mut raised_r, mut raised_c) = (0u64, 0u64);
+    for frames in parts {
+        let (mut a, mut b) = (Scorer::new(Arc::clone(&reference)), Scorer::new(Arc::clone(&candidate)));
+        let (mut was_r, mut was_c) = (false, false);
+        for f in *frames {
+            let (Verdict::Scored(r), Verdict::Scored(c)) = (a.push(f.ts_ms, &f.values), b.push(f.ts_ms, &f.values))
+            else {
+                continue;
+            };
+            same += u64::from(r.alarm == c.alarm);
+            raised_r += u64::from(r.alarm && !was_r);
+            raised_c += u64::from(c.alarm && !was_c);
+            (was_r, was_c) = (r.alarm, c.alarm);
+            let d = (r.score - c.score).abs() / r.score.abs().max(1.0);
+            // Infinite scores on both sides (an overflowing frame) agree.
+            diffs.push(if d.is_nan() && r.score == c.score { 0.0 } else { d });
+        }
+    }
+    let frames = diffs.len() as u64;
+    Agreement {
+        frames,
+        alarm_agreement: if frames == 0 { 1.0 } else { same as f64 / frames as f64 },
+        max_rel_score_diff: diffs.iter().copied().fold(0.0, f64::max),
+        p99_rel_score_diff: stats::quantile(&diffs, 0.99).unwrap_or(0.0),
+        alarms_reference: raised_r,
+        alarms_candidate: raised_c,
     }
 }
 

@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::evaluate::Evaluation;
+use crate::evaluate::{Agreement, Evaluation};
 use crate::spec::Gates;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +89,35 @@ pub fn check(gates: &Gates, candidate: &Evaluation, champion: Option<&Evaluation
     out
 }
 
+/// The int8 variant's alarms against the float model's (`min_int8_agreement`, 0.99 unless the
+/// spec says otherwise).
+pub fn int8_agreement(gates: &Gates, a: &Agreement) -> GateResult {
+    let limit = gates.min_int8_agreement.unwrap_or(DEFAULT_MIN_INT8_AGREEMENT);
+    let margin = a.alarm_agreement - limit;
+    let said = format!(
+        "int8 alarms equal the float model's on {:.2} % of {} frames ({} against {} alarms raised; scores differ by at most {:.1} %, p99 {:.1} %)",
+        100.0 * a.alarm_agreement,
+        a.frames,
+        a.alarms_candidate,
+        a.alarms_reference,
+        100.0 * a.max_rel_score_diff,
+        100.0 * a.p99_rel_score_diff
+    );
+    GateResult {
+        gate: "min_int8_agreement".into(),
+        passed: margin >= 0.0,
+        value: Some(a.alarm_agreement),
+        limit: Some(limit),
+        detail: if margin >= 0.0 {
+            format!("{said}: at least {:.2} % (margin {:.2} points)", 100.0 * limit, 100.0 * margin)
+        } else {
+            format!("{said}: should be at least {:.2} %, off by {:.2} points", 100.0 * limit, -100.0 * margin)
+        },
+    }
+}
+
+pub const DEFAULT_MIN_INT8_AGREEMENT: f64 = 0.99;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -134,5 +163,24 @@ mod tests {
         assert!(!all_passed(&results));
         let first = check(&gates, &eval(0.75, 0.05), None);
         assert!(first.iter().find(|r| r.gate == "max_f1_drop").unwrap().passed, "no champion: nothing to lose to");
+    }
+
+    #[test]
+    fn the_int8_gate_holds_the_alarm_agreement_to_its_limit_or_the_default() {
+        let a = Agreement {
+            frames: 1000,
+            alarm_agreement: 0.985,
+            max_rel_score_diff: 0.2,
+            p99_rel_score_diff: 0.01,
+            alarms_reference: 4,
+            alarms_candidate: 6,
+        };
+        let by_default = int8_agreement(&Gates::default(), &a);
+        assert!(!by_default.passed, "{by_default:?}");
+        assert_eq!(by_default.limit, Some(DEFAULT_MIN_INT8_AGREEMENT));
+        assert!(by_default.detail.contains("98.50 % of 1000 frames (6 against 4 alarms"), "{}", by_default.detail);
+        assert!(by_default.detail.contains("off by 0.50 points"), "{}", by_default.detail);
+        let lenient = int8_agreement(&Gates { min_int8_agreement: Some(0.98), ..Default::default() }, &a);
+        assert!(lenient.passed && lenient.detail.contains("margin 0.50 points"), "{}", lenient.detail);
     }
 }

@@ -66,11 +66,13 @@ fn detector(g: &mut Graph, d: &Detector, z: &str, dim: usize, prefix: &str) -> S
             g.node("ReduceMax", &[&abs], &[Attr::ints("axes", &[1]), Attr::int("keepdims", 0)])
         }
         Detector::Pca(p) => {
-            let k = p.components.len();
+            // An int8 model's graph carries its weights dequantised (ONNX runtimes take floats).
+            let components = p.components.to_float();
+            let k = components.len();
             let mean = g.constant(&format!("{prefix}pca_mean"), &[dim], &to_f32(&p.mean));
-            let flat: Vec<f64> = p.components.iter().flatten().copied().collect();
+            let flat: Vec<f64> = components.iter().flatten().copied().collect();
             let comps = g.constant(&format!("{prefix}pca_components"), &[k, dim], &to_f32(&flat));
-            let transposed: Vec<f64> = (0..dim).flat_map(|j| p.components.iter().map(move |c| c[j])).collect();
+            let transposed: Vec<f64> = (0..dim).flat_map(|j| components.iter().map(move |c| c[j])).collect();
             let comps_t = g.constant(&format!("{prefix}pca_components_t"), &[dim, k], &to_f32(&transposed));
             let eig = g.constant(&format!("{prefix}pca_eigenvalues"), &[k], &to_f32(&p.eigenvalues));
             let c = g.node("Sub", &[z, &mean], &[]);
@@ -95,10 +97,11 @@ fn detector(g: &mut Graph, d: &Detector, z: &str, dim: usize, prefix: &str) -> S
             }
         }
         Detector::Mset(m) => {
-            let k = m.memory.len();
-            let flat: Vec<f64> = m.memory.iter().flatten().copied().collect();
+            let (rows, inverse) = (m.memory.to_float(), m.similarity_inverse.to_float());
+            let k = rows.len();
+            let flat: Vec<f64> = rows.iter().flatten().copied().collect();
             let memory = g.constant(&format!("{prefix}mset_memory"), &[k, dim], &to_f32(&flat));
-            let inv_t: Vec<f64> = (0..k).flat_map(|j| m.similarity_inverse.iter().map(move |row| row[j])).collect();
+            let inv_t: Vec<f64> = (0..k).flat_map(|j| inverse.iter().map(move |row| row[j])).collect();
             let inverse_t = g.constant(&format!("{prefix}mset_inverse_t"), &[k, k], &to_f32(&inv_t));
             let axes = g.int64s(&format!("{prefix}mset_axis1"), &[1]);
             let z3 = g.node("Unsqueeze", &[z, &axes], &[]);
@@ -179,8 +182,8 @@ fn detector(g: &mut Graph, d: &Detector, z: &str, dim: usize, prefix: &str) -> S
         Detector::Autoencoder(ae) => {
             let mut h = z.to_string();
             for (l, layer) in ae.layers.iter().enumerate() {
-                let (outs, ins) = (layer.weights.len(), layer.weights.first().map_or(0, Vec::len));
-                let flat: Vec<f64> = layer.weights.iter().flatten().copied().collect();
+                let (outs, ins) = (layer.weights.len(), layer.weights.width());
+                let flat: Vec<f64> = layer.weights.to_float().into_iter().flatten().collect();
                 let w = g.constant(&format!("{prefix}ae_w{l}"), &[outs, ins], &to_f32(&flat));
                 let b = g.constant(&format!("{prefix}ae_b{l}"), &[outs], &to_f32(&layer.bias));
                 h = g.node("Gemm", &[&h, &w, &b], &[Attr::int("transB", 1)]);

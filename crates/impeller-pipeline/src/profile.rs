@@ -35,6 +35,12 @@ pub struct TargetProfile {
     /// device that scores with its own ONNX runtime; the rolling features and the alarm
     /// settings stay in the manifest).
     pub runtime: Runtime,
+    /// Weights the package carries: `float` (as trained, the default) or `int8` (weight
+    /// matrices quantised per row, an eighth of the memory, for small devices; kinds without
+    /// weight matrices stay float). An int8 model's alarms are held to the spec's
+    /// `gates.min_int8_agreement` with the float model's before it is signed. Native runtime only.
+    #[serde(default, skip_serializing_if = "Weights::is_float")]
+    pub weights: Weights,
     /// Largest package the device stores, in bytes.
     pub storage_bytes: u64,
     /// Memory the loaded model may take, in bytes.
@@ -53,6 +59,20 @@ pub enum Runtime {
     Onnx,
 }
 
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Weights {
+    #[default]
+    Float,
+    Int8,
+}
+
+impl Weights {
+    fn is_float(&self) -> bool {
+        *self == Weights::Float
+    }
+}
+
 impl TargetProfile {
     fn default_slowdown() -> f64 {
         1.0
@@ -66,6 +86,9 @@ impl TargetProfile {
         }
         if !impeller_core::wire::valid_device_id(&p.name) {
             return bad(format!("name `{}`: 1 to 64 of A-Z a-z 0-9 . _ -", p.name));
+        }
+        if p.weights == Weights::Int8 && p.runtime == Runtime::Onnx {
+            return bad("weights = \"int8\" is for the native runtime; an ONNX graph carries float weights".into());
         }
         if p.storage_bytes == 0 || p.memory_bytes == 0 {
             return bad("storage_bytes and memory_bytes must be positive".into());

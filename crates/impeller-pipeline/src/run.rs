@@ -19,9 +19,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::StepCache;
 use crate::dataset::{self, Dataset};
-use crate::evaluate::{self, Evaluation, ValidationPart};
+use crate::evaluate::{self, Agreement, Evaluation, ValidationPart};
 use crate::gates::{self, GateResult};
-use crate::profile::{Fit, Runtime, TargetProfile};
+use crate::profile::{Fit, Runtime, TargetProfile, Weights};
 use crate::spec::{PipelineSpec, glob_match};
 use crate::{CODE_VERSION, PipelineError, sha256_hex, write_synced};
 
@@ -411,17 +411,45 @@ impl Runner<'_> {
             return self.finish(registry, "failed", Outcome::Rejected, Vec::new());
         }
 
-        // Package per target: build, check the fit, keep what fits.
-        let latency_us = if targets.is_empty() {
-            0.0
+        // The int8 variant, for the targets that want one, held to its agreement with the float
+        // model (a gate, like the fit checks below).
+        let int8 = if targets.iter().any(|t| t.weights == Weights::Int8) {
+            let q =
+                self.step("quantize-int8", |r| r.quantize_int8(&cache, &model, &model_sha, &dataset_sha, &selection))?;
+            if let Some(q) = &q {
+                results.push(gates::int8_agreement(&spec.gates, &q.agreement));
+            }
+            q
         } else {
-            let split = self.split(&dataset_sha)?;
-            let frames: Vec<Frame> = split.training_parts(spec.data.train_head_rows).concat();
-            evaluate::scoring_latency_us(&model, &frames[..frames.len().min(2_000)])
+            None
         };
-        let memory = evaluate::memory_estimate_bytes(&model, model_bytes.len());
+
+        // Package per target: build, check the fit, keep what fits.
+        let float = Variant { model: model.clone(), json_bytes: model_bytes.len(), sha256: model_sha.clone() };
+        let mut latency_us = BTreeMap::new();
         let mut packages = Vec::new();
         for profile in &targets {
+            let variant = match (&int8, profile.weights) {
+                (Some(q), Weights::Int8) => &q.variant,
+                _ => &float,
+            };
+            let latency_us = match latency_us.get(&variant.sha256) {
+                Some(us) => *us,
+                None => {
+                    let split = self.split(&dataset_sha)?;
+                    let frames: Vec<Frame> = split.training_parts(spec.data.train_head_rows).concat();
+                    let us = evaluate::scoring_latency_us(&variant.model, &frames[..frames.len().min(2_000)]);
+                    *latency_us.entry(variant.sha256.clone()).or_insert(us)
+                }
+            };
+            let memory = evaluate::memory_estimate_bytes(&variant.model, variant.json_bytes);
+            let mut metrics = metrics.clone();
+            if variant.model.detector.is_int8()
+                && let Some(q) = &int8
+            {
+                metrics.insert("int8_alarm_agreement".into(), q.agreement.alarm_agreement);
+                metrics.insert("int8_max_rel_score_diff".into(), q.agreement.max_rel_score_diff);
+            }
             let package_spec = PackageSpec {
                 name: spec.model.clone(),
                 version: version.clone(),
@@ -437,7 +465,7 @@ impl Runner<'_> {
             let key = StepCache::key(
                 "package",
                 &[
-                    model_sha.as_bytes(),
+                    variant.sha256.as_bytes(),
                     dataset_sha.as_bytes(),
                     &selection,
                     &profile_json,
@@ -461,14 +489,19 @@ impl Runner<'_> {
                             vec![("model.onnx", &onnx_bytes)]
                         }
                     };
-                    let bytes = build_parts_with(&model, &parts, &package_spec, signer, &extra)?;
+                    let bytes = build_parts_with(&variant.model, &parts, &package_spec, signer, &extra)?;
                     write_synced(&dir.join("package.tar.gz"), &bytes)
                 })?;
                 let path = c.dir.join("package.tar.gz");
                 let bytes = read(&path)?;
                 let fit = Fit::check(profile, bytes.len() as u64, memory, latency_us);
+                let weights = if variant.model.detector.is_int8() { "int8" } else { "float" };
                 let detail = if fit.fits() {
-                    format!("{} bytes, fits (≈{:.0} µs a frame on the device)", bytes.len(), fit.latency_estimate_us)
+                    format!(
+                        "{} bytes, {weights} weights, fits (≈{:.0} µs a frame on the device)",
+                        bytes.len(),
+                        fit.latency_estimate_us
+                    )
                 } else {
                     format!("does not fit: {}", fit.problems.join("; "))
                 };
@@ -623,6 +656,56 @@ impl Runner<'_> {
         Ok((e, Some(key), c.hit, detail))
     }
 
+    /// The model with int8 weights and its agreement with `model` on the validation parts (the
+    /// training parts when there are none), or `None` when the detector has no weights to
+    /// quantise.
+    fn quantize_int8(
+        &mut self,
+        cache: &StepCache,
+        model: &Model,
+        model_sha: &str,
+        dataset_sha: &str,
+        selection: &[u8],
+    ) -> Result<(Option<Int8>, Option<String>, bool, String), PipelineError> {
+        let Some(detector) = model.detector.to_int8() else {
+            let detail =
+                format!("{} has no weight matrices to quantise: its targets get float weights", model.detector.kind());
+            return Ok((None, None, false, detail));
+        };
+        let key = StepCache::key("quantize-int8", &[model_sha.as_bytes(), dataset_sha.as_bytes(), selection]);
+        let quantised = Model { detector, ..model.clone() };
+        let head = self.spec.data.train_head_rows;
+        let c = cache.get_or_run("quantize-int8", &key, |dir| {
+            let split = self.split(dataset_sha)?;
+            let parts: Vec<&[Frame]> = if split.validate.is_empty() {
+                split.training_parts(head)
+            } else {
+                split.validate.iter().map(|&i| split.data.parts[i].frames.as_slice()).collect()
+            };
+            let a = evaluate::agreement(model, &quantised, &parts);
+            let json = quantised.to_json().map_err(|e| PipelineError::Data(e.to_string()))?;
+            write_synced(&dir.join("model.json"), &json)?;
+            write_synced(
+                &dir.join("agreement.json"),
+                &serde_json::to_vec_pretty(&a).map_err(|e| PipelineError::Data(e.to_string()))?,
+            )
+        })?;
+        let json = read(&c.dir.join("model.json"))?;
+        let int8_model = Model::from_json(&json).map_err(|e| PipelineError::Data(format!("cached int8 model: {e}")))?;
+        let agreement: Agreement = serde_json::from_slice(&read(&c.dir.join("agreement.json"))?)
+            .map_err(|e| PipelineError::Data(format!("cached agreement: {e}")))?;
+        let detail = format!(
+            "int8 model {} ({} bytes against {}): alarms agree on {:.2} % of {} frames",
+            &sha256_hex(&json)[..12],
+            json.len(),
+            model.to_json().map_or(0, |j| j.len()),
+            100.0 * agreement.alarm_agreement,
+            agreement.frames
+        );
+        let variant = Variant { sha256: sha256_hex(&json), json_bytes: json.len(), model: int8_model };
+        Ok((Some(Int8 { variant, agreement }), Some(key), c.hit, detail))
+    }
+
     /// The dataset, channels selected and parts split, loaded on first use.
     fn split(&mut self, dataset_sha: &str) -> Result<&Split, PipelineError> {
         if self.data.is_none() {
@@ -680,6 +763,18 @@ impl Split {
         }
         parts
     }
+}
+
+/// A model as packaged: the float one as trained, or its int8 variant.
+struct Variant {
+    model: Model,
+    json_bytes: usize,
+    sha256: String,
+}
+
+struct Int8 {
+    variant: Variant,
+    agreement: Agreement,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, PipelineError> {

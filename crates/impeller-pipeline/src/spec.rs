@@ -71,6 +71,10 @@ pub struct Gates {
     pub max_alerts_per_day: Option<f64>,
     /// Median seconds from a labelled anomaly's start to its first alarm.
     pub max_median_delay_s: Option<f64>,
+    /// For targets with int8 weights: the least share (0 to 1) of validation frames on which the
+    /// int8 model's alarm must equal the float model's. Absent: 0.99.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_int8_agreement: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,6 +127,9 @@ impl PipelineSpec {
             if v.is_some_and(|v| !v.is_finite() || v < 0.0) {
                 return bad(format!("gates.{name} must be a number ≥ 0"));
             }
+        }
+        if g.min_int8_agreement.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
+            return bad("gates.min_int8_agreement must be a share from 0 to 1".into());
         }
         if (g.min_f1.is_some() || g.max_far.is_some() || g.max_mar.is_some() || g.max_f1_drop.is_some())
             && spec.data.validate.is_empty()

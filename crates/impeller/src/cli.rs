@@ -608,6 +608,11 @@ pub enum Bench {
     /// import, train, evaluate, validate, package for three profiles, sign, register; then an
     /// unchanged rerun, and the same spec in a fresh work folder. Times each run.
     Pipeline(PipelineBenchArgs),
+    /// Int8 weights on SKAB: the example pipeline once per detector kind with weight matrices,
+    /// for a float and an int8 target; per kind the int8 model's alarm agreement with the
+    /// float model on the 34 labelled experiments, its score differences, and both variants'
+    /// model size, memory estimate and scoring time.
+    Int8(Int8BenchArgs),
     /// The hub under a fleet's load: a real `impeller hub` as a child process with every device
     /// provisioned, and one MQTT connection per device publishing telemetry at a steady rate,
     /// resending what is not acknowledged after a reconnect. Reports the stored rate, the
@@ -651,6 +656,15 @@ pub struct PipelineBenchArgs {
     /// The spec to run (default: the built-in example).
     #[arg(long, value_name = "FILE")]
     pub spec: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct Int8BenchArgs {
+    /// The SKAB data folder.
+    #[arg(long, value_name = "DIR")]
+    pub data: PathBuf,
     #[arg(long)]
     pub json: bool,
 }

@@ -187,7 +187,7 @@ struct Inspect<'a> {
 fn detector_summary(d: &impeller_core::detector::Detector) -> serde_json::Value {
     use impeller_core::detector::Detector;
     use serde_json::json;
-    match d {
+    let mut summary = match d {
         Detector::Zscore(_) => json!({ "kind": "zscore" }),
         Detector::Pca(p) => json!({
             "kind": "pca", "components": p.components.len(), "explained_variance": p.explained,
@@ -206,7 +206,9 @@ fn detector_summary(d: &impeller_core::detector::Detector) -> serde_json::Value 
             "kind": "ensemble", "combine": e.combine,
             "members": e.members.iter().map(|m| detector_summary(&m.detector)).collect::<Vec<_>>(),
         }),
-    }
+    };
+    summary["weights"] = if d.is_int8() { "int8" } else { "float" }.into();
+    summary
 }
 
 pub fn inspect(path: &Path, json: bool) -> anyhow::Result<()> {

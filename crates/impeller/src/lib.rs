@@ -54,6 +54,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Bench(Bench::Fleet(args)) => fleet::bench(args),
         Command::Bench(Bench::Audit(args)) => audit::bench(args),
         Command::Bench(Bench::Pipeline(args)) => lifecycle::bench(args),
+        Command::Bench(Bench::Int8(args)) => lifecycle::bench_int8(args),
         Command::Bench(Bench::Load(args)) => load::bench(args),
         Command::Sim(args) => fleet::sim(args),
         Command::Demo(args) => demo::run(args),

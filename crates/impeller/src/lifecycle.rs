@@ -771,6 +771,126 @@ pub fn bench(args: crate::cli::PipelineBenchArgs) -> anyhow::Result<()> {
     })
 }
 
+/// `impeller bench int8`.
+pub fn bench_int8(args: crate::cli::Int8BenchArgs) -> anyhow::Result<()> {
+    use impeller_core::detector::{
+        AutoencoderConfig, DetectorConfig, EnsembleConfig, MsetConfig, PcaConfig, ZscoreConfig, ensemble::Combine,
+    };
+    use impeller_core::package::Signer25519;
+    use impeller_pipeline::evaluate::Agreement;
+    use impeller_pipeline::profile::TargetProfile;
+    let temp = tempfile::tempdir()?;
+    let dir = temp.path();
+    std::fs::create_dir_all(dir.join("profiles"))?;
+    for (name, text) in impeller_pipeline::profile::EXAMPLES {
+        std::fs::write(dir.join("profiles").join(format!("{name}.toml")), text)?;
+    }
+    let mut spec = PipelineSpec::parse(spec::EXAMPLE, "example")?;
+    // The float gateway and the int8 PLC; every quality gate off, so that each kind is packaged
+    // and its agreement measured whatever its F1.
+    spec.targets = vec!["profiles/gw-arm64.toml".into(), "profiles/plc-armv7.toml".into()];
+    spec.gates = spec::Gates { min_int8_agreement: Some(0.0), ..Default::default() };
+    let pca = match &spec.train.detector {
+        DetectorConfig::Pca(c) => c.clone(),
+        _ => PcaConfig::default(),
+    };
+    let kinds = [
+        ("pca", DetectorConfig::Pca(pca.clone())),
+        ("mset", DetectorConfig::Mset(MsetConfig::default())),
+        ("autoencoder", DetectorConfig::Autoencoder(AutoencoderConfig::default())),
+        (
+            "ensemble (zscore + pca)",
+            DetectorConfig::Ensemble(EnsembleConfig {
+                members: vec![DetectorConfig::Zscore(ZscoreConfig {}), DetectorConfig::Pca(pca)],
+                combine: Combine::Max,
+            }),
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (i, (name, detector)) in kinds.into_iter().enumerate() {
+        spec.train.detector = detector;
+        let work = dir.join(format!("work{i}"));
+        let mut options =
+            RunOptions::new(work.clone(), dir.to_path_buf(), Signer25519::from_secret([7; 32]), created_ms()?);
+        options.import = Some(args.data.clone());
+        let record = run(&spec, &options, None, &mut |_| {})?;
+        if let Some(e) = &record.error {
+            anyhow::bail!("{name}: {e}");
+        }
+        let step = record.steps.iter().find(|s| s.step == "quantize-int8").context("no quantize-int8 step")?;
+        let key = step.key.as_deref().context("the detector has no weights to quantise")?;
+        let agreement: Agreement =
+            serde_json::from_slice(&std::fs::read(work.join("cache/quantize-int8").join(key).join("agreement.json"))?)?;
+        let package = |target: &str| record.packages.iter().find(|p| p.target == target).context("no package");
+        let (float, int8) = (package("gw-arm64")?, package("plc-armv7")?);
+        let model_bytes = |p: &impeller_pipeline::run::PackageRecord| -> anyhow::Result<u64> {
+            let pkg = open(&std::fs::read(&p.path)?, &trusting_seven(), Limits::default())?;
+            Ok(pkg.model.to_json()?.len() as u64)
+        };
+        // The fit check's latency is the one measured here times the profile's slowdown.
+        let here_us = |p: &impeller_pipeline::run::PackageRecord| -> anyhow::Result<f64> {
+            let profile = TargetProfile::load(&dir.join("profiles").join(format!("{}.toml", p.target)))?;
+            Ok(p.fit.latency_estimate_us / profile.slowdown)
+        };
+        rows.push(json!({
+            "detector": name,
+            "f1_float": record.evaluation.as_ref().and_then(|e| e.f1),
+            "frames": agreement.frames,
+            "alarm_agreement": agreement.alarm_agreement,
+            "alarms_float": agreement.alarms_reference,
+            "alarms_int8": agreement.alarms_candidate,
+            "max_rel_score_diff": agreement.max_rel_score_diff,
+            "p99_rel_score_diff": agreement.p99_rel_score_diff,
+            "model_bytes_float": model_bytes(float)?,
+            "model_bytes_int8": model_bytes(int8)?,
+            "memory_estimate_float": float.fit.memory_estimate_bytes,
+            "memory_estimate_int8": int8.fit.memory_estimate_bytes,
+            "us_per_frame_float": here_us(float)?,
+            "us_per_frame_int8": here_us(int8)?,
+        }));
+    }
+    if args.json {
+        return emit_json(&rows);
+    }
+    emit(|out| {
+        writeln!(
+            out,
+            "{:<24} {:>7} {:>9} {:>11} {:>17} {:>17} {:>17} {:>13}",
+            "detector",
+            "frames",
+            "agree %",
+            "alarms f/i",
+            "rel. diff max/p99",
+            "model bytes f/i",
+            "memory est. f/i",
+            "µs/frame f/i"
+        )?;
+        for r in &rows {
+            let n = |k: &str| r[k].as_f64().unwrap_or(f64::NAN);
+            writeln!(
+                out,
+                "{:<24} {:>7} {:>9.3} {:>11} {:>17} {:>17} {:>17} {:>13}",
+                r["detector"].as_str().unwrap_or(""),
+                n("frames"),
+                100.0 * n("alarm_agreement"),
+                format!("{}/{}", n("alarms_float"), n("alarms_int8")),
+                format!("{:.2}/{:.2} %", 100.0 * n("max_rel_score_diff"), 100.0 * n("p99_rel_score_diff")),
+                format!("{}/{}", n("model_bytes_float"), n("model_bytes_int8")),
+                format!("{}/{}", n("memory_estimate_float"), n("memory_estimate_int8")),
+                format!("{:.2}/{:.2}", n("us_per_frame_float"), n("us_per_frame_int8")),
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// The trust store of `bench int8`'s packages.
+fn trusting_seven() -> TrustStore {
+    let mut trust = TrustStore::new();
+    trust.add(impeller_core::package::Signer25519::from_secret([7; 32]).verifying_key());
+    trust
+}
+
 /// The commented example retraining policy.
 pub const RETRAIN_EXAMPLE: &str = include_str!("../config/retrain.toml");
 

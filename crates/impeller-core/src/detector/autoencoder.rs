@@ -10,6 +10,7 @@ use super::Scratch;
 use crate::error::{ModelError, TrainError, check_finite};
 use crate::matrix::Matrix;
 use crate::rng::Rng;
+use crate::weights::Rows;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -53,7 +54,7 @@ impl Default for AutoencoderConfig {
 #[serde(deny_unknown_fields)]
 pub struct Layer {
     /// `outputs × inputs`.
-    pub weights: Vec<Vec<f64>>,
+    pub weights: Rows,
     pub bias: Vec<f64>,
     /// tanh when true, identity otherwise.
     pub tanh: bool,
@@ -61,12 +62,12 @@ pub struct Layer {
 
 impl Layer {
     fn inputs(&self) -> usize {
-        self.weights.first().map_or(0, Vec::len)
+        self.weights.width()
     }
 
     fn forward(&self, input: &[f64], out: &mut [f64]) {
-        for ((o, w), b) in out.iter_mut().zip(&self.weights).zip(&self.bias) {
-            let z = crate::matrix::dot(w, input) + b;
+        for (i, (o, b)) in out.iter_mut().zip(&self.bias).enumerate() {
+            let z = self.weights.dot(i, input) + b;
             *o = if self.tanh { libm::tanh(z) } else { z };
         }
     }
@@ -145,7 +146,7 @@ fn backprop(layers: &[Layer], x: &Matrix, batch: &[usize], g: &mut Gradients) {
             }
             let (lower, upper) = g.deltas.split_at_mut(l + 1);
             for (i, di) in lower[l].iter_mut().enumerate() {
-                *di = layer.weights.iter().zip(&upper[0]).map(|(w, dl)| w[i] * dl).sum();
+                *di = upper[0].iter().enumerate().map(|(o, dl)| layer.weights.at(o, i) * dl).sum();
             }
         }
     }
@@ -179,9 +180,9 @@ impl Autoencoder {
             .map(|(i, w)| {
                 // Glorot-uniform initialisation.
                 let limit = (6.0 / (w[0] + w[1]) as f64).sqrt();
-                let weights =
+                let weights: Vec<Vec<f64>> =
                     (0..w[1]).map(|_| (0..w[0]).map(|_| (2.0 * rng.next_f64() - 1.0) * limit).collect()).collect();
-                Layer { weights, bias: vec![0.0; w[1]], tanh: i + 2 < widths.len() }
+                Layer { weights: weights.into(), bias: vec![0.0; w[1]], tanh: i + 2 < widths.len() }
             })
             .collect();
 
@@ -207,6 +208,7 @@ impl Autoencoder {
                 let lr = config.learning_rate * (1.0 - libm::pow(beta2, f64::from(step))).sqrt()
                     / (1.0 - libm::pow(beta1, f64::from(step)));
                 for ((layer, m), (gwl, gbl)) in layers.iter_mut().zip(&mut moments).zip(gw.iter().zip(gb)) {
+                    let weights = layer.weights.float_mut();
                     let adam = |w: &mut f64, m: &mut f64, v: &mut f64, g: f64| {
                         *m = beta1 * *m + (1.0 - beta1) * g;
                         *v = beta2 * *v + (1.0 - beta2) * g * g;
@@ -214,7 +216,7 @@ impl Autoencoder {
                     };
                     for (o, grow) in gwl.iter().enumerate() {
                         for (i, &g) in grow.iter().enumerate() {
-                            adam(&mut layer.weights[o][i], &mut m.mw[o][i], &mut m.vw[o][i], g);
+                            adam(&mut weights[o][i], &mut m.mw[o][i], &mut m.vw[o][i], g);
                         }
                         adam(&mut layer.bias[o], &mut m.mb[o], &mut m.vb[o], gbl[o]);
                     }
@@ -253,15 +255,7 @@ impl Autoencoder {
             if layer.bias.is_empty() || layer.weights.len() != layer.bias.len() {
                 return Err(ModelError::invalid(f, "weights must have one row per bias entry"));
             }
-            for (o, row) in layer.weights.iter().enumerate() {
-                if row.len() != width {
-                    return Err(ModelError::invalid(
-                        format!("{f}.weights[{o}]"),
-                        format!("needs {width} inputs, has {}", row.len()),
-                    ));
-                }
-                check_finite(&format!("{f}.weights[{o}]"), row)?;
-            }
+            layer.weights.validate(None, width, &format!("{f}.weights"))?;
             check_finite(&format!("{f}.bias"), &layer.bias)?;
             width = layer.bias.len();
         }
@@ -321,8 +315,8 @@ mod tests {
             for (o, i) in [(0, 0), (1, 1)] {
                 let mut plus = ae.clone();
                 let mut minus = ae.clone();
-                plus.layers[l].weights[o][i] += h;
-                minus.layers[l].weights[o][i] -= h;
+                plus.layers[l].weights.float_mut()[o][i] += h;
+                minus.layers[l].weights.float_mut()[o][i] -= h;
                 let numeric = (loss(&plus) - loss(&minus)) / (2.0 * h);
                 let analytic = g.weights[l][o][i];
                 assert!(

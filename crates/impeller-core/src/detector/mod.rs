@@ -125,6 +125,54 @@ impl Detector {
         }
     }
 
+    /// The same detector with its weight matrices quantised to int8 (see [`crate::weights`]), or
+    /// `None` for a kind without weight matrices (zscore's limits, the forest's split points:
+    /// rounding those moves decisions, it saves nothing). An ensemble quantises the members that
+    /// have weights.
+    pub fn to_int8(&self) -> Option<Detector> {
+        match self {
+            Self::Zscore(_) | Self::IsolationForest(_) => None,
+            Self::Pca(d) => Some(Self::Pca(Pca { components: d.components.to_int8(), ..d.clone() })),
+            Self::Mset(d) => Some(Self::Mset(Mset {
+                memory: d.memory.to_int8(),
+                similarity_inverse: d.similarity_inverse.to_int8(),
+            })),
+            Self::Autoencoder(d) => Some(Self::Autoencoder(Autoencoder {
+                layers: d
+                    .layers
+                    .iter()
+                    .map(|l| autoencoder::Layer { weights: l.weights.to_int8(), ..l.clone() })
+                    .collect(),
+            })),
+            Self::Ensemble(e) => {
+                let quantised: Vec<Option<Detector>> = e.members.iter().map(|m| m.detector.to_int8()).collect();
+                quantised.iter().any(Option::is_some).then(|| {
+                    let members = e
+                        .members
+                        .iter()
+                        .zip(quantised)
+                        .map(|(m, q)| ensemble::Member {
+                            detector: q.unwrap_or_else(|| m.detector.clone()),
+                            ..m.clone()
+                        })
+                        .collect();
+                    Self::Ensemble(Ensemble { members, combine: e.combine })
+                })
+            }
+        }
+    }
+
+    /// Whether any of the detector's weights are int8.
+    pub fn is_int8(&self) -> bool {
+        match self {
+            Self::Zscore(_) | Self::IsolationForest(_) => false,
+            Self::Pca(d) => d.components.is_int8(),
+            Self::Mset(d) => d.memory.is_int8() || d.similarity_inverse.is_int8(),
+            Self::Autoencoder(d) => d.layers.iter().any(|l| l.weights.is_int8()),
+            Self::Ensemble(e) => e.members.iter().any(|m| m.detector.is_int8()),
+        }
+    }
+
     /// Checks shapes and values of a detector read from outside, so that scoring cannot panic.
     pub fn validate(&self, dim: usize, field: &str) -> Result<(), ModelError> {
         match self {

@@ -11,8 +11,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::Scratch;
-use crate::error::{ModelError, TrainError, check_finite};
+use crate::error::{ModelError, TrainError};
 use crate::matrix::{Matrix, distance};
+use crate::weights::Rows;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -36,9 +37,9 @@ impl Default for MsetConfig {
 #[serde(deny_unknown_fields)]
 pub struct Mset {
     /// Memory vectors, `m` rows of length `dim`.
-    pub memory: Vec<Vec<f64>>,
+    pub memory: Rows,
     /// Pseudo-inverse of the memory's similarity matrix, `m × m`.
-    pub similarity_inverse: Vec<Vec<f64>>,
+    pub similarity_inverse: Rows,
 }
 
 fn similarity(a: &[f64], b: &[f64]) -> f64 {
@@ -60,36 +61,33 @@ impl Mset {
         let inv = g
             .pseudo_inverse(1e-10)
             .map_err(|e| TrainError::NonFinite { what: format!("mset similarity inverse ({e})") })?;
-        let similarity_inverse = (0..m).map(|i| (0..m).map(|j| inv[(i, j)]).collect()).collect();
-        let mset = Self { memory, similarity_inverse };
+        let similarity_inverse: Vec<Vec<f64>> = (0..m).map(|i| (0..m).map(|j| inv[(i, j)]).collect()).collect();
+        let mset = Self { memory: memory.into(), similarity_inverse: similarity_inverse.into() };
         Ok(mset)
     }
 
     pub fn scratch(&self) -> Scratch {
         let m = self.memory.len();
-        let d = self.memory.first().map_or(0, Vec::len);
+        let d = self.memory.width();
         Scratch { a: vec![0.0; m], b: vec![0.0; m], c: vec![0.0; d], ..Scratch::default() }
     }
 
     pub fn score(&self, x: &[f64], scratch: &mut Scratch) -> f64 {
         let Scratch { a, b: w, c: estimate, .. } = scratch;
-        for (ai, d) in a.iter_mut().zip(&self.memory) {
-            *ai = similarity(d, x);
+        for (i, ai) in a.iter_mut().enumerate() {
+            *ai = 1.0 / (1.0 + self.memory.distance(i, x));
         }
         let mut total = 0.0;
-        for (wi, row) in w.iter_mut().zip(&self.similarity_inverse) {
-            *wi = crate::matrix::dot(row, a);
+        for (i, wi) in w.iter_mut().enumerate() {
+            *wi = self.similarity_inverse.dot(i, a);
             total += *wi;
         }
         // Normalised weights make the estimate a weighted average of states; if the weights
         // cancel out the raw ones are used.
         let norm = if total.abs() > 1e-12 { total } else { 1.0 };
         estimate.fill(0.0);
-        for (wi, d) in w.iter().zip(&self.memory) {
-            let wn = wi / norm;
-            for (e, v) in estimate.iter_mut().zip(d) {
-                *e += wn * v;
-            }
+        for (i, wi) in w.iter().enumerate() {
+            self.memory.add_scaled_row(i, wi / norm, estimate);
         }
         distance(x, estimate)
     }
@@ -99,28 +97,8 @@ impl Mset {
         if m < 2 {
             return Err(ModelError::invalid(format!("{field}.memory"), "needs at least 2 vectors"));
         }
-        if self.similarity_inverse.len() != m {
-            return Err(ModelError::invalid(format!("{field}.similarity_inverse"), format!("needs {m} rows")));
-        }
-        for (i, v) in self.memory.iter().enumerate() {
-            if v.len() != dim {
-                return Err(ModelError::invalid(
-                    format!("{field}.memory[{i}]"),
-                    format!("needs {dim} values, has {}", v.len()),
-                ));
-            }
-            check_finite(&format!("{field}.memory[{i}]"), v)?;
-        }
-        for (i, r) in self.similarity_inverse.iter().enumerate() {
-            if r.len() != m {
-                return Err(ModelError::invalid(
-                    format!("{field}.similarity_inverse[{i}]"),
-                    format!("needs {m} values, has {}", r.len()),
-                ));
-            }
-            check_finite(&format!("{field}.similarity_inverse[{i}]"), r)?;
-        }
-        Ok(())
+        self.memory.validate(None, dim, &format!("{field}.memory"))?;
+        self.similarity_inverse.validate(Some(m), m, &format!("{field}.similarity_inverse"))
     }
 }
 
@@ -181,7 +159,7 @@ mod tests {
         let mset = Mset::fit(&MsetConfig { memory: 40 }, &x).expect("fit");
         assert_eq!(mset.memory.len(), 40);
         let mut s = mset.scratch();
-        let on = mset.score(&mset.memory[7].clone(), &mut s);
+        let on = mset.score(&mset.memory.to_float()[7], &mut s);
         assert!(on < 1e-6, "a memory vector should be reproduced exactly, residual {on}");
         let near = mset.score(&[0.0, 1.0], &mut s);
         let outside = mset.score(&[0.0, 1.6], &mut s);

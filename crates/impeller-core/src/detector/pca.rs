@@ -14,8 +14,9 @@ use serde::{Deserialize, Serialize};
 
 use super::Scratch;
 use crate::error::{ModelError, TrainError, check_finite};
-use crate::matrix::{Matrix, dot};
+use crate::matrix::Matrix;
 use crate::stats::{f_quantile, normal_quantile};
+use crate::weights::Rows;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -62,7 +63,7 @@ pub struct Pca {
     /// mean is exactly zero).
     pub mean: Vec<f64>,
     /// Kept principal directions, one row of length `dim` each (orthonormal).
-    pub components: Vec<Vec<f64>>,
+    pub components: Rows,
     /// Variance along each kept direction.
     pub eigenvalues: Vec<f64>,
     /// Fraction of total variance the kept directions explain.
@@ -129,7 +130,15 @@ impl Pca {
             ));
         }
         let mean: Vec<f64> = means.iter().copied().collect();
-        let pca = Self { mean, components, eigenvalues, explained, t2_limit, q_limit, statistic: config.statistic };
+        let pca = Self {
+            mean,
+            components: components.into(),
+            eigenvalues,
+            explained,
+            t2_limit,
+            q_limit,
+            statistic: config.statistic,
+        };
         Ok(pca)
     }
 
@@ -144,13 +153,13 @@ impl Pca {
             *c = v - m;
         }
         let mut t2 = 0.0;
-        for ((p, l), ti) in self.components.iter().zip(&self.eigenvalues).zip(t.iter_mut()) {
-            *ti = dot(p, centred);
+        for (i, (l, ti)) in self.eigenvalues.iter().zip(t.iter_mut()).enumerate() {
+            *ti = self.components.dot(i, centred);
             t2 += *ti * *ti / l;
         }
         let mut q = 0.0;
         for (j, xj) in centred.iter().enumerate() {
-            let recon: f64 = self.components.iter().zip(t.iter()).map(|(p, ti)| p[j] * ti).sum();
+            let recon: f64 = t.iter().enumerate().map(|(i, ti)| self.components.at(i, j) * ti).sum();
             q += (xj - recon) * (xj - recon);
         }
         (t2, q)
@@ -188,15 +197,7 @@ impl Pca {
                 format!("needs {k} values, has {}", self.eigenvalues.len()),
             ));
         }
-        for (i, c) in self.components.iter().enumerate() {
-            if c.len() != dim {
-                return Err(ModelError::invalid(
-                    format!("{field}.components[{i}]"),
-                    format!("needs {dim} values, has {}", c.len()),
-                ));
-            }
-            check_finite(&format!("{field}.components[{i}]"), c)?;
-        }
+        self.components.validate(None, dim, &format!("{field}.components"))?;
         check_finite(&format!("{field}.eigenvalues"), &self.eigenvalues)?;
         if self.eigenvalues.iter().any(|l| *l <= 0.0) {
             return Err(ModelError::invalid(format!("{field}.eigenvalues"), "must be positive"));
@@ -277,7 +278,7 @@ mod tests {
         assert_eq!(pca.components.len(), 3);
         for (k, expected) in [9.0, 4.0, 1.0].iter().enumerate() {
             assert!((pca.eigenvalues[k] - expected).abs() / expected < 0.05, "λ{k} = {}", pca.eigenvalues[k]);
-            let cos = dot(&pca.components[k], &basis[k]).abs();
+            let cos = pca.components.dot(k, &basis[k]).abs();
             assert!(cos > 0.99, "component {k} off its true direction: |cos| = {cos}");
         }
     }
@@ -292,7 +293,7 @@ mod tests {
         assert!(t2 < 1e-20, "T² of the mean is {t2}");
         // A point along the kept components (from the mean) has no residual.
         let inside: Vec<f64> =
-            (0..4).map(|j| pca.mean[j] + 2.0 * pca.components[0][j] - 3.0 * pca.components[1][j]).collect();
+            (0..4).map(|j| pca.mean[j] + 2.0 * pca.components.at(0, j) - 3.0 * pca.components.at(1, j)).collect();
         let (_, q) = pca.statistics(&inside, &mut s);
         assert!(q < 1e-20, "Q inside the subspace is {q}");
         // A point along the discarded direction has Q equal to its squared length.

@@ -133,3 +133,25 @@ fn wrong_format_version_and_shapes_are_refused_with_the_field_named() {
     let e = Model::from_json(b"{\"format\": \"impeller.model\", ").unwrap_err();
     assert!(matches!(e, ModelError::Syntax { line: 1, .. }), "{e}");
 }
+
+#[test]
+fn int8_variants_read_back_and_alarm_with_their_float_models() {
+    for (name, config) in configs() {
+        let model = train(&channels(), &frames(400, 1, None), &config).unwrap();
+        let Some(detector) = model.detector.to_int8() else {
+            assert!(matches!(name, "zscore" | "isolation_forest"), "{name} has weights to quantise");
+            continue;
+        };
+        assert!(!model.detector.is_int8() && detector.is_int8(), "{name}");
+        let int8 = Model { detector, ..model.clone() };
+        let json = int8.to_json().unwrap();
+        let back = Model::from_json(&json).unwrap_or_else(|e| panic!("{name}: int8 model does not read back: {e}"));
+        assert_eq!(back, int8, "{name}");
+        let (f, q) = (probe_scores(model), probe_scores(back));
+        let scored: Vec<_> = f.iter().zip(&q).filter_map(|(a, b)| a.zip(*b)).collect();
+        assert!(scored.len() > 150, "{name}");
+        let same = scored.iter().filter(|((_, a), (_, b))| a == b).count();
+        assert!(same * 100 >= scored.len() * 97, "{name}: alarms agree on {same} of {} frames", scored.len());
+        assert!(q.iter().flatten().any(|(_, alarm)| *alarm), "{name}: the int8 model misses the leak");
+    }
+}

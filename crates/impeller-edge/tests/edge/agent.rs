@@ -199,6 +199,23 @@ fn edited(bytes: &[u8], edit: impl FnOnce(&mut Vec<(String, Vec<u8>)>)) -> Vec<u
 }
 
 #[test]
+fn an_int8_package_installs_passes_its_self_test_and_alarms() {
+    // No broker needed: the agent scores offline.
+    let site = Site::new("mqtt://127.0.0.1:9", 600, 0.0, "");
+    let (model, training) = model();
+    let int8 = impeller_core::Model { detector: model.detector.to_int8().unwrap(), ..model };
+    let bytes = impeller_core::package::build(&int8, &training, &spec(3, "gw-test"), &signer(1)).unwrap();
+    let out = site.install(&bytes, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let agent = site.start();
+    agent.wait_metric("readings_total", |v| v >= 600.0, Duration::from_secs(20)).unwrap();
+    assert_eq!(agent.metric("model_release"), Some(3.0), "{}", site.log());
+    assert!(agent.metric("scores_total").unwrap() > 500.0, "{}", site.log());
+    assert!(agent.metric("alerts_total").unwrap() >= 1.0, "the pressure drop raises an alert: {}", site.log());
+    agent.kill();
+}
+
+#[test]
 fn refuses_every_bad_package_while_the_current_model_keeps_running() {
     // No broker needed: the agent scores offline.
     let site = Site::new("mqtt://127.0.0.1:9", 3000, 20.0, "");

@@ -75,7 +75,40 @@ fn skab_pipeline_builds_caches_and_reproduces() {
             onnx.map(|a| a.sha256.as_str()),
             (p.target == "gw-x86").then(|| first.onnx.as_ref().unwrap().sha256.as_str())
         );
+        // The PLC profile asks for int8 weights: its package carries them, with the measured
+        // agreement; the others carry the float model as trained.
+        let int8 = p.target == "plc-armv7";
+        assert_eq!(pkg.model.detector.is_int8(), int8, "{}", p.target);
+        assert_eq!(pkg.manifest.metrics.contains_key("int8_alarm_agreement"), int8, "{}", p.target);
+        if !int8 {
+            assert_eq!(
+                pkg.model.to_json().unwrap(),
+                std::fs::read(
+                    work.path().join(format!("cache/train/{}/model.json", first.steps[1].key.as_deref().unwrap()))
+                )
+                .unwrap()
+            );
+        }
     }
+    let gate = first.gates.iter().find(|g| g.gate == "min_int8_agreement").expect("the int8 gate ran");
+    assert!(gate.passed && gate.value.unwrap() >= 0.99, "{gate:?}");
+    eprintln!("int8 on SKAB: {}", gate.detail);
+    let plc = first.packages.iter().find(|p| p.target == "plc-armv7").unwrap();
+    let arm = first.packages.iter().find(|p| p.target == "gw-arm64").unwrap();
+    assert!(
+        plc.fit.memory_estimate_bytes < arm.fit.memory_estimate_bytes,
+        "int8 {} against float {} bytes",
+        plc.fit.memory_estimate_bytes,
+        arm.fit.memory_estimate_bytes
+    );
+
+    // Asked to agree on every frame, the int8 variant is refused where it does not, by name.
+    let mut strict = spec.clone();
+    strict.gates.min_int8_agreement = Some(1.0);
+    let strict_run = run_in(work.path(), &strict, &base, &skab);
+    let strict_gate = strict_run.gates.iter().find(|g| g.gate == "min_int8_agreement").unwrap();
+    assert_eq!(strict_gate.passed, gate.value == Some(1.0), "{strict_gate:?}");
+    assert_eq!(strict_run.outcome == Outcome::Built, gate.value == Some(1.0));
 
     // Unchanged: every step found in the cache.
     let again = run_in(work.path(), &spec, &base, &skab);
@@ -100,7 +133,7 @@ fn skab_pipeline_builds_caches_and_reproduces() {
         assert_eq!(std::fs::read(&a.path).unwrap(), std::fs::read(&b.path).unwrap());
     }
     let runs = std::fs::read_dir(work.path().join("runs")).unwrap().count();
-    assert_eq!(runs, 3, "a run record per run");
+    assert_eq!(runs, 4, "a run record per run");
 }
 
 #[test]
