@@ -72,5 +72,5 @@ pub mod wire;
 
 pub use channel::{Channel, Frame};
 pub use error::{ModelError, TrainError};
-pub use model::{Model, TrainConfig, train, train_parts};
+pub use model::{Model, TrainConfig, adopt_parts, train, train_parts};
 pub use scorer::{Scored, Scorer, Verdict};

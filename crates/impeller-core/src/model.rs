@@ -88,6 +88,27 @@ pub fn train(channels: &[Channel], frames: &[Frame], config: &TrainConfig) -> Re
 /// each in time order. Rolling windows restart at the start of each part, so no feature
 /// mixes two recordings.
 pub fn train_parts(channels: &[Channel], parts: &[&[Frame]], config: &TrainConfig) -> Result<Model, TrainError> {
+    build(channels, parts, config, None)
+}
+
+/// Builds a model around a detector fitted elsewhere (bring your own model): the features of
+/// `config` go into `detector` unscaled (an identity scaler), and the calibration is fitted on
+/// its scores of `parts`, as for a model trained here. `config.detector` is not used.
+pub fn adopt_parts(
+    channels: &[Channel],
+    parts: &[&[Frame]],
+    config: &TrainConfig,
+    detector: Detector,
+) -> Result<Model, TrainError> {
+    build(channels, parts, config, Some(detector))
+}
+
+fn build(
+    channels: &[Channel],
+    parts: &[&[Frame]],
+    config: &TrainConfig,
+    adopted: Option<Detector>,
+) -> Result<Model, TrainError> {
     if channels.is_empty() || channels.len() > MAX_CHANNELS {
         return Err(TrainError::Config(format!("a model needs 1 to {MAX_CHANNELS} channels, got {}", channels.len())));
     }
@@ -111,17 +132,26 @@ pub fn train_parts(channels: &[Channel], parts: &[&[Frame]], config: &TrainConfi
     if x.rows() < needed {
         return Err(TrainError::TooFewRows { usable: x.rows(), needed });
     }
-    let scaler = Scaler::fit(&x);
-    check_finite("scaler", scaler.mean.iter().chain(&scaler.scale)).map_err(TrainError::InvalidModel)?;
-    for i in 0..x.rows() {
-        scaler.transform(x.row_mut(i));
-    }
-    let mut rng = Rng::new(config.seed);
-    let fit_rows = x.rows() - (config.calibration.holdout * x.rows() as f64) as usize;
-    let detector = if fit_rows == x.rows() {
-        Detector::fit(&config.detector, &x, &mut rng)?
-    } else {
-        Detector::fit(&config.detector, &x.head(fit_rows), &mut rng)?
+    let (scaler, detector) = match adopted {
+        Some(detector) => {
+            detector.validate(dim, "detector").map_err(TrainError::InvalidModel)?;
+            (Scaler { mean: vec![0.0; dim], scale: vec![1.0; dim] }, detector)
+        }
+        None => {
+            let scaler = Scaler::fit(&x);
+            check_finite("scaler", scaler.mean.iter().chain(&scaler.scale)).map_err(TrainError::InvalidModel)?;
+            for i in 0..x.rows() {
+                scaler.transform(x.row_mut(i));
+            }
+            let mut rng = Rng::new(config.seed);
+            let fit_rows = x.rows() - (config.calibration.holdout * x.rows() as f64) as usize;
+            let detector = if fit_rows == x.rows() {
+                Detector::fit(&config.detector, &x, &mut rng)?
+            } else {
+                Detector::fit(&config.detector, &x.head(fit_rows), &mut rng)?
+            };
+            (scaler, detector)
+        }
     };
     let calibration = config.calibration.fit(&score_rows(&detector, &x))?;
     let model = Model {

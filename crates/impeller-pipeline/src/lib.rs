@@ -28,6 +28,7 @@ pub mod dataset;
 pub mod evaluate;
 pub mod gates;
 pub mod onnx;
+pub mod onnx_import;
 pub mod profile;
 pub mod run;
 pub mod spec;

@@ -13,8 +13,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use impeller_core::detector::Detector;
 use impeller_core::package::{PackageSpec, Signer25519, build_parts_with};
-use impeller_core::{Frame, Model, train_parts};
+use impeller_core::{Frame, Model, adopt_parts, train_parts};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::StepCache;
@@ -292,18 +293,36 @@ impl Runner<'_> {
         ))
         .map_err(|e| PipelineError::Data(e.to_string()))?;
 
-        // Train.
+        // Train, or adopt the model brought from elsewhere (its file's hash joins the key).
         let train_cfg = serde_json::to_vec(&spec.train).map_err(|e| PipelineError::Data(e.to_string()))?;
-        let key = StepCache::key("train", &[dataset_sha.as_bytes(), &selection, &train_cfg]);
+        let byo = match &spec.bring_your_own {
+            Some(b) => Some((b.onnx.display().to_string(), read(&options.base.join(&b.onnx))?)),
+            None => None,
+        };
+        let byo_sha = byo.as_ref().map(|(_, bytes)| sha256_hex(bytes));
+        let mut inputs: Vec<&[u8]> = vec![dataset_sha.as_bytes(), &selection, &train_cfg];
+        inputs.extend(byo_sha.as_deref().map(str::as_bytes));
+        let key = StepCache::key("train", &inputs);
         let model_bytes = self.step("train", |r| {
             let c = cache.get_or_run("train", &key, |dir| {
                 let split = r.split(&dataset_sha)?;
                 let parts = split.training_parts(spec.data.train_head_rows);
-                let model = train_parts(&split.data.channels, &parts, &spec.train)?;
+                let channels = &split.data.channels;
+                let model = match &byo {
+                    Some((_, onnx)) => {
+                        let dim = spec.train.features.dim(channels.len());
+                        let forest = crate::onnx_import::isolation_forest(onnx, dim)?;
+                        adopt_parts(channels, &parts, &spec.train, Detector::IsolationForest(forest))?
+                    }
+                    None => train_parts(channels, &parts, &spec.train)?,
+                };
                 write_synced(&dir.join("model.json"), &model.to_json().map_err(|e| PipelineError::Data(e.to_string()))?)
             })?;
             let bytes = read(&c.dir.join("model.json"))?;
-            let detail = format!("model {}", &sha256_hex(&bytes)[..12]);
+            let detail = match &byo {
+                Some((file, _)) => format!("model {} (adopted from {file})", &sha256_hex(&bytes)[..12]),
+                None => format!("model {}", &sha256_hex(&bytes)[..12]),
+            };
             Ok((bytes, Some(key.clone()), c.hit, detail))
         })?;
         let model = Model::from_json(&model_bytes).map_err(|e| PipelineError::Data(format!("cached model: {e}")))?;

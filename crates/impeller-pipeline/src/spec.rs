@@ -30,6 +30,19 @@ pub struct PipelineSpec {
     pub targets: Vec<PathBuf>,
     #[serde(default)]
     pub package: PackageOptions,
+    /// A model trained elsewhere, used instead of training `[train.detector]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bring_your_own: Option<BringYourOwn>,
+}
+
+/// Bring your own model: a scikit-learn `IsolationForest` exported with skl2onnx, fitted on the
+/// features `[train]` names (by default the channels' values, unscaled). The pipeline then
+/// calibrates, evaluates, gates, packages and signs it as it would a model of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BringYourOwn {
+    /// The ONNX file, relative to the spec.
+    pub onnx: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -6,6 +6,7 @@
 // Helpers in a test binary may unwrap: a panic there fails the test, as it should.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
+mod byo;
 mod onnx;
 
 use std::path::{Path, PathBuf};
