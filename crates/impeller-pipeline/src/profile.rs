@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+use impeller_core::Channel;
+use impeller_core::adapter::{Adapter, AdapterConfig};
 use serde::{Deserialize, Serialize};
 
 use crate::PipelineError;
@@ -50,6 +52,11 @@ pub struct TargetProfile {
     /// How many times slower than the machine running the pipeline the device scores.
     #[serde(default = "TargetProfile::default_slowdown")]
     pub slowdown: f64,
+    /// The device class's manufacturer adapter: the vendor's signal names and units for the
+    /// model's channels (as in the agent's `[adapter]`). When given, a package fits only if
+    /// the adapter feeds every channel of the model in a unit convertible to the model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<AdapterConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +106,11 @@ impl TargetProfile {
         if !(p.slowdown.is_finite() && p.slowdown >= 1.0) {
             return bad("slowdown must be a number ≥ 1".into());
         }
+        if let Some(a) = &p.adapter
+            && (a.name.is_empty() || a.channels.is_empty() || a.sample_ms == Some(0))
+        {
+            return bad("adapter: needs a name, at least one channel, and a positive sample_ms if any".into());
+        }
         Ok(p)
     }
 
@@ -125,9 +137,19 @@ pub struct Fit {
 }
 
 impl Fit {
-    pub fn check(profile: &TargetProfile, package_bytes: u64, memory_estimate_bytes: u64, measured_us: f64) -> Fit {
+    /// `channels`: the model's, which the profile's adapter (if any) must feed.
+    pub fn check(
+        profile: &TargetProfile,
+        channels: &[Channel],
+        package_bytes: u64,
+        memory_estimate_bytes: u64,
+        measured_us: f64,
+    ) -> Fit {
         let latency_estimate_us = measured_us * profile.slowdown;
         let mut problems = Vec::new();
+        if let Some(Err(e)) = profile.adapter.as_ref().map(|a| Adapter::new(a, channels)) {
+            problems.push(e.to_string());
+        }
         if package_bytes > profile.storage_bytes {
             problems.push(format!("package {package_bytes} bytes > storage budget {} bytes", profile.storage_bytes));
         }
@@ -183,9 +205,34 @@ mod tests {
     #[test]
     fn fit_names_each_budget_it_breaks() {
         let p = TargetProfile::parse(GW, "gw").unwrap();
-        assert!(Fit::check(&p, 1000, 1000, 10.0).fits());
-        let f = Fit::check(&p, p.storage_bytes + 1, p.memory_bytes + 1, p.latency_budget_us);
+        assert!(Fit::check(&p, &[], 1000, 1000, 10.0).fits());
+        let f = Fit::check(&p, &[], p.storage_bytes + 1, p.memory_bytes + 1, p.latency_budget_us);
         assert_eq!(f.problems.len(), 3, "{:?}", f.problems);
         assert!(f.problems[2].contains("µs"));
+    }
+
+    #[test]
+    fn a_profile_whose_adapter_cannot_feed_the_model_does_not_fit() {
+        let plc = TargetProfile::parse(EXAMPLES[2].1, "plc").unwrap();
+        let adapter = plc.adapter.as_ref().expect("the PLC example has an adapter");
+        // The model's channels as the adapter names them, in the model's units: fits.
+        let model: Vec<Channel> = impeller_core::table::SKAB_CHANNELS
+            .iter()
+            .filter(|(name, _)| adapter.channels.iter().any(|m| m.channel == *name))
+            .map(|(name, unit)| Channel::new(*name, *unit))
+            .collect();
+        assert_eq!(model.len(), adapter.channels.len());
+        assert!(Fit::check(&plc, &model, 1000, 1000, 1.0).fits());
+        // A channel the controller does not report, and a unit it cannot be converted to.
+        let mut more = model.clone();
+        more.push(Channel::new("Thermocouple", "°C"));
+        let f = Fit::check(&plc, &more, 1000, 1000, 1.0);
+        assert!(f.problems.iter().any(|p| p.contains("`Thermocouple` has no source")), "{:?}", f.problems);
+        let mut other_unit = model;
+        other_unit[0].unit = "°C".into();
+        let f = Fit::check(&plc, &other_unit, 1000, 1000, 1.0);
+        assert!(f.problems.iter().any(|p| p.contains(&other_unit[0].name)), "{:?}", f.problems);
+        let e = TargetProfile::parse(&EXAMPLES[2].1.replace("name = \"plc-vendor\"", "name = \"\""), "p.toml");
+        assert!(e.unwrap_err().to_string().contains("adapter"));
     }
 }

@@ -513,7 +513,7 @@ impl Runner<'_> {
                 })?;
                 let path = c.dir.join("package.tar.gz");
                 let bytes = read(&path)?;
-                let fit = Fit::check(profile, bytes.len() as u64, memory, latency_us);
+                let fit = Fit::check(profile, &variant.model.channels, bytes.len() as u64, memory, latency_us);
                 let weights = if variant.model.detector.is_int8() { "int8" } else { "float" };
                 let detail = if fit.fits() {
                     format!(

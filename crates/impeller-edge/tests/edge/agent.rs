@@ -198,13 +198,12 @@ fn edited(bytes: &[u8], edit: impl FnOnce(&mut Vec<(String, Vec<u8>)>)) -> Vec<u
     pack(&files)
 }
 
-#[test]
-fn an_int8_package_installs_passes_its_self_test_and_alarms() {
+/// Installs a package of `model` (self-test included) and replays a pressure drop: the agent
+/// scores every frame and raises an alert.
+fn installs_scores_and_alarms(model: &impeller_core::Model, training: &[impeller_core::Frame]) {
     // No broker needed: the agent scores offline.
     let site = Site::new("mqtt://127.0.0.1:9", 600, 0.0, "");
-    let (model, training) = model();
-    let int8 = impeller_core::Model { detector: model.detector.to_int8().unwrap(), ..model };
-    let bytes = impeller_core::package::build(&int8, &training, &spec(3, "gw-test"), &signer(1)).unwrap();
+    let bytes = impeller_core::package::build(model, training, &spec(3, "gw-test"), &signer(1)).unwrap();
     let out = site.install(&bytes, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let agent = site.start();
@@ -213,6 +212,34 @@ fn an_int8_package_installs_passes_its_self_test_and_alarms() {
     assert!(agent.metric("scores_total").unwrap() > 500.0, "{}", site.log());
     assert!(agent.metric("alerts_total").unwrap() >= 1.0, "the pressure drop raises an alert: {}", site.log());
     agent.kill();
+}
+
+#[test]
+fn an_int8_package_installs_passes_its_self_test_and_alarms() {
+    let (model, training) = model();
+    let int8 = impeller_core::Model { detector: model.detector.to_int8().unwrap(), ..model };
+    installs_scores_and_alarms(&int8, &training);
+}
+
+#[test]
+fn an_adopted_model_package_installs_passes_its_self_test_and_alarms() {
+    // A model brought from elsewhere has this shape: a forest fitted on the raw readings, an
+    // identity scaler, and the calibration fitted here (`impeller_core::adopt_parts`).
+    use impeller_core::detector::{Detector, IsolationForest, IsolationForestConfig};
+    use impeller_core::features::FeatureKind;
+    let (_, training) = model();
+    let x = impeller_core::matrix::Matrix::from_rows(
+        channels().len(),
+        &training.iter().map(|f| &f.values[..]).collect::<Vec<_>>(),
+    );
+    let forest =
+        IsolationForest::fit(&IsolationForestConfig::default(), &x, &mut impeller_core::rng::Rng::new(5)).unwrap();
+    let mut cfg = impeller_core::TrainConfig::new(impeller_core::detector::DetectorConfig::Zscore(Default::default()));
+    cfg.features.kinds = vec![FeatureKind::Value];
+    cfg.calibration.margin = 1.0;
+    let adopted =
+        impeller_core::adopt_parts(&channels(), &[&training], &cfg, Detector::IsolationForest(forest)).unwrap();
+    installs_scores_and_alarms(&adopted, &training);
 }
 
 #[test]
