@@ -432,9 +432,9 @@ impl Runner<'_> {
 
         // The int8 variant, for the targets that want one, held to its agreement with the float
         // model (a gate, like the fit checks below).
+        let float = Variant { model, json_bytes: model_bytes.len(), sha256: model_sha };
         let int8 = if targets.iter().any(|t| t.weights == Weights::Int8) {
-            let q =
-                self.step("quantize-int8", |r| r.quantize_int8(&cache, &model, &model_sha, &dataset_sha, &selection))?;
+            let q = self.step("quantize-int8", |r| r.quantize_int8(&cache, &float, &dataset_sha, &selection))?;
             if let Some(q) = &q {
                 results.push(gates::int8_agreement(&spec.gates, &q.agreement));
             }
@@ -444,7 +444,6 @@ impl Runner<'_> {
         };
 
         // Package per target: build, check the fit, keep what fits.
-        let float = Variant { model: model.clone(), json_bytes: model_bytes.len(), sha256: model_sha.clone() };
         let mut latency_us = BTreeMap::new();
         let mut packages = Vec::new();
         for profile in &targets {
@@ -654,14 +653,9 @@ impl Runner<'_> {
                     }
                 })
                 .collect();
-            let e = evaluate::evaluate(model, &parts);
-            write_synced(
-                &dir.join("evaluation.json"),
-                &serde_json::to_vec_pretty(&e).map_err(|e| PipelineError::Data(e.to_string()))?,
-            )
+            write_json(&dir.join("evaluation.json"), &evaluate::evaluate(model, &parts))
         })?;
-        let e: Evaluation = serde_json::from_slice(&read(&c.dir.join("evaluation.json"))?)
-            .map_err(|e| PipelineError::Data(format!("cached evaluation: {e}")))?;
+        let e: Evaluation = read_json(&c.dir.join("evaluation.json"), "cached evaluation")?;
         let fmt = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
         let detail = format!(
             "F1 {} FAR {} MAR {}, {}/{} anomalies caught, {} alarms per device-day",
@@ -675,23 +669,23 @@ impl Runner<'_> {
         Ok((e, Some(key), c.hit, detail))
     }
 
-    /// The model with int8 weights and its agreement with `model` on the validation parts (the
-    /// training parts when there are none), or `None` when the detector has no weights to
+    /// The model with int8 weights and its agreement with the float one on the validation parts
+    /// (the training parts when there are none), or `None` when the detector has no weights to
     /// quantise.
     fn quantize_int8(
         &mut self,
         cache: &StepCache,
-        model: &Model,
-        model_sha: &str,
+        float: &Variant,
         dataset_sha: &str,
         selection: &[u8],
     ) -> Result<(Option<Int8>, Option<String>, bool, String), PipelineError> {
+        let model = &float.model;
         let Some(detector) = model.detector.to_int8() else {
             let detail =
                 format!("{} has no weight matrices to quantise: its targets get float weights", model.detector.kind());
             return Ok((None, None, false, detail));
         };
-        let key = StepCache::key("quantize-int8", &[model_sha.as_bytes(), dataset_sha.as_bytes(), selection]);
+        let key = StepCache::key("quantize-int8", &[float.sha256.as_bytes(), dataset_sha.as_bytes(), selection]);
         let quantised = Model { detector, ..model.clone() };
         let head = self.spec.data.train_head_rows;
         let c = cache.get_or_run("quantize-int8", &key, |dir| {
@@ -704,20 +698,16 @@ impl Runner<'_> {
             let a = evaluate::agreement(model, &quantised, &parts);
             let json = quantised.to_json().map_err(|e| PipelineError::Data(e.to_string()))?;
             write_synced(&dir.join("model.json"), &json)?;
-            write_synced(
-                &dir.join("agreement.json"),
-                &serde_json::to_vec_pretty(&a).map_err(|e| PipelineError::Data(e.to_string()))?,
-            )
+            write_json(&dir.join("agreement.json"), &a)
         })?;
         let json = read(&c.dir.join("model.json"))?;
         let int8_model = Model::from_json(&json).map_err(|e| PipelineError::Data(format!("cached int8 model: {e}")))?;
-        let agreement: Agreement = serde_json::from_slice(&read(&c.dir.join("agreement.json"))?)
-            .map_err(|e| PipelineError::Data(format!("cached agreement: {e}")))?;
+        let agreement: Agreement = read_json(&c.dir.join("agreement.json"), "cached agreement")?;
         let detail = format!(
             "int8 model {} ({} bytes against {}): alarms agree on {:.2} % of {} frames",
             &sha256_hex(&json)[..12],
             json.len(),
-            model.to_json().map_or(0, |j| j.len()),
+            float.json_bytes,
             100.0 * agreement.alarm_agreement,
             agreement.frames
         );
@@ -798,6 +788,16 @@ struct Int8 {
 
 fn read(path: &Path) -> Result<Vec<u8>, PipelineError> {
     std::fs::read(path).map_err(|e| PipelineError::io(path, e))
+}
+
+/// A step's output written as pretty JSON, fsynced.
+fn write_json(path: &Path, value: &impl Serialize) -> Result<(), PipelineError> {
+    write_synced(path, &serde_json::to_vec_pretty(value).map_err(|e| PipelineError::Data(e.to_string()))?)
+}
+
+/// A step's JSON output read back; `what` names it in errors.
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> Result<T, PipelineError> {
+    serde_json::from_slice(&read(path)?).map_err(|e| PipelineError::Data(format!("{what}: {e}")))
 }
 
 fn summary_of(results: &[GateResult]) -> String {

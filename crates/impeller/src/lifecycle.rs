@@ -806,12 +806,16 @@ pub fn bench_int8(args: crate::cli::Int8BenchArgs) -> anyhow::Result<()> {
             }),
         ),
     ];
+    // The packages are signed with a throwaway key, trusted only to read them back.
+    const SECRET: [u8; 32] = [7; 32];
+    let mut trust = TrustStore::new();
+    trust.add(Signer25519::from_secret(SECRET).verifying_key());
     let mut rows = Vec::new();
     for (i, (name, detector)) in kinds.into_iter().enumerate() {
         spec.train.detector = detector;
         let work = dir.join(format!("work{i}"));
         let mut options =
-            RunOptions::new(work.clone(), dir.to_path_buf(), Signer25519::from_secret([7; 32]), created_ms()?);
+            RunOptions::new(work.clone(), dir.to_path_buf(), Signer25519::from_secret(SECRET), created_ms()?);
         options.import = Some(args.data.clone());
         let record = run(&spec, &options, None, &mut |_| {})?;
         if let Some(e) = &record.error {
@@ -824,7 +828,7 @@ pub fn bench_int8(args: crate::cli::Int8BenchArgs) -> anyhow::Result<()> {
         let package = |target: &str| record.packages.iter().find(|p| p.target == target).context("no package");
         let (float, int8) = (package("gw-arm64")?, package("plc-armv7")?);
         let model_bytes = |p: &impeller_pipeline::run::PackageRecord| -> anyhow::Result<u64> {
-            let pkg = open(&std::fs::read(&p.path)?, &trusting_seven(), Limits::default())?;
+            let pkg = open(&std::fs::read(&p.path)?, &trust, Limits::default())?;
             Ok(pkg.model.to_json()?.len() as u64)
         };
         // The fit check's latency is the one measured here times the profile's slowdown.
@@ -882,13 +886,6 @@ pub fn bench_int8(args: crate::cli::Int8BenchArgs) -> anyhow::Result<()> {
         }
         Ok(())
     })
-}
-
-/// The trust store of `bench int8`'s packages.
-fn trusting_seven() -> TrustStore {
-    let mut trust = TrustStore::new();
-    trust.add(impeller_core::package::Signer25519::from_secret([7; 32]).verifying_key());
-    trust
 }
 
 /// The commented example retraining policy.
