@@ -6,15 +6,17 @@
 #   scripts/bench-edge-footprint.sh [SKAB_DIR] [BROKER] [csv|mqtt] [SHADOW_READINGS]
 #
 # PROFILE=release (default) or PROFILE=edge (the size-optimised profile gateways get) picks
-# the agent's build.
+# the agent's build; EDGE_BIN=PATH measures that agent binary instead (an older build, to
+# compare in the same session).
 #
 # SHADOW_READINGS overrides [models] shadow_readings (default 1200), to see what the
 # shadow-scoring buffer costs.
 #
 # Source csv (default): replays SKAB's anomaly-free recording (8 channels, one row per second)
 # at 100x speed = 100 Hz. Source mqtt: a third-party publisher (scripts/publish-readings.py,
-# needs paho-mqtt) sends the same rows as one MQTT message per reading at 100 Hz to BROKER,
-# and the agent subscribes. After 10 s of warm-up, measures 60 s from /proc: resident memory
+# needs paho-mqtt) sends the same rows at 100 Hz to BROKER, one MQTT message per reading or
+# BATCH=N readings per message (a JSON array, every N/100 s), and the agent subscribes.
+# After 10 s of warm-up, measures 60 s from /proc: resident memory
 # (now and peak) and CPU time of the agent alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,10 +26,10 @@ source="${3:-csv}"
 shadow="${4:-1200}"
 profile="${PROFILE:-release}"
 cargo build --release -p impeller >/dev/null 2>&1
-cargo build --profile "$profile" -p impeller-edge >/dev/null 2>&1
+[ -n "${EDGE_BIN:-}" ] || cargo build --profile "$profile" -p impeller-edge >/dev/null 2>&1
 target="${CARGO_TARGET_DIR:-target}"
 impeller=$target/release/impeller
-edge=$target/$profile/impeller-edge
+edge=${EDGE_BIN:-$target/$profile/impeller-edge}
 work=$(mktemp -d)
 # Only the pids that were set: `kill 0` would signal this whole process group, the caller too.
 trap 'for p in ${pid:-} ${pub:-}; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"' EXIT
@@ -62,7 +64,7 @@ if [ "$source" = mqtt ]; then
   hostport=${broker#mqtt://}
   topic="bench/footprint/readings"
   printf '[source]\nkind = "mqtt"\nbroker = "%s"\ntopic = "%s"\n' "$broker" "$topic" >> "$work/edge.toml"
-  python3 scripts/publish-readings.py "$skab/anomaly-free/anomaly-free.csv" "${hostport%:*}" "${hostport##*:}" "$topic" 100 &
+  python3 scripts/publish-readings.py "$skab/anomaly-free/anomaly-free.csv" "${hostport%:*}" "${hostport##*:}" "$topic" 100 "${BATCH:-1}" &
   pub=$!
 else
   printf '[source]\nkind = "csv"\npath = "%s"\nspeed = 100\n' "$skab/anomaly-free/anomaly-free.csv" >> "$work/edge.toml"
@@ -87,7 +89,7 @@ where=$(awk -v exe="$(readlink -f "$edge")" '
 kill "$pid"; wait "$pid" 2>/dev/null || true
 cp "$edge" "$work/edge-stripped"; strip "$work/edge-stripped"
 size=$(stat -c %s "$work/edge-stripped")
-awk -v c0="$cpu0" -v c1="$cpu1" -v t0="$t0" -v t1="$t1" -v hz="$ticks" -v rss="$rss" -v hwm="$hwm" -v size="$size" -v src="$source" 'BEGIN {
+awk -v c0="$cpu0" -v c1="$cpu1" -v t0="$t0" -v t1="$t1" -v hz="$ticks" -v rss="$rss" -v hwm="$hwm" -v size="$size" -v src="$source${BATCH:+, $BATCH readings per message}" 'BEGIN {
   printf "resident memory: %.1f MiB now, %.1f MiB peak\n", rss/1024, hwm/1024
   printf "cpu: %.2f %% of one core over %.0f s (8 channels at 100 Hz, source %s)\n", 100*(c1-c0)/hz/(t1-t0), t1-t0, src
   printf "stripped binary: %.1f MiB\n", size/1048576

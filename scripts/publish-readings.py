@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """A third-party device for benchmarks: publishes the rows of a SKAB-layout CSV file as agent
-readings ({"ts_ms": ..., "values": {name: value}}) over MQTT at a fixed rate, one message per
-reading, cycling through the file.
+readings ({"ts_ms": ..., "values": {name: value}}) over MQTT at a fixed rate, cycling through
+the file: one message per reading, or BATCH readings per message as a JSON array (a gateway
+that batches).
 
     pip install paho-mqtt
-    scripts/publish-readings.py CSV HOST PORT TOPIC RATE_HZ
+    scripts/publish-readings.py CSV HOST PORT TOPIC RATE_HZ [BATCH]
 """
 import csv
 import json
@@ -16,6 +17,7 @@ import paho.mqtt.client as mqtt
 
 def main():
     path, host, port, topic, rate = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], float(sys.argv[5])
+    batch = int(sys.argv[6]) if len(sys.argv) > 6 else 1
     with open(path, newline="") as f:
         rows = list(csv.reader(f, delimiter=";"))
     names, rows = rows[0][1:], rows[1:]
@@ -26,11 +28,17 @@ def main():
     next_t = time.monotonic()
     i = 0
     while True:
-        row = rows[i % len(rows)]
-        values = {n: float(v) for n, v in zip(names, row[1:1 + len(names)])}
-        client.publish(topic, json.dumps({"ts_ms": int(time.time() * 1000), "values": values}), qos=0)
-        i += 1
-        next_t += period
+        now_ms = time.time() * 1000
+        readings = []
+        for k in range(batch):
+            row = rows[(i + k) % len(rows)]
+            values = {n: float(v) for n, v in zip(names, row[1:1 + len(names)])}
+            # Oldest first: the last reading of a batch is the newest.
+            readings.append({"ts_ms": int(now_ms - (batch - 1 - k) * period * 1000), "values": values})
+        payload = readings[0] if batch == 1 else readings
+        client.publish(topic, json.dumps(payload), qos=0)
+        i += batch
+        next_t += period * batch
         time.sleep(max(0.0, next_t - time.monotonic()))
 
 

@@ -132,8 +132,9 @@ pub fn decode_ack(bytes: &[u8]) -> Result<Ack, WireError> {
 }
 
 /// Plain sensor readings, as a gateway or a local PLC bridge publishes them:
-/// `{"ts_ms": 1700000000000, "values": {"P_PSI": 43.1, "T_F": 104.2}}`. A missing or `null`
-/// value is a missing reading.
+/// `{"ts_ms": 1700000000000, "values": {"P_PSI": 43.1, "T_F": 104.2}}`, or several in one
+/// message as an array of those, oldest first (a gateway that batches sends fewer, larger
+/// messages, which costs the device less). A missing or `null` value is a missing reading.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Readings {
@@ -141,15 +142,22 @@ pub struct Readings {
     pub values: BTreeMap<String, Option<f64>>,
 }
 
-/// Most values in one readings message.
+/// Most values in one readings message, all its readings together.
 pub const MAX_READINGS: usize = 1024;
 
-pub fn decode_readings(bytes: &[u8]) -> Result<Readings, WireError> {
-    let r: Readings = serde_json::from_slice(bytes).map_err(json_err)?;
-    if r.values.len() > MAX_READINGS {
-        return Err(WireError::Invalid(format!("{} values, more than the {MAX_READINGS} accepted", r.values.len())));
+/// One readings message: a reading, or an array of them.
+pub fn decode_readings(bytes: &[u8]) -> Result<Vec<Readings>, WireError> {
+    let batch = bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[');
+    let all: Vec<Readings> = if batch {
+        serde_json::from_slice(bytes).map_err(json_err)?
+    } else {
+        vec![serde_json::from_slice(bytes).map_err(json_err)?]
+    };
+    let values: usize = all.iter().map(|r| r.values.len().max(1)).sum();
+    if values > MAX_READINGS {
+        return Err(WireError::Invalid(format!("{values} values, more than the {MAX_READINGS} accepted")));
     }
-    Ok(r)
+    Ok(all)
 }
 
 /// Which model produced a message.
@@ -281,8 +289,20 @@ mod tests {
         let bad_id = br#"{"v":1,"device":"a/b","seq":3,"prev":2,"ts_ms":0,"kind":"alerts","body":{}}"#;
         assert!(matches!(decode_envelope(bad_id), Err(WireError::Invalid(_))));
         let r = decode_readings(br#"{"ts_ms":1,"values":{"P":1.5,"T":null}}"#).unwrap();
-        assert_eq!(r.values["P"], Some(1.5));
-        assert_eq!(r.values["T"], None);
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].values["P"], Some(1.5));
+        assert_eq!(r[0].values["T"], None);
+        let batch = decode_readings(br#" [{"ts_ms":1,"values":{"P":1}},{"ts_ms":2,"values":{"P":2}}]"#).unwrap();
+        assert_eq!(
+            batch.iter().map(|r| (r.ts_ms, r.values["P"])).collect::<Vec<_>>(),
+            [(1, Some(1.0)), (2, Some(2.0))]
+        );
+        let e = decode_readings(br#"[{"ts_ms":1,"values":{"P":1}},{"ts_ms":"2","values":{}}]"#).unwrap_err();
+        assert!(e.to_string().contains("line 1 column"), "{e}");
+        // The cap is on the message, not each reading: empty readings count too.
+        let many = format!("[{}]", vec![r#"{"ts_ms":1,"values":{}}"#; MAX_READINGS + 1].join(","));
+        assert!(matches!(decode_readings(many.as_bytes()), Err(WireError::Invalid(_))));
+        assert!(decode_readings(b"[]").unwrap().is_empty());
     }
 
     #[test]

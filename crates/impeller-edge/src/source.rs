@@ -67,7 +67,28 @@ pub async fn replay_csv(
     }
 }
 
-/// Subscribes to readings on a local broker: `{"ts_ms": …, "values": {"NAME": value, …}}`.
+/// Channel names as shared strings, made once per name rather than once per reading.
+#[derive(Debug, Default)]
+struct Names(Vec<Arc<str>>);
+
+impl Names {
+    /// Most names kept: a publisher sending ever new names must not grow the agent.
+    const MAX: usize = 256;
+
+    fn get(&mut self, name: &str) -> Arc<str> {
+        if let Some(n) = self.0.iter().find(|n| &***n == name) {
+            return n.clone();
+        }
+        let n: Arc<str> = Arc::from(name);
+        if self.0.len() < Self::MAX {
+            self.0.push(n.clone());
+        }
+        n
+    }
+}
+
+/// Subscribes to readings on a local broker: `{"ts_ms": …, "values": {"NAME": value, …}}`, or an
+/// array of those in one message.
 pub async fn subscribe_mqtt(
     device: String,
     broker: String,
@@ -78,7 +99,11 @@ pub async fn subscribe_mqtt(
     let Ok((host, port)) = crate::config::broker_address(&broker) else { return };
     let mut opts = MqttOptions::new(format!("{device}-source"), host, port);
     opts.set_keep_alive(Duration::from_secs(30));
+    // Room for the largest readings message decoded (MAX_READINGS values with long names);
+    // larger packets are refused by the client before they take memory.
+    opts.set_max_packet_size(256 << 10, 256 << 10);
     let (client, mut eventloop) = AsyncClient::new(opts, 100);
+    let mut names = Names::default();
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -87,11 +112,13 @@ pub async fn subscribe_mqtt(
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => match impeller_core::wire::decode_readings(&p.payload) {
-                Ok(r) => {
-                    let values =
-                        r.values.into_iter().map(|(k, v)| (Arc::from(k.as_str()), v.unwrap_or(f64::NAN))).collect();
-                    if tx.send(Reading { ts_ms: r.ts_ms, values }).await.is_err() {
-                        return;
+                Ok(batch) => {
+                    for r in batch {
+                        let values =
+                            r.values.into_iter().map(|(k, v)| (names.get(&k), v.unwrap_or(f64::NAN))).collect();
+                        if tx.send(Reading { ts_ms: r.ts_ms, values }).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 Err(error) => {

@@ -6,6 +6,7 @@
 mod agent;
 mod hub;
 mod modbus;
+mod mqtt_source;
 mod ota;
 mod outbox;
 mod support;
