@@ -43,6 +43,7 @@
 //! ```
 
 pub mod adapter;
+pub mod alert_rate;
 pub mod audit;
 pub mod calibration;
 pub mod channel;

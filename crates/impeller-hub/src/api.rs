@@ -29,7 +29,7 @@ use crate::artifacts::ByteRange;
 use crate::auth::{self, AuthError, Caller, Role};
 use crate::fleet::{Credentials, Device};
 use crate::store::{
-    AlertSummary, AuditFilter, DeploymentInfo, DriftReport, FleetFilter, PackageInfo, Store, StoreError,
+    AlertRate, AlertSummary, AuditFilter, DeploymentInfo, DriftReport, FleetFilter, PackageInfo, Store, StoreError,
     TelemetryPoint, channel_summary, downsample, now_ms,
 };
 
@@ -237,6 +237,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/api/v1/deployments/{name}/abort", post(abort_deployment))
         .route("/api/v1/alerts", get(list_alerts))
         .route("/api/v1/drift", get(list_drift))
+        .route("/api/v1/alert-rates", get(list_alert_rates))
         .route("/api/v1/audit", get(list_audit))
         .route("/api/v1/models", get(registry::list_models))
         .route("/api/v1/models/{name}", get(registry::get_model))
@@ -393,19 +394,61 @@ async fn fleet_filter(s: &ApiState, q: &FleetQuery) -> ApiResult<(FleetFilter, u
                 .ok_or_else(|| Problem::new(Code::InvalidRequest, "after: pass the next_after of the previous page"))?,
         ),
     };
-    let devices = if q.site.is_some() || q.manufacturer.is_some() || q.device.is_some() {
-        let tag =
-            |d: &Device, key: &str, want: &Option<String>| want.as_ref().is_none_or(|w| d.tags.get(key) == Some(w));
-        let ids = s.store.devices().await?.into_iter().filter(|d| {
-            q.device.as_ref().is_none_or(|id| d.id == *id)
-                && tag(d, "site", &q.site)
-                && tag(d, "manufacturer", &q.manufacturer)
-        });
-        Some(ids.map(|d| d.id).collect())
-    } else {
-        None
-    };
+    let devices = matching_devices(s, &q.device, &q.site, &q.manufacturer).await?;
     Ok((FleetFilter { devices, since_ms: q.since_ms, until_ms: q.until_ms, after, limit: limit + 1 }, limit))
+}
+
+/// The ids of the devices that are `device` and tagged `site` and `manufacturer` where given;
+/// `None` when nothing narrows them.
+async fn matching_devices(
+    s: &ApiState,
+    device: &Option<String>,
+    site: &Option<String>,
+    manufacturer: &Option<String>,
+) -> ApiResult<Option<Vec<String>>> {
+    if device.is_none() && site.is_none() && manufacturer.is_none() {
+        return Ok(None);
+    }
+    let tag = |d: &Device, key: &str, want: &Option<String>| want.as_ref().is_none_or(|w| d.tags.get(key) == Some(w));
+    let ids = s.store.devices().await?.into_iter().filter(|d| {
+        device.as_ref().is_none_or(|id| d.id == *id) && tag(d, "site", site) && tag(d, "manufacturer", manufacturer)
+    });
+    Ok(Some(ids.map(|d| d.id).collect()))
+}
+
+/// `GET /alert-rates`: each device's alert rate as last judged, by device id.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRateQuery {
+    pub device: Option<String>,
+    pub site: Option<String>,
+    pub manufacturer: Option<String>,
+    /// `unjudged`, `normal` or `elevated`.
+    pub state: Option<String>,
+    pub limit: Option<usize>,
+    pub after: Option<String>,
+}
+
+async fn list_alert_rates(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+    q: Result<Query<AlertRateQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Json<Page<AlertRate>>> {
+    operator(&s, &headers, Role::Read).await?;
+    let q = query(q)?;
+    if let Some(state) = q.state.as_deref().filter(|s| !["unjudged", "normal", "elevated"].contains(s)) {
+        return Err(Problem::new(Code::InvalidRequest, format!("state `{state}`: use unjudged, normal or elevated")));
+    }
+    let devices = matching_devices(&s, &q.device, &q.site, &q.manufacturer).await?;
+    let items = s
+        .store
+        .alert_rates()
+        .await?
+        .into_iter()
+        .filter(|r| devices.as_ref().is_none_or(|d| d.contains(&r.device)))
+        .filter(|r| q.state.as_ref().is_none_or(|want| r.state == *want))
+        .collect();
+    Ok(Json(page(items, |r| r.device.as_str(), &PageQuery { limit: q.limit, after: q.after })?))
 }
 
 /// A page of `items` fetched with one extra; `key` makes the cursor of an item.

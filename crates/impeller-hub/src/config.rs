@@ -24,6 +24,21 @@ pub struct FileConfig {
     pub audit: Audit,
     #[serde(default)]
     pub pipelines: Pipelines,
+    #[serde(default)]
+    pub monitors: Monitors,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Monitors {
+    pub alert_rate_check_secs: u64,
+    pub alert_rate: impeller_core::alert_rate::AlertRatePolicy,
+}
+
+impl Default for Monitors {
+    fn default() -> Monitors {
+        Monitors { alert_rate_check_secs: 10, alert_rate: Default::default() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -127,6 +142,20 @@ impl FileConfig {
         if c.pipelines.retrain_check_secs == 0 {
             return Err(err("pipelines.retrain_check_secs must be positive".into()));
         }
+        if c.monitors.alert_rate_check_secs == 0 {
+            return Err(err("monitors.alert_rate_check_secs must be positive".into()));
+        }
+        let a = &c.monitors.alert_rate;
+        if a.window_ms <= 0
+            || a.min_scored_ms < 0
+            || !(0.0..1.0).contains(&a.alpha)
+            || !(a.alpha..=1.0).contains(&a.clear_alpha)
+        {
+            return Err(err(
+                "monitors.alert_rate: window_ms must be positive, min_scored_ms at least 0, and 0 <= alpha <= clear_alpha <= 1"
+                    .into(),
+            ));
+        }
         if c.audit.checkpoint_secs == 0 {
             return Err(err("audit.checkpoint_secs must be positive".into()));
         }
@@ -174,6 +203,8 @@ impl FileConfig {
             pipeline_key: (!self.pipelines.signing_key.as_os_str().is_empty())
                 .then(|| self.pipelines.signing_key.clone()),
             retrain_every: std::time::Duration::from_secs(self.pipelines.retrain_check_secs),
+            alert_rate: self.monitors.alert_rate.clone(),
+            alert_rate_every: std::time::Duration::from_secs(self.monitors.alert_rate_check_secs),
         }
     }
 }
@@ -193,6 +224,8 @@ mod tests {
         assert_eq!(h.max_package_bytes, 64 << 20);
         assert_eq!(h.audit_key.as_deref(), Some(std::path::Path::new("impeller-hub-data/audit.secret.json")));
         assert_eq!(h.checkpoint_every, std::time::Duration::from_secs(60));
+        assert_eq!(h.alert_rate, impeller_core::alert_rate::AlertRatePolicy::default());
+        assert_eq!(h.alert_rate_every, std::time::Duration::from_secs(10));
     }
 
     #[test]
@@ -204,6 +237,8 @@ mod tests {
         assert!(FileConfig::parse(&port, "x").unwrap_err().to_string().contains("listen"));
         let db = DEFAULT.replace("database = \"\"", "database = \"mysql://x\"");
         assert!(FileConfig::parse(&db, "x").unwrap_err().to_string().contains("mysql"));
+        let alpha = DEFAULT.replace("clear_alpha = 0.05", "clear_alpha = 0.0001");
+        assert!(FileConfig::parse(&alpha, "x").unwrap_err().to_string().contains("clear_alpha"));
         let v2 = DEFAULT.replace("version = 1", "version = 2");
         assert!(FileConfig::parse(&v2, "x").unwrap_err().to_string().contains("version 2"));
         let external = DEFAULT.replace("broker = \"\"", "broker = \"mqtt://10.0.0.5:1883\"");

@@ -6,6 +6,7 @@
 // The OpenAPI document is one `json!` literal, deeper than the default macro recursion allows.
 #![recursion_limit = "256"]
 
+pub mod alert_rate;
 pub mod api;
 pub mod artifacts;
 pub mod auth;
@@ -69,6 +70,10 @@ pub struct HubConfig {
     pub audit_key: Option<PathBuf>,
     /// How often to sign a checkpoint when something was recorded since (zero: every minute).
     pub checkpoint_every: Duration,
+    /// How each device's alert rate is held to its model's validation rate.
+    pub alert_rate: impeller_core::alert_rate::AlertRatePolicy,
+    /// How often the alert rates are judged (zero: every 10 s).
+    pub alert_rate_every: Duration,
 }
 
 impl HubConfig {
@@ -135,6 +140,8 @@ impl Hub {
             impeller_core::drift::DriftPolicy::default(),
             Duration::from_secs(2),
         ));
+        let every = if cfg.alert_rate_every.is_zero() { Duration::from_secs(10) } else { cfg.alert_rate_every };
+        tokio::spawn(alert_rate::run(store.clone(), cfg.alert_rate.clone(), every));
         let pipeline_signer = match &cfg.pipeline_key {
             Some(path) => {
                 let origin = path.display().to_string();

@@ -90,19 +90,38 @@ fn path_param(name: &str, description: &str) -> Value {
     json!({"name": name, "in": "path", "required": true, "description": description, "schema": string()})
 }
 
-/// Query parameters of `GET /alerts` and `GET /drift`: filters, then paging.
-fn fleet_filters() -> Value {
-    let mut params = vec![
+/// Narrowing by device or by its tags.
+fn device_filters() -> Vec<Value> {
+    vec![
         json!({"name": "device", "in": "query", "schema": string()}),
         json!({"name": "site", "in": "query", "description": "devices tagged site=…", "schema": string()}),
         json!({"name": "manufacturer", "in": "query", "description": "devices tagged manufacturer=…", "schema": string()}),
-        json!({"name": "since_ms", "in": "query", "description": "from this time (ms since the epoch)", "schema": {"type": "integer"}}),
-        json!({"name": "until_ms", "in": "query", "description": "before this time", "schema": {"type": "integer"}}),
-    ];
+    ]
+}
+
+/// `params`, then paging.
+fn paged(mut params: Vec<Value>) -> Value {
     if let Value::Array(p) = paging() {
         params.extend(p);
     }
     Value::Array(params)
+}
+
+/// Query parameters of `GET /alerts` and `GET /drift`: filters, then paging.
+fn fleet_filters() -> Value {
+    let mut params = device_filters();
+    params.extend([
+        json!({"name": "since_ms", "in": "query", "description": "from this time (ms since the epoch)", "schema": {"type": "integer"}}),
+        json!({"name": "until_ms", "in": "query", "description": "before this time", "schema": {"type": "integer"}}),
+    ]);
+    paged(params)
+}
+
+/// Query parameters of `GET /alert-rates`.
+fn alert_rate_filters() -> Value {
+    let mut params = device_filters();
+    params.push(json!({"name": "state", "in": "query", "schema": {"type": "string", "enum": ["unjudged", "normal", "elevated"]}}));
+    paged(params)
 }
 
 fn paging() -> Value {
@@ -240,6 +259,18 @@ fn schemas() -> Value {
             "features": {"type": "array", "items": schema("FeatureDrift")},
         })),
         "DriftPage": page_of("DriftReport"),
+        "AlertRate": object(&["device", "model", "model_version", "since_seq", "state", "alerts", "scored_ms", "expected",
+                              "per_day", "p_value", "window_end_ms", "changed_ms", "judged_ms"], json!({
+            "device": string(), "model": string(), "model_version": uint(),
+            "since_seq": {"type": "integer", "minimum": 0, "description": "the report that made this version active"},
+            "state": {"type": "string", "enum": ["unjudged", "normal", "elevated"]},
+            "alerts": uint(), "scored_ms": int(),
+            "expected": {"type": "number", "description": "alerts expected over scored_ms at per_day"},
+            "per_day": {"type": "number", "description": "the version's validation false-alarm rate plus one alarm over the validated time"},
+            "p_value": {"type": "number", "description": "chance of at least `alerts` at `expected` (Poisson)"},
+            "window_end_ms": int(), "changed_ms": int(), "judged_ms": int(),
+        })),
+        "AlertRatePage": page_of("AlertRate"),
         "AuditRecord": object(&["seq", "time_ms", "actor", "action", "subject", "artifacts", "details", "prev", "hash"], json!({
             "seq": uint(), "time_ms": {"type": "integer"}, "actor": string(), "action": string(), "subject": string(),
             "artifacts": {"type": "array", "items": string(), "description": "SHA-256 of the artifacts involved"},
@@ -300,9 +331,9 @@ fn schemas() -> Value {
         },
         "AliasTarget": {"type": "object", "required": ["version"], "additionalProperties": false,
                         "properties": {"version": {"type": "integer", "minimum": 1}}},
-        "RunningModel": object(&["device", "package_sha256", "model", "version", "dataset_sha256", "run_key"], json!({
+        "RunningModel": object(&["device", "package_sha256", "model", "version", "dataset_sha256", "run_key", "since_seq"], json!({
             "device": string(), "package_sha256": string(), "model": nullable("string"), "version": nullable("integer"),
-            "dataset_sha256": nullable("string"), "run_key": nullable("string"),
+            "dataset_sha256": nullable("string"), "run_key": nullable("string"), "since_seq": uint(),
         })),
         "SnapshotRequest": {
             "type": "object", "required": ["condition", "since_ms"], "additionalProperties": false,
@@ -585,6 +616,12 @@ pub fn document() -> Value {
                 "get": with(op("Drift of each sketch against its package's reference, with the device's monitor state",
                                "drift", Who::Operator, json!({"200": ok("a page", "DriftPage")}), &[]),
                             "parameters", fleet_filters()),
+            },
+            "/api/v1/alert-rates": {
+                "get": with(op("Each device's alert rate over a sliding window of its clock against its model version's \
+                                validation false-alarm rate, as last judged", "alerts", Who::Operator,
+                               json!({"200": ok("a page, by device id", "AlertRatePage")}), &[]),
+                            "parameters", alert_rate_filters()),
             },
             "/api/v1/models": {
                 "get": with(op("Registered models with their aliases", "registry", Who::Operator,

@@ -59,6 +59,7 @@ macro_rules! append_audit {
     }};
 }
 
+mod alert_rates;
 mod audit;
 mod datasets;
 mod deployments;
@@ -66,6 +67,7 @@ mod feedback;
 mod queries;
 mod registry;
 mod retrain;
+pub use alert_rates::{AlertRate, ScoringEvent};
 pub use audit::AuditFilter;
 pub use datasets::{DatasetRecord, Incident};
 pub use deployments::{
@@ -96,6 +98,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "datasets", include_str!("../migrations/sqlite/0009_datasets.sql")),
     (10, "feedback", include_str!("../migrations/sqlite/0010_feedback.sql")),
     (11, "retrain", include_str!("../migrations/sqlite/0011_retrain.sql")),
+    (12, "alert_rates", include_str!("../migrations/sqlite/0012_alert_rates.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "telemetry", include_str!("../migrations/postgres/0001_telemetry.sql")),
@@ -109,6 +112,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (9, "datasets", include_str!("../migrations/postgres/0009_datasets.sql")),
     (10, "feedback", include_str!("../migrations/postgres/0010_feedback.sql")),
     (11, "retrain", include_str!("../migrations/postgres/0011_retrain.sql")),
+    (12, "alert_rates", include_str!("../migrations/postgres/0012_alert_rates.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

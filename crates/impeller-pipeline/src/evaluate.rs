@@ -40,6 +40,14 @@ pub struct Evaluation {
     pub alarms: u64,
     pub device_days: f64,
     pub alarms_per_day: Option<f64>,
+    /// Alarms that rose on a normal row, and the scored time of normal rows: what a healthy
+    /// device should expect (the hub's alert-rate monitor, `impeller_core::alert_rate`).
+    #[serde(default)]
+    pub false_alarms: u64,
+    #[serde(default)]
+    pub normal_device_days: f64,
+    #[serde(default)]
+    pub false_alarms_per_day: Option<f64>,
     pub per_part: Vec<PartResult>,
 }
 
@@ -69,6 +77,8 @@ impl Evaluation {
         put("mar", self.mar);
         put("median_delay_s", self.median_delay_s);
         put("alarms_per_day", self.alarms_per_day);
+        put("false_alarms_per_day", self.false_alarms_per_day);
+        put("normal_device_days", Some(self.normal_device_days).filter(|d| *d > 0.0));
         put("anomalies", Some(self.anomalies as f64));
         put("detected", Some(self.detected as f64));
         put("scored_rows", Some(self.scored_rows as f64));
@@ -84,6 +94,7 @@ pub fn evaluate(model: &Model, parts: &[ValidationPart<'_>]) -> Evaluation {
     let model = Arc::new(model.clone());
     let mut total = Confusion::default();
     let (mut anomalies, mut delays, mut alarms, mut days, mut scored) = (0u64, Vec::new(), 0u64, 0.0f64, 0u64);
+    let (mut false_alarms, mut normal_days) = (0u64, 0.0f64);
     let mut per_part = Vec::new();
     for p in parts {
         let skip = p.skip.min(p.frames.len());
@@ -107,12 +118,16 @@ pub fn evaluate(model: &Model, parts: &[ValidationPart<'_>]) -> Evaluation {
                 delays.push((ts[a] - ts[d.start]) as f64 / 1000.0);
             }
         }
-        let raised = preds.iter().enumerate().filter(|&(i, &a)| a && (i == 0 || !preds[i - 1])).count() as u64;
+        let rising: Vec<usize> = (0..preds.len()).filter(|&i| preds[i] && (i == 0 || !preds[i - 1])).collect();
+        let raised = rising.len() as u64;
         alarms += raised;
+        false_alarms += rising.iter().filter(|&&i| !labels[i]).count() as u64;
         anomalies += found.len() as u64;
         scored += preds.len() as u64;
         if let (Some(first), Some(last)) = (ts.first(), ts.last()) {
-            days += (last - first).max(0) as f64 / 86_400_000.0;
+            let span = (last - first).max(0) as f64 / 86_400_000.0;
+            days += span;
+            normal_days += span * labels.iter().filter(|l| !**l).count() as f64 / labels.len() as f64;
         }
         per_part.push(PartResult {
             name: p.name.to_string(),
@@ -142,6 +157,9 @@ pub fn evaluate(model: &Model, parts: &[ValidationPart<'_>]) -> Evaluation {
         alarms,
         device_days: days,
         alarms_per_day: (days > 0.0).then(|| alarms as f64 / days),
+        false_alarms,
+        normal_device_days: normal_days,
+        false_alarms_per_day: (normal_days > 0.0).then(|| false_alarms as f64 / normal_days),
         per_part,
     }
 }
@@ -262,5 +280,9 @@ mod tests {
         assert_eq!(e.alarms, 1);
         assert!(e.alarms_per_day.unwrap() > 0.0);
         assert_eq!(e.metrics()["detected"], 1.0);
+        // The one alarm rose on the fault: none was false, over 200 normal rows of 1 s.
+        assert_eq!(e.false_alarms, 0);
+        assert!((e.normal_device_days - 299.0 * 200.0 / 300.0 / 86_400.0).abs() < 1e-9, "{}", e.normal_device_days);
+        assert_eq!(e.metrics()["false_alarms_per_day"], 0.0);
     }
 }

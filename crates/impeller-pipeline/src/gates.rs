@@ -140,6 +140,9 @@ mod tests {
             alarms: 2,
             device_days: 0.5,
             alarms_per_day: Some(4.0),
+            false_alarms: 1,
+            normal_device_days: 0.45,
+            false_alarms_per_day: Some(2.2),
             per_part: vec![],
         }
     }

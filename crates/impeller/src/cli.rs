@@ -80,6 +80,9 @@ pub enum Command {
     /// Drift of the devices' features against their models' training data, as the hub judged
     /// each sketch (through its API), oldest first.
     Drift(FleetQueryArgs),
+    /// Each device's alert rate over the last day of its clock against its model version's
+    /// validation false-alarm rate, as the hub last judged it (through its API), by device.
+    AlertRates(AlertRateArgs),
     /// The hub's tamper-evident audit trail (through its API, or an export): verify, export,
     /// trace an artifact.
     #[command(subcommand)]
@@ -158,6 +161,26 @@ pub struct FleetQueryArgs {
     /// At most this many, the most recent.
     #[arg(long, default_value_t = 50)]
     pub limit: usize,
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// Which devices, for `impeller alert-rates`.
+#[derive(Debug, Args)]
+pub struct AlertRateArgs {
+    #[arg(long)]
+    pub device: Option<String>,
+    /// Devices tagged site=…
+    #[arg(long)]
+    pub site: Option<String>,
+    /// Devices tagged manufacturer=…
+    #[arg(long)]
+    pub manufacturer: Option<String>,
+    /// Only devices in this state.
+    #[arg(long, value_parser = ["unjudged", "normal", "elevated"])]
+    pub state: Option<String>,
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]

@@ -21,7 +21,9 @@ use serde_json::json;
 use crate::InputError;
 use crate::cli::DemoArgs;
 use crate::commands::emit;
-use crate::fleet::{Class, HOUR_MS, outcomes, plan, summarise, train_class, write_fleet, write_summary};
+use crate::fleet::{
+    Class, HOUR_MS, outcomes, plan, summarise, train_class, validate_class, write_fleet, write_summary,
+};
 use crate::progress::{self, say};
 use crate::remote::HubClient;
 
@@ -96,6 +98,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         checkpoint_every: Duration::from_secs(10),
         pipeline_key: Some(pipeline_key),
         retrain_every: Duration::from_secs(1),
+        alert_rate_every: Duration::from_secs(1),
         ..Default::default()
     };
     let hub = Hub::start(&cfg).await.context("starting the hub")?;
@@ -141,7 +144,12 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         bar.set_message(class.name());
         let m = class.manufacturer;
         let t = Instant::now();
-        let (model, frames) = train_class(&fleet, &class, fleet.start_ms - train_ms, fleet.start_ms, args.fleet.seed)?;
+        // The history's last quarter (at most 6 h) is held out: the model's false alarms on it
+        // are what the hub's alert-rate monitor holds each device to.
+        let holdout_ms = (train_ms / 4).min(6 * HOUR_MS);
+        let (model, frames) =
+            train_class(&fleet, &class, fleet.start_ms - train_ms, fleet.start_ms - holdout_ms, args.fleet.seed)?;
+        let metrics = validate_class(&fleet, &class, &model, fleet.start_ms - holdout_ms, fleet.start_ms).metrics();
         let dataset = keep_dataset(&hub, &cfg, &class.name(), &model, &frames).await?;
         let model_sha = impeller_pipeline::sha256_hex(&model.to_json()?);
         let version = api
@@ -151,6 +159,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
                     "run_key": impeller_pipeline::sha256_hex(format!("demo {} {model_sha}", class.name()).as_bytes()),
                     "model_sha256": model_sha, "dataset_sha256": dataset,
                     "code_version": impeller_pipeline::CODE_VERSION, "tags": {"trained_by": "impeller demo"},
+                    "metrics": metrics,
                 }),
             )
             .await?;
@@ -164,7 +173,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
             created_ms: created,
             expires_ms: created + 30 * 24 * HOUR_MS,
             pipeline_run: Some("demo".into()),
-            metrics: BTreeMap::new(),
+            metrics,
         };
         let bytes = build(&model, &frames, &spec, &signer)?;
         let uploaded = api.call("POST", "/packages", Some((bytes.clone(), "application/octet-stream"))).await?;
@@ -176,12 +185,18 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
             .await?;
         datasets.push((class.name(), dataset));
         say(format_args!(
-            "  trained {} version {number}: PCA on {} channels, {} frames ({} h of {} pumps), {:.1} s; package {} KiB, signed, sha256 {}…",
+            "  trained {} version {number}: PCA on {} channels, {} frames ({} h of {} pumps, the next {} h held out: \
+             {} false alarms), {:.1} s; package {} KiB, signed, sha256 {}…",
             spec.name,
             model.channels.len(),
             frames.len(),
-            args.train_hours,
+            (train_ms - holdout_ms) as f64 / HOUR_MS as f64,
             fleet.pumps.iter().filter(|p| class.contains(p)).count(),
+            holdout_ms as f64 / HOUR_MS as f64,
+            spec.metrics
+                .get("false_alarms_per_day")
+                .map_or(0.0, |r| r * spec.metrics.get("normal_device_days").copied().unwrap_or(0.0))
+                .round(),
             t.elapsed().as_secs_f64(),
             bytes.len() / 1024,
             &sha[..12]
@@ -401,6 +416,12 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         lineage.1 += l["devices"].as_array().map_or(0, Vec::len);
     }
     let running_now = running(&api).await?;
+    let (rates, entered) = (
+        api.call("GET", "/alert-rates?limit=1000", None).await?,
+        api.call("GET", "/audit?action=alert_rate.elevated&limit=1000", None).await?,
+    );
+    let items = |v: &serde_json::Value| v["items"].as_array().cloned().unwrap_or_default();
+    let rates = alert_rate_line(&items(&rates), &items(&entered), &by_id);
 
     // 9. Summary against the ground truth.
     let results = outcomes(&fleet, &alerts, fleet.start_ms, fleet.end_ms);
@@ -424,6 +445,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
             fleet.pumps.len(),
             explained
         )?;
+        writeln!(out, "{rates}")?;
         writeln!(out, "messages stored at the hub: {}", stored())?;
         writeln!(
             out,
@@ -606,6 +628,29 @@ fn drift_cause(p: &PumpPlan, at_ms: i64) -> String {
         Some(f) => format!("{} began {:.0} min earlier", f.kind.name(), (at_ms - f.onset_ms) as f64 / 60_000.0),
         None => "no cause in the ground truth".to_string(),
     }
+}
+
+/// The hub's alert-rate judgements against the ground truth: the devices it found above their
+/// model's validation rate at any time (from the audit trail), which of them had a fault, and
+/// where things stand now.
+fn alert_rate_line(
+    now: &[serde_json::Value],
+    entered: &[serde_json::Value],
+    by_id: &HashMap<&str, &PumpPlan>,
+) -> String {
+    let state = |r: &serde_json::Value| r["state"].as_str().unwrap_or_default().to_string();
+    let judged = now.iter().filter(|r| state(r) != "unjudged").count();
+    let elevated = now.iter().filter(|r| state(r) == "elevated").count();
+    let mut devices: Vec<&str> = entered.iter().filter_map(|e| e["subject"].as_str()).collect();
+    devices.sort_unstable();
+    devices.dedup();
+    let faulty = devices.iter().filter(|d| by_id.get(**d).is_some_and(|p| !p.faults.is_empty())).count();
+    format!(
+        "alert rates: {} of {} devices rose above their model's validation false-alarm rate ({faulty} with a fault \
+         in the ground truth); {elevated} of {judged} judged now (impeller alert-rates)",
+        devices.len(),
+        by_id.len()
+    )
 }
 
 /// Packages are built per device class: a manufacturer's gateways.

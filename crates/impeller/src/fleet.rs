@@ -146,6 +146,33 @@ pub fn train_class(
     Ok((model, frames))
 }
 
+/// The class's model scored frame by frame, as the device would, on each of its pumps' healthy
+/// `[from_ms, to_ms)`: the false alarms the hub then holds each device to.
+pub fn validate_class(
+    fleet: &Fleet,
+    class: &Class,
+    model: &Model,
+    from_ms: i64,
+    to_ms: i64,
+) -> impeller_pipeline::evaluate::Evaluation {
+    use impeller_pipeline::evaluate::{ValidationPart, evaluate};
+    let parts: Vec<(String, Vec<Frame>, Vec<bool>)> = fleet
+        .pumps
+        .iter()
+        .filter(|p| class.contains(p))
+        .map(|p| {
+            let frames = pump_frames(fleet, p, &class.manufacturer, from_ms, to_ms);
+            let labels = vec![false; frames.len()];
+            (p.id.clone(), frames, labels)
+        })
+        .collect();
+    let parts: Vec<ValidationPart<'_>> = parts
+        .iter()
+        .map(|(name, frames, labels)| ValidationPart { name, frames, labels, skip: model.features.window })
+        .collect();
+    evaluate(model, &parts)
+}
+
 /// When each alarm episode of a pump began, scoring `[from_ms, to_ms)` frame by frame.
 pub fn alarm_starts(
     fleet: &Fleet,

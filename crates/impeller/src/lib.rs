@@ -60,6 +60,7 @@ pub fn run(cli: cli::Cli) -> anyhow::Result<()> {
         Command::Demo(args) => demo::run(args),
         Command::Alerts(q) => remote::alerts(q),
         Command::Drift(q) => remote::drift(q),
+        Command::AlertRates(q) => remote::alert_rates(q),
         Command::Audit(cmd) => audit::run(cmd),
         Command::Train(args) => commands::train(args),
         Command::Score(args) => commands::score(args),

@@ -8,7 +8,7 @@ use anyhow::Context;
 use serde_json::{Value, json};
 
 use crate::InputError;
-use crate::cli::{ApiArgs, DeployCommand, DeviceCommand, FleetQueryArgs};
+use crate::cli::{AlertRateArgs, ApiArgs, DeployCommand, DeviceCommand, FleetQueryArgs};
 
 /// A hub's API with an operator's token.
 #[derive(Debug, Clone)]
@@ -353,6 +353,45 @@ pub fn drift(q: FleetQueryArgs) -> anyhow::Result<()> {
     }
     if items.is_empty() {
         writeln!(out, "no drift reports")?;
+    }
+    Ok(())
+}
+
+/// `impeller alert-rates`.
+pub fn alert_rates(q: AlertRateArgs) -> anyhow::Result<()> {
+    let api = Api::new(&q.api)?;
+    let pairs: Vec<(&str, String)> =
+        [("device", &q.device), ("site", &q.site), ("manufacturer", &q.manufacturer), ("state", &q.state)]
+            .into_iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+            .collect();
+    let mut items = Vec::new();
+    each_item(&api, "/alert-rates", &pairs, |r| {
+        items.push(r);
+        Ok(())
+    })?;
+    let mut out = std::io::stdout().lock();
+    if q.json {
+        writeln!(out, "{}", Value::Array(items))?;
+        return Ok(());
+    }
+    for r in &items {
+        writeln!(
+            out,
+            "{}\t{} v{}\t{}\t{} alerts in {:.1} h scored (expected {:.2} at {:.2}/day, p = {:.2e})",
+            r["device"].as_str().unwrap_or_default(),
+            r["model"].as_str().unwrap_or_default(),
+            r["model_version"],
+            r["state"].as_str().unwrap_or_default(),
+            r["alerts"],
+            r["scored_ms"].as_f64().unwrap_or_default() / 3_600_000.0,
+            r["expected"].as_f64().unwrap_or_default(),
+            r["per_day"].as_f64().unwrap_or_default(),
+            r["p_value"].as_f64().unwrap_or_default(),
+        )?;
+    }
+    if items.is_empty() {
+        writeln!(out, "no alert rates judged")?;
     }
     Ok(())
 }

@@ -106,6 +106,9 @@ pub struct RunningModel {
     pub version: Option<u64>,
     pub dataset_sha256: Option<String>,
     pub run_key: Option<String>,
+    /// The report that made the package active: what the device sent after it, it scored with
+    /// this package.
+    pub since_seq: u64,
 }
 
 fn invalid(m: impl Into<String>) -> StoreError {
@@ -465,8 +468,9 @@ impl Store {
     /// Each device's running package (its newest `active` report for a package it has not
     /// since rolled back or refused), with the registered version it belongs to, if any.
     pub async fn running_models(&self) -> Result<Vec<RunningModel>, StoreError> {
-        let rows: Vec<(String, String, i64, String)> = on_pool!(self, |p| sqlx::query_as(
-            "SELECT device, package_sha256, seq, state FROM update_reports ORDER BY device, seq DESC"
+        let rows: Vec<(String, String, i64, String, i64)> = on_pool!(self, |p| sqlx::query_as(
+            "SELECT device, package_sha256, seq, state, COALESCE(active_seq, seq) FROM update_reports \
+             ORDER BY device, seq DESC"
         )
         .fetch_all(p)
         .await?);
@@ -477,7 +481,7 @@ impl Store {
         let mut out: Vec<RunningModel> = Vec::new();
         let mut withdrawn: BTreeSet<&str> = BTreeSet::new();
         let mut device: Option<&str> = None;
-        for (d, sha, _, state) in &rows {
+        for (d, sha, _, state, since) in &rows {
             if device != Some(d.as_str()) {
                 device = Some(d);
                 withdrawn.clear();
@@ -496,6 +500,7 @@ impl Store {
                     version: None,
                     dataset_sha256: None,
                     run_key: None,
+                    since_seq: (*since).max(0) as u64,
                 }),
                 _ => {}
             }

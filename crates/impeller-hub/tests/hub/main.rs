@@ -9,6 +9,7 @@ use impeller_core::wire;
 use impeller_hub::{Hub, HubConfig};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 
+mod alert_rate;
 mod artifacts;
 mod audit;
 mod broker_rules;

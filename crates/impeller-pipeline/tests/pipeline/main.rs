@@ -59,6 +59,15 @@ fn skab_pipeline_builds_caches_and_reproduces() {
     let e = first.evaluation.as_ref().unwrap();
     assert_eq!(e.parts, 34);
     assert!(e.f1.unwrap() > 0.5, "{e:?}");
+    // What the hub holds each device to: alarms that rose on normal rows per normal device-day.
+    assert!(e.false_alarms > 0 && e.false_alarms < e.alarms, "{} of {}", e.false_alarms, e.alarms);
+    assert!(e.normal_device_days > 0.0 && e.normal_device_days < e.device_days);
+    let metrics = e.metrics();
+    assert_eq!(metrics["false_alarms_per_day"], e.false_alarms as f64 / e.normal_device_days);
+    eprintln!(
+        "SKAB validation: {} false of {} alarms over {:.3} normal device-days",
+        e.false_alarms, e.alarms, e.normal_device_days
+    );
     assert!(first.steps.iter().all(|s| !s.cached), "{:?}", cached(&first));
 
     // The packages verify with the key that signed them and carry the run.
