@@ -54,7 +54,7 @@ impl Metrics {
         line(
             "readings_invalid_total",
             "counter",
-            "Readings refused as malformed.",
+            "Readings messages refused as malformed (an array with a bad reading is refused whole).",
             get(&self.readings_invalid).to_string(),
         );
         line(

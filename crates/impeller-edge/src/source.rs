@@ -69,19 +69,19 @@ pub async fn replay_csv(
 
 /// Channel names as shared strings, made once per name rather than once per reading.
 #[derive(Debug, Default)]
-struct Names(Vec<Arc<str>>);
+struct Names(std::collections::HashSet<Arc<str>>);
 
 impl Names {
     /// Most names kept: a publisher sending ever new names must not grow the agent.
     const MAX: usize = 256;
 
     fn get(&mut self, name: &str) -> Arc<str> {
-        if let Some(n) = self.0.iter().find(|n| &***n == name) {
+        if let Some(n) = self.0.get(name) {
             return n.clone();
         }
         let n: Arc<str> = Arc::from(name);
         if self.0.len() < Self::MAX {
-            self.0.push(n.clone());
+            self.0.insert(n.clone());
         }
         n
     }

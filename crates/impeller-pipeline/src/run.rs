@@ -252,6 +252,8 @@ struct Split {
     data: Dataset,
     train: Vec<usize>,
     validate: Vec<usize>,
+    /// Share of each training part held out at its end.
+    holdout: f64,
 }
 
 struct Runner<'a> {
@@ -290,6 +292,7 @@ impl Runner<'_> {
             &spec.data.train,
             &spec.data.validate,
             spec.data.train_head_rows,
+            spec.data.holdout,
         ))
         .map_err(|e| PipelineError::Data(e.to_string()))?;
 
@@ -344,7 +347,7 @@ impl Runner<'_> {
         self.record.onnx = Some(onnx.clone());
 
         // Evaluate the candidate.
-        let evaluation = if spec.data.validate.is_empty() {
+        let evaluation = if spec.data.validate.is_empty() && spec.data.holdout == 0.0 {
             None
         } else {
             Some(self.step("evaluate", |r| r.evaluate(&cache, &model, &model_sha, &dataset_sha, &selection))?)
@@ -640,7 +643,7 @@ impl Runner<'_> {
         let head = self.spec.data.train_head_rows;
         let c = cache.get_or_run("evaluate", &key, |dir| {
             let split = self.split(dataset_sha)?;
-            let parts: Vec<ValidationPart<'_>> = split
+            let mut parts: Vec<ValidationPart<'_>> = split
                 .validate
                 .iter()
                 .map(|&i| {
@@ -653,6 +656,25 @@ impl Runner<'_> {
                     }
                 })
                 .collect();
+            // The held-out tails, normal unless labelled, each scored after the rows before it
+            // have warmed the scorer up.
+            let warm = model.features.window + model.calibration.smoothing;
+            let normal: Vec<Vec<bool>> =
+                split.train.iter().map(|&i| vec![false; split.data.parts[i].frames.len()]).collect();
+            for (&i, normal) in split.train.iter().zip(&normal) {
+                let p = &split.data.parts[i];
+                let cut = split.training_rows(p.frames.len());
+                if cut < p.frames.len() {
+                    let from = cut.saturating_sub(warm);
+                    let labels = p.labels.as_deref().unwrap_or(normal);
+                    parts.push(ValidationPart {
+                        name: &p.name,
+                        frames: &p.frames[from..],
+                        labels: &labels[from..],
+                        skip: cut - from,
+                    });
+                }
+            }
             write_json(&dir.join("evaluation.json"), &evaluate::evaluate(model, &parts))
         })?;
         let e: Evaluation = read_json(&c.dir.join("evaluation.json"), "cached evaluation")?;
@@ -754,16 +776,29 @@ impl Runner<'_> {
             if let Some(&i) = validate.iter().find(|&&i| ds.parts[i].labels.is_none()) {
                 return Err(PipelineError::Data(format!("part `{}` has no labels to validate on", ds.parts[i].name)));
             }
-            self.data = Some(Split { data: ds, train, validate });
+            self.data = Some(Split { data: ds, train, validate, holdout: self.spec.data.holdout });
         }
         self.data.as_ref().ok_or_else(|| PipelineError::Data("no data".into()))
     }
 }
 
 impl Split {
-    /// The training parts, then the first `head` rows of each validation part.
+    /// The rows of a training part of `len` that train: all but the held-out tail.
+    fn training_rows(&self, len: usize) -> usize {
+        len - ((len as f64 * self.holdout).floor() as usize).min(len)
+    }
+
+    /// The training parts (without their held-out tails), then the first `head` rows of each
+    /// validation part.
     fn training_parts(&self, head: usize) -> Vec<&[Frame]> {
-        let mut parts: Vec<&[Frame]> = self.train.iter().map(|&i| self.data.parts[i].frames.as_slice()).collect();
+        let mut parts: Vec<&[Frame]> = self
+            .train
+            .iter()
+            .map(|&i| {
+                let f = &self.data.parts[i].frames;
+                &f[..self.training_rows(f.len())]
+            })
+            .collect();
         if head > 0 {
             parts.extend(self.validate.iter().map(|&i| {
                 let f = &self.data.parts[i].frames;

@@ -67,6 +67,11 @@ pub struct DataSpec {
     /// how a new device's first hours of normal running teach the model its operating point.
     #[serde(default)]
     pub train_head_rows: usize,
+    /// Share (0 to 0.5) of each training part's rows, at its end, held out of training and
+    /// evaluated as normal operation: the false alarms of a model on data it has not seen, for
+    /// data with no labelled parts (a fleet snapshot) or beside them.
+    #[serde(default)]
+    pub holdout: f64,
 }
 
 /// Thresholds a candidate must meet to be registered as ready. Absent: not checked.
@@ -144,10 +149,14 @@ impl PipelineSpec {
         if g.min_int8_agreement.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
             return bad("gates.min_int8_agreement must be a share from 0 to 1".into());
         }
-        if (g.min_f1.is_some() || g.max_far.is_some() || g.max_mar.is_some() || g.max_f1_drop.is_some())
-            && spec.data.validate.is_empty()
-        {
-            return bad("gates on F1, FAR or MAR need labelled parts in data.validate".into());
+        if !(0.0..=0.5).contains(&spec.data.holdout) {
+            return bad("data.holdout must be a share from 0 to 0.5".into());
+        }
+        if (g.min_f1.is_some() || g.max_mar.is_some() || g.max_f1_drop.is_some()) && spec.data.validate.is_empty() {
+            return bad("gates on F1 or MAR need labelled parts in data.validate".into());
+        }
+        if g.max_far.is_some() && spec.data.validate.is_empty() && spec.data.holdout == 0.0 {
+            return bad("a gate on FAR needs labelled parts in data.validate or a data.holdout".into());
         }
         if spec.package.valid_days == 0 {
             return bad("package.valid_days must be at least 1".into());
