@@ -99,6 +99,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (10, "feedback", include_str!("../migrations/sqlite/0010_feedback.sql")),
     (11, "retrain", include_str!("../migrations/sqlite/0011_retrain.sql")),
     (12, "alert_rates", include_str!("../migrations/sqlite/0012_alert_rates.sql")),
+    (13, "drift_monitors", include_str!("../migrations/sqlite/0013_drift_monitors.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "telemetry", include_str!("../migrations/postgres/0001_telemetry.sql")),
@@ -113,6 +114,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (10, "feedback", include_str!("../migrations/postgres/0010_feedback.sql")),
     (11, "retrain", include_str!("../migrations/postgres/0011_retrain.sql")),
     (12, "alert_rates", include_str!("../migrations/postgres/0012_alert_rates.sql")),
+    (13, "drift_monitors", include_str!("../migrations/postgres/0013_drift_monitors.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

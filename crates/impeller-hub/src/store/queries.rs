@@ -167,6 +167,11 @@ impl Store {
         let sql = "INSERT INTO drift_reports (device, seq, start_ms, end_ms, model, model_version, count, \
                    max_wasserstein, max_psi, page_hinkley, state, features, monitor) \
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (device, seq) DO NOTHING";
+        // The (device, model)'s newest monitor: a report judged out of order does not go back.
+        let monitor_sql = "INSERT INTO drift_monitors (device, model, model_version, seq, monitor) \
+                           VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device, model) DO UPDATE SET \
+                           model_version = excluded.model_version, seq = excluded.seq, monitor = excluded.monitor \
+                           WHERE drift_monitors.seq < excluded.seq";
         let features = serde_json::to_string(&r.features).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let monitor = serde_json::to_string(&r.monitor).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         on_pool!(self, |p| {
@@ -184,10 +189,20 @@ impl Store {
                 .bind(r.page_hinkley)
                 .bind(&r.state)
                 .bind(features)
-                .bind(monitor)
+                .bind(&monitor)
                 .execute(&mut *tx)
                 .await?
                 .rows_affected();
+            if n > 0 {
+                sqlx::query(monitor_sql)
+                    .bind(&r.device)
+                    .bind(&r.model)
+                    .bind(&r.model_version)
+                    .bind(r.seq.min(i64::MAX as u64) as i64)
+                    .bind(&monitor)
+                    .execute(&mut *tx)
+                    .await?;
+            }
             if let Some(event) = event.filter(|_| n > 0) {
                 append_audit!(tx, event event);
             }
@@ -206,7 +221,7 @@ impl Store {
 
     /// Each (device, model)'s monitor after its latest report, with the model version it judged.
     pub async fn drift_monitors(&self) -> Result<HashMap<(String, String), (String, DriftMonitor)>, StoreError> {
-        let sql = "SELECT device, model, model_version, monitor FROM drift_reports ORDER BY device, seq";
+        let sql = "SELECT device, model, model_version, monitor FROM drift_monitors";
         let rows: Vec<(String, String, String, String)> = on_pool!(self, |p| sqlx::query_as(sql).fetch_all(p).await?);
         let mut out = HashMap::new();
         for (device, model, version, monitor) in rows {

@@ -651,6 +651,20 @@ async fn drift_records(url: &str) {
     assert_eq!(audited.iter().map(|r| r.action.as_str()).collect::<Vec<_>>(), ["drift.detected"]);
     assert_eq!(ours(store.unjudged_sketches(100_000).await.unwrap()), [2]);
     assert_eq!(store.drift_monitors().await.unwrap()[&(device.clone(), "m".to_string())].1, monitor);
+    // The newest report's monitor is the one kept, whatever order reports are written in.
+    let other = unique("other");
+    let newer = DriftMonitor { n: 2, sum: 1.5, ..DriftMonitor::default() };
+    let newer_report = DriftReport {
+        device: other.clone(),
+        seq: 2,
+        monitor: newer.clone(),
+        model_version: "2".into(),
+        ..report.clone()
+    };
+    store.put_drift(&newer_report, None).await.unwrap();
+    store.put_drift(&DriftReport { device: other.clone(), seq: 1, ..report.clone() }, None).await.unwrap();
+    let kept = &store.drift_monitors().await.unwrap()[&(other, "m".to_string())];
+    assert_eq!((kept.0.as_str(), &kept.1), ("2", &newer));
     let filter = FleetFilter { devices: Some(vec![device.clone()]), limit: 10, ..Default::default() };
     assert_eq!(
         store.drift_reports(&filter).await.unwrap(),
