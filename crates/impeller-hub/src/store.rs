@@ -100,6 +100,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (11, "retrain", include_str!("../migrations/sqlite/0011_retrain.sql")),
     (12, "alert_rates", include_str!("../migrations/sqlite/0012_alert_rates.sql")),
     (13, "drift_monitors", include_str!("../migrations/sqlite/0013_drift_monitors.sql")),
+    (14, "sketch_index", include_str!("../migrations/sqlite/0014_sketch_index.sql")),
 ];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "telemetry", include_str!("../migrations/postgres/0001_telemetry.sql")),
@@ -115,6 +116,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (11, "retrain", include_str!("../migrations/postgres/0011_retrain.sql")),
     (12, "alert_rates", include_str!("../migrations/postgres/0012_alert_rates.sql")),
     (13, "drift_monitors", include_str!("../migrations/postgres/0013_drift_monitors.sql")),
+    (14, "sketch_index", include_str!("../migrations/postgres/0014_sketch_index.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -211,11 +211,14 @@ impl Store {
         Ok(())
     }
 
-    /// Sketch messages without a drift report yet, oldest first per device: (device, seq, body).
+    /// Sketch messages after each device's last drift report, up to its acknowledged prefix
+    /// (so a gap filled late is judged in order), oldest first per device: (device, seq, body).
+    /// Each device's range is read from the sketches' own index (migration 0014), so a pass
+    /// costs what arrived since, not every sketch ever stored.
     pub async fn unjudged_sketches(&self, limit: i64) -> Result<Vec<(String, i64, String)>, StoreError> {
-        let sql = "SELECT m.device, m.seq, m.body FROM messages m LEFT JOIN drift_reports d \
-                   ON d.device = m.device AND d.seq = m.seq WHERE m.kind = 'sketches' AND d.seq IS NULL \
-                   ORDER BY m.device, m.seq LIMIT $1";
+        let sql = "SELECT m.device, m.seq, m.body FROM device_streams s JOIN messages m ON m.device = s.device \
+                   AND m.seq > COALESCE((SELECT MAX(d.seq) FROM drift_reports d WHERE d.device = s.device), 0) \
+                   AND m.seq <= s.acked WHERE m.kind = 'sketches' ORDER BY m.device, m.seq LIMIT $1";
         Ok(on_pool!(self, |p| sqlx::query_as(sql).bind(limit).fetch_all(p).await?))
     }
 

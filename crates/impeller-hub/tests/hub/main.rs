@@ -650,6 +650,13 @@ async fn drift_records(url: &str) {
         .unwrap();
     assert_eq!(audited.iter().map(|r| r.action.as_str()).collect::<Vec<_>>(), ["drift.detected"]);
     assert_eq!(ours(store.unjudged_sketches(100_000).await.unwrap()), [2]);
+    // A sketch beyond a gap waits for the gap: judged in order once the prefix is stored.
+    let late = incoming(&device, 4, 400, "sketches", serde_json::json!({"any": 4}));
+    store.commit(std::slice::from_ref(&late), &[(device.clone(), 2)].into_iter().collect()).await.unwrap();
+    assert_eq!(ours(store.unjudged_sketches(100_000).await.unwrap()), [2]);
+    let gap = incoming(&device, 3, 300, "telemetry", serde_json::json!({"any": 3}));
+    store.commit(&[gap], &[(device.clone(), 4)].into_iter().collect()).await.unwrap();
+    assert_eq!(ours(store.unjudged_sketches(100_000).await.unwrap()), [2, 4]);
     assert_eq!(store.drift_monitors().await.unwrap()[&(device.clone(), "m".to_string())].1, monitor);
     // The newest report's monitor is the one kept, whatever order reports are written in.
     let other = unique("other");
