@@ -134,6 +134,7 @@ impl Monitor {
             model: model.clone(),
             model_version: version,
             since_seq: r.since_seq,
+            through_seq: t.cursor,
             state: j.state.as_str().into(),
             alerts,
             scored_ms,
@@ -163,6 +164,8 @@ impl Monitor {
                 })))
             })
             .await?;
+        // Written, or a judgement of the same version that read further is there: either way
+        // the store holds one.
         self.stored.insert(r.device.clone());
         Ok(true)
     }

@@ -259,10 +259,11 @@ fn schemas() -> Value {
             "features": {"type": "array", "items": schema("FeatureDrift")},
         })),
         "DriftPage": page_of("DriftReport"),
-        "AlertRate": object(&["device", "model", "model_version", "since_seq", "state", "alerts", "scored_ms", "expected",
+        "AlertRate": object(&["device", "model", "model_version", "since_seq", "through_seq", "state", "alerts", "scored_ms", "expected",
                               "per_day", "p_value", "window_end_ms", "changed_ms", "judged_ms"], json!({
             "device": string(), "model": string(), "model_version": uint(),
             "since_seq": {"type": "integer", "minimum": 0, "description": "the report that made this version active"},
+            "through_seq": {"type": "integer", "minimum": 0, "description": "the last message the judgement read"},
             "state": {"type": "string", "enum": ["unjudged", "normal", "elevated"]},
             "alerts": uint(), "scored_ms": int(),
             "expected": {"type": "number", "description": "alerts expected over scored_ms at per_day"},

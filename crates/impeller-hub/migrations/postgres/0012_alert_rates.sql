@@ -5,6 +5,7 @@ CREATE TABLE alert_rates (
     model         TEXT    NOT NULL,
     model_version BIGINT  NOT NULL,
     since_seq     BIGINT  NOT NULL,
+    through_seq   BIGINT  NOT NULL,
     state         TEXT    NOT NULL,
     alerts        BIGINT  NOT NULL,
     scored_ms     BIGINT  NOT NULL,

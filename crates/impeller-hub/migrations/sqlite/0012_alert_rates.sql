@@ -5,6 +5,7 @@ CREATE TABLE alert_rates (
     model         TEXT    NOT NULL,
     model_version INTEGER NOT NULL,
     since_seq     INTEGER NOT NULL,
+    through_seq   INTEGER NOT NULL,
     state         TEXT    NOT NULL,
     alerts        INTEGER NOT NULL,
     scored_ms     INTEGER NOT NULL,

@@ -15,6 +15,8 @@ pub struct AlertRate {
     pub model_version: u64,
     /// The report that made this version active: only messages after it count.
     pub since_seq: u64,
+    /// The last message the judgement read.
+    pub through_seq: u64,
     /// `unjudged`, `normal` or `elevated`.
     pub state: String,
     pub alerts: u64,
@@ -52,23 +54,25 @@ fn i64_of(v: u64) -> i64 {
 }
 
 impl Store {
-    /// Replaces a device's alert rate; `announce` is given the state stored before for the
-    /// same version (`unjudged` if none) and its event goes in the audit trail in the same
-    /// transaction, so that two hubs on one database announce a change once. `changed_ms`
-    /// is kept when the state is.
+    /// Replaces a device's alert rate unless the store holds a judgement of the same version
+    /// that read further (another hub on the same database is ahead); `announce` is given
+    /// the state stored before for the same version (`unjudged` if none) and its event goes in
+    /// the audit trail in the same transaction, so that two hubs announce a change once.
+    /// `changed_ms` is kept when the state is. Whether it was written.
     pub async fn put_alert_rate(
         &self,
         r: &AlertRate,
         announce: impl FnOnce(&str) -> Option<AuditEvent>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<bool, StoreError> {
         // A no-op update first: PostgreSQL locks the row until commit (SQLite the database).
         let lock = "UPDATE alert_rates SET judged_ms = judged_ms WHERE device = $1";
-        let before = "SELECT state FROM alert_rates WHERE device = $1 AND model = $2 AND model_version = $3 \
-                      AND since_seq = $4";
+        let before = "SELECT state, through_seq FROM alert_rates WHERE device = $1 AND model = $2 \
+                      AND model_version = $3 AND since_seq = $4";
         let sql = "INSERT INTO alert_rates (device, model, model_version, since_seq, state, alerts, scored_ms, \
-                   expected, per_day, p_value, window_end_ms, changed_ms, judged_ms) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (device) DO UPDATE SET \
+                   expected, per_day, p_value, window_end_ms, changed_ms, judged_ms, through_seq) \
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14) ON CONFLICT (device) DO UPDATE SET \
                    model = excluded.model, model_version = excluded.model_version, since_seq = excluded.since_seq, \
+                   through_seq = excluded.through_seq, \
                    state = excluded.state, alerts = excluded.alerts, scored_ms = excluded.scored_ms, \
                    expected = excluded.expected, per_day = excluded.per_day, p_value = excluded.p_value, \
                    window_end_ms = excluded.window_end_ms, judged_ms = excluded.judged_ms, \
@@ -78,13 +82,16 @@ impl Store {
         on_pool!(self, |p| {
             let mut tx = p.begin().await?;
             sqlx::query(lock).bind(&r.device).execute(&mut *tx).await?;
-            let was: Option<(String,)> = sqlx::query_as(before)
+            let was: Option<(String, i64)> = sqlx::query_as(before)
                 .bind(&r.device)
                 .bind(&r.model)
                 .bind(i64_of(r.model_version))
                 .bind(i64_of(r.since_seq))
                 .fetch_optional(&mut *tx)
                 .await?;
+            if was.as_ref().is_some_and(|w| w.1 > i64_of(r.through_seq)) {
+                return Ok(false);
+            }
             sqlx::query(sql)
                 .bind(&r.device)
                 .bind(&r.model)
@@ -99,6 +106,7 @@ impl Store {
                 .bind(r.window_end_ms)
                 .bind(r.changed_ms)
                 .bind(r.judged_ms)
+                .bind(i64_of(r.through_seq))
                 .execute(&mut *tx)
                 .await?;
             if let Some(event) = announce(was.as_ref().map_or("unjudged", |w| w.0.as_str())) {
@@ -106,7 +114,7 @@ impl Store {
             }
             tx.commit().await?
         });
-        Ok(())
+        Ok(true)
     }
 
     pub async fn remove_alert_rate(&self, device: &str) -> Result<(), StoreError> {
@@ -121,7 +129,7 @@ impl Store {
     /// Every device's alert rate as last judged, by device id.
     pub async fn alert_rates(&self) -> Result<Vec<AlertRate>, StoreError> {
         let sql = "SELECT device, model, model_version, since_seq, state, alerts, scored_ms, expected, per_day, \
-                   p_value, window_end_ms, changed_ms, judged_ms FROM alert_rates ORDER BY device";
+                   p_value, window_end_ms, changed_ms, judged_ms, through_seq FROM alert_rates ORDER BY device";
         Ok(on_pool!(self, |p| {
             let mut out = Vec::new();
             for r in sqlx::query(sql).fetch_all(p).await? {
@@ -139,6 +147,7 @@ impl Store {
                     window_end_ms: r.try_get(10)?,
                     changed_ms: r.try_get(11)?,
                     judged_ms: r.try_get(12)?,
+                    through_seq: u64_of(r.try_get(13)?),
                 });
             }
             out

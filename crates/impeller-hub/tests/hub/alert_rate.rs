@@ -129,6 +129,21 @@ async fn alert_rate_monitor(url: &str) {
         "{r:?}"
     );
     assert_eq!(events(&store, &noisy, "alert_rate.normal").await, 1);
+    // A judgement that read less (another hub behind this one) does not overwrite it.
+    let stale = AlertRate { state: "elevated".into(), through_seq: r.through_seq - 1, ..r.clone() };
+    let announced = std::cell::Cell::new(false);
+    assert!(
+        !store
+            .put_alert_rate(&stale, |_| {
+                announced.set(true);
+                None
+            })
+            .await
+            .unwrap()
+    );
+    assert!(!announced.get());
+    let kept = rate_of(&store, &noisy).await.unwrap();
+    assert_eq!((kept.state.as_str(), kept.window_end_ms, kept.alerts), ("normal", 31 * HOUR, 1));
     // The other monitor, still running, catches up to the same judgement without a new event.
     monitor.pass().await.unwrap();
     assert_eq!(events(&store, &noisy, "alert_rate.normal").await, 1);
