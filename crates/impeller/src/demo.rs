@@ -645,7 +645,7 @@ fn alert_rate_line(
     let faulty = devices.iter().filter(|d| by_id.get(**d).is_some_and(|p| !p.faults.is_empty())).count();
     format!(
         "alert rates: {} of {} devices rose above their model's validation false-alarm rate ({faulty} with a fault \
-         in the ground truth); {elevated} of {judged} judged now (impeller alert-rates)",
+         in the ground truth); now {elevated} elevated, {judged} judged (impeller alert-rates)",
         devices.len(),
         by_id.len()
     )
