@@ -192,6 +192,7 @@ function health(d) {
   if (Date.now() - d.last_contact_ms > OFFLINE_AFTER_MS) return ['off', 'offline'];
   if (d.drift_state === 'drift') return ['warn', 'drift'];
   if (d.drift_state === 'warning') return ['warn', 'drift warning'];
+  if (d.alert_rate === 'elevated') return ['warn', 'alert rate high'];
   return ['ok', 'ok'];
 }
 
@@ -213,6 +214,7 @@ async function pageFleet() {
     [rows.length, 'devices'],
     [count((d) => !d.revoked && d.last_contact_ms != null && Date.now() - d.last_contact_ms <= OFFLINE_AFTER_MS), 'online'],
     [count((d) => d.drift_state === 'drift'), 'in drift'],
+    [count((d) => d.alert_rate === 'elevated'), 'alerting above validation'],
     [count((d) => d.update_state === 'failed' || d.update_state === 'rolled_back'), 'failed or rolled back'],
     [rows.reduce((s, d) => s + d.alerts, 0), 'alerts'],
     [models.size, 'model versions running'],
@@ -227,7 +229,7 @@ async function pageFleet() {
     }).join('');
     return `<div class="panel site"><h3>${esc(site)}</h3><div class="muted">${byMaker}</div><div class="cells">${cells}</div></div>`;
   }).join('');
-  const healths = ['ok', 'drift warning', 'drift', 'offline', 'never seen', 'failed', 'rolled back', 'revoked'];
+  const healths = ['ok', 'drift warning', 'drift', 'alert rate high', 'offline', 'never seen', 'failed', 'rolled back', 'revoked'];
   const table = shown.map((d) => {
     const [k, h] = health(d);
     return `<tr class="click" data-href="#/device/${enc(d.id)}"><td><a href="#/device/${enc(d.id)}">${esc(d.id)}</a></td>
@@ -270,7 +272,7 @@ async function pageDevice(id) {
 <div class="panel"><dl class="kv"><dt>Tags</dt><dd>${tags || '—'}</dd><dt>Profile</dt><dd>${esc(d.profile || '—')}</dd>
 <dt>Model</dt><dd>${d.model ? `${esc(d.model)} ${esc(d.model_version)} (release ${d.release})` : '—'}${d.registry_version ? ` · registry v${d.registry_version}` : ''}</dd>
 <dt>Update</dt><dd>${esc(d.update_state || '—')}${d.update_reason ? ` — ${esc(d.update_reason)}` : ''}</dd>
-<dt>Drift</dt><dd>${esc(d.drift_state || '—')}</dd><dt>Last contact</dt><dd>${ago(d.last_contact_ms)} (${fmtTime(d.last_contact_ms)})</dd>
+<dt>Drift</dt><dd>${esc(d.drift_state || '—')}</dd><dt>Alert rate</dt><dd>${esc(d.alert_rate || '—')}</dd><dt>Last contact</dt><dd>${ago(d.last_contact_ms)} (${fmtTime(d.last_contact_ms)})</dd>
 <dt>Data through</dt><dd>${fmtTime(d.data_through_ms)}</dd></dl></div>
 <h2>Sensors and anomaly score <span class="muted">(newest day of aggregates, device clock: ${fmtTime(series.since_ms)} to ${fmtTime(series.until_ms)})</span></h2><div class="charts">${charts}</div>
 <h2>Alerts <span class="muted">(${alerts.length}; newest 50; click one for its readings and a verdict)</span></h2>

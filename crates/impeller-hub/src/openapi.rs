@@ -434,14 +434,17 @@ fn view_schemas() -> Value {
     json!({
         "FleetRow": object(&["id", "tags", "profile", "revoked", "last_contact_ms", "data_through_ms", "model",
                              "model_version", "release", "registry_version", "update_state", "update_reason",
-                             "drift_state", "alerts", "last_alert_ms"], json!({
+                             "drift_state", "alert_rate", "alerts", "last_alert_ms"], json!({
             "id": string(), "tags": {"type": "object", "additionalProperties": string()}, "profile": string(),
             "revoked": {"type": "boolean"},
             "last_contact_ms": {"type": ["integer", "null"], "description": "the hub's time of the last message"},
             "data_through_ms": {"type": ["integer", "null"], "description": "the time of the newest message the acknowledged stream reaches"},
             "model": nullable("string"), "model_version": nullable("string"), "release": nullable("integer"),
             "registry_version": nullable("integer"), "update_state": nullable("string"), "update_reason": nullable("string"),
-            "drift_state": nullable("string"), "alerts": uint(), "last_alert_ms": nullable("integer"),
+            "drift_state": nullable("string"),
+            "alert_rate": {"type": ["string", "null"], "enum": ["unjudged", "normal", "elevated", null],
+                           "description": "the alert-rate monitor's state for the version the device runs"},
+            "alerts": uint(), "last_alert_ms": nullable("integer"),
         })),
         "FleetPage": page_of("FleetRow"),
         "PolicyList": object(&["items"], json!({"items": {"type": "array", "items": schema("PolicyView")}})),

@@ -43,11 +43,13 @@ pub struct FleetRow {
     pub update_reason: Option<String>,
     /// The drift monitor's state for the model the device runs (`stable`, `warning`, `drift`).
     pub drift_state: Option<String>,
+    /// The alert-rate monitor's state for the version the device runs (`normal`, `elevated`, …).
+    pub alert_rate: Option<String>,
     pub alerts: u64,
     pub last_alert_ms: Option<i64>,
 }
 
-/// `GET /fleet`: every device with its contact, model, rollout, drift and alerts, by id.
+/// `GET /fleet`: every device with its contact, model, rollout, drift, alert rate and alerts, by id.
 pub async fn fleet(
     State(s): State<ApiState>,
     headers: HeaderMap,
@@ -64,6 +66,8 @@ pub async fn fleet(
         s.store.running_models().await?.into_iter().map(|r| (r.device.clone(), r)).collect();
     let updates = s.store.latest_updates().await?;
     let drift = s.store.drift_monitors().await?;
+    let rates: HashMap<String, String> =
+        s.store.alert_rates().await?.into_iter().map(|r| (r.device, r.state)).collect();
     let rows: Vec<FleetRow> = s
         .store
         .devices()
@@ -85,6 +89,7 @@ pub async fn fleet(
                 update_state: update.map(|u| u.state.clone()),
                 update_reason: update.and_then(|u| u.reason.clone()),
                 drift_state: drift_state.map(|s| s.as_str().to_string()),
+                alert_rate: rates.get(&d.id).cloned(),
                 alerts: alerts.get(&d.id).map_or(0, |a| a.0),
                 last_alert_ms: alerts.get(&d.id).map(|a| a.1),
                 id: d.id,

@@ -57,7 +57,11 @@ fn frames(n: usize, seed: u64, offset: f64) -> Vec<Frame> {
 async fn populated() -> Populated {
     let dir = tempfile::tempdir().unwrap();
     let audit_key = dir.path().join("audit.secret.json");
-    let (hub, token, signer) = api_hub(dir.path(), |c| c.audit_key = Some(audit_key)).await;
+    let (hub, token, signer) = api_hub(dir.path(), |c| {
+        c.audit_key = Some(audit_key);
+        c.alert_rate_every = Duration::from_millis(200);
+    })
+    .await;
     let base = format!("http://{}", hub.http_addr.unwrap());
     let p = Populated { hub, token, base, _dir: dir };
     let tags = [("site", "north"), ("manufacturer", "acme")].map(|(k, v)| (k.to_string(), v.to_string()));
@@ -65,7 +69,7 @@ async fn populated() -> Populated {
 
     let hex = |c: char| c.to_string().repeat(64);
     let new = json!({"run_key": hex('a'), "model_sha256": hex('b'), "dataset_sha256": hex('c'), "code_version": "test",
-                     "metrics": {"f1": 0.8, "far": 0.1}});
+                     "metrics": {"f1": 0.8, "far": 0.1, "false_alarms_per_day": 1.0, "normal_device_days": 2.0}});
     let (status, version) = call(&p, "POST", "/api/v1/models/pumps/versions", Some(new)).await;
     assert_eq!(status, 201, "{version}");
     let release = version["release"].as_u64().unwrap();
@@ -153,6 +157,30 @@ async fn views_put_the_stores_together() {
     assert_eq!(row["drift_state"], "drift", "{row}");
     assert_eq!(row["alerts"], 1);
     assert_eq!(row["tags"]["site"], "north");
+    // The hub's alert-rate task judges the device against its version's validation rate.
+    let until = Instant::now() + Duration::from_secs(10);
+    let rate = loop {
+        let (status, rates) = call(&p, "GET", &format!("/api/v1/alert-rates?device={DEVICE}"), None).await;
+        assert_eq!(status, 200, "{rates}");
+        if let Some(r) = rates["items"].get(0) {
+            break r.clone();
+        }
+        assert!(Instant::now() < until, "the alert-rate task never judged {DEVICE}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(
+        (rate["model"].as_str(), rate["model_version"].as_u64(), rate["alerts"].as_u64()),
+        (Some("pumps"), Some(1), Some(1)),
+        "{rate}"
+    );
+    assert_eq!(
+        rate["per_day"].as_f64(),
+        Some(1.5),
+        "one false alarm a day plus one over the two validated days: {rate}"
+    );
+    let (_, fleet) = call(&p, "GET", "/api/v1/fleet", None).await;
+    let row = fleet["items"].as_array().unwrap().iter().find(|d| d["id"] == DEVICE).unwrap();
+    assert_eq!(row["alert_rate"], rate["state"], "{row}");
     assert_eq!(row["data_through_ms"].as_i64(), Some(T0 + 941_000), "the time of message 202: {row}");
     assert!(row["last_contact_ms"].as_i64().unwrap() > T0, "hub clock");
 
