@@ -439,7 +439,8 @@ async fn list_alert_rates(
     if let Some(state) = q.state.as_deref().filter(|s| !["unjudged", "normal", "elevated"].contains(s)) {
         return Err(Problem::new(Code::InvalidRequest, format!("state `{state}`: use unjudged, normal or elevated")));
     }
-    let devices = matching_devices(&s, &q.device, &q.site, &q.manufacturer).await?;
+    let devices: Option<std::collections::HashSet<String>> =
+        matching_devices(&s, &q.device, &q.site, &q.manufacturer).await?.map(|d| d.into_iter().collect());
     let items = s
         .store
         .alert_rates()

@@ -659,21 +659,20 @@ impl Runner<'_> {
             // The held-out tails, normal unless labelled, each scored after the rows before it
             // have warmed the scorer up.
             let warm = model.features.window + model.calibration.smoothing;
-            let normal: Vec<Vec<bool>> =
-                split.train.iter().map(|&i| vec![false; split.data.parts[i].frames.len()]).collect();
-            for (&i, normal) in split.train.iter().zip(&normal) {
-                let p = &split.data.parts[i];
-                let cut = split.training_rows(p.frames.len());
-                if cut < p.frames.len() {
-                    let from = cut.saturating_sub(warm);
-                    let labels = p.labels.as_deref().unwrap_or(normal);
-                    parts.push(ValidationPart {
-                        name: &p.name,
-                        frames: &p.frames[from..],
-                        labels: &labels[from..],
-                        skip: cut - from,
-                    });
-                }
+            // (part, first row scored, first row given to the scorer), for parts with a tail.
+            let tails: Vec<(&dataset::Part, usize, usize)> = split
+                .train
+                .iter()
+                .map(|&i| &split.data.parts[i])
+                .filter_map(|p| {
+                    let cut = split.training_rows(p.frames.len());
+                    (cut < p.frames.len()).then(|| (p, cut, cut.saturating_sub(warm)))
+                })
+                .collect();
+            let normal: Vec<Vec<bool>> = tails.iter().map(|(p, _, from)| vec![false; p.frames.len() - from]).collect();
+            for (&(p, cut, from), normal) in tails.iter().zip(&normal) {
+                let labels = p.labels.as_deref().map_or(normal.as_slice(), |l| &l[from..]);
+                parts.push(ValidationPart { name: &p.name, frames: &p.frames[from..], labels, skip: cut - from });
             }
             write_json(&dir.join("evaluation.json"), &evaluate::evaluate(model, &parts))
         })?;

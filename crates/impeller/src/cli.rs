@@ -144,9 +144,9 @@ pub struct AuditSource {
     pub api: ApiArgs,
 }
 
-/// Which devices and when, for `impeller alerts` and `impeller drift`.
+/// Which devices: one, or those with the tags given.
 #[derive(Debug, Args)]
-pub struct FleetQueryArgs {
+pub struct DeviceFilterArgs {
     #[arg(long)]
     pub device: Option<String>,
     /// Devices tagged site=…
@@ -155,6 +155,23 @@ pub struct FleetQueryArgs {
     /// Devices tagged manufacturer=…
     #[arg(long)]
     pub manufacturer: Option<String>,
+}
+
+impl DeviceFilterArgs {
+    /// The API's query parameters for the filters given.
+    pub fn query_pairs(&self) -> Vec<(&'static str, String)> {
+        [("device", &self.device), ("site", &self.site), ("manufacturer", &self.manufacturer)]
+            .into_iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
+            .collect()
+    }
+}
+
+/// Which devices and when, for `impeller alerts` and `impeller drift`.
+#[derive(Debug, Args)]
+pub struct FleetQueryArgs {
+    #[command(flatten)]
+    pub devices: DeviceFilterArgs,
     /// How far back (by the devices' clocks), e.g. 30m, 6h, 2d.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration_s, default_value = "1d")]
     pub since: u64,
@@ -170,14 +187,8 @@ pub struct FleetQueryArgs {
 /// Which devices, for `impeller alert-rates`.
 #[derive(Debug, Args)]
 pub struct AlertRateArgs {
-    #[arg(long)]
-    pub device: Option<String>,
-    /// Devices tagged site=…
-    #[arg(long)]
-    pub site: Option<String>,
-    /// Devices tagged manufacturer=…
-    #[arg(long)]
-    pub manufacturer: Option<String>,
+    #[command(flatten)]
+    pub devices: DeviceFilterArgs,
     /// Only devices in this state.
     #[arg(long, value_parser = ["unjudged", "normal", "elevated"])]
     pub state: Option<String>,

@@ -281,11 +281,7 @@ pub(crate) fn each_item(
 fn fleet_items(api: &Api, path: &str, q: &FleetQueryArgs) -> anyhow::Result<Vec<Value>> {
     let since = impeller_hub::store::now_ms() - q.since.min(i64::MAX as u64 / 1000) as i64 * 1000;
     let mut pairs = vec![("since_ms", since.to_string())];
-    for (key, value) in [("device", &q.device), ("site", &q.site), ("manufacturer", &q.manufacturer)] {
-        if let Some(v) = value {
-            pairs.push((key, v.clone()));
-        }
-    }
+    pairs.extend(q.devices.query_pairs());
     let mut items = std::collections::VecDeque::new();
     each_item(api, path, &pairs, |item| {
         items.push_back(item);
@@ -360,11 +356,8 @@ pub fn drift(q: FleetQueryArgs) -> anyhow::Result<()> {
 /// `impeller alert-rates`.
 pub fn alert_rates(q: AlertRateArgs) -> anyhow::Result<()> {
     let api = Api::new(&q.api)?;
-    let pairs: Vec<(&str, String)> =
-        [("device", &q.device), ("site", &q.site), ("manufacturer", &q.manufacturer), ("state", &q.state)]
-            .into_iter()
-            .filter_map(|(k, v)| v.clone().map(|v| (k, v)))
-            .collect();
+    let mut pairs = q.devices.query_pairs();
+    pairs.extend(q.state.clone().map(|s| ("state", s)));
     let mut items = Vec::new();
     each_item(&api, "/alert-rates", &pairs, |r| {
         items.push(r);
