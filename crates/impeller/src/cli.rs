@@ -1,5 +1,6 @@
 //! Command-line interface.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -92,7 +93,8 @@ pub enum Command {
     /// against the simulator's ground truth. Ctrl-C stops it.
     Demo(DemoArgs),
     /// Simulate a fleet of pumps (physics, three manufacturers, faults, drift) and write each
-    /// pump's readings as a SKAB-layout CSV file, with the ground truth in fleet.json.
+    /// pump's readings as a SKAB-layout CSV file, or serve them live over MQTT or as Modbus TCP
+    /// controllers; the ground truth in fleet.json.
     Sim(SimArgs),
 }
 
@@ -260,9 +262,25 @@ pub struct SimArgs {
     /// Faults begin between these fractions of the simulated time.
     #[arg(long, default_value = "0.25,0.75", value_name = "FROM,TO")]
     pub faults_between: String,
-    /// Where the files go (created).
+    /// Where the files go (created): each pump's readings as CSV, or, when serving live, the
+    /// agents' source settings (sources/PUMP.toml); the ground truth (fleet.json) either way.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Serve the fleet live instead of writing files: publish each pump's readings to this MQTT
+    /// broker (mqtt://HOST:PORT) on --topic, as the agent's MQTT source reads them.
+    #[arg(long, value_name = "URL")]
+    pub mqtt: Option<String>,
+    /// Each pump's topic; {pump} is replaced by the pump's id.
+    #[arg(long, default_value = "impeller/sim/{pump}/readings")]
+    pub topic: String,
+    /// Serve the fleet live as Modbus TCP controllers, one per pump in its manufacturer's
+    /// register map: the first pump on this address, the next on the following port, and so on.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub modbus: Option<SocketAddr>,
+    /// Simulated seconds per real second when serving live (Modbus controllers are polled in
+    /// real time: at 1, agents see the pumps as the models were trained to).
+    #[arg(long, default_value_t = 1.0)]
+    pub speed: f64,
 }
 
 /// Which hub's API, and the operator's token.
@@ -457,7 +475,7 @@ pub struct HubArgs {
     /// Where the embedded MQTT broker listens (not 1883, which a system broker may hold)
     /// [default: 127.0.0.1:1884].
     #[arg(long, value_name = "ADDR")]
-    pub mqtt_listen: Option<std::net::SocketAddr>,
+    pub mqtt_listen: Option<SocketAddr>,
     /// Use this MQTT broker (mqtt://host:port) instead of the embedded one.
     #[arg(long, value_name = "URL")]
     pub broker: Option<String>,
@@ -470,7 +488,7 @@ pub struct HubArgs {
     pub allow_anonymous: bool,
     /// Where the HTTP API (/api/v1) listens [default: 127.0.0.1:8080].
     #[arg(long, value_name = "ADDR")]
-    pub http_listen: Option<std::net::SocketAddr>,
+    pub http_listen: Option<SocketAddr>,
     /// Public key (impeller keys generate) that uploaded packages must be signed with; repeat
     /// for several (added to the file's). Without one, package uploads are refused.
     #[arg(long = "trusted-key", value_name = "FILE")]

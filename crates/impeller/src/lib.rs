@@ -13,6 +13,7 @@ pub mod logging;
 pub mod packages;
 pub mod progress;
 pub mod remote;
+pub mod simfeed;
 pub mod skab;
 
 use impeller_core::package::PackageError;

@@ -12,6 +12,7 @@ mod hub;
 mod load;
 mod packages;
 mod pipeline;
+mod sim_live;
 mod skab;
 mod train_score;
 mod util;
