@@ -111,6 +111,64 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, WireError> {
     Ok(env)
 }
 
+/// Most envelopes in one message.
+pub const MAX_ENVELOPES: usize = 1000;
+
+/// Several encoded envelopes (of one device and one kind, for one topic) as one message: a
+/// JSON array, oldest first. An agent sends what it has ready in one packet instead of one per
+/// record, which costs the link and the hub less.
+pub fn encode_envelopes(envelopes: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(envelopes.iter().map(|e| e.len() + 1).sum::<usize>() + 2);
+    out.push(b'[');
+    for (i, e) in envelopes.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(e);
+    }
+    out.push(b']');
+    out
+}
+
+/// One message from a device: an envelope, or an array of at most [`MAX_ENVELOPES`] of them.
+/// The message as a whole is refused when it is not JSON, is a malformed single envelope, or
+/// is an array too long; an array's elements are then checked one by one, so a malformed
+/// element is refused on its own and its neighbours are kept.
+pub fn decode_envelopes(bytes: &[u8]) -> Result<Vec<Result<Envelope, WireError>>, WireError> {
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
+        return decode_envelope(bytes).map(|e| vec![Ok(e)]);
+    }
+    let elements: BoundedArray = serde_json::from_slice(bytes).map_err(json_err)?;
+    Ok(elements.0.iter().map(|e| decode_envelope(e.get().as_bytes())).collect())
+}
+
+/// A JSON array read without parsing its elements, refused past [`MAX_ENVELOPES`] before the
+/// rest is read.
+struct BoundedArray<'a>(Vec<&'a RawValue>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for BoundedArray<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Elements;
+        impl<'de> serde::de::Visitor<'de> for Elements {
+            type Value = Vec<&'de RawValue>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                write!(f, "an array of at most {MAX_ENVELOPES} envelopes")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(e) = seq.next_element::<&'de RawValue>()? {
+                    if out.len() == MAX_ENVELOPES {
+                        return Err(serde::de::Error::custom(format!("more than {MAX_ENVELOPES} envelopes")));
+                    }
+                    out.push(e);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_seq(Elements).map(BoundedArray)
+    }
+}
+
 /// Hub → device: everything up to and including `acked` is stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -303,6 +361,29 @@ mod tests {
         let many = format!("[{}]", vec![r#"{"ts_ms":1,"values":{}}"#; MAX_READINGS + 1].join(","));
         assert!(matches!(decode_readings(many.as_bytes()), Err(WireError::Invalid(_))));
         assert!(decode_readings(b"[]").unwrap().is_empty());
+    }
+
+    #[test]
+    fn several_envelopes_travel_as_one_array_and_a_bad_one_is_refused_alone() {
+        let env = |seq: u64| encode_envelope("p1", seq, seq - 1, seq as i64, "telemetry", b"{}").unwrap();
+        let one = decode_envelopes(&env(1)).unwrap();
+        assert_eq!(one.len(), 1);
+        assert_eq!(one[0].as_ref().unwrap().seq, 1);
+        let mut parts = vec![env(1), env(2)];
+        parts.push(br#"{"v":1,"device":"p1","seq":3,"prev":3,"ts_ms":0,"kind":"telemetry","body":{}}"#.to_vec());
+        parts.push(b"7".to_vec());
+        parts.push(env(4));
+        let got = decode_envelopes(&encode_envelopes(&parts)).unwrap();
+        let seqs: Vec<Result<u64, ()>> = got.iter().map(|r| r.as_ref().map(|e| e.seq).map_err(|_| ())).collect();
+        assert_eq!(seqs, [Ok(1), Ok(2), Err(()), Err(()), Ok(4)]);
+        assert!(decode_envelopes(b"[]").unwrap().is_empty());
+        // Refused whole: not JSON, a bad single envelope, too many elements.
+        assert!(decode_envelopes(b"[{}, ").is_err());
+        assert!(decode_envelopes(b"{}").is_err());
+        let many = encode_envelopes(&vec![b"0".to_vec(); MAX_ENVELOPES + 1]);
+        let e = decode_envelopes(&many).unwrap_err();
+        assert!(e.to_string().contains("more than 1000"), "{e}");
+        assert_eq!(decode_envelopes(&encode_envelopes(&vec![env(1); MAX_ENVELOPES])).unwrap().len(), MAX_ENVELOPES);
     }
 
     #[test]

@@ -258,6 +258,10 @@ async fn uplink_events(
     }
 }
 
+/// Bodies put in one uplink message at most (a single larger record still goes alone), well
+/// under the client's and the hub's packet limits.
+const MAX_MESSAGE_BYTES: usize = 256 << 10;
+
 /// Messages taken from the outbox and not yet handed to the MQTT client.
 struct Uplink {
     client: AsyncClient,
@@ -302,15 +306,29 @@ impl Uplink {
                     return Ok(false);
                 }
             }
-            let Some(r) = self.queue.front() else { return Ok(false) };
-            let kind = produce::kind(r.class);
-            let payload = wire::encode_envelope(&self.device, r.seq, r.prev, r.ts_ms, kind, &r.payload)?;
+            // The run of records of one kind at the front, as one message (an array when it is
+            // more than one: one packet instead of one per record).
+            let Some(first) = self.queue.front() else { return Ok(false) };
+            let kind = produce::kind(first.class);
+            let (mut envelopes, mut bytes) = (Vec::new(), 0);
+            for r in self.queue.iter().take(cfg.uplink.max_records_per_message.max(1)) {
+                if produce::kind(r.class) != kind
+                    || (bytes + r.payload.len() > MAX_MESSAGE_BYTES && !envelopes.is_empty())
+                {
+                    break;
+                }
+                bytes += r.payload.len();
+                envelopes.push(wire::encode_envelope(&self.device, r.seq, r.prev, r.ts_ms, kind, &r.payload)?);
+            }
+            let count = envelopes.len();
+            let payload = if count == 1 { envelopes.remove(0) } else { wire::encode_envelopes(&envelopes) };
             match self.client.try_publish(wire::topic(&self.device, kind), QoS::AtLeastOnce, false, payload) {
                 Ok(()) => {
-                    self.sent_seq = r.seq;
-                    self.in_flight.push_back(r.seq);
-                    self.queue.pop_front();
-                    Metrics::add(&metrics.sent, 1);
+                    for r in self.queue.drain(..count) {
+                        self.sent_seq = r.seq;
+                        self.in_flight.push_back(r.seq);
+                    }
+                    Metrics::add(&metrics.sent, count as u64);
                 }
                 Err(_) => return Ok(true), // the client's queue is full; continue very soon
             }

@@ -96,6 +96,8 @@ pub struct Uplink {
     pub raw_batch: usize,
     #[serde(default = "d30usize")]
     pub alert_context: usize,
+    #[serde(default = "d100usize")]
+    pub max_records_per_message: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -150,6 +152,9 @@ fn d60() -> u64 {
 }
 fn d60usize() -> usize {
     60
+}
+fn d100usize() -> usize {
+    100
 }
 fn d30usize() -> usize {
     30

@@ -337,7 +337,14 @@ mod tests {
     use impeller_core::scorer::Scored;
 
     fn cfg() -> Uplink {
-        Uplink { aggregate_interval_s: 10, sketch_interval_s: 20, raw_every: 2, raw_batch: 3, alert_context: 2 }
+        Uplink {
+            aggregate_interval_s: 10,
+            sketch_interval_s: 20,
+            raw_every: 2,
+            raw_batch: 3,
+            alert_context: 2,
+            max_records_per_message: 1,
+        }
     }
 
     fn producer() -> Producer {

@@ -11,7 +11,8 @@ use std::time::Duration;
 use impeller_core::alert_rate::{AlertRatePolicy, AlertRateState, expected_per_day, judge};
 use impeller_core::audit::AuditEvent;
 
-use crate::store::{AlertRate, RunningModel, ScoringEvent, Store, StoreError, now_ms};
+use crate::store::TelemetryQueries;
+use crate::store::{AlertRate, MonitorStore, RegistryStore, RunningModel, ScoringEvent, Store, StoreError, now_ms};
 
 /// Judges every running device every `period` until the process ends.
 pub async fn run(store: Store, policy: AlertRatePolicy, period: Duration) {

@@ -28,9 +28,11 @@ use tokio::sync::Notify;
 use crate::artifacts::ByteRange;
 use crate::auth::{self, AuthError, Caller, Role};
 use crate::fleet::{Credentials, Device};
+use crate::store::TelemetryQueries;
 use crate::store::{
-    AlertRate, AlertSummary, AuditFilter, DeploymentInfo, DriftReport, FleetFilter, PackageInfo, Store, StoreError,
-    TelemetryPoint, channel_summary, downsample, now_ms,
+    AlertRate, AlertSummary, ArtifactStore, AuditFilter, AuditStore, DeploymentInfo, DeploymentStore, DriftReport,
+    FleetFilter, FleetStore, MonitorStore, PackageInfo, Store, StoreError, TelemetryPoint, channel_summary, downsample,
+    now_ms,
 };
 
 /// What the handlers share.

@@ -6,7 +6,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::fleet::{Credentials, hash_secret, same};
-use crate::store::{Store, StoreError};
+use crate::store::{FleetStore, Store, StoreError};
 
 /// An operator's role; each includes the ones before it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]

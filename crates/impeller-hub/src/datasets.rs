@@ -15,7 +15,8 @@ use impeller_core::{Channel, Frame};
 use impeller_pipeline::dataset::{Dataset, Manifest, Part};
 use serde::{Deserialize, Serialize};
 
-use crate::store::{DatasetRecord, Store, StoreError, now_ms};
+use crate::store::TelemetryQueries;
+use crate::store::{ArtifactStore, DatasetRecord, FeedbackStore, FleetStore, Store, StoreError, now_ms};
 
 /// Most rows one snapshot may hold (about 1 GiB of frames in memory at 60 channels).
 pub const MAX_ROWS: usize = 2_000_000;

@@ -20,7 +20,11 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::bus::Send;
 use crate::fleet::Device;
-use crate::store::{AlertActivity, DeploymentInfo, DesiredInfo, PackageInfo, Store, StoreError, UpdateInfo, now_ms};
+use crate::store::TelemetryQueries;
+use crate::store::{
+    AlertActivity, ArtifactStore, DeploymentInfo, DeploymentStore, DesiredInfo, FleetStore, PackageInfo, Store,
+    StoreError, UpdateInfo, now_ms,
+};
 
 const PERIOD: Duration = Duration::from_secs(5);
 /// How far back (device clock) the alert gate looks for the previous model's alert rate.

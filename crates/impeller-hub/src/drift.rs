@@ -15,7 +15,7 @@ use impeller_core::package::{self, Limits, TrustStore};
 use impeller_core::sketch::Sketch;
 use impeller_core::wire::{ModelRef, SketchBody};
 
-use crate::store::{DriftReport, Store, StoreError, now_ms};
+use crate::store::{ArtifactStore, DriftReport, MonitorStore, Store, StoreError, now_ms};
 
 /// Features kept in each report, worst first.
 const TOP_FEATURES: usize = 5;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::store::{Store, StoreError};
+use crate::store::{FleetStore, Store, StoreError};
 
 pub const REFRESH: Duration = Duration::from_secs(2);
 

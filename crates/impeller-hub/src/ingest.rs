@@ -12,7 +12,7 @@ use impeller_core::deploy::UpdateReport;
 use impeller_core::wire;
 
 use crate::bus::{Bus, Received, Send};
-use crate::store::{Incoming, Store};
+use crate::store::{Incoming, TelemetryStore};
 
 /// Counters of the ingest loop.
 #[derive(Debug, Default)]
@@ -46,33 +46,41 @@ impl Stream {
     }
 }
 
-/// Checks one publish: topic and envelope must agree. `None` for topics that are not uplink.
-fn check(r: &Received) -> Option<Result<Incoming, String>> {
-    let (device, kind) = wire::parse_topic(&r.topic)?;
+/// Checks one publish: topic and envelopes must agree, each envelope on its own (a message may
+/// carry an array of them). Empty for topics that are not uplink.
+fn check(r: &Received) -> Vec<Result<Incoming, String>> {
+    let Some((device, kind)) = wire::parse_topic(&r.topic) else { return Vec::new() };
     if !wire::UPLINK_KINDS.contains(&kind) {
-        return None; // acknowledgements and desired state, published by the hub itself
+        return Vec::new(); // acknowledgements and desired state, published by the hub itself
     }
-    Some(match wire::decode_envelope(&r.payload) {
-        Err(e) => Err(format!("{}: {e}", r.topic)),
-        Ok(env) if env.device != device => {
-            Err(format!("{}: envelope names device `{}`, not the topic's", r.topic, env.device))
+    let all = match wire::decode_envelopes(&r.payload) {
+        Ok(all) => all,
+        Err(e) => return vec![Err(format!("{}: {e}", r.topic))],
+    };
+    let checked = all.into_iter().enumerate().map(|(i, env)| {
+        let at = || if i == 0 { r.topic.clone() } else { format!("{} envelope #{}", r.topic, i + 1) };
+        match env {
+            Err(e) => Err(format!("{}: {e}", at())),
+            Ok(env) if env.device != device => {
+                Err(format!("{}: envelope names device `{}`, not the topic's", at(), env.device))
+            }
+            Ok(env) if env.kind != kind => {
+                Err(format!("{}: envelope kind `{}` differs from the topic's", at(), env.kind))
+            }
+            // Databases store them as signed 64-bit integers.
+            Ok(env) if env.seq > i64::MAX as u64 => Err(format!("{}: seq {} is out of range", at(), env.seq)),
+            Ok(env) => Ok(Incoming {
+                update: update_report(&env),
+                device: env.device,
+                seq: env.seq,
+                prev: env.prev,
+                ts_ms: env.ts_ms,
+                kind: env.kind,
+                body: env.body.get().to_string(),
+            }),
         }
-        Ok(env) if env.kind != kind => {
-            Err(format!("{}: envelope kind `{}` differs from the topic's", r.topic, env.kind))
-        }
-        Ok(env) if env.prev >= env.seq => Err(format!("{}: prev {} is not below seq {}", r.topic, env.prev, env.seq)),
-        // Databases store them as signed 64-bit integers.
-        Ok(env) if env.seq > i64::MAX as u64 => Err(format!("{}: seq {} is out of range", r.topic, env.seq)),
-        Ok(env) => Ok(Incoming {
-            update: update_report(&env),
-            device: env.device,
-            seq: env.seq,
-            prev: env.prev,
-            ts_ms: env.ts_ms,
-            kind: env.kind,
-            body: env.body.get().to_string(),
-        }),
-    })
+    });
+    checked.collect()
 }
 
 /// The report inside an `update` event. A malformed one is stored as a message all the same
@@ -97,9 +105,9 @@ fn update_report(env: &wire::Envelope) -> Option<UpdateReport> {
 /// Runs until the bus closes. Batches whatever has arrived (up to `max_batch`) into one
 /// transaction; on a database error nothing is acknowledged and the agents send again. Wakes
 /// `deployments` when a batch held update reports, so rollouts move on without waiting.
-pub async fn run(
+pub async fn run<S: TelemetryStore>(
     mut bus: Bus,
-    store: Store,
+    store: S,
     stats: Arc<IngestStats>,
     max_batch: usize,
     deployments: Arc<tokio::sync::Notify>,
@@ -117,12 +125,13 @@ pub async fn run(
         }
         let mut batch = Vec::with_capacity(received.len());
         for r in received.drain(..) {
-            match check(&r) {
-                None => {}
-                Some(Ok(m)) => batch.push(m),
-                Some(Err(error)) => {
-                    stats.refused.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(%error, "refused a message");
+            for checked in check(&r) {
+                match checked {
+                    Ok(m) => batch.push(m),
+                    Err(error) => {
+                        stats.refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(%error, "refused a message");
+                    }
                 }
             }
         }
@@ -167,7 +176,7 @@ pub async fn run(
 /// time a device is seen by this process).
 async fn next_streams(
     streams: &HashMap<String, Stream>,
-    store: &Store,
+    store: &impl TelemetryStore,
     batch: &[Incoming],
 ) -> Result<BTreeMap<String, Stream>, crate::store::StoreError> {
     let mut next: BTreeMap<String, Stream> = BTreeMap::new();
@@ -191,7 +200,97 @@ async fn next_streams(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
+
+    use tokio::sync::mpsc;
+
     use super::*;
+    use crate::store::{Committed, StoreError, StoredMessage};
+
+    /// Telemetry in memory, whose next commit can be made to fail (a full disk, a lost
+    /// database connection). Clones share it.
+    #[derive(Debug, Default, Clone)]
+    struct FlakyTelemetry {
+        fail_next_commit: Arc<AtomicBool>,
+        stored: Arc<Mutex<BTreeMap<(String, u64), Incoming>>>,
+        acked: Arc<Mutex<BTreeMap<String, u64>>>,
+    }
+
+    impl TelemetryStore for FlakyTelemetry {
+        async fn commit(&self, batch: &[Incoming], acked: &BTreeMap<String, u64>) -> Result<Committed, StoreError> {
+            if self.fail_next_commit.swap(false, Ordering::SeqCst) {
+                return Err(StoreError::Corrupt("injected: the disk is full".into()));
+            }
+            let mut stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+            let mut c = Committed::default();
+            for m in batch {
+                if stored.insert((m.device.clone(), m.seq), m.clone()).is_some() {
+                    c.duplicates += 1;
+                } else {
+                    c.stored += 1;
+                }
+            }
+            self.acked.lock().unwrap_or_else(|e| e.into_inner()).extend(acked.iter().map(|(d, n)| (d.clone(), *n)));
+            Ok(c)
+        }
+
+        async fn stream_state(&self, device: &str) -> Result<(u64, BTreeMap<u64, u64>), StoreError> {
+            let acked = self.acked.lock().unwrap_or_else(|e| e.into_inner()).get(device).copied().unwrap_or(0);
+            let stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+            let beyond =
+                stored.values().filter(|m| m.device == device && m.seq > acked).map(|m| (m.seq, m.prev)).collect();
+            Ok((acked, beyond))
+        }
+
+        async fn messages(&self, device: &str) -> Result<Vec<StoredMessage>, StoreError> {
+            let stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
+            Ok(stored
+                .values()
+                .filter(|m| m.device == device)
+                .map(|m| StoredMessage {
+                    seq: m.seq,
+                    prev: m.prev,
+                    ts_ms: m.ts_ms,
+                    kind: m.kind.clone(),
+                    body: m.body.clone(),
+                })
+                .collect())
+        }
+    }
+
+    fn publish(device: &str, seq: u64) -> Received {
+        let payload = wire::encode_envelope(device, seq, seq - 1, seq as i64, "telemetry", b"{}").unwrap();
+        Received { topic: wire::topic(device, "telemetry"), payload }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_batch_the_store_fails_to_commit_is_not_acknowledged_and_its_resend_is() {
+        let store = FlakyTelemetry::default();
+        store.fail_next_commit.store(true, Ordering::SeqCst);
+        let (in_tx, in_rx) = mpsc::channel(16);
+        let (out_tx, mut out_rx) = mpsc::channel(16);
+        let bus = Bus { incoming: in_rx, outgoing: out_tx };
+        let stats = Arc::new(IngestStats::default());
+        let task = tokio::spawn(run(bus, store.clone(), stats.clone(), 10, Default::default()));
+
+        in_tx.send(publish("p1", 1)).await.unwrap();
+        in_tx.send(publish("p1", 2)).await.unwrap();
+        // The commit fails: no acknowledgement may go out, however long we wait.
+        let nothing = tokio::time::timeout(std::time::Duration::from_secs(5), out_rx.recv()).await;
+        assert!(nothing.is_err(), "acknowledged a batch that was not stored: {nothing:?}");
+        assert!(store.messages("p1").await.unwrap().is_empty());
+
+        // The agent sends again (after its ack timeout): now stored, and acknowledged up to 2.
+        in_tx.send(publish("p1", 1)).await.unwrap();
+        in_tx.send(publish("p1", 2)).await.unwrap();
+        let ack = tokio::time::timeout(std::time::Duration::from_secs(5), out_rx.recv()).await.unwrap().unwrap();
+        assert_eq!(ack.topic, wire::topic("p1", "ack"));
+        assert_eq!(wire::decode_ack(&ack.payload).unwrap().acked, 2);
+        assert_eq!(store.messages("p1").await.unwrap().len(), 2);
+        assert_eq!(stats.stored.load(Ordering::Relaxed), 2);
+        task.abort();
+    }
 
     #[test]
     fn the_acknowledgement_follows_prev_across_gaps_and_out_of_order() {
@@ -217,13 +316,26 @@ mod tests {
             wire::encode_envelope(device, seq, prev, 1, kind, b"{}").unwrap()
         };
         let r = |topic: &str, payload: Vec<u8>| Received { topic: topic.into(), payload };
-        let ok = check(&r(&wire::topic("a", "events"), env("a", "events", 2, 1))).unwrap().unwrap();
+        let one = |topic: &str, payload: Vec<u8>| {
+            let mut all = check(&r(topic, payload));
+            assert_eq!(all.len(), 1);
+            all.remove(0)
+        };
+        let ok = one(&wire::topic("a", "events"), env("a", "events", 2, 1)).unwrap();
         assert_eq!((ok.device.as_str(), ok.seq, ok.prev), ("a", 2, 1));
-        let spoof = check(&r(&wire::topic("a", "events"), env("b", "events", 2, 1))).unwrap().unwrap_err();
+        let spoof = one(&wire::topic("a", "events"), env("b", "events", 2, 1)).unwrap_err();
         assert!(spoof.contains("names device `b`"), "{spoof}");
-        assert!(check(&r(&wire::topic("a", "alerts"), env("a", "events", 2, 1))).unwrap().is_err());
-        assert!(check(&r(&wire::topic("a", "events"), env("a", "events", 2, 2))).unwrap().is_err());
-        assert!(check(&r(&wire::topic("a", "events"), b"{not json".to_vec())).unwrap().is_err());
-        assert!(check(&r(&wire::topic("a", "ack"), wire::encode_ack(3))).is_none());
+        assert!(one(&wire::topic("a", "alerts"), env("a", "events", 2, 1)).is_err());
+        assert!(one(&wire::topic("a", "events"), env("a", "events", 2, 2)).is_err());
+        assert!(one(&wire::topic("a", "events"), b"{not json".to_vec()).is_err());
+        assert!(check(&r(&wire::topic("a", "ack"), wire::encode_ack(3))).is_empty());
+        // An array: each envelope judged on its own; another device's in the middle is refused
+        // alone, and named by its place.
+        let batch =
+            wire::encode_envelopes(&[env("a", "events", 1, 0), env("b", "events", 2, 1), env("a", "events", 3, 1)]);
+        let all = check(&r(&wire::topic("a", "events"), batch));
+        assert_eq!(all.iter().map(|m| m.as_ref().map(|m| m.seq).ok()).collect::<Vec<_>>(), [Some(1), None, Some(3)]);
+        let refused = all[1].as_ref().unwrap_err();
+        assert!(refused.contains("envelope #2") && refused.contains("names device `b`"), "{refused}");
     }
 }

@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::AuditStore;
 use anyhow::Context;
 use impeller_core::package::{KeyFile, Signer25519, TrustStore};
 

@@ -5,7 +5,7 @@
 use impeller_core::package::{self, Limits, PackageError, TrustStore};
 use sha2::{Digest, Sha256};
 
-use crate::store::{PackageInfo, Store, StoreError, now_ms};
+use crate::store::{ArtifactStore, PackageInfo, Store, StoreError, now_ms};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AcceptError {

@@ -18,7 +18,10 @@ use tokio::sync::Notify;
 
 use crate::datasets::{SnapshotRequest, snapshot};
 use crate::runs::{RunRequest, Runs};
-use crate::store::{DeploymentInfo, PolicyRecord, Store, StoreError, now_ms};
+use crate::store::{
+    AuditStore, DeploymentInfo, DeploymentStore, FeedbackStore, JobStore, MonitorStore, PolicyRecord, RegistryStore,
+    Store, StoreError, now_ms,
+};
 
 /// What the loop keeps with each policy between checks.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

@@ -17,7 +17,7 @@ use impeller_pipeline::run::{
 use impeller_pipeline::spec::PipelineSpec;
 use serde::{Deserialize, Serialize};
 
-use crate::store::{NewModelVersion, Store, VersionFinish, VersionPackage, now_ms};
+use crate::store::{AuditStore, NewModelVersion, RegistryStore, Store, VersionFinish, VersionPackage, now_ms};
 
 /// A run as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -695,6 +695,10 @@ pub struct LoadBenchArgs {
     /// Kill the hub (SIGKILL) this many seconds into the run and start it again.
     #[arg(long, value_name = "SECS")]
     pub restart_after: Option<u64>,
+    /// Messages per MQTT packet (an array of envelopes, as an agent sends what its outbox has
+    /// ready): each device publishes this many at a time, `rate / devices / batch` times a second.
+    #[arg(long, default_value_t = 1)]
+    pub batch: u64,
     /// The `impeller` binary to run the hub with (default: this one).
     #[arg(long, value_name = "FILE")]
     pub hub_bin: Option<PathBuf>,

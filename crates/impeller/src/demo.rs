@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use impeller_core::package::{PackageSpec, Signer25519, build};
 use impeller_hub::auth::Role;
-use impeller_hub::store::now_ms;
+use impeller_hub::store::{ArtifactStore, AuditStore, FleetStore, now_ms};
 use impeller_hub::{Hub, HubConfig};
 use impeller_sim::{MANUFACTURERS, Manufacturer, PumpPlan};
 use serde_json::json;

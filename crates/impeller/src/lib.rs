@@ -19,6 +19,7 @@ pub mod skab;
 use impeller_core::package::PackageError;
 use impeller_core::table::TableError;
 use impeller_core::{ModelError, TrainError};
+use impeller_hub::store::FleetStore;
 
 /// Something from outside (a file, a flag's value) that is wrong; exit code 3.
 #[derive(Debug, thiserror::Error)]

@@ -20,6 +20,7 @@ use crate::audit::CheckFailed;
 use crate::cli::{DatasetCommand, ModelCommand, PipelineCommand, PipelineRunArgs};
 use crate::commands::{emit, emit_json};
 use crate::remote::{Api, each_item};
+use impeller_hub::store::FleetStore;
 
 pub fn pipeline(cmd: PipelineCommand) -> anyhow::Result<()> {
     match cmd {

@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::cli::LoadBenchArgs;
 use crate::demo::free_port;
+use impeller_hub::store::{FleetStore, TelemetryStore};
 
 const MAX_PACKET: usize = 1 << 20;
 
@@ -75,7 +76,13 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
     wait_accepting(&host, port, Duration::from_secs(30)).await?;
 
     let fleet = Arc::new(Fleet::default());
-    let per_device = Duration::from_secs_f64(args.devices as f64 / args.rate);
+    anyhow::ensure!(
+        (1..=wire::MAX_ENVELOPES as u64).contains(&args.batch),
+        "--batch must be 1 to {}",
+        wire::MAX_ENVELOPES
+    );
+    // Each device publishes `batch` messages at a time, one packet every `per_device`.
+    let per_device = Duration::from_secs_f64(args.devices as f64 * args.batch as f64 / args.rate);
     let connect_start = Instant::now();
     let limit = Arc::new(tokio::sync::Semaphore::new(200));
     let (schedule, schedule_rx) = tokio::sync::watch::channel(None);
@@ -89,6 +96,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
             every: per_device,
             // Spread the devices' publishes evenly over one period.
             phase: per_device.mul_f64(i as f64 / args.devices as f64),
+            batch: args.batch,
             external: args.broker.is_some(),
         };
         tasks.push(tokio::spawn(device.run(fleet.clone(), limit.clone(), schedule_rx.clone())));
@@ -157,10 +165,18 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
     };
     let backend = if database.starts_with("postgres") { "PostgreSQL" } else { "SQLite" };
     let broker = args.broker.as_deref().unwrap_or("embedded");
-    say!("\n{} devices, broker {broker}, {backend}; offered {:.0} msg/s for {} s", args.devices, args.rate, args.secs);
     say!(
-        "published {published} ({:.0} msg/s); stored {} ({:.0} msg/s over the publishing time, all acknowledged {:.1} s after it began)",
+        "\n{} devices, broker {broker}, {backend}; offered {:.0} msg/s for {} s, {} message{} per MQTT packet",
+        args.devices,
+        args.rate,
+        args.secs,
+        args.batch,
+        if args.batch == 1 { "" } else { "s" }
+    );
+    say!(
+        "published {published} ({:.0} msg/s) in {} packets; stored {} ({:.0} msg/s over the publishing time, all acknowledged {:.1} s after it began)",
         published as f64 / publish_secs,
+        fleet.packets.load(Relaxed),
         check.stored,
         check.stored as f64 / publish_secs,
         drain_secs
@@ -205,6 +221,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
 struct Fleet {
     connected: AtomicU64,
     published: AtomicU64,
+    packets: AtomicU64,
     acked: AtomicU64,
     reconnects: AtomicU64,
     resent: AtomicU64,
@@ -249,6 +266,8 @@ struct SimDevice {
     port: u16,
     every: Duration,
     phase: Duration,
+    /// Messages per packet: an array of envelopes, as an agent sends what its outbox has ready.
+    batch: u64,
     /// An external broker does its own authentication; connect without a login.
     external: bool,
 }
@@ -308,7 +327,7 @@ impl SimDevice {
             } else {
                 fleet.reconnects.fetch_add(1, Relaxed);
             }
-            if resend(&mut socket, &mut out, &topic, &pending).await.is_err() {
+            if resend(&mut socket, &mut out, &topic, &pending, self.batch).await.is_err() {
                 continue;
             }
             progress = Instant::now();
@@ -354,7 +373,7 @@ impl SimDevice {
                     () = tokio::time::sleep_until(progress + ACK_TIMEOUT), if !pending.is_empty() => {
                         fleet.resent.fetch_add(pending.len() as u64, Relaxed);
                         progress = Instant::now();
-                        if resend(&mut socket, &mut out, &topic, &pending).await.is_err() {
+                        if resend(&mut socket, &mut out, &topic, &pending, self.batch).await.is_err() {
                             break;
                         }
                     }
@@ -363,17 +382,21 @@ impl SimDevice {
                         if Instant::now() < t {
                             continue;
                         }
-                        seq += 1;
-                        let payload = wire::encode_envelope(&self.id, seq, seq - 1, impeller_edge::now_ms(), "telemetry", body.as_bytes())
-                            .map(bytes::Bytes::from)
-                            .unwrap_or_default();
-                        out.clear();
-                        encode_publish(&mut out, &topic, seq, &payload);
-                        if pending.is_empty() {
-                            progress = Instant::now();
+                        let (now, first) = (Instant::now(), pending.len());
+                        for _ in 0..self.batch {
+                            seq += 1;
+                            let payload = wire::encode_envelope(&self.id, seq, seq - 1, impeller_edge::now_ms(), "telemetry", body.as_bytes())
+                                .map(bytes::Bytes::from)
+                                .unwrap_or_default();
+                            pending.push_back(Pending { seq, sent: now, payload });
                         }
-                        pending.push_back(Pending { seq, sent: Instant::now(), payload });
-                        fleet.published.fetch_add(1, Relaxed);
+                        out.clear();
+                        encode_publish(&mut out, &topic, pending.range(first..));
+                        if first == 0 {
+                            progress = now;
+                        }
+                        fleet.published.fetch_add(self.batch, Relaxed);
+                        fleet.packets.fetch_add(1, Relaxed);
                         next = Some(t + self.every).filter(|n| *n < s.end);
                         if socket.write_all(&out).await.is_err() {
                             break;
@@ -425,25 +448,35 @@ impl SimDevice {
     }
 }
 
-/// Everything unacknowledged, again, in order.
+/// Everything unacknowledged, again, in order, `batch` messages a packet.
 async fn resend(
     socket: &mut TcpStream,
     out: &mut BytesMut,
     topic: &str,
     pending: &VecDeque<Pending>,
+    batch: u64,
 ) -> std::io::Result<()> {
     out.clear();
-    for p in pending {
-        encode_publish(out, topic, p.seq, &p.payload);
+    let all: Vec<&Pending> = pending.iter().collect();
+    for group in all.chunks(batch.max(1) as usize) {
+        encode_publish(out, topic, group.iter().copied());
     }
     socket.write_all(out).await
 }
 
-fn encode_publish(out: &mut BytesMut, topic: &str, seq: u64, payload: &bytes::Bytes) {
+/// One PUBLISH of these messages: the envelope itself for one, an array for more.
+fn encode_publish<'a>(out: &mut BytesMut, topic: &str, messages: impl IntoIterator<Item = &'a Pending>) {
+    let messages: Vec<&Pending> = messages.into_iter().collect();
+    let Some(first) = messages.first() else { return };
     let mut p = Publish::new(topic, QoS::AtLeastOnce, Vec::new());
-    p.payload = payload.clone();
+    p.payload = if messages.len() == 1 {
+        first.payload.clone()
+    } else {
+        let envelopes: Vec<Vec<u8>> = messages.iter().map(|m| m.payload.to_vec()).collect();
+        wire::encode_envelopes(&envelopes).into()
+    };
     // Packet ids cycle; the hub's acknowledgement, not PUBACK, is what frees a message.
-    p.pkid = (seq % u64::from(u16::MAX)) as u16 + 1;
+    p.pkid = (first.seq % u64::from(u16::MAX)) as u16 + 1;
     let _ = Packet::Publish(p).write(out, MAX_PACKET);
 }
 

@@ -10,3 +10,4 @@ mod package;
 mod properties;
 mod untrusted_input;
 mod util;
+mod wire_format;

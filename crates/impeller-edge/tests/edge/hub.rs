@@ -7,6 +7,7 @@ use impeller_edge::outbox::{Outbox, OutboxConfig};
 use impeller_hub::{Hub, HubConfig};
 
 use crate::support::*;
+use impeller_hub::store::{FleetStore, TelemetryStore};
 
 #[test]
 fn the_hub_stores_every_message_once_across_agent_restarts() {

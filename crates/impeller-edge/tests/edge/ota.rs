@@ -17,6 +17,7 @@ use impeller_core::detector::{DetectorConfig, PcaConfig};
 use impeller_core::{TrainConfig, train};
 
 use crate::support::{Site, channels, frames, free_port, model, package, signer, spec};
+use impeller_hub::store::FleetStore;
 
 struct TestHub {
     rt: tokio::runtime::Runtime,

@@ -288,19 +288,22 @@ impl Receiver {
                             }
                         }
                         rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) if p.topic != ack_topic => {
-                            let env = impeller_core::wire::decode_envelope(&p.payload)
-                                .expect("the agent sent a malformed envelope");
+                            let all = impeller_core::wire::decode_envelopes(&p.payload)
+                                .expect("the agent sent a malformed message");
                             let mut map = s.lock().unwrap();
-                            let body = env.body.get().to_string();
-                            match map.get(&env.seq) {
-                                Some(first) => {
-                                    d.fetch_add(1, Ordering::Relaxed);
-                                    if first.body != body || first.kind != env.kind {
-                                        c.fetch_add(1, Ordering::Relaxed);
+                            for env in all {
+                                let env = env.expect("the agent sent a malformed envelope");
+                                let body = env.body.get().to_string();
+                                match map.get(&env.seq) {
+                                    Some(first) => {
+                                        d.fetch_add(1, Ordering::Relaxed);
+                                        if first.body != body || first.kind != env.kind {
+                                            c.fetch_add(1, Ordering::Relaxed);
+                                        }
                                     }
-                                }
-                                None => {
-                                    map.insert(env.seq, Stored { prev: env.prev, kind: env.kind, body });
+                                    None => {
+                                        map.insert(env.seq, Stored { prev: env.prev, kind: env.kind, body });
+                                    }
                                 }
                             }
                             let mut n = a.load(Ordering::Relaxed);

@@ -15,7 +15,7 @@ use super::{ApiResult, ApiState, Code, Page, PageQuery, Problem, operator, page,
 use crate::auth::Role;
 use crate::datasets::{SnapshotError, SnapshotRequest, snapshot};
 use crate::runs::{RunRequest, RunView, SubmitError};
-use crate::store::{DatasetRecord, Feedback, Incident, Precision, StoreError, Verdict};
+use crate::store::{ArtifactStore, DatasetRecord, Feedback, FeedbackStore, Incident, Precision, StoreError, Verdict};
 
 type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;
 

@@ -20,7 +20,7 @@ use serde_json::json;
 use super::{ApiResult, ApiState, operator};
 use crate::auth::Role;
 use crate::ingest::IngestStats;
-use crate::store::{AuditFilter, Store};
+use crate::store::{AuditFilter, AuditStore, Store};
 
 const POLL: Duration = Duration::from_secs(1);
 /// Audit records sent per poll; a reader far behind catches up over several seconds.

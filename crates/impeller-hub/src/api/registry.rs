@@ -11,7 +11,8 @@ use super::{ApiResult, ApiState, Code, Page, PageQuery, Problem, operator, page,
 use crate::auth::Role;
 use crate::retrain::RetrainError;
 use crate::store::{
-    DatasetLineage, ModelVersion, NewModelVersion, RegisteredModel, RunningModel, StoreError, VersionFinish,
+    DatasetLineage, JobStore, ModelVersion, NewModelVersion, RegisteredModel, RegistryStore, RunningModel, StoreError,
+    VersionFinish,
 };
 use impeller_core::retrain::RetrainPolicy;
 

@@ -14,8 +14,10 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiResult, ApiState, Code, Page, PageQuery, Problem, operator, page, query};
 use crate::auth::Role;
+use crate::store::TelemetryQueries;
 use crate::store::{
-    AuditFilter, Feedback, StoreError, TelemetryPoint, channel_summary, downsample, now_ms, score_summary,
+    ArtifactStore, AuditFilter, AuditStore, DeploymentStore, Feedback, FeedbackStore, FleetStore, MonitorStore,
+    RegistryStore, StoreError, TelemetryPoint, channel_summary, downsample, now_ms, score_summary,
 };
 
 type QueryResult<T> = Result<Query<T>, axum::extract::rejection::QueryRejection>;

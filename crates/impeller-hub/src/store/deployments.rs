@@ -1,45 +1,14 @@
-//! Operators' API tokens, packages, deployments, published desired state and devices' update
-//! reports.
+//! Deployments: staged rollouts and their waves, the desired state published per device, and
+//! the devices' update reports.
+
+use std::future::Future;
 
 use impeller_core::audit::AuditEvent;
 use impeller_core::rollout::Rollout;
-use impeller_core::wire::AggregateBody;
 use serde::Serialize;
 use sqlx::Row;
 
 use super::{Store, StoreError, now_ms};
-use crate::auth::Role;
-use crate::fleet::{hash_secret, random_hex};
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct TokenInfo {
-    pub id: String,
-    pub name: String,
-    pub role: Role,
-    pub created_ms: i64,
-    pub revoked_ms: Option<i64>,
-}
-
-/// What the auth layer needs to check a token.
-#[derive(Debug, Clone)]
-pub struct TokenSecret {
-    pub role: Role,
-    pub salt: String,
-    pub hash: String,
-    pub revoked: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct PackageInfo {
-    pub sha256: String,
-    pub size: u64,
-    pub model: String,
-    pub version: String,
-    pub release: u64,
-    pub target: String,
-    pub signed_by: String,
-    pub uploaded_ms: i64,
-}
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DeploymentInfo {
@@ -106,150 +75,56 @@ pub struct UpdateInfo {
     pub active_seq: Option<u64>,
 }
 
-/// Alerts a device raised over a stretch of its messages, and how long it scored then.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct AlertActivity {
-    pub alerts: u64,
-    pub scored_ms: i64,
+/// Deployments with their staged rollouts, the desired state they resolve to per device, and
+/// the devices' update reports.
+pub trait DeploymentStore {
+    fn add_deployment(&self, d: &DeploymentInfo, actor: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Stops a deployment: it no longer applies to any device.
+    fn stop_deployment(&self, name: &str, actor: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Moves a staged rollout to wave `wave`, starting now.
+    fn start_wave(&self, name: &str, wave: usize, actor: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Marks a staged rollout complete: it applies to every device it matches from now on.
+    fn complete_rollout(&self, name: &str, actor: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Aborts a deployment: it no longer applies, and the devices that took it are rolled back.
+    fn abort_deployment(
+        &self,
+        name: &str,
+        reason: &str,
+        actor: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn deployments(&self) -> impl Future<Output = Result<Vec<DeploymentInfo>, StoreError>> + Send;
+
+    /// Adds devices to a rollout's wave, all or none (so nobody sees half a wave).
+    fn add_members(
+        &self,
+        deployment: &str,
+        devices: &[String],
+        wave: usize,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn members(&self) -> impl Future<Output = Result<Vec<Member>, StoreError>> + Send;
+
+    fn set_desired(&self, d: &DesiredInfo) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn clear_desired(&self, device: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn desired(&self) -> impl Future<Output = Result<Vec<DesiredInfo>, StoreError>> + Send;
+
+    /// Each device's latest report, whichever deployment it was about.
+    fn latest_updates(
+        &self,
+    ) -> impl Future<Output = Result<std::collections::HashMap<String, UpdateInfo>, StoreError>> + Send;
+
+    fn updates(&self) -> impl Future<Output = Result<Vec<UpdateInfo>, StoreError>> + Send;
 }
 
-impl AlertActivity {
-    pub fn add(&mut self, other: AlertActivity) {
-        self.alerts += other.alerts;
-        self.scored_ms += other.scored_ms;
-    }
-
-    /// Alerts per day of scoring; 0 without any scoring time.
-    pub fn per_day(&self) -> f64 {
-        if self.scored_ms > 0 { self.alerts as f64 / (self.scored_ms as f64 / 86_400_000.0) } else { 0.0 }
-    }
-}
-
-/// Runs one statement on whichever pool the store has.
-impl Store {
-    /// Creates an API token; returns it (`imp_{id}_{secret}`), which is shown once.
-    pub async fn add_token(&self, name: &str, role: Role, actor: &str) -> Result<(TokenInfo, String), StoreError> {
-        let id = random_hex(8)?;
-        let secret = random_hex(32)?;
-        let salt = random_hex(16)?;
-        let created_ms = now_ms();
-        let sql = "INSERT INTO api_tokens (id, name, role, secret_salt, secret_hash, created_ms) \
-                   VALUES ($1, $2, $3, $4, $5, $6)";
-        let event = AuditEvent::new(created_ms, actor, "token.created", &format!("token:{id}"))
-            .details(serde_json::json!({ "name": name, "role": role.as_str() }));
-        on_pool!(self, |p| {
-            let mut tx = p.begin().await?;
-            sqlx::query(sql)
-                .bind(&id)
-                .bind(name)
-                .bind(role.as_str())
-                .bind(&salt)
-                .bind(hash_secret(&salt, &secret))
-                .bind(created_ms)
-                .execute(&mut *tx)
-                .await?;
-            append_audit!(tx, event event);
-            tx.commit().await?
-        });
-        let token = format!("imp_{id}_{secret}");
-        Ok((TokenInfo { id, name: name.to_string(), role, created_ms, revoked_ms: None }, token))
-    }
-
-    pub async fn token_secret(&self, id: &str) -> Result<Option<TokenSecret>, StoreError> {
-        let sql = "SELECT role, secret_salt, secret_hash, revoked_ms FROM api_tokens WHERE id = $1";
-        let row = on_pool!(self, |p| match sqlx::query(sql).bind(id).fetch_optional(p).await? {
-            None => None,
-            Some(r) => Some((
-                r.try_get::<String, _>(0)?,
-                r.try_get::<String, _>(1)?,
-                r.try_get::<String, _>(2)?,
-                r.try_get::<Option<i64>, _>(3)?,
-            )),
-        });
-        let Some((role, salt, hash, revoked_ms)) = row else { return Ok(None) };
-        Ok(Some(TokenSecret {
-            role: Role::parse(&role).ok_or_else(|| StoreError::Corrupt(format!("token {id} has role `{role}`")))?,
-            salt,
-            hash,
-            revoked: revoked_ms.is_some(),
-        }))
-    }
-
-    /// Records an uploaded package (once per hash). `lineage`: the hashes it was built from
-    /// (model file, training data), for the audit trail.
-    pub async fn put_package(&self, p: &PackageInfo, lineage: &[String], actor: &str) -> Result<(), StoreError> {
-        let sql = "INSERT INTO packages (sha256, size, model, version, release, target, signed_by, uploaded_ms) \
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (sha256) DO NOTHING";
-        let mut event =
-            AuditEvent::new(p.uploaded_ms, actor, "package.uploaded", &format!("{}@{}", p.model, p.version))
-                .artifact(&p.sha256)
-                .details(serde_json::json!({
-                    "release": p.release, "target": p.target, "signed_by": p.signed_by, "size": p.size,
-                }));
-        for hash in lineage {
-            event = event.artifact(hash);
-        }
-        on_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
-            let n = sqlx::query(sql)
-                .bind(&p.sha256)
-                .bind(p.size as i64)
-                .bind(&p.model)
-                .bind(&p.version)
-                .bind(p.release as i64)
-                .bind(&p.target)
-                .bind(&p.signed_by)
-                .bind(p.uploaded_ms)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if n > 0 {
-                append_audit!(tx, event event);
-            }
-            tx.commit().await?
-        });
-        Ok(())
-    }
-
-    pub async fn packages(&self) -> Result<Vec<PackageInfo>, StoreError> {
-        self.query_packages(
-            "SELECT sha256, size, model, version, release, target, signed_by, uploaded_ms \
-                             FROM packages ORDER BY uploaded_ms, sha256",
-            None,
-        )
-        .await
-    }
-
-    pub async fn package(&self, sha256: &str) -> Result<Option<PackageInfo>, StoreError> {
-        let sql = "SELECT sha256, size, model, version, release, target, signed_by, uploaded_ms \
-                   FROM packages WHERE sha256 = $1";
-        Ok(self.query_packages(sql, Some(sha256)).await?.pop())
-    }
-
-    async fn query_packages(&self, sql: &'static str, arg: Option<&str>) -> Result<Vec<PackageInfo>, StoreError> {
-        Ok(on_pool!(self, |p| {
-            let mut q = sqlx::query(sql);
-            if let Some(a) = arg {
-                q = q.bind(a);
-            }
-            let mut out = Vec::new();
-            for r in q.fetch_all(p).await? {
-                out.push(PackageInfo {
-                    sha256: r.try_get(0)?,
-                    size: r.try_get::<i64, _>(1)? as u64,
-                    model: r.try_get(2)?,
-                    version: r.try_get(3)?,
-                    release: r.try_get::<i64, _>(4)? as u64,
-                    target: r.try_get(5)?,
-                    signed_by: r.try_get(6)?,
-                    uploaded_ms: r.try_get(7)?,
-                });
-            }
-            out
-        }))
-    }
-
-    pub async fn add_deployment(&self, d: &DeploymentInfo, actor: &str) -> Result<(), StoreError> {
+impl DeploymentStore for Store {
+    async fn add_deployment(&self, d: &DeploymentInfo, actor: &str) -> Result<(), StoreError> {
         let sql = "INSERT INTO deployments \
                    (name, package_sha256, target_condition, priority, created_ms, rollout, wave, wave_started_ms) \
                    VALUES ($1, $2, $3, $4, $5, $6, 0, $5) ON CONFLICT (name) DO NOTHING";
@@ -283,32 +158,7 @@ impl Store {
         Ok(())
     }
 
-    /// Runs `sql` on one deployment (binds: now, name, then `text` if given) and, when it
-    /// changed a row, records `event` with it.
-    async fn change_deployment(
-        &self,
-        sql: &'static str,
-        name: &str,
-        text: Option<&str>,
-        event: AuditEvent,
-    ) -> Result<u64, StoreError> {
-        Ok(on_pool!(self, |p| {
-            let mut tx = p.begin().await?;
-            let mut q = sqlx::query(sql).bind(event.time_ms).bind(name);
-            if let Some(t) = text {
-                q = q.bind(t);
-            }
-            let n = q.execute(&mut *tx).await?.rows_affected();
-            if n > 0 {
-                append_audit!(tx, event event);
-            }
-            tx.commit().await?;
-            n
-        }))
-    }
-
-    /// Stops a deployment: it no longer applies to any device.
-    pub async fn stop_deployment(&self, name: &str, actor: &str) -> Result<(), StoreError> {
+    async fn stop_deployment(&self, name: &str, actor: &str) -> Result<(), StoreError> {
         let sql = "UPDATE deployments SET stopped_ms = $1 WHERE name = $2 AND stopped_ms IS NULL";
         self.change_deployment(sql, name, None, AuditEvent::new(now_ms(), actor, "deployment.stopped", name)).await?;
         if !self.deployments().await?.iter().any(|d| d.name == name) {
@@ -317,8 +167,7 @@ impl Store {
         Ok(())
     }
 
-    /// Moves a staged rollout to wave `wave`, starting now.
-    pub async fn start_wave(&self, name: &str, wave: usize, actor: &str) -> Result<(), StoreError> {
+    async fn start_wave(&self, name: &str, wave: usize, actor: &str) -> Result<(), StoreError> {
         let sql = "UPDATE deployments SET wave_started_ms = $1, wave = CAST($3 AS BIGINT) WHERE name = $2";
         let event = AuditEvent::new(now_ms(), actor, "deployment.wave_started", name)
             .details(serde_json::json!({ "wave": wave }));
@@ -326,16 +175,14 @@ impl Store {
         Ok(())
     }
 
-    /// Marks a staged rollout complete: it applies to every device it matches from now on.
-    pub async fn complete_rollout(&self, name: &str, actor: &str) -> Result<(), StoreError> {
+    async fn complete_rollout(&self, name: &str, actor: &str) -> Result<(), StoreError> {
         let sql = "UPDATE deployments SET completed_ms = $1 WHERE name = $2 AND completed_ms IS NULL";
         let event = AuditEvent::new(now_ms(), actor, "deployment.completed", name);
         self.change_deployment(sql, name, None, event).await?;
         Ok(())
     }
 
-    /// Aborts a deployment: it no longer applies, and the devices that took it are rolled back.
-    pub async fn abort_deployment(&self, name: &str, reason: &str, actor: &str) -> Result<(), StoreError> {
+    async fn abort_deployment(&self, name: &str, reason: &str, actor: &str) -> Result<(), StoreError> {
         let sql = "UPDATE deployments SET aborted_ms = $1, abort_reason = $3 \
                    WHERE name = $2 AND aborted_ms IS NULL AND stopped_ms IS NULL";
         let event = AuditEvent::new(now_ms(), actor, "deployment.aborted", name)
@@ -350,7 +197,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn deployments(&self) -> Result<Vec<DeploymentInfo>, StoreError> {
+    async fn deployments(&self) -> Result<Vec<DeploymentInfo>, StoreError> {
         let sql = "SELECT name, package_sha256, target_condition, priority, created_ms, stopped_ms, \
                    rollout, wave, wave_started_ms, completed_ms, aborted_ms, abort_reason \
                    FROM deployments ORDER BY created_ms, name";
@@ -383,8 +230,7 @@ impl Store {
         }))
     }
 
-    /// Adds devices to a rollout's wave, all or none (so nobody sees half a wave).
-    pub async fn add_members(&self, deployment: &str, devices: &[String], wave: usize) -> Result<(), StoreError> {
+    async fn add_members(&self, deployment: &str, devices: &[String], wave: usize) -> Result<(), StoreError> {
         let sql = "INSERT INTO rollout_members (deployment, device, wave, added_ms) VALUES ($1, $2, $3, $4) \
                    ON CONFLICT (deployment, device) DO NOTHING";
         let now = now_ms();
@@ -398,7 +244,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn members(&self) -> Result<Vec<Member>, StoreError> {
+    async fn members(&self) -> Result<Vec<Member>, StoreError> {
         let sql = "SELECT deployment, device, wave, added_ms FROM rollout_members ORDER BY deployment, wave, device";
         Ok(on_pool!(self, |p| {
             let mut out = Vec::new();
@@ -414,39 +260,7 @@ impl Store {
         }))
     }
 
-    /// Alerts and scoring time in a device's messages with `after < seq < before` and
-    /// `ts_ms >= since_ms` (device clock). Scoring time is the span of the aggregates that
-    /// scored anything.
-    pub async fn alert_activity(
-        &self,
-        device: &str,
-        after: u64,
-        before: u64,
-        since_ms: i64,
-    ) -> Result<AlertActivity, StoreError> {
-        let sql = "SELECT kind, body FROM messages WHERE device = $1 AND kind IN ('alerts', 'telemetry') \
-                   AND seq > $2 AND seq < $3 AND ts_ms >= $4";
-        let rows: Vec<(String, String)> = on_pool!(self, |p| sqlx::query_as(sql)
-            .bind(device)
-            .bind(after.min(i64::MAX as u64) as i64)
-            .bind(before.min(i64::MAX as u64) as i64)
-            .bind(since_ms)
-            .fetch_all(p)
-            .await?);
-        let mut out = AlertActivity::default();
-        for (kind, body) in rows {
-            if kind == "alerts" {
-                out.alerts += 1;
-            } else if let Ok(a) = serde_json::from_str::<AggregateBody>(&body)
-                && a.scored > 0
-            {
-                out.scored_ms += (a.end_ms - a.start_ms).max(0);
-            }
-        }
-        Ok(out)
-    }
-
-    pub async fn set_desired(&self, d: &DesiredInfo) -> Result<(), StoreError> {
+    async fn set_desired(&self, d: &DesiredInfo) -> Result<(), StoreError> {
         let sql = "INSERT INTO desired (device, deployment, package_sha256, reason, published_ms) \
                    VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device) DO UPDATE SET \
                    deployment = excluded.deployment, package_sha256 = excluded.package_sha256, \
@@ -463,7 +277,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn clear_desired(&self, device: &str) -> Result<(), StoreError> {
+    async fn clear_desired(&self, device: &str) -> Result<(), StoreError> {
         on_pool!(self, |p| sqlx::query("DELETE FROM desired WHERE device = $1")
             .bind(device)
             .execute(p)
@@ -472,7 +286,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn desired(&self) -> Result<Vec<DesiredInfo>, StoreError> {
+    async fn desired(&self) -> Result<Vec<DesiredInfo>, StoreError> {
         let sql = "SELECT device, deployment, package_sha256, reason, published_ms FROM desired ORDER BY device";
         Ok(on_pool!(self, |p| {
             let mut out = Vec::new();
@@ -489,8 +303,7 @@ impl Store {
         }))
     }
 
-    /// Each device's latest report, whichever deployment it was about.
-    pub async fn latest_updates(&self) -> Result<std::collections::HashMap<String, UpdateInfo>, StoreError> {
+    async fn latest_updates(&self) -> Result<std::collections::HashMap<String, UpdateInfo>, StoreError> {
         let mut latest: std::collections::HashMap<String, UpdateInfo> = Default::default();
         for u in self.updates().await? {
             if latest.get(&u.device).is_none_or(|v| v.seq < u.seq) {
@@ -500,7 +313,7 @@ impl Store {
         Ok(latest)
     }
 
-    pub async fn updates(&self) -> Result<Vec<UpdateInfo>, StoreError> {
+    async fn updates(&self) -> Result<Vec<UpdateInfo>, StoreError> {
         let sql = "SELECT device, seq, deployment, package_sha256, state, reason, running_release, ts_ms, \
                    first_seq, first_ts_ms, active_seq FROM update_reports ORDER BY device, deployment";
         Ok(on_pool!(self, |p| {
@@ -521,6 +334,32 @@ impl Store {
                 });
             }
             out
+        }))
+    }
+}
+
+impl Store {
+    /// Runs `sql` on one deployment (binds: now, name, then `text` if given) and, when it
+    /// changed a row, records `event` with it.
+    async fn change_deployment(
+        &self,
+        sql: &'static str,
+        name: &str,
+        text: Option<&str>,
+        event: AuditEvent,
+    ) -> Result<u64, StoreError> {
+        Ok(on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            let mut q = sqlx::query(sql).bind(event.time_ms).bind(name);
+            if let Some(t) = text {
+                q = q.bind(t);
+            }
+            let n = q.execute(&mut *tx).await?.rows_affected();
+            if n > 0 {
+                append_audit!(tx, event event);
+            }
+            tx.commit().await?;
+            n
         }))
     }
 }

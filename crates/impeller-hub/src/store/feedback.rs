@@ -2,11 +2,13 @@
 //! work order), precision per model version from it, and the confirmed faults turned into
 //! incidents that label the rows of later dataset snapshots.
 
+use std::future::Future;
+
 use impeller_core::audit::AuditEvent;
-use impeller_core::wire::AlertBody;
 use serde::{Deserialize, Serialize};
 
-use super::{Store, StoreError, now_ms};
+use super::TelemetryQueries;
+use super::{FleetStore, Store, StoreError, now_ms};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -51,27 +53,55 @@ pub struct Precision {
     pub precision: f64,
 }
 
-impl Store {
-    /// One stored message of a kind (`alerts`, `sketches`, …): its time and body.
-    pub async fn message(&self, device: &str, seq: u64, kind: &str) -> Result<Option<(i64, String)>, StoreError> {
-        Ok(on_pool!(self, |p| sqlx::query_as(
-            "SELECT ts_ms, body FROM messages WHERE device = $1 AND seq = $2 AND kind = $3"
-        )
-        .bind(device)
-        .bind(seq.min(i64::MAX as u64) as i64)
-        .bind(kind)
-        .fetch_optional(p)
-        .await?))
-    }
+/// A stretch of one device's time with a label: a confirmed fault, a test, a known disturbance.
+/// Rows of a dataset that fall inside one are labelled anomalous.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Incident {
+    pub id: i64,
+    pub device: String,
+    pub start_ms: i64,
+    pub end_ms: i64,
+    pub kind: String,
+    pub note: String,
+    pub created_by: String,
+    pub created_ms: i64,
+}
 
-    /// One stored alert.
-    pub async fn alert(&self, device: &str, seq: u64) -> Result<Option<(i64, AlertBody)>, StoreError> {
-        let row = self.message(device, seq, "alerts").await?;
-        Ok(row.and_then(|(ts, body)| serde_json::from_str(&body).ok().map(|b| (ts, b))))
-    }
-
+/// Technicians' verdicts on alerts, the precision they give each model version, and the
+/// incidents (labelled fault periods) confirmed faults become.
+pub trait FeedbackStore {
     /// The verdict on one alert, if any.
-    pub async fn feedback(&self, device: &str, seq: u64) -> Result<Option<Feedback>, StoreError> {
+    fn feedback(&self, device: &str, seq: u64) -> impl Future<Output = Result<Option<Feedback>, StoreError>> + Send;
+
+    /// Records a verdict on an alert, replacing an earlier one. A confirmed fault becomes an
+    /// incident from the alarm's start to the end of the readings the alert carries; a verdict
+    /// turned to false alarm withdraws that incident. All in one transaction, audited.
+    fn put_feedback(
+        &self,
+        device: &str,
+        seq: u64,
+        verdict: Verdict,
+        work_order: &str,
+        note: &str,
+        actor: &str,
+    ) -> impl Future<Output = Result<Feedback, StoreError>> + Send;
+
+    /// Precision per model version, from the verdicts given (optionally one model's).
+    fn precision(&self, model: Option<&str>) -> impl Future<Output = Result<Vec<Precision>, StoreError>> + Send;
+
+    fn add_incident(&self, i: &Incident, actor: &str) -> impl Future<Output = Result<Incident, StoreError>> + Send;
+
+    /// Incidents of `device` (or every device) overlapping `[since_ms, until_ms)`.
+    fn incidents(
+        &self,
+        device: Option<&str>,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> impl Future<Output = Result<Vec<Incident>, StoreError>> + Send;
+}
+
+impl FeedbackStore for Store {
+    async fn feedback(&self, device: &str, seq: u64) -> Result<Option<Feedback>, StoreError> {
         type Row = (String, String, String, String, String, i64, Option<i64>, String, i64);
         let row: Option<Row> = on_pool!(self, |p| {
             sqlx::query_as(
@@ -108,10 +138,7 @@ impl Store {
         }))
     }
 
-    /// Records a verdict on an alert, replacing an earlier one. A confirmed fault becomes an
-    /// incident from the alarm's start to the end of the readings the alert carries; a verdict
-    /// turned to false alarm withdraws that incident. All in one transaction, audited.
-    pub async fn put_feedback(
+    async fn put_feedback(
         &self,
         device: &str,
         seq: u64,
@@ -207,8 +234,7 @@ impl Store {
         })
     }
 
-    /// Precision per model version, from the verdicts given (optionally one model's).
-    pub async fn precision(&self, model: Option<&str>) -> Result<Vec<Precision>, StoreError> {
+    async fn precision(&self, model: Option<&str>) -> Result<Vec<Precision>, StoreError> {
         let rows: Vec<(String, String, i64, i64)> = on_pool!(self, |p| {
             sqlx::query_as(
             "SELECT model, model_version, \
@@ -228,6 +254,63 @@ impl Store {
                 confirmed: c as u64,
                 false_alarms: f as u64,
                 precision: c as f64 / (c + f).max(1) as f64,
+            })
+            .collect())
+    }
+
+    async fn add_incident(&self, i: &Incident, actor: &str) -> Result<Incident, StoreError> {
+        if i.end_ms <= i.start_ms {
+            return Err(StoreError::Invalid("an incident ends after it starts".into()));
+        }
+        if i.kind.is_empty() || i.kind.len() > 100 || i.note.len() > 2000 {
+            return Err(StoreError::Invalid("kind: 1 to 100 characters; note: up to 2000".into()));
+        }
+        if !self.devices().await?.iter().any(|d| d.id == i.device) {
+            return Err(StoreError::NoDevice(i.device.clone()));
+        }
+        let now = now_ms();
+        let event = AuditEvent::new(now, actor, "incident.recorded", &i.device).details(serde_json::json!({
+            "start_ms": i.start_ms, "end_ms": i.end_ms, "kind": i.kind, "note": i.note,
+        }));
+        let id: i64 = on_pool!(self, |p| {
+            let mut tx = p.begin().await?;
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO incidents (device, start_ms, end_ms, kind, note, created_by, created_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+            )
+            .bind(&i.device)
+            .bind(i.start_ms)
+            .bind(i.end_ms)
+            .bind(&i.kind)
+            .bind(&i.note)
+            .bind(actor)
+            .bind(now)
+            .fetch_one(&mut *tx)
+            .await?;
+            append_audit!(tx, event event);
+            tx.commit().await?;
+            id
+        });
+        Ok(Incident { id, created_by: actor.to_string(), created_ms: now, ..i.clone() })
+    }
+
+    async fn incidents(&self, device: Option<&str>, since_ms: i64, until_ms: i64) -> Result<Vec<Incident>, StoreError> {
+        let sql = "SELECT id, device, start_ms, end_ms, kind, note, created_by, created_ms FROM incidents \
+                   WHERE ($1 IS NULL OR device = $1) AND end_ms > $2 AND start_ms < $3 ORDER BY device, start_ms, id";
+        type Row = (i64, String, i64, i64, String, String, String, i64);
+        let rows: Vec<Row> =
+            on_pool!(self, |p| sqlx::query_as(sql).bind(device).bind(since_ms).bind(until_ms).fetch_all(p).await?);
+        Ok(rows
+            .into_iter()
+            .map(|(id, device, start_ms, end_ms, kind, note, created_by, created_ms)| Incident {
+                id,
+                device,
+                start_ms,
+                end_ms,
+                kind,
+                note,
+                created_by,
+                created_ms,
             })
             .collect())
     }

@@ -5,12 +5,13 @@
 //! them.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
 
 use impeller_core::audit::{AuditEvent, is_sha256_hex};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use super::{Store, StoreError, now_ms};
+use super::{ArtifactStore, Store, StoreError, now_ms};
 
 /// Largest pipeline spec or gate report kept with a version, as JSON text.
 const MAX_JSON_BYTES: usize = 256 << 10;
@@ -154,15 +155,77 @@ macro_rules! select_versions {
     };
 }
 
-impl Store {
+/// The model registry: models, their versions with status, metrics and lineage, and aliases.
+pub trait RegistryStore {
     /// Registers a new version of `model` (made if new) as `pending`, with the next version
     /// number and the next release from the registry's counter.
-    pub async fn create_version(
+    fn create_version(
         &self,
         model: &str,
         v: &NewModelVersion,
         actor: &str,
-    ) -> Result<ModelVersion, StoreError> {
+    ) -> impl Future<Output = Result<ModelVersion, StoreError>> + Send;
+
+    /// Settles a pending version as `ready` (with the packages built for it, each already
+    /// uploaded and carrying this version's name, number and release) or `failed`.
+    fn finish_version(
+        &self,
+        model: &str,
+        version: u64,
+        f: &VersionFinish,
+        actor: &str,
+    ) -> impl Future<Output = Result<ModelVersion, StoreError>> + Send;
+
+    /// Points `alias` of `model` at a ready version.
+    fn set_alias(
+        &self,
+        model: &str,
+        alias: &str,
+        version: u64,
+        actor: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn remove_alias(
+        &self,
+        model: &str,
+        alias: &str,
+        actor: &str,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The version `alias` points at.
+    fn alias(&self, model: &str, alias: &str) -> impl Future<Output = Result<Option<ModelVersion>, StoreError>> + Send;
+
+    fn models(&self) -> impl Future<Output = Result<Vec<RegisteredModel>, StoreError>> + Send;
+
+    fn version(
+        &self,
+        model: &str,
+        version: u64,
+    ) -> impl Future<Output = Result<Option<ModelVersion>, StoreError>> + Send;
+
+    /// Every version of `model`, newest first.
+    fn versions(&self, model: &str) -> impl Future<Output = Result<Vec<ModelVersion>, StoreError>> + Send;
+
+    /// The newest version that run `run_key` registered as ready, else its newest in any state.
+    fn find_run(
+        &self,
+        model: &str,
+        run_key: &str,
+    ) -> impl Future<Output = Result<Option<ModelVersion>, StoreError>> + Send;
+
+    /// Which versions a dataset built, and which devices run one of them now.
+    fn dataset_lineage(&self, dataset_sha256: &str) -> impl Future<Output = Result<DatasetLineage, StoreError>> + Send;
+
+    /// What one device runs and what built it.
+    fn device_lineage(&self, device: &str) -> impl Future<Output = Result<Option<RunningModel>, StoreError>> + Send;
+
+    /// Each device's running package (its newest `active` report for a package it has not
+    /// since rolled back or refused), with the registered version it belongs to, if any.
+    fn running_models(&self) -> impl Future<Output = Result<Vec<RunningModel>, StoreError>> + Send;
+}
+
+impl RegistryStore for Store {
+    async fn create_version(&self, model: &str, v: &NewModelVersion, actor: &str) -> Result<ModelVersion, StoreError> {
         let (spec, tags) = check_new(model, v)?;
         let metrics = serde_json::to_string(&v.metrics).map_err(|e| invalid(e.to_string()))?;
         let now = now_ms();
@@ -233,9 +296,7 @@ impl Store {
         self.version(model, version).await?.ok_or_else(|| StoreError::Corrupt(format!("{model}@{version} vanished")))
     }
 
-    /// Settles a pending version as `ready` (with the packages built for it, each already
-    /// uploaded and carrying this version's name, number and release) or `failed`.
-    pub async fn finish_version(
+    async fn finish_version(
         &self,
         model: &str,
         version: u64,
@@ -329,8 +390,7 @@ impl Store {
         self.version(model, version).await?.ok_or_else(|| StoreError::Corrupt(format!("{model}@{version} vanished")))
     }
 
-    /// Points `alias` of `model` at a ready version.
-    pub async fn set_alias(&self, model: &str, alias: &str, version: u64, actor: &str) -> Result<(), StoreError> {
+    async fn set_alias(&self, model: &str, alias: &str, version: u64, actor: &str) -> Result<(), StoreError> {
         if !impeller_core::wire::valid_device_id(alias) {
             return Err(invalid(format!("alias `{alias}`: 1 to 64 of A-Z a-z 0-9 . _ -")));
         }
@@ -370,7 +430,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn remove_alias(&self, model: &str, alias: &str, actor: &str) -> Result<(), StoreError> {
+    async fn remove_alias(&self, model: &str, alias: &str, actor: &str) -> Result<(), StoreError> {
         let Some(previous) = self.alias_version(model, alias).await? else {
             return Err(StoreError::NotFound { kind: "alias", id: format!("{model}:{alias}") });
         };
@@ -392,25 +452,14 @@ impl Store {
         Ok(())
     }
 
-    async fn alias_version(&self, model: &str, alias: &str) -> Result<Option<u64>, StoreError> {
-        let v: Option<i64> =
-            on_pool!(self, |p| sqlx::query_scalar("SELECT version FROM model_aliases WHERE model = $1 AND alias = $2")
-                .bind(model)
-                .bind(alias)
-                .fetch_optional(p)
-                .await?);
-        Ok(v.map(|v| v as u64))
-    }
-
-    /// The version `alias` points at.
-    pub async fn alias(&self, model: &str, alias: &str) -> Result<Option<ModelVersion>, StoreError> {
+    async fn alias(&self, model: &str, alias: &str) -> Result<Option<ModelVersion>, StoreError> {
         match self.alias_version(model, alias).await? {
             Some(v) => self.version(model, v).await,
             None => Ok(None),
         }
     }
 
-    pub async fn models(&self) -> Result<Vec<RegisteredModel>, StoreError> {
+    async fn models(&self) -> Result<Vec<RegisteredModel>, StoreError> {
         let rows: Vec<(String, i64, i64, Option<i64>)> = on_pool!(self, |p| sqlx::query_as(
             "SELECT m.name, m.created_ms, COUNT(v.version), MAX(v.version) FROM models m \
              LEFT JOIN model_versions v ON v.model = m.name GROUP BY m.name, m.created_ms ORDER BY m.name"
@@ -431,26 +480,23 @@ impl Store {
             .collect())
     }
 
-    pub async fn version(&self, model: &str, version: u64) -> Result<Option<ModelVersion>, StoreError> {
+    async fn version(&self, model: &str, version: u64) -> Result<Option<ModelVersion>, StoreError> {
         let sql = select_versions!("WHERE model = $1 AND version = $2");
         Ok(self.query_versions(sql, &[model], Some(version.min(i64::MAX as u64) as i64)).await?.pop())
     }
 
-    /// Every version of `model`, newest first.
-    pub async fn versions(&self, model: &str) -> Result<Vec<ModelVersion>, StoreError> {
+    async fn versions(&self, model: &str) -> Result<Vec<ModelVersion>, StoreError> {
         self.query_versions(select_versions!("WHERE model = $1 ORDER BY version DESC"), &[model], None).await
     }
 
-    /// The newest version that run `run_key` registered as ready, else its newest in any state.
-    pub async fn find_run(&self, model: &str, run_key: &str) -> Result<Option<ModelVersion>, StoreError> {
+    async fn find_run(&self, model: &str, run_key: &str) -> Result<Option<ModelVersion>, StoreError> {
         let sql = select_versions!(
             "WHERE model = $1 AND run_key = $2 ORDER BY CASE WHEN status = 'ready' THEN 0 ELSE 1 END, version DESC LIMIT 1"
         );
         Ok(self.query_versions(sql, &[model, run_key], None).await?.pop())
     }
 
-    /// Which versions a dataset built, and which devices run one of them now.
-    pub async fn dataset_lineage(&self, dataset_sha256: &str) -> Result<DatasetLineage, StoreError> {
+    async fn dataset_lineage(&self, dataset_sha256: &str) -> Result<DatasetLineage, StoreError> {
         let sql = select_versions!("WHERE dataset_sha256 = $1 ORDER BY model, version");
         let versions = self.query_versions(sql, &[dataset_sha256], None).await?;
         let built: BTreeSet<&str> =
@@ -460,14 +506,11 @@ impl Store {
         Ok(DatasetLineage { dataset_sha256: dataset_sha256.to_string(), versions, devices })
     }
 
-    /// What one device runs and what built it.
-    pub async fn device_lineage(&self, device: &str) -> Result<Option<RunningModel>, StoreError> {
+    async fn device_lineage(&self, device: &str) -> Result<Option<RunningModel>, StoreError> {
         Ok(self.running_models().await?.into_iter().find(|r| r.device == device))
     }
 
-    /// Each device's running package (its newest `active` report for a package it has not
-    /// since rolled back or refused), with the registered version it belongs to, if any.
-    pub async fn running_models(&self) -> Result<Vec<RunningModel>, StoreError> {
+    async fn running_models(&self) -> Result<Vec<RunningModel>, StoreError> {
         let rows: Vec<(String, String, i64, String, i64)> = on_pool!(self, |p| sqlx::query_as(
             "SELECT device, package_sha256, seq, state, COALESCE(active_seq, seq) FROM update_reports \
              ORDER BY device, seq DESC"
@@ -516,6 +559,18 @@ impl Store {
             }
         }
         Ok(out)
+    }
+}
+
+impl Store {
+    async fn alias_version(&self, model: &str, alias: &str) -> Result<Option<u64>, StoreError> {
+        let v: Option<i64> =
+            on_pool!(self, |p| sqlx::query_scalar("SELECT version FROM model_aliases WHERE model = $1 AND alias = $2")
+                .bind(model)
+                .bind(alias)
+                .fetch_optional(p)
+                .await?);
+        Ok(v.map(|v| v as u64))
     }
 
     async fn query_versions(

@@ -4,9 +4,12 @@
 //! version without validation figures is not judged, and a device moving to one loses its rate.
 
 use impeller_hub::alert_rate::Monitor;
-use impeller_hub::store::{AlertRate, AuditFilter, NewModelVersion, PackageInfo, Store, VersionFinish, VersionPackage};
+use impeller_hub::store::{
+    AlertRate, ArtifactStore, AuditFilter, AuditStore, MonitorStore, NewModelVersion, PackageInfo, RegistryStore,
+    Store, TelemetryStore, VersionFinish, VersionPackage,
+};
 
-use crate::{incoming, postgres, unique};
+use crate::{incoming, unique};
 
 const HOUR: i64 = 3_600_000;
 
@@ -131,17 +134,17 @@ async fn alert_rate_monitor(url: &str) {
     assert_eq!(events(&store, &noisy, "alert_rate.normal").await, 1);
     // A judgement that read less (another hub behind this one) does not overwrite it.
     let stale = AlertRate { state: "elevated".into(), through_seq: r.through_seq - 1, ..r.clone() };
-    let announced = std::cell::Cell::new(false);
+    let announced = std::sync::atomic::AtomicBool::new(false);
     assert!(
         !store
             .put_alert_rate(&stale, |_| {
-                announced.set(true);
+                announced.store(true, std::sync::atomic::Ordering::Relaxed);
                 None
             })
             .await
             .unwrap()
     );
-    assert!(!announced.get());
+    assert!(!announced.load(std::sync::atomic::Ordering::Relaxed));
     let kept = rate_of(&store, &noisy).await.unwrap();
     assert_eq!((kept.state.as_str(), kept.window_end_ms, kept.alerts), ("normal", 31 * HOUR, 1));
     // The other monitor, still running, catches up to the same judgement without a new event.
@@ -174,14 +177,4 @@ async fn alert_rate_monitor(url: &str) {
     assert!(rate_of(&store, &calm).await.is_some());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alert_rate_monitor_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    alert_rate_monitor(&format!("sqlite:{}", dir.path().join("hub.db").display())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alert_rate_monitor_on_postgres() {
-    let Some(url) = postgres("alert_rate_monitor_on_postgres") else { return };
-    alert_rate_monitor(&url).await;
-}
+on_every_backend!(alert_rate_monitor);

@@ -4,9 +4,12 @@
 
 use impeller_core::audit::{AuditEvent, AuditRecord, ChainBreak, ChainVerifier, trace};
 use impeller_core::package::{Signer25519, TrustStore};
-use impeller_hub::store::{AuditFilter, DeploymentInfo, PackageInfo, Store};
+use impeller_hub::store::{
+    ArtifactStore, AuditFilter, AuditStore, DeploymentInfo, DeploymentStore, FleetStore, PackageInfo, Store,
+    TelemetryStore,
+};
 
-use crate::{incoming, postgres, unique};
+use crate::{incoming, unique};
 
 /// Every record, in chain order.
 async fn all_records(store: &Store) -> Vec<AuditRecord> {
@@ -138,17 +141,7 @@ async fn audit_trail(url: &str) {
     assert_eq!(actions, ["deployment.created", "deployment.wave_started", "deployment.aborted"]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_trail_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    audit_trail(&format!("sqlite:{}", dir.path().join("hub.db").display())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn audit_trail_on_postgres() {
-    let Some(url) = postgres("audit_trail_on_postgres") else { return };
-    audit_trail(&url).await;
-}
+on_every_backend!(audit_trail);
 
 /// Someone with write access to the database edits a record; verification names it. (SQLite
 /// only: the shared PostgreSQL database must keep an intact trail for the other tests.)

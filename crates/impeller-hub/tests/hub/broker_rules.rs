@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use impeller_core::wire;
 use impeller_hub::Hub;
-use impeller_hub::store::{DeploymentInfo, PackageInfo};
+use impeller_hub::store::{ArtifactStore, DeploymentInfo, DeploymentStore, FleetStore, PackageInfo, TelemetryStore};
 use serde_json::json;
 
 use crate::{api_hub, free_port};

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use impeller_core::package::{build, reference_sketch};
 use impeller_core::{Channel, Frame, TrainConfig, detector::DetectorConfig, detector::PcaConfig, train};
 use impeller_hub::Hub;
-use impeller_hub::store::Verdict;
+use impeller_hub::store::{AuditStore, DeploymentStore, FeedbackStore, FleetStore, TelemetryStore, Verdict};
 use serde_json::{Value, json};
 
 use crate::{api_hub, incoming};

@@ -8,6 +8,8 @@ use impeller_core::{Channel, Frame, TrainConfig, detector::DetectorConfig, train
 use impeller_pipeline::dataset::Dataset;
 
 use crate::{api_hub, incoming};
+use impeller_hub::store::TelemetryQueries;
+use impeller_hub::store::{ArtifactStore, AuditStore, FeedbackStore, FleetStore, TelemetryStore};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_select_label_and_reproduce() {
@@ -183,14 +185,4 @@ async fn store_side(url: &str) {
     assert_eq!(store.datasets().await.unwrap().into_iter().filter(|d| d.sha256 == sha).collect::<Vec<_>>(), [record]);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dataset_store_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    store_side(&format!("sqlite:{}", dir.path().join("hub.db").display())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dataset_store_on_postgres() {
-    let Some(url) = crate::postgres("dataset_store_on_postgres") else { return };
-    store_side(&url).await;
-}
+on_every_backend!(store_side);

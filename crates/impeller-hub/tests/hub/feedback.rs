@@ -3,9 +3,11 @@
 //! withdrawn when the verdict turns to false alarm, every verdict audited; unknown alerts and
 //! oversized notes refused.
 
-use impeller_hub::store::{AuditFilter, Store, StoreError, Verdict};
+use impeller_hub::store::{
+    AuditFilter, AuditStore, FeedbackStore, FleetStore, Store, StoreError, TelemetryStore, Verdict,
+};
 
-use crate::{incoming, postgres, unique};
+use crate::{incoming, unique};
 
 fn alert(model: &str, version: &str, started_ms: i64) -> serde_json::Value {
     serde_json::json!({
@@ -78,14 +80,4 @@ async fn feedback(url: &str) {
     assert_eq!(audited.len(), 5);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn feedback_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    feedback(&format!("sqlite:{}", dir.path().join("hub.db").display())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn feedback_on_postgres() {
-    let Some(url) = postgres("feedback_on_postgres") else { return };
-    feedback(&url).await;
-}
+on_every_backend!(feedback);

@@ -6,13 +6,40 @@
 use std::time::{Duration, Instant};
 
 use impeller_core::wire;
+use impeller_hub::store::TelemetryQueries;
+use impeller_hub::store::{ArtifactStore, AuditStore, DeploymentStore, FleetStore, MonitorStore, TelemetryStore};
 use impeller_hub::{Hub, HubConfig};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+
+/// A store conformance test run on every backend, each time on an empty database of its own:
+/// `on_every_backend!(name)` runs `async fn name(url: &str)` as `name::sqlite` (a temporary
+/// file) and `name::postgres` (a database created on IMPELLER_TEST_POSTGRES's server and dropped
+/// afterwards; skipped, saying so, without it).
+macro_rules! on_every_backend {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let dir = tempfile::tempdir().unwrap();
+                super::$name(&format!("sqlite:{}", dir.path().join("hub.db").display())).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some(db) = crate::FreshPostgres::create(concat!(stringify!($name), "::postgres")).await else {
+                    return;
+                };
+                super::$name(&db.url).await;
+            }
+        }
+    };
+}
 
 mod alert_rate;
 mod artifacts;
 mod audit;
 mod broker_rules;
+mod conformance;
 mod dashboard;
 mod datasets;
 mod events;
@@ -85,6 +112,45 @@ fn postgres(test: &str) -> Option<String> {
             eprintln!("{test}: SKIPPED, needs PostgreSQL: set IMPELLER_TEST_POSTGRES=postgres://user@host/db");
             None
         }
+    }
+}
+
+/// An empty PostgreSQL database of one test's own on IMPELLER_TEST_POSTGRES's server, dropped
+/// when this is (tests can then assert totals, and an edited audit trail harms no other test).
+struct FreshPostgres {
+    url: String,
+    admin: String,
+    name: String,
+}
+
+impl FreshPostgres {
+    async fn create(test: &str) -> Option<FreshPostgres> {
+        use sqlx::Connection;
+        let admin = postgres(test)?;
+        let name = format!("impeller_test_{}_{}", std::process::id(), free_port());
+        let mut conn = sqlx::PgConnection::connect(&admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut conn).await.unwrap();
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        Some(FreshPostgres { url: format!("{base}/{name}"), admin, name })
+    }
+}
+
+impl Drop for FreshPostgres {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Drop runs outside async: a thread of its own with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+                        .execute(&mut conn)
+                        .await;
+                }
+            });
+        })
+        .join();
     }
 }
 
@@ -360,17 +426,7 @@ async fn rollout_records(url: &str) {
     assert_eq!((too_old.alerts, too_old.scored_ms), (1, 0), "the window starts at since_ms");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rollout_records_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    rollout_records(&format!("sqlite:{}", dir.path().join("hub.db").display())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rollout_records_on_postgres() {
-    let Some(url) = postgres("rollout_records_on_postgres") else { return };
-    rollout_records(&url).await;
-}
+on_every_backend!(rollout_records);
 
 fn alert_body(ts_ms: i64) -> serde_json::Value {
     serde_json::json!({
@@ -441,17 +497,7 @@ async fn alert_queries(url: &str) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alert_queries_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    alert_queries(&format!("sqlite:{}", dir.path().join("hub.db").display())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn alert_queries_on_postgres() {
-    let Some(url) = postgres("alert_queries_on_postgres") else { return };
-    alert_queries(&url).await;
-}
+on_every_backend!(alert_queries);
 
 /// `GET /api/v1/alerts?site=…`: the site's devices' alerts, paged with `next_after`; a reader
 /// token is enough, none is refused.
@@ -706,14 +752,4 @@ async fn drift_records(url: &str) {
     assert_eq!(ours, [expected], "buckets of 51 ms from 100");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drift_records_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    drift_records(&format!("sqlite:{}", dir.path().join("hub.db").display())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drift_records_on_postgres() {
-    let Some(url) = postgres("drift_records_on_postgres") else { return };
-    drift_records(&url).await;
-}
+on_every_backend!(drift_records);

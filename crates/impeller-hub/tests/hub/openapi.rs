@@ -5,6 +5,7 @@
 use std::process::Command;
 
 use impeller_hub::auth::Role;
+use impeller_hub::store::FleetStore;
 use impeller_hub::{Hub, HubConfig};
 
 fn schemathesis() -> bool {

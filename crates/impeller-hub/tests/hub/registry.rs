@@ -5,10 +5,11 @@
 
 use impeller_core::audit::trace;
 use impeller_hub::store::{
-    AuditFilter, NewModelVersion, PackageInfo, Store, StoreError, VersionFinish, VersionPackage,
+    ArtifactStore, AuditFilter, AuditStore, NewModelVersion, PackageInfo, RegistryStore, Store, StoreError,
+    TelemetryStore, VersionFinish, VersionPackage,
 };
 
-use crate::{incoming, postgres, unique};
+use crate::{incoming, unique};
 
 fn sha_of(text: &str) -> String {
     use sha2::Digest;
@@ -154,14 +155,4 @@ async fn registry(url: &str) {
     assert!(traced.contains(&"package.uploaded") && traced.contains(&"device.update.active"), "{traced:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registry_on_sqlite() {
-    let dir = tempfile::tempdir().unwrap();
-    registry(&format!("sqlite:{}", dir.path().join("hub.db").display())).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registry_on_postgres() {
-    let Some(url) = postgres("registry_on_postgres") else { return };
-    registry(&url).await;
-}
+on_every_backend!(registry);

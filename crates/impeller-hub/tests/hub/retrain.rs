@@ -8,7 +8,10 @@ use std::time::{Duration, Instant};
 use impeller_core::drift::{DriftMonitor, DriftState};
 use impeller_core::package::build;
 use impeller_core::{Channel, Frame, TrainConfig, detector::DetectorConfig, train};
-use impeller_hub::store::{AuditFilter, DriftReport, NewModelVersion, Verdict, VersionFinish, VersionPackage};
+use impeller_hub::store::{
+    AuditFilter, AuditStore, DeploymentStore, DriftReport, FeedbackStore, FleetStore, JobStore, MonitorStore,
+    NewModelVersion, RegistryStore, TelemetryStore, Verdict, VersionFinish, VersionPackage,
+};
 
 use crate::{api_hub, incoming};
 

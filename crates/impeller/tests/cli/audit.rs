@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::util::{KillOnDrop, impeller, stderr, stdout};
+use impeller_hub::store::AuditStore;
 
 #[test]
 fn the_audit_trail_verifies_and_tampering_is_found() {

@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use crate::util::{TestHub, impeller, skab_dir, stderr, stdout, token};
+use impeller_hub::store::TelemetryStore;
 
 /// A hub in `dir/hub` that trusts the key `dir/ops.secret.json` signs with (and runs pipelines
 /// with it when `runs_pipelines`), and an admin token.

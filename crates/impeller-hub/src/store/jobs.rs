@@ -1,5 +1,6 @@
-//! Retraining policies as stored: the policy, the spec it runs and its profiles, and the state
-//! the hub's retraining loop keeps between checks.
+//! The hub's own jobs: each model's retraining policy and the state its loop keeps.
+
+use std::future::Future;
 
 use impeller_core::audit::AuditEvent;
 use serde::{Deserialize, Serialize};
@@ -21,9 +22,27 @@ pub struct PolicyRecord {
     pub updated_ms: i64,
 }
 
-impl Store {
+/// Retraining policies per model and their loop's state.
+pub trait JobStore {
     /// Sets (or replaces) a model's policy, resetting its state; audited.
-    pub async fn put_policy(&self, r: &PolicyRecord) -> Result<(), StoreError> {
+    fn put_policy(&self, r: &PolicyRecord) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn policies(&self) -> impl Future<Output = Result<Vec<PolicyRecord>, StoreError>> + Send;
+
+    fn policy(&self, model: &str) -> impl Future<Output = Result<Option<PolicyRecord>, StoreError>> + Send;
+
+    /// Saves the loop's state of a model's policy.
+    fn save_policy_state(
+        &self,
+        model: &str,
+        state: &serde_json::Value,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    fn remove_policy(&self, model: &str, actor: &str) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+impl JobStore for Store {
+    async fn put_policy(&self, r: &PolicyRecord) -> Result<(), StoreError> {
         let profiles = serde_json::to_string(&r.profiles).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let state = serde_json::to_string(&r.state).map_err(|e| StoreError::Invalid(e.to_string()))?;
         let event = AuditEvent::new(r.updated_ms, &r.updated_by, "retrain.policy.set", &r.model)
@@ -51,7 +70,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
+    async fn policies(&self) -> Result<Vec<PolicyRecord>, StoreError> {
         type Row = (String, String, String, String, String, String, i64);
         let rows: Vec<Row> = on_pool!(self, |p| {
             sqlx::query_as(
@@ -76,12 +95,11 @@ impl Store {
             .collect()
     }
 
-    pub async fn policy(&self, model: &str) -> Result<Option<PolicyRecord>, StoreError> {
+    async fn policy(&self, model: &str) -> Result<Option<PolicyRecord>, StoreError> {
         Ok(self.policies().await?.into_iter().find(|p| p.model == model))
     }
 
-    /// Saves the loop's state of a model's policy.
-    pub async fn save_policy_state(&self, model: &str, state: &serde_json::Value) -> Result<(), StoreError> {
+    async fn save_policy_state(&self, model: &str, state: &serde_json::Value) -> Result<(), StoreError> {
         let state = serde_json::to_string(state).map_err(|e| StoreError::Invalid(e.to_string()))?;
         on_pool!(self, |p| sqlx::query("UPDATE retrain_policies SET state = $1 WHERE model = $2")
             .bind(&state)
@@ -92,7 +110,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn remove_policy(&self, model: &str, actor: &str) -> Result<(), StoreError> {
+    async fn remove_policy(&self, model: &str, actor: &str) -> Result<(), StoreError> {
         let event = AuditEvent::new(now_ms(), actor, "retrain.policy.removed", model);
         let n = on_pool!(self, |p| {
             let mut tx = p.begin().await?;

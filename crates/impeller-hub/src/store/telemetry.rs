@@ -1,0 +1,609 @@
+//! What the devices send: each (device, seq) stored once with the acknowledged prefix per
+//! device, and the reads over it (alerts by fleet and site, a channel's aggregates over time,
+//! raw samples, scoring time).
+
+use std::collections::BTreeMap;
+use std::future::Future;
+
+use impeller_core::audit::AuditEvent;
+use impeller_core::deploy::{UpdateReport, UpdateState};
+use impeller_core::wire::{AggregateBody, AlertBody};
+use serde::Serialize;
+use sqlx::Row;
+
+use super::{Store, StoreError, deployments, i64_of, now_ms, u64_of};
+
+/// Messages per INSERT statement (7 parameters each; SQLite allows 32,766 per statement).
+const INSERT_CHUNK: usize = 500;
+
+/// One message as received, checked against its topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Incoming {
+    pub device: String,
+    pub seq: u64,
+    pub prev: u64,
+    pub ts_ms: i64,
+    pub kind: String,
+    pub body: String,
+    /// The device's report on an update, when this is an `update` event.
+    pub update: Option<UpdateReport>,
+}
+
+/// A stored message, for queries and tests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredMessage {
+    pub seq: u64,
+    pub prev: u64,
+    pub ts_ms: i64,
+    pub kind: String,
+    pub body: String,
+}
+
+/// What one committed batch did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Committed {
+    /// Messages stored for the first time.
+    pub stored: u64,
+    /// Messages already stored (redeliveries).
+    pub duplicates: u64,
+}
+
+/// Which records: a time range, and optionally only these devices.
+#[derive(Debug, Clone, Default)]
+pub struct FleetFilter {
+    /// `None`: every device.
+    pub devices: Option<Vec<String>>,
+    pub since_ms: Option<i64>,
+    pub until_ms: Option<i64>,
+    /// Resume after this (ts_ms, device, seq), exclusive.
+    pub after: Option<(i64, String, u64)>,
+    pub limit: usize,
+}
+
+/// An alert without its window of readings.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AlertSummary {
+    pub device: String,
+    pub seq: u64,
+    pub ts_ms: i64,
+    pub started_ms: i64,
+    pub model: String,
+    pub model_version: String,
+    pub score: f64,
+    pub threshold: f64,
+    pub top_features: Vec<(String, f64)>,
+    /// The technician's verdict (`confirmed`, `false_alarm`), if any.
+    pub verdict: Option<String>,
+}
+
+/// An alert (`scored_ms` 0), or an aggregate with the time it scored.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoringEvent {
+    pub seq: u64,
+    pub ts_ms: i64,
+    pub alert: bool,
+    pub scored_ms: i64,
+}
+
+/// Alerts a device raised over a stretch of its messages, and how long it scored then.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct AlertActivity {
+    pub alerts: u64,
+    pub scored_ms: i64,
+}
+
+impl AlertActivity {
+    pub fn add(&mut self, other: AlertActivity) {
+        self.alerts += other.alerts;
+        self.scored_ms += other.scored_ms;
+    }
+
+    /// Alerts per day of scoring; 0 without any scoring time.
+    pub fn per_day(&self) -> f64 {
+        if self.scored_ms > 0 { self.alerts as f64 / (self.scored_ms as f64 / 86_400_000.0) } else { 0.0 }
+    }
+}
+
+/// One bucket of a downsampled channel: what the device's aggregates in it say together.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TelemetryPoint {
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// Readings behind the point.
+    pub count: u64,
+    pub mean: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+/// What one aggregate says of a series: readings, mean, minimum, maximum.
+pub type Summary = (u64, f64, f64, f64);
+
+/// A channel's [`Summary`] in an aggregate.
+pub fn channel_summary(name: &str) -> impl Fn(&AggregateBody) -> Option<Summary> + '_ {
+    move |a| {
+        let c = a.channels.iter().find(|c| c.name == name)?;
+        Some((c.count, c.mean?, c.min?, c.max?))
+    }
+}
+
+/// The anomaly score's [`Summary`] in an aggregate.
+pub fn score_summary(a: &AggregateBody) -> Option<Summary> {
+    a.score.as_ref().map(|s| (s.count, s.mean, s.min, s.max))
+}
+
+/// Merges per-interval aggregates of one series (`pick`) into at most `points` buckets of equal
+/// time over `[since_ms, until_ms)`: count-weighted mean, lowest minimum, highest maximum.
+/// Intervals without readings of the series leave their bucket out, so a gap shows as a gap.
+pub fn downsample(
+    aggregates: &[AggregateBody],
+    pick: impl Fn(&AggregateBody) -> Option<Summary>,
+    since_ms: i64,
+    until_ms: i64,
+    points: usize,
+) -> Vec<TelemetryPoint> {
+    let span = (until_ms - since_ms).max(1);
+    let width = (span + points.max(1) as i64 - 1) / points.max(1) as i64;
+    let mut buckets: BTreeMap<i64, (u64, f64, f64, f64)> = Default::default();
+    for a in aggregates {
+        let Some((count, mean, min, max)) = pick(a) else { continue };
+        if count == 0 || a.start_ms < since_ms || a.start_ms >= until_ms {
+            continue;
+        }
+        let b = buckets.entry((a.start_ms - since_ms) / width).or_insert((0, 0.0, f64::INFINITY, f64::NEG_INFINITY));
+        b.0 += count;
+        b.1 += mean * count as f64;
+        b.2 = b.2.min(min);
+        b.3 = b.3.max(max);
+    }
+    buckets
+        .into_iter()
+        .map(|(i, (count, sum, min, max))| TelemetryPoint {
+            start_ms: since_ms + i * width,
+            end_ms: (since_ms + (i + 1) * width).min(until_ms),
+            count,
+            mean: sum / count as f64,
+            min,
+            max,
+        })
+        .collect()
+}
+
+/// Telemetry as ingestion writes it: each (device, seq) stored once, with each device's
+/// acknowledged prefix.
+pub trait TelemetryStore {
+    /// Stores a batch in one transaction, each (device, seq) once, and records each device's
+    /// new acknowledged prefix. Returns only after the commit: acknowledge after this.
+    fn commit(
+        &self,
+        batch: &[Incoming],
+        acked: &BTreeMap<String, u64>,
+    ) -> impl Future<Output = Result<Committed, StoreError>> + Send;
+
+    /// A device's acknowledged prefix and the (seq, prev) of what is stored beyond it.
+    fn stream_state(&self, device: &str) -> impl Future<Output = Result<(u64, BTreeMap<u64, u64>), StoreError>> + Send;
+
+    /// A device's messages, oldest first.
+    fn messages(&self, device: &str) -> impl Future<Output = Result<Vec<StoredMessage>, StoreError>> + Send;
+}
+
+impl TelemetryStore for Store {
+    async fn commit(&self, batch: &[Incoming], acked: &BTreeMap<String, u64>) -> Result<Committed, StoreError> {
+        let now = now_ms();
+        let mut out = Committed::default();
+        macro_rules! run {
+            ($pool:expr) => {{
+                let mut tx = $pool.begin().await?;
+                // Multi-row inserts: one round trip per chunk, not per message.
+                for chunk in batch.chunks(INSERT_CHUNK) {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "INSERT INTO messages (device, seq, prev, ts_ms, kind, body, received_ms) ",
+                    );
+                    q.push_values(chunk, |mut row, m| {
+                        row.push_bind(&m.device)
+                            .push_bind(m.seq as i64)
+                            .push_bind(m.prev as i64)
+                            .push_bind(m.ts_ms)
+                            .push_bind(&m.kind)
+                            .push_bind(&m.body)
+                            .push_bind(now);
+                    });
+                    q.push(" ON CONFLICT (device, seq) DO NOTHING");
+                    let inserted = q.build().execute(&mut *tx).await?.rows_affected();
+                    out.stored += inserted;
+                    out.duplicates += chunk.len() as u64 - inserted;
+                }
+                for m in batch {
+                    let Some(u) = &m.update else { continue };
+                    let fresh = sqlx::query(deployments::UPSERT_UPDATE)
+                        .bind(&m.device)
+                        .bind(m.seq as i64)
+                        .bind(&u.deployment)
+                        .bind(&u.sha256)
+                        .bind(u.state.as_str())
+                        .bind(&u.reason)
+                        .bind(u.running_release.map(|r| r as i64))
+                        .bind(m.ts_ms)
+                        .bind((u.state == UpdateState::Active).then_some(m.seq as i64))
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected()
+                        > 0;
+                    // Outcomes go to the audit trail, once (a redelivery updates nothing).
+                    if fresh && matches!(u.state, UpdateState::Active | UpdateState::Failed | UpdateState::RolledBack) {
+                        append_audit!(tx, event update_event(m, u, now));
+                    }
+                }
+                // One statement per chunk of devices too: a batch from a large fleet names
+                // hundreds of devices, and a statement each cost more than the messages.
+                let acked: Vec<(&String, &u64)> = acked.iter().collect();
+                for chunk in acked.chunks(INSERT_CHUNK) {
+                    let mut q = sqlx::QueryBuilder::new("INSERT INTO device_streams (device, acked, last_seen_ms) ");
+                    q.push_values(chunk, |mut row, (device, acked)| {
+                        row.push_bind(*device).push_bind(**acked as i64).push_bind(now);
+                    });
+                    q.push(" ON CONFLICT (device) DO UPDATE SET acked = excluded.acked, last_seen_ms = excluded.last_seen_ms");
+                    q.build().execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }};
+        }
+        match self {
+            Store::Sqlite(p) => run!(p),
+            Store::Postgres(p) => run!(p),
+        }
+        Ok(out)
+    }
+
+    async fn stream_state(&self, device: &str) -> Result<(u64, BTreeMap<u64, u64>), StoreError> {
+        macro_rules! run {
+            ($pool:expr) => {{
+                let acked: Option<i64> = sqlx::query_scalar("SELECT acked FROM device_streams WHERE device = $1")
+                    .bind(device)
+                    .fetch_optional($pool)
+                    .await?;
+                let acked = acked.unwrap_or(0);
+                let rows = sqlx::query("SELECT seq, prev FROM messages WHERE device = $1 AND seq > $2")
+                    .bind(device)
+                    .bind(acked)
+                    .fetch_all($pool)
+                    .await?;
+                let mut beyond = BTreeMap::new();
+                for r in rows {
+                    beyond.insert(r.try_get::<i64, _>(0)? as u64, r.try_get::<i64, _>(1)? as u64);
+                }
+                (acked as u64, beyond)
+            }};
+        }
+        Ok(match self {
+            Store::Sqlite(p) => run!(p),
+            Store::Postgres(p) => run!(p),
+        })
+    }
+
+    async fn messages(&self, device: &str) -> Result<Vec<StoredMessage>, StoreError> {
+        macro_rules! run {
+            ($pool:expr) => {{
+                let rows =
+                    sqlx::query("SELECT seq, prev, ts_ms, kind, body FROM messages WHERE device = $1 ORDER BY seq")
+                        .bind(device)
+                        .fetch_all($pool)
+                        .await?;
+                let mut out = Vec::with_capacity(rows.len());
+                for r in rows {
+                    out.push(StoredMessage {
+                        seq: r.try_get::<i64, _>(0)? as u64,
+                        prev: r.try_get::<i64, _>(1)? as u64,
+                        ts_ms: r.try_get(2)?,
+                        kind: r.try_get(3)?,
+                        body: r.try_get(4)?,
+                    });
+                }
+                out
+            }};
+        }
+        Ok(match self {
+            Store::Sqlite(p) => run!(p),
+            Store::Postgres(p) => run!(p),
+        })
+    }
+}
+
+/// Reads over what the devices sent: alerts by fleet and site, a channel's aggregates over
+/// time, raw samples, scoring time.
+pub trait TelemetryQueries {
+    /// One stored message of a kind (`alerts`, `sketches`, …): its time and body.
+    fn message(
+        &self,
+        device: &str,
+        seq: u64,
+        kind: &str,
+    ) -> impl Future<Output = Result<Option<(i64, String)>, StoreError>> + Send;
+
+    /// One stored alert.
+    fn alert(
+        &self,
+        device: &str,
+        seq: u64,
+    ) -> impl Future<Output = Result<Option<(i64, AlertBody)>, StoreError>> + Send;
+
+    /// Alerts ordered by (time, device, seq), at most `filter.limit`.
+    fn alerts(&self, filter: &FleetFilter) -> impl Future<Output = Result<Vec<AlertSummary>, StoreError>> + Send;
+
+    /// A device's telemetry aggregates sent in `[since_ms, until_ms)` of its clock (the
+    /// envelope's time: an interval's end), oldest first. Bodies that do not parse are skipped
+    /// (ingest checked the envelope only).
+    fn aggregates(
+        &self,
+        device: &str,
+        since_ms: i64,
+        until_ms: i64,
+    ) -> impl Future<Output = Result<Vec<AggregateBody>, StoreError>> + Send;
+
+    /// A device's newest `limit` telemetry aggregates (by when it sent them), in the order of
+    /// their intervals. Bodies that do not parse are skipped.
+    fn latest_aggregates(
+        &self,
+        device: &str,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<AggregateBody>, StoreError>> + Send;
+
+    /// Per device that ever sent: the hub's time of its last contact, and the time of the
+    /// newest message its acknowledged stream reaches.
+    fn device_streams(&self) -> impl Future<Output = Result<Vec<(String, i64, Option<i64>)>, StoreError>> + Send;
+
+    /// Per device with alerts: how many, and the newest one's time.
+    fn alert_counts(&self) -> impl Future<Output = Result<Vec<(String, u64, i64)>, StoreError>> + Send;
+
+    /// One device's `samples` message bodies in `[since_ms, until_ms)`, oldest first, at most
+    /// `limit` (one more tells the caller there were too many).
+    fn samples(
+        &self,
+        device: &str,
+        since_ms: i64,
+        until_ms: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<(i64, String)>, StoreError>> + Send;
+
+    /// A device's alerts and aggregates with `seq > after` and no older than `window_ms` before
+    /// its newest aggregate (device clock), in sequence order.
+    fn scoring_events(
+        &self,
+        device: &str,
+        after: u64,
+        window_ms: i64,
+    ) -> impl Future<Output = Result<Vec<ScoringEvent>, StoreError>> + Send;
+
+    /// Alerts and scoring time in a device's messages with `after < seq < before` and
+    /// `ts_ms >= since_ms` (device clock). Scoring time is the span of the aggregates that
+    /// scored anything.
+    fn alert_activity(
+        &self,
+        device: &str,
+        after: u64,
+        before: u64,
+        since_ms: i64,
+    ) -> impl Future<Output = Result<AlertActivity, StoreError>> + Send;
+}
+
+impl TelemetryQueries for Store {
+    async fn message(&self, device: &str, seq: u64, kind: &str) -> Result<Option<(i64, String)>, StoreError> {
+        Ok(on_pool!(self, |p| sqlx::query_as(
+            "SELECT ts_ms, body FROM messages WHERE device = $1 AND seq = $2 AND kind = $3"
+        )
+        .bind(device)
+        .bind(seq.min(i64::MAX as u64) as i64)
+        .bind(kind)
+        .fetch_optional(p)
+        .await?))
+    }
+
+    async fn alert(&self, device: &str, seq: u64) -> Result<Option<(i64, AlertBody)>, StoreError> {
+        let row = self.message(device, seq, "alerts").await?;
+        Ok(row.and_then(|(ts, body)| serde_json::from_str(&body).ok().map(|b| (ts, b))))
+    }
+
+    async fn alerts(&self, filter: &FleetFilter) -> Result<Vec<AlertSummary>, StoreError> {
+        let sql = "SELECT m.device, m.seq, m.ts_ms, m.body, f.verdict FROM messages m LEFT JOIN alert_feedback f \
+                   ON f.device = m.device AND f.seq = m.seq WHERE m.kind = 'alerts' \
+                   AND m.ts_ms >= $1 AND m.ts_ms < $2 AND (m.ts_ms, m.device, m.seq) > ($3, $4, $5) \
+                   ORDER BY m.ts_ms, m.device, m.seq LIMIT $6";
+        let key = |r: &(String, i64, i64, String, Option<String>)| (r.2, r.0.clone(), r.1);
+        self.scan(sql, filter, key, |(device, seq, ts_ms, body, verdict)| {
+            // Bodies were checked on ingest; one that no longer parses is skipped, not fatal.
+            let Ok(a) = serde_json::from_str::<AlertBody>(&body) else { return Ok(None) };
+            Ok(Some(AlertSummary {
+                device,
+                seq: seq as u64,
+                ts_ms,
+                started_ms: a.started_ms,
+                model: a.model.name,
+                model_version: a.model.version,
+                score: a.score,
+                threshold: a.threshold,
+                top_features: a.top_features,
+                verdict,
+            }))
+        })
+        .await
+    }
+
+    async fn aggregates(&self, device: &str, since_ms: i64, until_ms: i64) -> Result<Vec<AggregateBody>, StoreError> {
+        let sql = "SELECT body FROM messages WHERE device = $1 AND kind = 'telemetry' AND ts_ms >= $2 AND ts_ms < $3 \
+                   ORDER BY ts_ms";
+        let rows: Vec<(String,)> =
+            on_pool!(self, |p| sqlx::query_as(sql).bind(device).bind(since_ms).bind(until_ms).fetch_all(p).await?);
+        Ok(rows.into_iter().filter_map(|(body,)| serde_json::from_str(&body).ok()).collect())
+    }
+
+    async fn latest_aggregates(&self, device: &str, limit: usize) -> Result<Vec<AggregateBody>, StoreError> {
+        let sql = "SELECT body FROM messages WHERE device = $1 AND kind = 'telemetry' ORDER BY ts_ms DESC, seq DESC \
+                   LIMIT $2";
+        let rows: Vec<(String,)> = on_pool!(self, |p| sqlx::query_as(sql)
+            .bind(device)
+            .bind(limit.min(i64::MAX as usize) as i64)
+            .fetch_all(p)
+            .await?);
+        let mut out: Vec<AggregateBody> =
+            rows.into_iter().filter_map(|(body,)| serde_json::from_str(&body).ok()).collect();
+        out.sort_by_key(|a| a.start_ms);
+        Ok(out)
+    }
+
+    async fn device_streams(&self) -> Result<Vec<(String, i64, Option<i64>)>, StoreError> {
+        let sql = "SELECT s.device, s.last_seen_ms, m.ts_ms FROM device_streams s \
+                   LEFT JOIN messages m ON m.device = s.device AND m.seq = s.acked";
+        Ok(on_pool!(self, |p| sqlx::query_as(sql).fetch_all(p).await?))
+    }
+
+    async fn alert_counts(&self) -> Result<Vec<(String, u64, i64)>, StoreError> {
+        let sql = "SELECT device, COUNT(*), MAX(ts_ms) FROM messages WHERE kind = 'alerts' GROUP BY device";
+        let rows: Vec<(String, i64, i64)> = on_pool!(self, |p| sqlx::query_as(sql).fetch_all(p).await?);
+        Ok(rows.into_iter().map(|(d, n, t)| (d, n.max(0) as u64, t)).collect())
+    }
+
+    async fn samples(
+        &self,
+        device: &str,
+        since_ms: i64,
+        until_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, String)>, StoreError> {
+        let sql = "SELECT ts_ms, body FROM messages WHERE device = $1 AND kind = 'samples' \
+                   AND ts_ms >= $2 AND ts_ms < $3 ORDER BY ts_ms, seq LIMIT $4";
+        Ok(on_pool!(self, |p| sqlx::query_as(sql)
+            .bind(device)
+            .bind(since_ms)
+            .bind(until_ms)
+            .bind(limit.min(i64::MAX as usize) as i64)
+            .fetch_all(p)
+            .await?))
+    }
+
+    async fn scoring_events(&self, device: &str, after: u64, window_ms: i64) -> Result<Vec<ScoringEvent>, StoreError> {
+        let sql = "SELECT seq, ts_ms, kind, body FROM messages WHERE device = $1 AND kind IN ('alerts', 'telemetry') \
+                   AND seq > $2 AND ts_ms >= COALESCE((SELECT MAX(ts_ms) FROM messages \
+                   WHERE device = $1 AND kind = 'telemetry'), 0) - $3 ORDER BY seq";
+        let rows: Vec<(i64, i64, String, String)> = on_pool!(self, |p| sqlx::query_as(sql)
+            .bind(device)
+            .bind(i64_of(after))
+            .bind(window_ms)
+            .fetch_all(p)
+            .await?);
+        Ok(rows
+            .into_iter()
+            .filter_map(|(seq, ts_ms, kind, body)| {
+                let (alert, scored_ms) = if kind == "alerts" {
+                    (true, 0)
+                } else {
+                    // Ingest checked the envelope, not the body; one that does not parse scored nothing.
+                    let a = serde_json::from_str::<AggregateBody>(&body).ok().filter(|a| a.scored > 0)?;
+                    (false, (a.end_ms - a.start_ms).max(0))
+                };
+                Some(ScoringEvent { seq: u64_of(seq), ts_ms, alert, scored_ms })
+            })
+            .collect())
+    }
+
+    async fn alert_activity(
+        &self,
+        device: &str,
+        after: u64,
+        before: u64,
+        since_ms: i64,
+    ) -> Result<AlertActivity, StoreError> {
+        let sql = "SELECT kind, body FROM messages WHERE device = $1 AND kind IN ('alerts', 'telemetry') \
+                   AND seq > $2 AND seq < $3 AND ts_ms >= $4";
+        let rows: Vec<(String, String)> = on_pool!(self, |p| sqlx::query_as(sql)
+            .bind(device)
+            .bind(after.min(i64::MAX as u64) as i64)
+            .bind(before.min(i64::MAX as u64) as i64)
+            .bind(since_ms)
+            .fetch_all(p)
+            .await?);
+        let mut out = AlertActivity::default();
+        for (kind, body) in rows {
+            if kind == "alerts" {
+                out.alerts += 1;
+            } else if let Ok(a) = serde_json::from_str::<AggregateBody>(&body)
+                && a.scored > 0
+            {
+                out.scored_ms += (a.end_ms - a.start_ms).max(0);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A device's update outcome as an audit event. The package hash comes from the device, so it
+/// is listed as an artifact only when it is one.
+fn update_event(m: &Incoming, u: &UpdateReport, now: i64) -> AuditEvent {
+    let mut e = AuditEvent::new(now, &m.device, &format!("device.update.{}", u.state.as_str()), &m.device).details(
+        serde_json::json!({
+            "deployment": u.deployment,
+            "package_sha256": u.sha256,
+            "reason": u.reason,
+            "running_release": u.running_release,
+            "seq": m.seq,
+            "device_ts_ms": m.ts_ms,
+        }),
+    );
+    if impeller_core::audit::is_sha256_hex(&u.sha256) {
+        e = e.artifact(&u.sha256);
+    }
+    e
+}
+
+#[cfg(test)]
+mod tests {
+    use impeller_core::wire::{AggregateBody, ChannelStats};
+
+    use super::*;
+
+    fn agg(start_ms: i64, mean: f64, count: u64) -> AggregateBody {
+        let stats = ChannelStats {
+            name: "flow".into(),
+            unit: "m3/h".into(),
+            count,
+            mean: Some(mean),
+            min: Some(mean - 1.0),
+            max: Some(mean + 1.0),
+            std: Some(0.5),
+            last: Some(mean),
+        };
+        AggregateBody {
+            start_ms,
+            end_ms: start_ms + 60_000,
+            scored: count,
+            alarms: 0,
+            channels: vec![stats],
+            score: None,
+        }
+    }
+
+    #[test]
+    fn buckets_merge_counts_means_and_extremes_and_keep_gaps() {
+        // Six one-minute aggregates over ten minutes, into five two-minute points.
+        let aggs: Vec<AggregateBody> =
+            [(0, 10.0, 30), (60_000, 20.0, 10), (120_000, 5.0, 30), (420_000, 7.0, 30), (480_000, 9.0, 30)]
+                .into_iter()
+                .map(|(t, m, n)| agg(t, m, n))
+                .chain([agg(540_000, 100.0, 0)])
+                .collect();
+        let points = downsample(&aggs, channel_summary("flow"), 0, 600_000, 5);
+        let got: Vec<(i64, i64, u64, f64, f64, f64)> =
+            points.iter().map(|p| (p.start_ms, p.end_ms, p.count, p.mean, p.min, p.max)).collect();
+        assert_eq!(
+            got,
+            [
+                (0, 120_000, 40, 12.5, 9.0, 21.0),
+                (120_000, 240_000, 30, 5.0, 4.0, 6.0),
+                (360_000, 480_000, 30, 7.0, 6.0, 8.0),
+                (480_000, 600_000, 30, 9.0, 8.0, 10.0),
+            ],
+            "minutes 4 to 6 had no data: no point; an aggregate without readings adds nothing"
+        );
+        assert!(downsample(&aggs, channel_summary("pressure"), 0, 600_000, 5).is_empty());
+        assert_eq!(downsample(&aggs, channel_summary("flow"), 0, 600_000, 1).len(), 1);
+    }
+}

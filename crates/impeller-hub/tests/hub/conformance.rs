@@ -1,0 +1,337 @@
+//! The store's contracts, aggregate by aggregate, written against the traits and run on every
+//! backend on an empty database (`on_every_backend!`). The other `on_every_backend!` tests (rollouts,
+//! alert queries, drift, the audit trail, datasets, feedback, the registry, alert rates) belong
+//! to the same suite; this file covers what they do not.
+
+use std::collections::BTreeMap;
+
+use impeller_core::audit::AuditEvent;
+use impeller_hub::auth::Role;
+use impeller_hub::fleet::hash_secret;
+use impeller_hub::store::{
+    ArtifactStore, AuditFilter, AuditStore, DeploymentInfo, DeploymentStore, DesiredInfo, FleetStore, JobStore,
+    MonitorStore, PackageInfo, PolicyRecord, RegistryStore, Store, StoreError, TelemetryQueries, TelemetryStore,
+};
+
+use crate::{alert_body, incoming};
+
+fn tags(site: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([("site".to_string(), site.to_string())])
+}
+
+/// Devices, their credentials and revocation; operators' tokens.
+async fn fleet_store(url: &str) {
+    let s = Store::open(url).await.unwrap();
+    fleet_contract(&s).await;
+}
+
+async fn fleet_contract(s: &(impl FleetStore + AuditStore)) {
+    let secret = s.add_device("p-2", &tags("gulf"), "gw", "admin:ci").await.unwrap();
+    s.add_device("p-1", &tags("permian"), "plc", "admin:ci").await.unwrap();
+    assert!(
+        matches!(s.add_device("p-1", &tags("x"), "gw", "a").await, Err(StoreError::DeviceExists(id)) if id == "p-1")
+    );
+    assert!(matches!(s.add_device("bad id!", &tags("x"), "gw", "a").await, Err(StoreError::BadDeviceId(_))));
+
+    let devices = s.devices().await.unwrap();
+    assert_eq!(devices.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), ["p-1", "p-2"], "by id");
+    assert_eq!((devices[1].tags.clone(), devices[1].profile.as_str()), (tags("gulf"), "gw"));
+    assert!(devices.iter().all(|d| d.revoked_ms.is_none()));
+
+    // Only a salted hash of the secret is kept, and it checks the secret.
+    let creds = s.credentials().await.unwrap();
+    let c = &creds["p-2"];
+    assert_ne!(c.hash, secret);
+    assert_eq!(hash_secret(&c.salt, &secret), c.hash);
+    assert_ne!(hash_secret(&c.salt, "not the secret"), c.hash);
+    assert!(!c.revoked);
+
+    s.revoke_device("p-2", "admin:ci").await.unwrap();
+    s.revoke_device("p-2", "admin:ci").await.unwrap(); // already revoked: nothing changes
+    assert!(matches!(s.revoke_device("p-9", "a").await, Err(StoreError::NoDevice(id)) if id == "p-9"));
+    assert!(s.credentials().await.unwrap()["p-2"].revoked);
+    assert!(s.devices().await.unwrap()[1].revoked_ms.is_some());
+
+    let (info, token) = s.add_token("ops", Role::Operator, "admin:ci").await.unwrap();
+    assert_eq!((info.name.as_str(), info.role), ("ops", Role::Operator));
+    let secret = token.strip_prefix(&format!("imp_{}_", info.id)).unwrap();
+    let stored = s.token_secret(&info.id).await.unwrap().unwrap();
+    assert_eq!((stored.role, stored.revoked), (Role::Operator, false));
+    assert_eq!(hash_secret(&stored.salt, secret), stored.hash);
+    assert!(s.token_secret("0000000000000000").await.unwrap().is_none());
+
+    // Each change once in the audit trail, in order.
+    let actions: Vec<String> = s
+        .audit_records(&AuditFilter { limit: 100, ..Default::default() })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| format!("{} {}", r.action, r.subject))
+        .collect();
+    let token_subject = format!("token.created token:{}", info.id);
+    assert_eq!(actions, ["device.added p-2", "device.added p-1", "device.revoked p-2", token_subject.as_str()]);
+}
+
+on_every_backend!(fleet_store);
+
+fn aggregate(start_ms: i64, scored: u64) -> serde_json::Value {
+    serde_json::json!({
+        "start_ms": start_ms, "end_ms": start_ms + 60_000, "scored": scored, "alarms": 0,
+        "channels": [{"name": "flow", "unit": "m3/h", "count": 30, "mean": 10.0, "min": 9.0, "max": 11.0,
+                      "std": 0.5, "last": 10.0}],
+    })
+}
+
+/// Each (device, seq) once, the acknowledged prefix, and the reads over what was stored.
+async fn telemetry_store(url: &str) {
+    let s = Store::open(url).await.unwrap();
+    telemetry_contract(&s).await;
+}
+
+async fn telemetry_contract(s: &(impl TelemetryStore + TelemetryQueries)) {
+    let batch = vec![
+        incoming("d", 1, 1_000, "telemetry", aggregate(0, 30)),
+        incoming("d", 2, 61_000, "alerts", alert_body(60_500)),
+        incoming("d", 3, 121_000, "telemetry", aggregate(60_000, 0)),
+        incoming("d", 5, 181_000, "telemetry", aggregate(120_000, 30)),
+        incoming("e", 1, 5_000, "samples", serde_json::json!({"channels": ["flow"], "frames": []})),
+    ];
+    let acked = BTreeMap::from([("d".to_string(), 3), ("e".to_string(), 1)]);
+    let c = s.commit(&batch, &acked).await.unwrap();
+    assert_eq!((c.stored, c.duplicates), (5, 0));
+    let again = s.commit(&batch[..2], &acked).await.unwrap();
+    assert_eq!((again.stored, again.duplicates), (0, 2), "a redelivery is stored once");
+
+    // What a restarted hub resumes from: the prefix, and what lies beyond it with its prev.
+    let (prefix, beyond) = s.stream_state("d").await.unwrap();
+    assert_eq!((prefix, beyond), (3, BTreeMap::from([(5, 4)])));
+    assert_eq!(s.stream_state("nobody").await.unwrap(), (0, BTreeMap::new()));
+    let seqs: Vec<u64> = s.messages("d").await.unwrap().iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, [1, 2, 3, 5]);
+
+    assert_eq!(s.message("d", 2, "alerts").await.unwrap().map(|(ts, _)| ts), Some(61_000));
+    assert!(s.message("d", 2, "telemetry").await.unwrap().is_none(), "the kind must match");
+    assert_eq!(s.alert("d", 2).await.unwrap().map(|(_, a)| a.started_ms), Some(60_500));
+    assert!(s.alert("d", 1).await.unwrap().is_none());
+
+    let mut streams = s.device_streams().await.unwrap();
+    streams.sort();
+    assert_eq!(
+        streams.iter().map(|(d, _, ts)| (d.as_str(), *ts)).collect::<Vec<_>>(),
+        [("d", Some(121_000)), ("e", Some(5_000))]
+    );
+    assert_eq!(s.alert_counts().await.unwrap(), [("d".to_string(), 1, 61_000)]);
+
+    let latest = s.latest_aggregates("d", 2).await.unwrap();
+    assert_eq!(
+        latest.iter().map(|a| a.start_ms).collect::<Vec<_>>(),
+        [60_000, 120_000],
+        "the newest two, oldest first"
+    );
+    // By the time each was sent (its interval's end), not when its interval began.
+    let range = s.aggregates("d", 100_000, 130_000).await.unwrap();
+    assert_eq!(range.iter().map(|a| a.start_ms).collect::<Vec<_>>(), [60_000]);
+    assert_eq!(s.samples("e", 0, 10_000, 10).await.unwrap().len(), 1);
+    assert!(s.samples("e", 5_001, 10_000, 10).await.unwrap().is_empty());
+
+    // Alerts and scoring time after a sequence number: an aggregate that scored nothing counts no time.
+    let events = s.scoring_events("d", 1, 24 * 3_600_000).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| (e.seq, e.alert, e.scored_ms)).collect::<Vec<_>>(),
+        [(2, true, 0), (5, false, 60_000)]
+    );
+    let activity = s.alert_activity("d", 0, 5, 0).await.unwrap();
+    assert_eq!((activity.alerts, activity.scored_ms), (1, 60_000), "seqs 1 to 4");
+}
+
+on_every_backend!(telemetry_store);
+
+fn deployment(name: &str, package: &str) -> DeploymentInfo {
+    DeploymentInfo {
+        name: name.into(),
+        package_sha256: package.into(),
+        target_condition: "tags.site = 'gulf'".into(),
+        priority: 1,
+        created_ms: 1,
+        stopped_ms: None,
+        rollout: None,
+        wave: 0,
+        wave_started_ms: 1,
+        completed_ms: None,
+        aborted_ms: None,
+        abort_reason: None,
+    }
+}
+
+fn update_event(deployment: &str, sha: &str, state: &str) -> serde_json::Value {
+    serde_json::json!({"event": "update", "detail": {"deployment": deployment, "sha256": sha, "state": state}})
+}
+
+/// Packages recorded once; deployments stopped, completed and resolved to desired state; the
+/// devices' latest update report each.
+async fn deployment_store(url: &str) {
+    let s = Store::open(url).await.unwrap();
+    deployment_contract(&s).await;
+}
+
+async fn deployment_contract(s: &(impl ArtifactStore + DeploymentStore + TelemetryStore + AuditStore)) {
+    let sha = "a".repeat(64);
+    let package = PackageInfo {
+        sha256: sha.clone(),
+        size: 10,
+        model: "m".into(),
+        version: "1".into(),
+        release: 7,
+        target: "gw".into(),
+        signed_by: "ops".into(),
+        uploaded_ms: 5,
+    };
+    s.put_package(&package, &[], "ops").await.unwrap();
+    s.put_package(&package, &[], "ops").await.unwrap(); // an upload again records nothing new
+    assert_eq!(s.packages().await.unwrap(), std::slice::from_ref(&package));
+    assert_eq!(s.package(&sha).await.unwrap(), Some(package));
+    assert!(s.package(&"b".repeat(64)).await.unwrap().is_none());
+
+    s.add_deployment(&deployment("d1", &sha), "ops").await.unwrap();
+    assert!(matches!(s.add_deployment(&deployment("d1", &sha), "ops").await, Err(StoreError::Exists { .. })));
+    s.complete_rollout("d1", "hub").await.unwrap();
+    s.complete_rollout("d1", "hub").await.unwrap(); // once
+    s.stop_deployment("d1", "ops").await.unwrap();
+    assert!(matches!(s.stop_deployment("nope", "ops").await, Err(StoreError::NotFound { .. })));
+    let d = &s.deployments().await.unwrap()[0];
+    assert!(d.completed_ms.is_some() && d.stopped_ms.is_some() && !d.applies(), "{d:?}");
+
+    let desired = |device: &str, reason: &str| DesiredInfo {
+        device: device.into(),
+        deployment: "d1".into(),
+        package_sha256: sha.clone(),
+        reason: reason.into(),
+        published_ms: 9,
+    };
+    s.set_desired(&desired("p1", "first")).await.unwrap();
+    s.set_desired(&desired("p1", "second")).await.unwrap();
+    s.set_desired(&desired("p2", "first")).await.unwrap();
+    s.clear_desired("p2").await.unwrap();
+    assert_eq!(s.desired().await.unwrap(), [desired("p1", "second")], "one per device, the latest");
+
+    let reports = [
+        incoming("p1", 1, 10, "events", update_event("d1", &sha, "downloading")),
+        incoming("p1", 2, 20, "events", update_event("d1", &sha, "active")),
+        incoming("p2", 1, 15, "events", update_event("d1", &sha, "failed")),
+    ];
+    s.commit(&reports, &BTreeMap::new()).await.unwrap();
+    s.commit(&reports, &BTreeMap::new()).await.unwrap(); // redelivered
+    let latest = s.latest_updates().await.unwrap();
+    assert_eq!((latest["p1"].state.as_str(), latest["p1"].first_seq, latest["p1"].active_seq), ("active", 1, Some(2)));
+    assert_eq!(latest["p2"].state, "failed");
+    let actions = |prefix: &str| {
+        let filter = AuditFilter { action: Some(prefix.into()), limit: 10, ..Default::default() };
+        async move { s.audit_records(&filter).await.unwrap().into_iter().map(|r| r.action).collect::<Vec<_>>() }
+    };
+    assert_eq!(actions("device.update.").await, ["device.update.active", "device.update.failed"], "each outcome once");
+    assert_eq!(actions("deployment.completed").await, ["deployment.completed"]);
+}
+
+on_every_backend!(deployment_store);
+
+/// Retraining policies: set, read, their loop's state saved, removed.
+async fn job_store(url: &str) {
+    let s = Store::open(url).await.unwrap();
+    job_contract(&s).await;
+}
+
+async fn job_contract(s: &(impl JobStore + AuditStore)) {
+    let policy = |model: &str, n: u64| PolicyRecord {
+        model: model.into(),
+        policy: format!("budget_per_day = {n}"),
+        spec: "[data]".into(),
+        profiles: BTreeMap::from([("gw.toml".to_string(), "name = \"gw\"".to_string())]),
+        state: serde_json::json!({"runs": 0}),
+        updated_by: "ops".into(),
+        updated_ms: 1,
+    };
+    s.put_policy(&policy("b", 1)).await.unwrap();
+    s.put_policy(&policy("a", 1)).await.unwrap();
+    s.put_policy(&policy("a", 2)).await.unwrap(); // replaces
+    assert_eq!(s.policies().await.unwrap().iter().map(|p| p.model.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    assert_eq!(s.policy("a").await.unwrap(), Some(policy("a", 2)));
+    s.save_policy_state("a", &serde_json::json!({"runs": 3})).await.unwrap();
+    assert_eq!(s.policy("a").await.unwrap().unwrap().state, serde_json::json!({"runs": 3}));
+    s.remove_policy("a", "ops").await.unwrap();
+    assert!(s.policy("a").await.unwrap().is_none());
+    assert!(matches!(s.remove_policy("a", "ops").await, Err(StoreError::NotFound { .. })));
+    let filter = AuditFilter { action: Some("retrain.policy.".into()), limit: 10, ..Default::default() };
+    let actions: Vec<String> = s.audit_records(&filter).await.unwrap().into_iter().map(|r| r.action).collect();
+    assert_eq!(actions, ["retrain.policy.set", "retrain.policy.set", "retrain.policy.set", "retrain.policy.removed"]);
+}
+
+on_every_backend!(job_store);
+
+/// The audit trail's head and its filters: an action, a prefix (which is a prefix, not a
+/// pattern), a subject, a time.
+async fn audit_store(url: &str) {
+    let s = Store::open(url).await.unwrap();
+    audit_contract(&s).await;
+}
+
+async fn audit_contract(s: &impl AuditStore) {
+    assert_eq!(s.audit_head().await.unwrap(), 0);
+    for (t, action, subject) in [
+        (10, "alert_rate.elevated", "p1"),
+        (20, "alertXrate.elevated", "p1"),
+        (30, "Alert_rate.normal", "p2"),
+        (40, "alert_rate.normal", "p2"),
+    ] {
+        s.audit(AuditEvent::new(t, "hub", action, subject)).await.unwrap();
+    }
+    assert_eq!(s.audit_head().await.unwrap(), 4);
+    let read = |f: AuditFilter| async move {
+        s.audit_records(&AuditFilter { limit: 100, ..f }).await.unwrap().into_iter().map(|r| r.seq).collect::<Vec<_>>()
+    };
+    assert_eq!(read(AuditFilter { action: Some("alert_rate.".into()), ..Default::default() }).await, [1, 4]);
+    assert_eq!(read(AuditFilter { action: Some("alert_rate.normal".into()), ..Default::default() }).await, [4]);
+    assert_eq!(read(AuditFilter { subject: Some("p2".into()), ..Default::default() }).await, [3, 4]);
+    assert_eq!(read(AuditFilter { since_ms: Some(20), after: 2, ..Default::default() }).await, [3, 4]);
+}
+
+on_every_backend!(audit_store);
+
+/// What the registry, artifacts and monitors left without a test on both backends: versions
+/// newest first, an alias removed, a device's alert rate removed.
+async fn registry_odds(url: &str) {
+    let s = Store::open(url).await.unwrap();
+    registry_odds_contract(&s).await;
+}
+
+async fn registry_odds_contract(s: &(impl RegistryStore + MonitorStore)) {
+    let v = |run: &str| impeller_hub::store::NewModelVersion {
+        run_key: run.repeat(64),
+        model_sha256: "c".repeat(64),
+        dataset_sha256: "d".repeat(64),
+        code_version: "test".into(),
+        parent_version: None,
+        spec: serde_json::json!({}),
+        metrics: BTreeMap::new(),
+        tags: BTreeMap::new(),
+    };
+    s.create_version("m", &v("1"), "ops").await.unwrap();
+    s.create_version("m", &v("2"), "ops").await.unwrap();
+    assert_eq!(s.versions("m").await.unwrap().iter().map(|v| v.version).collect::<Vec<_>>(), [2, 1]);
+    let ready = impeller_hub::store::VersionFinish {
+        status: "ready".into(),
+        gates: serde_json::json!([]),
+        packages: Vec::new(),
+        reason: None,
+    };
+    s.finish_version("m", 2, &ready, "ops").await.unwrap();
+    s.set_alias("m", "challenger", 2, "ops").await.unwrap();
+    assert_eq!(s.alias("m", "challenger").await.unwrap().map(|v| v.version), Some(2));
+    s.remove_alias("m", "challenger", "ops").await.unwrap();
+    assert!(s.alias("m", "challenger").await.unwrap().is_none());
+    assert!(matches!(s.remove_alias("m", "challenger", "ops").await, Err(StoreError::NotFound { .. })));
+
+    assert!(s.alert_rates().await.unwrap().is_empty());
+    s.remove_alert_rate("nobody").await.unwrap(); // nothing to remove is no error
+}
+
+on_every_backend!(registry_odds);
