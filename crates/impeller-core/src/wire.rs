@@ -99,6 +99,11 @@ pub fn encode_envelope(
 
 pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, WireError> {
     let env: Envelope = serde_json::from_slice(bytes).map_err(json_err)?;
+    check_envelope(&env)?;
+    Ok(env)
+}
+
+fn check_envelope(env: &Envelope) -> Result<(), WireError> {
     if env.v != SCHEMA_VERSION {
         return Err(WireError::Version { found: env.v });
     }
@@ -108,7 +113,7 @@ pub fn decode_envelope(bytes: &[u8]) -> Result<Envelope, WireError> {
     if env.prev >= env.seq {
         return Err(WireError::Invalid(format!("prev {} is not below seq {}", env.prev, env.seq)));
     }
-    Ok(env)
+    Ok(())
 }
 
 /// Most envelopes in one message.
@@ -138,25 +143,31 @@ pub fn decode_envelopes(bytes: &[u8]) -> Result<Vec<Result<Envelope, WireError>>
     if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'[') {
         return decode_envelope(bytes).map(|e| vec![Ok(e)]);
     }
-    let elements: BoundedArray = serde_json::from_slice(bytes).map_err(json_err)?;
+    // One pass when every element is a well-formed envelope (the agent's case); else each
+    // element on its own, to keep the good ones and say what is wrong with the others.
+    if let Ok(all) = serde_json::from_slice::<Bounded<Envelope>>(bytes)
+        && all.0.iter().all(|e| check_envelope(e).is_ok())
+    {
+        return Ok(all.0.into_iter().map(Ok).collect());
+    }
+    let elements: Bounded<&RawValue> = serde_json::from_slice(bytes).map_err(json_err)?;
     Ok(elements.0.iter().map(|e| decode_envelope(e.get().as_bytes())).collect())
 }
 
-/// A JSON array read without parsing its elements, refused past [`MAX_ENVELOPES`] before the
-/// rest is read.
-struct BoundedArray<'a>(Vec<&'a RawValue>);
+/// A JSON array refused past [`MAX_ENVELOPES`] elements before the rest is read.
+struct Bounded<T>(Vec<T>);
 
-impl<'de: 'a, 'a> Deserialize<'de> for BoundedArray<'a> {
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Bounded<T> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Elements;
-        impl<'de> serde::de::Visitor<'de> for Elements {
-            type Value = Vec<&'de RawValue>;
+        struct Elements<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for Elements<T> {
+            type Value = Vec<T>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 write!(f, "an array of at most {MAX_ENVELOPES} envelopes")
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
                 let mut out = Vec::new();
-                while let Some(e) = seq.next_element::<&'de RawValue>()? {
+                while let Some(e) = seq.next_element::<T>()? {
                     if out.len() == MAX_ENVELOPES {
                         return Err(serde::de::Error::custom(format!("more than {MAX_ENVELOPES} envelopes")));
                     }
@@ -165,7 +176,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for BoundedArray<'a> {
                 Ok(out)
             }
         }
-        d.deserialize_seq(Elements).map(BoundedArray)
+        d.deserialize_seq(Elements(std::marker::PhantomData)).map(Bounded)
     }
 }
 

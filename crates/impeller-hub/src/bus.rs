@@ -14,7 +14,7 @@ use crate::fleet::Credentials;
 #[derive(Debug)]
 pub struct Received {
     pub topic: String,
-    pub payload: Vec<u8>,
+    pub payload: bytes::Bytes,
 }
 
 /// A publish to send.
@@ -59,16 +59,16 @@ pub async fn embedded(listen: SocketAddr, credentials: Option<Credentials>) -> a
     let (mut link_tx, mut link_rx) = broker.link("impeller-hub")?;
     link_tx.subscribe(FILTER)?;
     let downlink = std::sync::Arc::new(crate::gate::Downlink::default());
-    tokio::spawn(crate::gate::serve(listener, broker, downlink.clone(), credentials, MAX_PACKET));
-
     let (in_tx, incoming) = mpsc::channel(10_000);
+    tokio::spawn(crate::gate::serve(listener, broker, downlink.clone(), in_tx.clone(), credentials, MAX_PACKET));
+
     std::thread::Builder::new().name("mqtt-link-rx".into()).spawn(move || {
         let _subscribed = link_tx;
         loop {
             match link_rx.recv() {
                 Ok(Some(rumqttd::Notification::Forward(f))) => {
                     let topic = String::from_utf8_lossy(&f.publish.topic).into_owned();
-                    if in_tx.blocking_send(Received { topic, payload: f.publish.payload.to_vec() }).is_err() {
+                    if in_tx.blocking_send(Received { topic, payload: f.publish.payload }).is_err() {
                         return;
                     }
                 }
@@ -134,7 +134,7 @@ pub async fn external(url: &str, client_id: &str) -> anyhow::Result<Bus> {
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if in_tx.send(Received { topic: p.topic, payload: p.payload.to_vec() }).await.is_err() {
+                    if in_tx.send(Received { topic: p.topic, payload: p.payload }).await.is_err() {
                         return;
                     }
                 }

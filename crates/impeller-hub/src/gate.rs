@@ -21,11 +21,16 @@
 //! - A device revoked while connected is disconnected as soon as the hub's credentials learn it
 //!   (at once for `impeller device revoke` through this hub's API).
 //!
+//! - A device's publishes go straight to the hub's ingestion, not through the router (which
+//!   would only hand them on to the hub's one subscription, at two thread hops and two copies
+//!   per packet). While ingestion is behind, the connection stops reading (TCP pushes back on
+//!   the device) but still writes its acknowledgements.
+//!
 //! Without credentials (`allow_anonymous`, for tests and benchmarks) any client may connect and
-//! use any topic, as rumqttd alone would allow; a wildcard subscription then goes to the router
-//! and sees what clients publish, not the hub's downlink.
+//! use any topic, as rumqttd alone would allow, through a router link of its own; a wildcard
+//! subscription then goes to the router and sees what clients publish, not the hub's downlink.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,14 +41,15 @@ use impeller_core::wire;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::v4::V4;
 use rumqttd::protocol::{
-    ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, Protocol, PubAck, PubAckReason, Publish, QoS,
-    SubAck, SubscribeReasonCode, UnsubAck,
+    ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, PingResp, Protocol, PubAck, PubAckReason,
+    PubComp, PubCompReason, PubRec, PubRecReason, Publish, QoS, SubAck, SubscribeReasonCode, UnsubAck,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::bus::Received;
 use crate::fleet::Credentials;
 
 /// How long a new connection may take to send its CONNECT.
@@ -164,15 +170,17 @@ fn served_by_gate(filter: &str) -> bool {
         && wire::parse_topic(filter).is_some_and(|(_, kind)| wire::DOWNLINK_KINDS.contains(&kind))
 }
 
-/// Accepts device connections on `listener` until the task is dropped.
+/// Accepts device connections on `listener` until the task is dropped; devices' publishes go
+/// to `uplink`.
 pub async fn serve(
     listener: TcpListener,
     broker: Arc<rumqttd::Broker>,
     downlink: Arc<Downlink>,
+    uplink: mpsc::Sender<Received>,
     credentials: Option<Credentials>,
     max_packet: usize,
 ) {
-    let gate = Arc::new(Gate { broker, downlink, credentials, max_packet });
+    let gate = Arc::new(Gate { broker, downlink, uplink, credentials, max_packet });
     loop {
         match listener.accept().await {
             Ok((socket, peer)) => {
@@ -195,6 +203,7 @@ pub async fn serve(
 struct Gate {
     broker: Arc<rumqttd::Broker>,
     downlink: Arc<Downlink>,
+    uplink: mpsc::Sender<Received>,
     credentials: Option<Credentials>,
     max_packet: usize,
 }
@@ -233,6 +242,10 @@ enum Verdict {
     Answer(Packet),
     /// Forward, then answer with a PUBACK of this packet id.
     ForwardAndAck(Packet, u16),
+    /// Forward, then answer with a PUBREC of this packet id (QoS 2 under the rules).
+    ForwardAndRec(Packet, u16),
+    /// Nothing to do (an acknowledgement of a publish the gate never sent).
+    Ignore,
     /// A SUBSCRIBE or UNSUBSCRIBE of downlink topics, which the gate serves itself.
     Serve(Packet),
     Close(String),
@@ -262,21 +275,28 @@ impl Gate {
             self.write(&mut socket, [Packet::ConnAck(ConnAck { session_present: false, code }, None)]).await?;
             return Err(Ended::Refused(why));
         }
-        let broker = self.broker.clone();
-        let id = device.clone();
-        let (tx, rx) = tokio::task::spawn_blocking(move || broker.link(&id).map_err(|e| e.to_string()))
-            .await
-            .map_err(|e| Ended::Io(std::io::Error::other(e)))?
-            .map_err(Ended::Router)?;
+        // Devices under the rules publish to ingestion directly; anonymous clients get a router
+        // link, which also serves their other subscriptions.
+        let mut upstream = match self.credentials {
+            Some(_) => Upstream::Ingest { tx: self.uplink.clone(), waiting: VecDeque::new() },
+            None => {
+                let broker = self.broker.clone();
+                let id = device.clone();
+                let (tx, rx) = tokio::task::spawn_blocking(move || broker.link(&id).map_err(|e| e.to_string()))
+                    .await
+                    .map_err(|e| Ended::Io(std::io::Error::other(e)))?
+                    .map_err(Ended::Router)?;
+                Upstream::Router(Link { tx, rx })
+            }
+        };
         let ack = ConnAck { session_present: false, code: ConnectReturnCode::Success };
         self.write(&mut socket, [Packet::ConnAck(ack, None)]).await?;
         let idle = match connect.keep_alive {
             0 => IDLE_WITHOUT_KEEPALIVE,
             secs => Duration::from_millis(u64::from(secs) * 1500),
         };
-        let mut link = Link { tx, rx };
         let mut session = Session::open(&self.downlink);
-        let ended = self.relay(&mut socket, &mut read, &device, &mut link, &mut session, idle).await;
+        let ended = self.relay(&mut socket, &mut read, &device, &mut upstream, &mut session, idle).await;
         session.close(&self.downlink);
         match &ended {
             Err(Ended::Forbidden(why)) => tracing::warn!(device, why, "closed an mqtt connection"),
@@ -285,7 +305,7 @@ impl Gate {
         }
         // Ends the router's session; after a takeover by a newer connection of the same device
         // this lands in the old link's own buffer, which the router no longer reads.
-        if ended.is_err() {
+        if let (Err(_), Upstream::Router(link)) = (&ended, &mut upstream) {
             let bye = Packet::Disconnect(Disconnect { reason_code: DisconnectReasonCode::NormalDisconnection }, None);
             let _ = link.tx.send(bye).await;
         }
@@ -298,7 +318,7 @@ impl Gate {
         socket: &mut TcpStream,
         read: &mut BytesMut,
         device: &str,
-        link: &mut Link,
+        upstream: &mut Upstream,
         session: &mut Session,
         idle: Duration,
     ) -> Result<(), Ended> {
@@ -319,6 +339,11 @@ impl Gate {
                             forward.push(p);
                             encode(&mut out, Packet::PubAck(PubAck { pkid, reason: PubAckReason::Success }, None))?;
                         }
+                        Verdict::ForwardAndRec(p, pkid) => {
+                            forward.push(p);
+                            encode(&mut out, Packet::PubRec(PubRec { pkid, reason: PubRecReason::Success }, None))?;
+                        }
+                        Verdict::Ignore => {}
                         Verdict::Last(p) => {
                             forward.push(p);
                             last = true;
@@ -336,7 +361,7 @@ impl Gate {
             }
             // What came before a forbidden packet still goes through, as it would
             // have had the packets arrived in separate reads.
-            link.forward(&mut forward).await?;
+            upstream.forward(&mut forward).await?;
             if !out.is_empty() {
                 socket.write_all(&out).await?;
                 out.clear();
@@ -347,16 +372,36 @@ impl Gate {
             if last {
                 return Ok(());
             }
+            let (mut link, mut ingest) = match upstream {
+                Upstream::Router(link) => (Some(link), None),
+                Upstream::Ingest { tx, waiting } => (None, Some((tx, waiting))),
+            };
+            // While ingestion is behind, the connection reads nothing more (TCP pushes back on
+            // the device) but goes on writing what the hub sends.
+            let behind = ingest.as_ref().is_some_and(|(_, waiting)| !waiting.is_empty());
+            let room_in = if behind { ingest.as_ref().map(|(tx, _)| (*tx).clone()) } else { None };
             tokio::select! {
-                n = socket.read_buf(read) => {
+                n = socket.read_buf(read), if !behind => {
                     if n? == 0 {
                         return Err(Ended::Closed);
                     }
                     last_heard = Instant::now();
                 }
-                first = link.rx.next() => {
+                room = async move { room_in?.reserve_owned().await.ok() }, if behind => {
+                    let (Some(permit), Some((tx, waiting))) = (room, ingest.as_mut()) else {
+                        return Err(Ended::Router("the hub's ingestion stopped".into()));
+                    };
+                    if let Some(r) = waiting.pop_front() {
+                        permit.send(r);
+                    }
+                    hand_over(tx, waiting)?;
+                }
+                first = async { link.as_mut()?.rx.next().await.ok() }, if link.is_some() => {
+                    let (Some(first), Some(link)) = (first, link.as_mut()) else {
+                        return Err(Ended::Router("the router closed the link".into()));
+                    };
                     let mut unscheduled = false;
-                    let mut next = first.map_err(router)?;
+                    let mut next = first;
                     while let Some(n) = next {
                         match Option::<Packet>::from(n) {
                             Some(p) => encode(&mut out, p)?,
@@ -456,6 +501,51 @@ impl Gate {
     }
 }
 
+/// Where a connection's publishes go.
+enum Upstream {
+    /// A device's: to the hub's ingestion, in order; `waiting` holds what did not fit yet.
+    Ingest { tx: mpsc::Sender<Received>, waiting: VecDeque<Received> },
+    /// An anonymous client's: to the router, like every other packet it may send.
+    Router(Link),
+}
+
+impl Upstream {
+    /// Hands on what the client sent.
+    async fn forward(&mut self, packets: &mut Vec<Packet>) -> Result<(), Ended> {
+        match self {
+            Upstream::Router(link) => link.forward(packets).await,
+            Upstream::Ingest { tx, waiting } => {
+                for p in packets.drain(..) {
+                    // Under the rules only publishes are forwarded (and a DISCONNECT, which ends
+                    // the connection here).
+                    if let Packet::Publish(p, _) = p {
+                        let topic = String::from_utf8_lossy(&p.topic).into_owned();
+                        waiting.push_back(Received { topic, payload: p.payload });
+                    }
+                }
+                hand_over(tx, waiting)
+            }
+        }
+    }
+}
+
+/// Moves what waits into ingestion while there is room, in order.
+fn hand_over(tx: &mpsc::Sender<Received>, waiting: &mut VecDeque<Received>) -> Result<(), Ended> {
+    while let Some(r) = waiting.pop_front() {
+        match tx.try_send(r) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(r)) => {
+                waiting.push_front(r);
+                break;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return Err(Ended::Router("the hub's ingestion stopped".into()));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One connection's session in the router.
 struct Link {
     tx: LinkTx,
@@ -494,12 +584,17 @@ impl Gate {
                     return Verdict::Close(format!("device may not publish on `{topic}`"));
                 }
                 match head {
-                    // The gate acknowledges a QoS 1 publish itself once the router has it (in
-                    // memory, as the router's own PUBACK would mean), handing the router QoS 0:
-                    // one wake-up and one write fewer per message. The hub's acknowledgement,
-                    // after its commit, is what frees the agent's outbox.
+                    // The gate acknowledges a QoS 1 publish itself once it has handed it on (in
+                    // memory, as a broker's PUBACK means), handing it on at QoS 0: one wake-up
+                    // and one write fewer per message. The hub's acknowledgement, after its
+                    // commit, is what frees the agent's outbox.
                     Some((1, pkid)) => {
                         Verdict::ForwardAndAck(Packet::Publish(Publish::new(p.topic, p.payload, p.retain), None), pkid)
+                    }
+                    // Under the rules QoS 2 is served as at least once: PUBREC now, PUBCOMP on
+                    // the PUBREL (storage is once per (device, seq) whatever arrives twice).
+                    Some((2, pkid)) if rules => {
+                        Verdict::ForwardAndRec(Packet::Publish(Publish::new(p.topic, p.payload, p.retain), None), pkid)
                     }
                     _ => Verdict::Forward(Packet::Publish(p, props)),
                 }
@@ -520,6 +615,12 @@ impl Gate {
             Packet::Unsubscribe(u, props) if u.filters.iter().all(|f| served_by_gate(f)) => {
                 Verdict::Serve(Packet::Unsubscribe(u, props))
             }
+            // Under the rules there is no router behind the connection: the gate answers.
+            Packet::PingReq(_) if rules => Verdict::Answer(Packet::PingResp(PingResp)),
+            Packet::PubRel(r, _) if rules => {
+                Verdict::Answer(Packet::PubComp(PubComp { pkid: r.pkid, reason: PubCompReason::Success }, None))
+            }
+            Packet::PubAck(..) | Packet::PubRec(..) | Packet::PubComp(..) if rules => Verdict::Ignore,
             p @ (Packet::PubAck(..)
             | Packet::PubRec(..)
             | Packet::PubRel(..)

@@ -76,7 +76,8 @@ fn check(r: &Received) -> Vec<Result<Incoming, String>> {
                 prev: env.prev,
                 ts_ms: env.ts_ms,
                 kind: env.kind,
-                body: env.body.get().to_string(),
+                // The body's text as parsed, without a copy.
+                body: String::from(Box::<str>::from(env.body)),
             }),
         }
     });
@@ -102,9 +103,10 @@ fn update_report(env: &wire::Envelope) -> Option<UpdateReport> {
     }
 }
 
-/// Runs until the bus closes. Batches whatever has arrived (up to `max_batch`) into one
-/// transaction; on a database error nothing is acknowledged and the agents send again. Wakes
-/// `deployments` when a batch held update reports, so rollouts move on without waiting.
+/// Runs until the bus closes. Batches whatever has arrived (up to `max_batch` publishes) into
+/// one transaction, and checks what arrives while it commits for the next one; on a database
+/// error nothing is acknowledged and the agents send again. Wakes `deployments` when a batch
+/// held update reports, so rollouts move on without waiting.
 pub async fn run<S: TelemetryStore>(
     mut bus: Bus,
     store: S,
@@ -113,47 +115,56 @@ pub async fn run<S: TelemetryStore>(
     deployments: Arc<tokio::sync::Notify>,
 ) -> anyhow::Result<()> {
     let mut streams: HashMap<String, Stream> = HashMap::new();
-    let mut received = Vec::with_capacity(max_batch);
+    // Checked messages waiting for the next transaction, and how many publishes they came in.
+    let (mut batch, mut publishes) = (Vec::new(), 0usize);
     loop {
-        let Some(first) = bus.incoming.recv().await else { return Ok(()) };
-        received.push(first);
-        while received.len() < max_batch {
-            match bus.incoming.try_recv() {
-                Ok(r) => received.push(r),
-                Err(_) => break,
-            }
+        if publishes == 0 {
+            let Some(first) = bus.incoming.recv().await else { return Ok(()) };
+            take(&first, &mut batch, &stats);
+            publishes = 1;
         }
-        let mut batch = Vec::with_capacity(received.len());
-        for r in received.drain(..) {
-            for checked in check(&r) {
-                match checked {
-                    Ok(m) => batch.push(m),
-                    Err(error) => {
-                        stats.refused.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(%error, "refused a message");
-                    }
-                }
-            }
+        while publishes < max_batch {
+            let Ok(r) = bus.incoming.try_recv() else { break };
+            take(&r, &mut batch, &stats);
+            publishes += 1;
         }
-        if batch.is_empty() {
+        publishes = 0;
+        let batch_now = std::mem::take(&mut batch);
+        if batch_now.is_empty() {
             continue;
         }
         // The streams as they will be once this batch is committed.
-        let next = match next_streams(&streams, &store, &batch).await {
+        let next = match next_streams(&streams, &store, &batch_now).await {
             Ok(next) => next,
             Err(error) => {
-                tracing::error!(%error, messages = batch.len(), "cannot read stream state; not acknowledged");
+                tracing::error!(%error, messages = batch_now.len(), "cannot read stream state; not acknowledged");
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 continue;
             }
         };
         let acked: BTreeMap<String, u64> = next.iter().map(|(d, s)| (d.clone(), s.acked)).collect();
-        match store.commit(&batch, &acked).await {
+        // While the database commits, the next publishes are received and checked.
+        let commit = store.commit(&batch_now, &acked);
+        tokio::pin!(commit);
+        let committed = loop {
+            tokio::select! {
+                biased;
+                c = &mut commit => break c,
+                r = bus.incoming.recv(), if publishes < max_batch => match r {
+                    Some(r) => {
+                        take(&r, &mut batch, &stats);
+                        publishes += 1;
+                    }
+                    None => break commit.await,
+                },
+            }
+        };
+        match committed {
             Ok(c) => {
                 stats.stored.fetch_add(c.stored, Ordering::Relaxed);
                 stats.duplicates.fetch_add(c.duplicates, Ordering::Relaxed);
                 stats.batches.fetch_add(1, Ordering::Relaxed);
-                if batch.iter().any(|m| m.update.is_some()) {
+                if batch_now.iter().any(|m| m.update.is_some()) {
                     deployments.notify_one();
                 }
                 for (device, n) in &acked {
@@ -165,35 +176,47 @@ pub async fn run<S: TelemetryStore>(
                 streams.extend(next);
             }
             Err(error) => {
-                tracing::error!(%error, messages = batch.len(), "cannot store a batch; not acknowledged");
+                tracing::error!(%error, messages = batch_now.len(), "cannot store a batch; not acknowledged");
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
         }
     }
 }
 
-/// The streams of the batch's devices with the batch added (loaded from the store the first
-/// time a device is seen by this process).
+/// Checks one publish into `batch`, counting and logging what is refused.
+fn take(r: &Received, batch: &mut Vec<Incoming>, stats: &IngestStats) {
+    for checked in check(r) {
+        match checked {
+            Ok(m) => batch.push(m),
+            Err(error) => {
+                stats.refused.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%error, "refused a message");
+            }
+        }
+    }
+}
+
+/// The streams of the batch's devices with the batch added (loaded from the store, in one
+/// query for the batch, the first time a device is seen by this process).
 async fn next_streams(
     streams: &HashMap<String, Stream>,
     store: &impl TelemetryStore,
     batch: &[Incoming],
 ) -> Result<BTreeMap<String, Stream>, crate::store::StoreError> {
+    let mut unseen: Vec<&str> = batch.iter().map(|m| m.device.as_str()).filter(|d| !streams.contains_key(*d)).collect();
+    unseen.sort_unstable();
+    unseen.dedup();
+    let mut loaded = if unseen.is_empty() { Default::default() } else { store.stream_states(&unseen).await? };
     let mut next: BTreeMap<String, Stream> = BTreeMap::new();
     for m in batch {
-        if !next.contains_key(&m.device) {
-            let s = match streams.get(&m.device) {
-                Some(s) => s.clone(),
-                None => {
-                    let (acked, beyond) = store.stream_state(&m.device).await?;
-                    Stream { acked, beyond }
-                }
-            };
-            next.insert(m.device.clone(), s);
-        }
-        if let Some(s) = next.get_mut(&m.device) {
-            s.add(m.seq, m.prev);
-        }
+        let s = next.entry(m.device.clone()).or_insert_with(|| match streams.get(&m.device) {
+            Some(s) => s.clone(),
+            None => {
+                let (acked, beyond) = loaded.remove(&m.device).unwrap_or_default();
+                Stream { acked, beyond }
+            }
+        });
+        s.add(m.seq, m.prev);
     }
     Ok(next)
 }
@@ -206,7 +229,7 @@ mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::store::{Committed, StoreError, StoredMessage};
+    use crate::store::{Committed, StoreError, StoredMessage, StreamStates};
 
     /// Telemetry in memory, whose next commit can be made to fail (a full disk, a lost
     /// database connection). Clones share it.
@@ -235,12 +258,16 @@ mod tests {
             Ok(c)
         }
 
-        async fn stream_state(&self, device: &str) -> Result<(u64, BTreeMap<u64, u64>), StoreError> {
-            let acked = self.acked.lock().unwrap_or_else(|e| e.into_inner()).get(device).copied().unwrap_or(0);
+        async fn stream_states(&self, devices: &[&str]) -> Result<StreamStates, StoreError> {
+            let acked = self.acked.lock().unwrap_or_else(|e| e.into_inner());
             let stored = self.stored.lock().unwrap_or_else(|e| e.into_inner());
-            let beyond =
-                stored.values().filter(|m| m.device == device && m.seq > acked).map(|m| (m.seq, m.prev)).collect();
-            Ok((acked, beyond))
+            let mut out = StreamStates::new();
+            for d in devices {
+                let Some(&n) = acked.get(*d) else { continue };
+                let beyond = stored.values().filter(|m| m.device == *d && m.seq > n).map(|m| (m.seq, m.prev)).collect();
+                out.insert(d.to_string(), (n, beyond));
+            }
+            Ok(out)
         }
 
         async fn messages(&self, device: &str) -> Result<Vec<StoredMessage>, StoreError> {
@@ -261,7 +288,7 @@ mod tests {
 
     fn publish(device: &str, seq: u64) -> Received {
         let payload = wire::encode_envelope(device, seq, seq - 1, seq as i64, "telemetry", b"{}").unwrap();
-        Received { topic: wire::topic(device, "telemetry"), payload }
+        Received { topic: wire::topic(device, "telemetry"), payload: payload.into() }
     }
 
     #[tokio::test(start_paused = true)]
@@ -315,7 +342,7 @@ mod tests {
         let env = |device: &str, kind: &str, seq: u64, prev: u64| {
             wire::encode_envelope(device, seq, prev, 1, kind, b"{}").unwrap()
         };
-        let r = |topic: &str, payload: Vec<u8>| Received { topic: topic.into(), payload };
+        let r = |topic: &str, payload: Vec<u8>| Received { topic: topic.into(), payload: payload.into() };
         let one = |topic: &str, payload: Vec<u8>| {
             let mut all = check(&r(topic, payload));
             assert_eq!(all.len(), 1);

@@ -14,7 +14,7 @@ use sqlx::sqlite::{
 macro_rules! on_pool {
     ($store:expr, |$pool:ident| $body:expr) => {
         match $store {
-            Store::Sqlite($pool) => $body,
+            Store::Sqlite { pool: $pool, .. } => $body,
             Store::Postgres($pool) => $body,
         }
     };
@@ -76,7 +76,7 @@ pub use registry::{
     VersionPackage,
 };
 pub use telemetry::{
-    AlertActivity, AlertSummary, Committed, FleetFilter, Incoming, ScoringEvent, StoredMessage, Summary,
+    AlertActivity, AlertSummary, Committed, FleetFilter, Incoming, ScoringEvent, StoredMessage, StreamStates, Summary,
     TelemetryPoint, TelemetryQueries, TelemetryStore, channel_summary, downsample, score_summary,
 };
 
@@ -95,6 +95,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (12, "alert_rates", include_str!("../migrations/sqlite/0012_alert_rates.sql")),
     (13, "drift_monitors", include_str!("../migrations/sqlite/0013_drift_monitors.sql")),
     (14, "sketch_index", include_str!("../migrations/sqlite/0014_sketch_index.sql")),
+    (15, "alert_time_index", include_str!("../migrations/sqlite/0015_alert_time_index.sql")),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -112,6 +113,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (12, "alert_rates", include_str!("../migrations/postgres/0012_alert_rates.sql")),
     (13, "drift_monitors", include_str!("../migrations/postgres/0013_drift_monitors.sql")),
     (14, "sketch_index", include_str!("../migrations/postgres/0014_sketch_index.sql")),
+    (15, "alert_time_index", include_str!("../migrations/postgres/0015_alert_time_index.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +146,11 @@ pub enum StoreError {
 
 #[derive(Debug, Clone)]
 pub enum Store {
-    Sqlite(SqlitePool),
+    Sqlite {
+        pool: SqlitePool,
+        /// One connection for ingestion's batches and the stream state they extend.
+        ingest: SqlitePool,
+    },
     Postgres(PgPool),
 }
 
@@ -157,8 +163,24 @@ impl Store {
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
                 .synchronous(SqliteSynchronous::Full)
+                // 64 MiB of pages per connection: a batch from a large fleet touches a leaf of
+                // the device-keyed indexes per device.
+                .pragma("cache_size", "-65536")
+                // A multi-row insert keeps a statement journal (to undo itself on a constraint
+                // error): in memory, not in a temporary file written for every batch.
+                .pragma("temp_store", "memory")
+                // Checkpoint the WAL into the database every 64 MiB rather than every 4: a page
+                // that several commits change is written to the database file once.
+                .pragma("wal_autocheckpoint", "16384")
                 .busy_timeout(std::time::Duration::from_secs(10));
-            Store::Sqlite(SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?)
+            // Ingestion writes through a connection of its own: its page cache then holds the
+            // index pages each batch changes (a connection's cache goes stale whenever another
+            // connection writes), and it never waits for the pool.
+            // Its cache holds the leaf of each device-keyed index that each device's next
+            // messages go to: 256 MiB keeps them for a fleet of tens of thousands.
+            let ingest_opts = opts.clone().pragma("cache_size", "-262144");
+            let ingest = SqlitePoolOptions::new().max_connections(1).connect_with(ingest_opts).await?;
+            Store::Sqlite { pool: SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?, ingest }
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
             Store::Postgres(PgPoolOptions::new().max_connections(8).connect_with(opts).await?)
@@ -198,7 +220,7 @@ impl Store {
             }};
         }
         match self {
-            Store::Sqlite(p) => apply!(p, SQLITE_MIGRATIONS),
+            Store::Sqlite { pool, .. } => apply!(pool, SQLITE_MIGRATIONS),
             Store::Postgres(p) => apply!(p, POSTGRES_MIGRATIONS),
         }
         Ok(())

@@ -385,9 +385,15 @@ impl SimDevice {
                         let (now, first) = (Instant::now(), pending.len());
                         for _ in 0..self.batch {
                             seq += 1;
-                            let payload = wire::encode_envelope(&self.id, seq, seq - 1, impeller_edge::now_ms(), "telemetry", body.as_bytes())
-                                .map(bytes::Bytes::from)
-                                .unwrap_or_default();
+                            // The envelope as wire::encode_envelope writes it, without re-parsing
+                            // the same body each time: the fleet shares the cores with the hub.
+                            let payload = bytes::Bytes::from(format!(
+                                r#"{{"v":{},"device":"{}","seq":{seq},"prev":{},"ts_ms":{},"kind":"telemetry","body":{body}}}"#,
+                                wire::SCHEMA_VERSION,
+                                self.id,
+                                seq - 1,
+                                impeller_edge::now_ms()
+                            ));
                             pending.push_back(Pending { seq, sent: now, payload });
                         }
                         out.clear();

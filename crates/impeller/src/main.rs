@@ -5,6 +5,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// The hub allocates per message (envelopes, bodies, statements): under a fleet's load glibc's
+// malloc took a sixth of its CPU (`impeller bench load`, docs/BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = impeller::cli::Cli::parse();
     // The demo tells its story on standard output; two dozen agents' routine logs, and the

@@ -139,7 +139,7 @@ impl FleetStore for Store {
             }};
         }
         Ok(match self {
-            Store::Sqlite(p) => run!(p),
+            Store::Sqlite { pool: p, .. } => run!(p),
             Store::Postgres(p) => run!(p),
         })
     }
@@ -160,7 +160,7 @@ impl FleetStore for Store {
             }};
         }
         Ok(match self {
-            Store::Sqlite(p) => run!(p),
+            Store::Sqlite { pool: p, .. } => run!(p),
             Store::Postgres(p) => run!(p),
         })
     }

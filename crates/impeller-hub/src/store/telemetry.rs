@@ -16,6 +16,20 @@ use super::{Store, StoreError, deployments, i64_of, now_ms, u64_of};
 /// Messages per INSERT statement (7 parameters each; SQLite allows 32,766 per statement).
 const INSERT_CHUNK: usize = 500;
 
+/// `items` in chunks of a few fixed sizes (at most [`INSERT_CHUNK`]), so that a multi-row
+/// statement's text, and its prepared statement, repeat from one batch to the next.
+fn fixed_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let size = [INSERT_CHUNK, 100, 20, 5, 1].into_iter().find(|&n| n <= items.len())?;
+        let (chunk, rest) = items.split_at(size);
+        items = rest;
+        Some(chunk)
+    })
+}
+
+/// Per device: the acknowledged prefix, and the (seq → prev) of what is stored beyond it.
+pub type StreamStates = std::collections::HashMap<String, (u64, BTreeMap<u64, u64>)>;
+
 /// One message as received, checked against its topic.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Incoming {
@@ -180,8 +194,9 @@ pub trait TelemetryStore {
         acked: &BTreeMap<String, u64>,
     ) -> impl Future<Output = Result<Committed, StoreError>> + Send;
 
-    /// A device's acknowledged prefix and the (seq, prev) of what is stored beyond it.
-    fn stream_state(&self, device: &str) -> impl Future<Output = Result<(u64, BTreeMap<u64, u64>), StoreError>> + Send;
+    /// Each device's acknowledged prefix and the (seq, prev) of what is stored beyond it, for
+    /// the devices given (those never heard from are left out): what ingestion resumes from.
+    fn stream_states(&self, devices: &[&str]) -> impl Future<Output = Result<StreamStates, StoreError>> + Send;
 
     /// A device's messages, oldest first.
     fn messages(&self, device: &str) -> impl Future<Output = Result<Vec<StoredMessage>, StoreError>> + Send;
@@ -195,7 +210,7 @@ impl TelemetryStore for Store {
             ($pool:expr) => {{
                 let mut tx = $pool.begin().await?;
                 // Multi-row inserts: one round trip per chunk, not per message.
-                for chunk in batch.chunks(INSERT_CHUNK) {
+                for chunk in fixed_chunks(batch) {
                     let mut q = sqlx::QueryBuilder::new(
                         "INSERT INTO messages (device, seq, prev, ts_ms, kind, body, received_ms) ",
                     );
@@ -237,7 +252,7 @@ impl TelemetryStore for Store {
                 // One statement per chunk of devices too: a batch from a large fleet names
                 // hundreds of devices, and a statement each cost more than the messages.
                 let acked: Vec<(&String, &u64)> = acked.iter().collect();
-                for chunk in acked.chunks(INSERT_CHUNK) {
+                for chunk in fixed_chunks(&acked) {
                     let mut q = sqlx::QueryBuilder::new("INSERT INTO device_streams (device, acked, last_seen_ms) ");
                     q.push_values(chunk, |mut row, (device, acked)| {
                         row.push_bind(*device).push_bind(**acked as i64).push_bind(now);
@@ -249,36 +264,52 @@ impl TelemetryStore for Store {
             }};
         }
         match self {
-            Store::Sqlite(p) => run!(p),
+            Store::Sqlite { ingest: p, .. } => run!(p),
             Store::Postgres(p) => run!(p),
         }
         Ok(out)
     }
 
-    async fn stream_state(&self, device: &str) -> Result<(u64, BTreeMap<u64, u64>), StoreError> {
-        macro_rules! run {
-            ($pool:expr) => {{
-                let acked: Option<i64> = sqlx::query_scalar("SELECT acked FROM device_streams WHERE device = $1")
-                    .bind(device)
-                    .fetch_optional($pool)
-                    .await?;
-                let acked = acked.unwrap_or(0);
-                let rows = sqlx::query("SELECT seq, prev FROM messages WHERE device = $1 AND seq > $2")
-                    .bind(device)
-                    .bind(acked)
-                    .fetch_all($pool)
-                    .await?;
-                let mut beyond = BTreeMap::new();
-                for r in rows {
-                    beyond.insert(r.try_get::<i64, _>(0)? as u64, r.try_get::<i64, _>(1)? as u64);
+    async fn stream_states(&self, devices: &[&str]) -> Result<StreamStates, StoreError> {
+        let mut out = StreamStates::new();
+        // A chunk of devices per statement: one round trip for a batch from a large fleet.
+        for chunk in fixed_chunks(devices) {
+            macro_rules! run {
+                ($pool:expr) => {{
+                    let mut q = sqlx::QueryBuilder::new("SELECT device, acked FROM device_streams WHERE device IN (");
+                    let mut list = q.separated(", ");
+                    for d in chunk {
+                        list.push_bind(*d);
+                    }
+                    q.push(")");
+                    let acked: Vec<(String, i64)> = q.build_query_as().fetch_all($pool).await?;
+                    let mut q = sqlx::QueryBuilder::new(
+                        "SELECT m.device, m.seq, m.prev FROM messages m JOIN device_streams s ON s.device = m.device \
+                         WHERE m.seq > s.acked AND s.device IN (",
+                    );
+                    let mut list = q.separated(", ");
+                    for d in chunk {
+                        list.push_bind(*d);
+                    }
+                    q.push(")");
+                    let beyond: Vec<(String, i64, i64)> = q.build_query_as().fetch_all($pool).await?;
+                    (acked, beyond)
+                }};
+            }
+            let (acked, beyond) = match self {
+                Store::Sqlite { ingest, .. } => run!(ingest),
+                Store::Postgres(p) => run!(p),
+            };
+            for (device, n) in acked {
+                out.insert(device, (u64_of(n), BTreeMap::new()));
+            }
+            for (device, seq, prev) in beyond {
+                if let Some((_, b)) = out.get_mut(&device) {
+                    b.insert(u64_of(seq), u64_of(prev));
                 }
-                (acked as u64, beyond)
-            }};
+            }
         }
-        Ok(match self {
-            Store::Sqlite(p) => run!(p),
-            Store::Postgres(p) => run!(p),
-        })
+        Ok(out)
     }
 
     async fn messages(&self, device: &str) -> Result<Vec<StoredMessage>, StoreError> {
@@ -303,7 +334,7 @@ impl TelemetryStore for Store {
             }};
         }
         Ok(match self {
-            Store::Sqlite(p) => run!(p),
+            Store::Sqlite { pool: p, .. } => run!(p),
             Store::Postgres(p) => run!(p),
         })
     }
@@ -559,6 +590,15 @@ mod tests {
     use impeller_core::wire::{AggregateBody, ChannelStats};
 
     use super::*;
+
+    #[test]
+    fn chunks_come_in_a_few_fixed_sizes_and_cover_everything() {
+        let items: Vec<usize> = (0..1234).collect();
+        let sizes: Vec<usize> = fixed_chunks(&items).map(<[usize]>::len).collect();
+        assert_eq!(sizes, [500, 500, 100, 100, 20, 5, 5, 1, 1, 1, 1]);
+        assert_eq!(fixed_chunks(&items).flatten().copied().collect::<Vec<_>>(), items);
+        assert_eq!(fixed_chunks::<u8>(&[]).count(), 0);
+    }
 
     fn agg(start_ms: i64, mean: f64, count: u64) -> AggregateBody {
         let stats = ChannelStats {

@@ -154,7 +154,7 @@ async fn a_record_edited_in_the_database_is_found() {
         store.add_device(&format!("p{i}"), &Default::default(), "gw", "token:ops").await.unwrap();
     }
     assert!(impeller_core::audit::verify(&all_records(&store).await, None).is_ok());
-    let Store::Sqlite(pool) = &store else { unreachable!() };
+    let Store::Sqlite { pool, .. } = &store else { unreachable!() };
     sqlx::query("UPDATE audit_log SET subject = 'p9' WHERE seq = 3").execute(pool).await.unwrap();
     assert_eq!(impeller_core::audit::verify(&all_records(&store).await, None), Err(ChainBreak::Content { seq: 3 }));
     sqlx::query("UPDATE audit_log SET artifacts = 'not json' WHERE seq = 2").execute(pool).await.unwrap();
