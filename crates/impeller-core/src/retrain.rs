@@ -73,6 +73,11 @@ pub struct DataWindow {
     /// Leave confirmed faults and other incidents out of the training data.
     #[serde(default = "DataWindow::yes")]
     pub exclude_incidents: bool,
+    /// Train on the champion's own training data as well as the recent window, so a retraining
+    /// widens what the model knows as normal (the hours the technicians called false alarms)
+    /// rather than forgetting the history it was first trained on.
+    #[serde(default)]
+    pub include_champion_data: bool,
 }
 
 impl DataWindow {

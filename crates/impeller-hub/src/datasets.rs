@@ -42,6 +42,10 @@ pub struct SnapshotRequest {
     /// Leave out the rows inside the devices' incidents (training data of normal running).
     #[serde(default)]
     pub exclude_incidents: bool,
+    /// A dataset at the hub (its sha256) whose parts the snapshot carries too, as `base/PART`:
+    /// a retraining on the champion's training data plus the recent window.
+    #[serde(default)]
+    pub base_dataset: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +144,9 @@ pub async fn snapshot(
             devices.len()
         )));
     }
+    if let Some(base) = &req.base_dataset {
+        rows += carry_base(datasets_dir, base, &channels, req.label_incidents, MAX_ROWS - rows, &mut parts)?;
+    }
     let channels: Vec<Channel> =
         channels.iter().map(|c| Channel::new(c.clone(), units.get(c).cloned().unwrap_or_default())).collect();
     let dataset = Dataset::new(channels, parts).map_err(|e| SnapshotError::Invalid(e.to_string()))?;
@@ -151,6 +158,7 @@ pub async fn snapshot(
         "until_ms": until_ms,
         "label_incidents": req.label_incidents,
         "exclude_incidents": req.exclude_incidents,
+        "base_dataset": req.base_dataset,
     });
     let source = format!("hub snapshot: {} from {} to {}", req.condition, req.since_ms, until_ms);
     let dir = datasets_dir.to_path_buf();
@@ -169,6 +177,46 @@ pub async fn snapshot(
     };
     store.put_dataset(&record).await?;
     impeller_pipeline::dataset::read_manifest(datasets_dir, &sha).map_err(|e| SnapshotError::Write(e.to_string()))
+}
+
+/// Appends the parts of the dataset `base` (in the hub's datasets folder) to `parts` as
+/// `base/PART`, its columns in the order of `channels`; labelled normal where the snapshot is
+/// labelled and the base is not. At most `budget` rows: beyond it each part keeps the same
+/// share of its latest rows, so that retraining on retraining cannot outgrow a snapshot.
+/// Returns the rows carried.
+fn carry_base(
+    datasets_dir: &Path,
+    base: &str,
+    channels: &[String],
+    labelled: bool,
+    budget: usize,
+    parts: &mut Vec<Part>,
+) -> Result<usize, SnapshotError> {
+    let (dataset, _) =
+        Dataset::read(datasets_dir, base).map_err(|e| SnapshotError::Invalid(format!("base dataset {base}: {e}")))?;
+    let dataset = dataset
+        .select_channels(channels)
+        .map_err(|e| SnapshotError::Invalid(format!("base dataset {base} lacks a channel of the snapshot: {e}")))?;
+    let total: usize = dataset.parts.iter().map(|p| p.frames.len()).sum();
+    let mut rows = 0;
+    for mut p in dataset.parts {
+        let keep = if total > budget { p.frames.len() * budget / total } else { p.frames.len() };
+        let drop = p.frames.len() - keep;
+        p.frames.drain(..drop);
+        let labels = match p.labels {
+            Some(mut l) if labelled => {
+                l.drain(..drop);
+                Some(l)
+            }
+            _ if labelled => Some(vec![false; keep]),
+            _ => None,
+        };
+        if keep > 0 {
+            rows += keep;
+            parts.push(Part { name: format!("base/{}", p.name), frames: p.frames, labels });
+        }
+    }
+    Ok(rows)
 }
 
 /// Splits frames at gaps longer than five times their median spacing (and a second).

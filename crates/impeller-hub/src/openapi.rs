@@ -344,6 +344,8 @@ fn schemas() -> Value {
                 "channels": {"type": "array", "items": string()},
                 "since_ms": int(), "until_ms": nullable("integer"), "label_incidents": {"type": "boolean"},
                 "exclude_incidents": {"type": "boolean"},
+                "base_dataset": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$",
+                                 "description": "a dataset at the hub whose parts the snapshot carries too"},
             },
         },
         "Channel": object(&["name", "unit"], json!({"name": string(), "unit": string()})),

@@ -239,6 +239,10 @@ impl Retrainer {
     /// The snapshot and the pipeline run; the version registered ready, if any.
     async fn snapshot_and_run(&self, rec: &PolicyRecord, policy: &RetrainPolicy) -> Result<Option<u64>, RetrainError> {
         let now = now_ms();
+        let base_dataset = match policy.data.include_champion_data {
+            true => self.store.alias(&rec.model, "champion").await?.map(|v| v.dataset_sha256),
+            false => None,
+        };
         let req = SnapshotRequest {
             condition: policy.data.condition.clone(),
             channels: Vec::new(),
@@ -246,6 +250,7 @@ impl Retrainer {
             until_ms: Some(now),
             label_incidents: false,
             exclude_incidents: policy.data.exclude_incidents,
+            base_dataset,
         };
         let actor = format!("retrain:{}", rec.model);
         let manifest = snapshot(&self.store, &self.artifacts, &self.datasets_dir, &req, &actor)

@@ -192,7 +192,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
             model.channels.len(),
             frames.len(),
             (train_ms - holdout_ms) as f64 / HOUR_MS as f64,
-            fleet.pumps.iter().filter(|p| class.contains(p)).count(),
+            class.training_pumps(&fleet).len(),
             holdout_ms as f64 / HOUR_MS as f64,
             validation.false_alarms,
             t.elapsed().as_secs_f64(),
@@ -420,6 +420,11 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     );
     let items = |v: &serde_json::Value| v["items"].as_array().cloned().unwrap_or_default();
     let rates = alert_rate_line(&items(&rates), &items(&entered), &by_id);
+    let (per_version, triggered) = (
+        api.call("GET", "/feedback", None).await?,
+        api.call("GET", "/audit?action=retrain.triggered&limit=1000", None).await?,
+    );
+    let precision = precision_line(&items(&per_version), &items(&triggered));
 
     // 9. Summary against the ground truth.
     let results = outcomes(&fleet, &alerts, fleet.start_ms, fleet.end_ms);
@@ -444,6 +449,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
             explained
         )?;
         writeln!(out, "{rates}")?;
+        writeln!(out, "{precision}")?;
         writeln!(out, "messages stored at the hub: {}", stored())?;
         writeln!(
             out,
@@ -741,6 +747,52 @@ async fn watch_retraining(
     Ok(())
 }
 
+/// The summary's line on alert precision from the technician's verdicts: the first versions
+/// against the versions the hub retrained, and each retraining that feedback set off (its model's
+/// precision before and after).
+fn precision_line(per_version: &[serde_json::Value], triggered: &[serde_json::Value]) -> String {
+    let count = |v: &serde_json::Value| (v["confirmed"].as_u64().unwrap_or(0), v["false_alarms"].as_u64().unwrap_or(0));
+    let share =
+        |(c, f): (u64, u64)| if c + f == 0 { "-".to_string() } else { format!("{:.2}", c as f64 / (c + f) as f64) };
+    let (mut first, mut later) = ((0, 0), (0, 0));
+    for v in per_version {
+        let (c, f) = count(v);
+        let sum = if v["model_version"] == "1" { &mut first } else { &mut later };
+        *sum = (sum.0 + c, sum.1 + f);
+    }
+    let mut line = format!(
+        "alert precision: first versions {} ({} of {} verdicts confirmed), retrained versions {} ({} of {})",
+        share(first),
+        first.0,
+        first.0 + first.1,
+        share(later),
+        later.0,
+        later.0 + later.1
+    );
+    let by_feedback: Vec<&str> = triggered
+        .iter()
+        .filter(|r| r["details"]["reason"].as_str().is_some_and(|s| s.starts_with("alert precision")))
+        .filter_map(|r| r["subject"].as_str())
+        .collect();
+    if !by_feedback.is_empty() {
+        let changes: Vec<String> = by_feedback
+            .iter()
+            .map(|model| {
+                let of = |first: bool| {
+                    per_version
+                        .iter()
+                        .filter(|v| v["model"] == *model && (v["model_version"] == "1") == first)
+                        .map(count)
+                        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+                };
+                format!("{model} {} → {}", share(of(true)), share(of(false)))
+            })
+            .collect();
+        line.push_str(&format!("; {} retrained on feedback: {}", by_feedback.len(), changes.join(", ")));
+    }
+    line
+}
+
 /// The summary's line on retraining: which versions the hub made and rolled out, what the
 /// ground truth says set them off (the heat wave at its site, or faults elsewhere), and how long
 /// after the heat wave began each of its site's new versions was active on all its devices.
@@ -792,8 +844,9 @@ fn retrain_line(
 /// the version its false-alarm rate.
 async fn set_retrain_policy(api: &HubClient, class: &Class, target: &str, args: &DemoArgs) -> anyhow::Result<()> {
     let policy = format!(
-        "version = 1\n[triggers]\ndrift_share = 0.9\ndrift_rounds = 2\n[data]\ncondition = {}\nhours = {}\n\
-         exclude_incidents = true\n[approval]\npromote = \"auto\"\nrollout = \"auto\"\n[budget]\nper_day = 1\n\
+        "version = 1\n[triggers]\ndrift_share = 0.9\ndrift_rounds = 2\nmin_precision = 0.5\nmin_verdicts = 5\n\
+         [data]\ncondition = {}\nhours = {}\n\
+         exclude_incidents = true\ninclude_champion_data = true\n[approval]\npromote = \"auto\"\nrollout = \"auto\"\n[budget]\nper_day = 1\n\
          [rollout]\nwaves = [50, 100]\nsoak_s = {}\nmax_failed = 0.0\nmax_rolled_back = 0.0\n",
         toml::Value::String(class.target_condition()),
         args.hours + 1.0,

@@ -24,6 +24,8 @@ use crate::cli::{FleetArgs, FleetBenchArgs, SimArgs};
 use crate::commands::{emit, emit_json};
 
 pub const HOUR_MS: i64 = 3_600_000;
+/// At most this many pumps of a class train its model ([`Class::training_pumps`]).
+pub const TRAINING_PUMPS: usize = 12;
 
 /// Writes each pump's readings from `from_ms` to `to_ms` as `DIR/PUMP.csv` (SKAB layout, the
 /// manufacturer's names and units, ground-truth labels) and the plan as `DIR/fleet.json`.
@@ -102,6 +104,18 @@ impl Class {
         p.manufacturer == self.manufacturer.name && self.site.is_none_or(|s| p.site == s)
     }
 
+    /// The pumps whose history trains and validates the class's model: all of them up to
+    /// [`TRAINING_PUMPS`], else that many spread evenly over the class. A class's pumps share a
+    /// design and a site, so beyond a dozen more pumps add hours of simulation, not a wider
+    /// "normal" (a 1,000-pump fleet's classes have over 100 pumps each).
+    pub fn training_pumps<'a>(&self, fleet: &'a Fleet) -> Vec<&'a PumpPlan> {
+        let all: Vec<&PumpPlan> = fleet.pumps.iter().filter(|p| self.contains(p)).collect();
+        if all.len() <= TRAINING_PUMPS {
+            return all;
+        }
+        (0..TRAINING_PUMPS).map(|i| all[i * all.len() / TRAINING_PUMPS]).collect()
+    }
+
     /// `acme-gulf`, or `acme` for all sites.
     pub fn name(&self) -> String {
         match self.site {
@@ -120,7 +134,7 @@ impl Class {
     }
 }
 
-/// Trains one model for a class on its pumps' history in `[from_ms, to_ms)`, one pump after
+/// Trains one model for a class on its training pumps' history in `[from_ms, to_ms)`, one pump after
 /// another (shifted in time, so rolling windows restart between them). Returns the model and
 /// the frames it was trained on (for the package's self-test and drift reference).
 pub fn train_class(
@@ -133,7 +147,7 @@ pub fn train_class(
     let m = &class.manufacturer;
     let mut frames: Vec<Frame> = Vec::new();
     let span = to_ms - from_ms + HOUR_MS;
-    for (i, p) in fleet.pumps.iter().filter(|p| class.contains(p)).enumerate() {
+    for (i, p) in class.training_pumps(fleet).into_iter().enumerate() {
         let shift = span * i as i64;
         frames.extend(pump_frames(fleet, p, m, from_ms, to_ms).into_iter().map(|mut f| {
             f.ts_ms += shift;
@@ -147,7 +161,7 @@ pub fn train_class(
     Ok((model, frames))
 }
 
-/// The class's model scored frame by frame, as the device would, on each of its pumps' healthy
+/// The class's model scored frame by frame, as the device would, on each of its training pumps' healthy
 /// `[from_ms, to_ms)`: the false alarms the hub then holds each device to.
 pub fn validate_class(
     fleet: &Fleet,
@@ -157,10 +171,9 @@ pub fn validate_class(
     to_ms: i64,
 ) -> impeller_pipeline::evaluate::Evaluation {
     use impeller_pipeline::evaluate::{ValidationPart, evaluate};
-    let parts: Vec<(String, Vec<Frame>, Vec<bool>)> = fleet
-        .pumps
-        .iter()
-        .filter(|p| class.contains(p))
+    let parts: Vec<(String, Vec<Frame>, Vec<bool>)> = class
+        .training_pumps(fleet)
+        .into_iter()
         .map(|p| {
             let frames = pump_frames(fleet, p, &class.manufacturer, from_ms, to_ms);
             let labels = vec![false; frames.len()];
@@ -484,4 +497,35 @@ pub fn bench(args: FleetBenchArgs) -> anyhow::Result<()> {
         }
         write_summary(out, &summary)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fleet(pumps: usize) -> Fleet {
+        let args = FleetArgs { pumps, seed: 7, faulty_share: 0.5, heat_wave: None };
+        plan(&args, 0, 6.0, (0.3, 0.7)).unwrap()
+    }
+
+    #[test]
+    fn a_large_class_trains_on_an_even_spread_of_its_pumps_and_a_small_one_on_all() {
+        let big = fleet(1000);
+        for class in Class::all(&big, false) {
+            let members: Vec<&str> = big.pumps.iter().filter(|p| class.contains(p)).map(|p| p.id.as_str()).collect();
+            let chosen: Vec<&str> = class.training_pumps(&big).iter().map(|p| p.id.as_str()).collect();
+            assert_eq!(chosen.len(), TRAINING_PUMPS, "{}", class.name());
+            assert!(chosen.iter().all(|id| members.contains(id)), "{}: only its own pumps", class.name());
+            assert!(chosen.windows(2).all(|w| w[0] < w[1]), "{}: no pump twice", class.name());
+            assert!(
+                chosen.last() > members.get(members.len() / 2),
+                "{}: the spread reaches the class's far half",
+                class.name()
+            );
+        }
+        let small = fleet(24);
+        for class in Class::all(&small, false) {
+            assert_eq!(class.training_pumps(&small).len(), small.pumps.iter().filter(|p| class.contains(p)).count());
+        }
+    }
 }

@@ -111,6 +111,43 @@ async fn snapshots_select_label_and_reproduce() {
     let r = client.get(format!("{base}/datasets/{sha}/files/..%2Fhub.db")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 404, "only the dataset's own files");
 
+    // A snapshot carrying that one as its base (a retraining on the champion's data and the
+    // recent window): n1's window and the base's parts, under base/, in the snapshot's order.
+    let carried = serde_json::json!({
+        "condition": "tags.site = 'north'", "since_ms": 1_000_000, "until_ms": 1_020_000,
+        "channels": ["flow", "pressure"], "base_dataset": sha,
+    });
+    let r = post("/datasets", carried).await.unwrap();
+    assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
+    let m = json(r).await;
+    let parts: Vec<(&str, u64)> = m["parts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (p["name"].as_str().unwrap(), p["rows"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(parts, [("base/g1", 50), ("base/g2", 50), ("n1", 20)]);
+    let (with_base, _) = Dataset::read(&dir.path().join("datasets"), m["sha256"].as_str().unwrap()).unwrap();
+    // Compared as text: a missing reading is NaN, never equal to itself.
+    let text = |frames: &[Frame]| format!("{frames:?}");
+    assert_eq!(
+        text(&with_base.part("base/g2").unwrap().frames),
+        text(&ds.parts[1].frames),
+        "the base's rows unchanged"
+    );
+    // A base lacking one of the snapshot's channels, or none at all: refused, saying which.
+    let lacking = serde_json::json!({
+        "condition": "tags.site = 'north'", "since_ms": 1_000_000, "channels": ["flow", "speed"], "base_dataset": sha,
+    });
+    let r = post("/datasets", lacking).await.unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    assert!(r.text().await.unwrap().contains("no channel `speed`"));
+    let r = post("/datasets", serde_json::json!({"condition": "*", "since_ms": 0, "base_dataset": "0".repeat(64)}))
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 422);
+    assert!(r.text().await.unwrap().contains("base dataset 0000"));
+
     // Refused with the reason: nothing matches; an empty range; an incident on no device.
     let r = post("/datasets", serde_json::json!({"condition": "tags.site = 'moon'", "since_ms": 0})).await.unwrap();
     assert_eq!(r.status().as_u16(), 422);
@@ -132,8 +169,8 @@ async fn snapshots_select_label_and_reproduce() {
         })
         .await
         .unwrap();
-    assert_eq!(audited.len(), 1);
-    assert_eq!(audited[0].artifacts, [sha]);
+    assert_eq!(audited.len(), 2, "the snapshot and the one carrying it");
+    assert!(audited.iter().any(|r| r.artifacts == [sha.clone()]));
 }
 
 /// The store's side on each backend: samples by device and time, incidents overlapping a range,
