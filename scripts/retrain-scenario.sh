@@ -3,11 +3,13 @@
 # fault), then the same fleet with none (the control), each printing its retraining line: how
 # long from the heat wave's onset to the retrained versions on all their devices, and whether
 # the control run retrained anything (a false trigger).
-#   scripts/retrain-scenario.sh [PUMPS] [TRAIN_HOURS]   (default 24 pumps, 48 h of history)
+# It also prints the precision line: technicians' verdicts on the first and the retrained versions.
+#   scripts/retrain-scenario.sh [PUMPS] [TRAIN_HOURS] [SPEED]   (default 24 pumps, 48 h of history, 360×)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 pumps="${1:-24}"
 train_hours="${2:-48}"
+speed="${3:-360}"
 bin="${IMPELLER_BIN:-}"
 if [ -z "$bin" ]; then
   cargo build --release --locked -q -p impeller
@@ -17,7 +19,7 @@ for run in drift control; do
   flags=()
   if [ "$run" = control ]; then flags+=(--no-drift); fi
   start=$(date +%s)
-  out=$("$bin" demo --pumps "$pumps" --train-hours "$train_hours" "${flags[@]}" 2>&1) || { echo "$out" | tail -20; exit 1; }
-  echo "== $run run: $pumps pumps, $(( $(date +%s) - start )) s"
-  echo "$out" | grep -E '^(false alarms|rollouts|technician|retraining):'
+  out=$("$bin" demo --pumps "$pumps" --train-hours "$train_hours" --speed "$speed" "${flags[@]}" 2>&1) || { echo "$out" | tail -20; exit 1; }
+  echo "== $run run: $pumps pumps at ${speed}×, $(( $(date +%s) - start )) s"
+  echo "$out" | grep -E '^([a-z_]+ +[0-9]+ +[0-9]+ |(false alarms|rollouts|alert precision|technician|retraining):)'
 done

@@ -102,6 +102,10 @@ pub struct Evidence {
     pub active: usize,
     pub failed: usize,
     pub rolled_back: usize,
+    /// Devices that rolled the new model back while a labelled incident (a confirmed fault) was
+    /// open on them, not counted in `rolled_back`: a device's own check compares alarm rates,
+    /// and on a faulty pump a better model alarms more.
+    pub rolled_back_in_fault: usize,
     /// Alerts per device-day before and after the switch, over the active devices; None when
     /// they have sent no telemetry since switching.
     pub alerts: Option<AlertRates>,
@@ -143,9 +147,13 @@ pub fn step(policy: &Rollout, wave: usize, wave_started_ms: i64, now_ms: i64, e:
             ))
         })
     };
-    if let Some(abort) = over(e.failed, policy.max_failed, "refused the package")
-        .or_else(|| over(e.rolled_back, policy.max_rolled_back, "rolled the new model back by themselves"))
-    {
+    if let Some(abort) = over(e.failed, policy.max_failed, "refused the package").or_else(|| {
+        let what = match e.rolled_back_in_fault {
+            0 => "rolled the new model back by themselves".to_string(),
+            n => format!("rolled the new model back by themselves; {n} more under a confirmed fault not counted"),
+        };
+        over(e.rolled_back, policy.max_rolled_back, &what)
+    }) {
         return abort;
     }
     let soaked_ms = now_ms.saturating_sub(wave_started_ms);
@@ -267,6 +275,8 @@ mod tests {
         let refused = Evidence { failed: 1, active: 9, ..healthy(10) };
         let Step::Abort(why) = step(&p, 0, 0, 1_000, &refused) else { panic!("must abort before the soak ends") };
         assert!(why.contains("1 of 10") && why.contains("10 %") && why.contains("5 %"), "{why}");
+        let in_fault = Evidence { rolled_back_in_fault: 1, active: 9, ..healthy(10) };
+        assert_eq!(step(&p, 0, 0, 60_000, &in_fault), Step::Advance, "a faulty pump's rollback is no evidence");
         let rolled = Evidence { rolled_back: 1, active: 9, ..healthy(10) };
         assert!(matches!(step(&p, 0, 0, 1_000, &rolled), Step::Abort(w) if w.contains("rolled")));
         let noisy = Evidence { alerts: Some(AlertRates { before_per_day: 0.5, after_per_day: 3.0 }), ..healthy(10) };

@@ -22,8 +22,8 @@ use crate::bus::Send;
 use crate::fleet::Device;
 use crate::store::TelemetryQueries;
 use crate::store::{
-    AlertActivity, ArtifactStore, DeploymentInfo, DeploymentStore, DesiredInfo, FleetStore, PackageInfo, Store,
-    StoreError, UpdateInfo, now_ms,
+    AlertActivity, ArtifactStore, DeploymentInfo, DeploymentStore, DesiredInfo, FeedbackStore, FleetStore, PackageInfo,
+    Store, StoreError, UpdateInfo, now_ms,
 };
 
 const PERIOD: Duration = Duration::from_secs(5);
@@ -200,6 +200,9 @@ fn targets<'a>(plan: &Plan, d: &DeploymentInfo, devices: &'a [Device]) -> Vec<&'
     out
 }
 
+/// How long before a deployment a device's incident still makes it "under a known fault".
+const INCIDENT_LOOKBACK_MS: i64 = 24 * 3_600_000;
+
 /// What the devices `d` has taken report; alert rates only once `with_alerts`.
 async fn evidence(
     store: &Store,
@@ -216,7 +219,15 @@ async fn evidence(
         let Some(u) = plan.report(d, device) else { continue };
         match u.state.as_str() {
             "failed" => e.failed += 1,
-            "rolled_back" => e.rolled_back += 1,
+            "rolled_back" => {
+                // A rollback on a pump with a confirmed fault is no evidence against the model:
+                // the device compared alarm rates, and a better model alarms more on a faulty pump.
+                let since = d.created_ms - INCIDENT_LOOKBACK_MS;
+                match store.incidents(Some(device), since, i64::MAX).await?.is_empty() {
+                    true => e.rolled_back += 1,
+                    false => e.rolled_back_in_fault += 1,
+                }
+            }
             "active" => {
                 e.active += 1;
                 if let (true, Some(active_seq)) = (with_alerts, u.active_seq) {

@@ -25,7 +25,7 @@ use crate::commands::{emit, emit_json};
 
 pub const HOUR_MS: i64 = 3_600_000;
 /// At most this many pumps of a class train its model ([`Class::training_pumps`]).
-pub const TRAINING_PUMPS: usize = 12;
+pub const TRAINING_PUMPS: usize = 24;
 
 /// Writes each pump's readings from `from_ms` to `to_ms` as `DIR/PUMP.csv` (SKAB layout, the
 /// manufacturer's names and units, ground-truth labels) and the plan as `DIR/fleet.json`.
@@ -105,9 +105,8 @@ impl Class {
     }
 
     /// The pumps whose history trains and validates the class's model: all of them up to
-    /// [`TRAINING_PUMPS`], else that many spread evenly over the class. A class's pumps share a
-    /// design and a site, so beyond a dozen more pumps add hours of simulation, not a wider
-    /// "normal" (a 1,000-pump fleet's classes have over 100 pumps each).
+    /// [`TRAINING_PUMPS`], else that many spread evenly over the class (a 1,000-pump fleet has
+    /// over 100 per class, and training on every one's history would take minutes per class).
     pub fn training_pumps<'a>(&self, fleet: &'a Fleet) -> Vec<&'a PumpPlan> {
         let all: Vec<&PumpPlan> = fleet.pumps.iter().filter(|p| self.contains(p)).collect();
         if all.len() <= TRAINING_PUMPS {

@@ -346,6 +346,37 @@ fn a_model_that_does_worse_after_the_switch_is_rolled_back_by_the_device() {
     agent.stop();
 }
 
+/// A device under a confirmed fault that rolls a new model back does not stop its rollout: it
+/// compared alarm rates on a faulty pump, where a better model alarms more.
+#[test]
+fn a_rollback_on_a_pump_with_a_confirmed_fault_does_not_abort_the_rollout() {
+    let (site, hub) = site_and_hub();
+    set_models(&site, "shadow_readings = 1\nmin_trial_frames = 50\nhealth_window_s = 120");
+    provision(&hub, &site, json!({}));
+    let agent = site.start();
+    let v1 = hub.upload(package(1));
+    hub.deploy("v1", &v1, "*", 1);
+    hub.wait_state("v1", &site.device, "active", &site);
+    let now = impeller_hub::store::now_ms();
+    let incident = json!({"device": site.device, "start_ms": now - 3_600_000, "end_ms": now, "kind": "cavitation"});
+    let (status, body) =
+        hub.call("POST", "/api/v1/incidents", Some(&hub.bearer()), Some(serde_json::to_vec(&incident).unwrap()));
+    assert_eq!(status, 201, "{body}");
+
+    let hair = hub.upload(hair_trigger_package(2));
+    // A soak long enough that the rollback comes while the wave is still judged.
+    let rollout = json!({"waves": [100], "soak_s": 600, "min_active": 0.0, "max_failed": 0.0, "max_rolled_back": 0.0});
+    hub.deploy_staged("hair-trigger", &hair, 2, rollout);
+    hub.wait_state("hair-trigger", &site.device, "rolled_back", &site);
+    // The status judges the wave afresh; the deployment loop has had a round to act on it.
+    std::thread::sleep(Duration::from_secs(6));
+    let status = hub.status("hair-trigger");
+    assert_eq!(status["rollout"]["phase"], "rolling_out", "{status}");
+    let note = status["rollout"]["note"].as_str().unwrap_or_default();
+    assert!(note.contains("soaks") && !note.contains("abort"), "{status}");
+    agent.stop();
+}
+
 impl TestHub {
     fn deploy_staged(&self, name: &str, sha256: &str, priority: i64, rollout: Value) {
         let body = json!({"name": name, "package_sha256": sha256, "target_condition": "*", "priority": priority,
