@@ -15,11 +15,16 @@ if [ -z "$bin" ]; then
   cargo build --release --locked -q -p impeller
   bin="${CARGO_TARGET_DIR:-target}/release/impeller"
 fi
+failed=0
 for run in drift control; do
   flags=()
   if [ "$run" = control ]; then flags+=(--no-drift); fi
   start=$(date +%s)
-  out=$("$bin" demo --pumps "$pumps" --train-hours "$train_hours" --speed "$speed" "${flags[@]}" 2>&1) || { echo "$out" | tail -20; exit 1; }
-  echo "== $run run: $pumps pumps at ${speed}×, $(( $(date +%s) - start )) s"
+  # A failed run (a rollout that did not complete) still prints its summary; the control runs anyway.
+  status=0
+  out=$("$bin" demo --pumps "$pumps" --train-hours "$train_hours" --speed "$speed" "${flags[@]}" 2>&1) || status=$?
+  echo "== $run run: $pumps pumps at ${speed}×, $(( $(date +%s) - start )) s, exit status $status"
+  if [ "$status" -ne 0 ]; then failed=1; echo "$out" | tail -3; fi
   echo "$out" | grep -E '^([a-z_]+ +[0-9]+ +[0-9]+ |(false alarms|rollouts|alert precision|technician|retraining):)'
 done
+exit "$failed"

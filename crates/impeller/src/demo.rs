@@ -933,3 +933,30 @@ rebase_time = false
     );
     impeller_edge::config::Config::parse(&text, &format!("demo agent {}", p.id)).map_err(anyhow::Error::from)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_precision_line_sets_first_versions_against_retrained_ones_and_names_feedback_retrainings() {
+        let per_version = [
+            json!({"model": "a", "model_version": "1", "confirmed": 1, "false_alarms": 3}),
+            json!({"model": "a", "model_version": "2", "confirmed": 4, "false_alarms": 0}),
+            json!({"model": "b", "model_version": "1", "confirmed": 2, "false_alarms": 0}),
+        ];
+        let triggered = [
+            json!({"subject": "a", "details": {"reason": "alert precision 0.25 from 4 verdicts is below 0.50"}}),
+            json!({"subject": "b", "details": {"reason": "drift on 2 of 2 devices (100 %) for 2 checks in a row"}}),
+        ];
+        assert_eq!(
+            precision_line(&per_version, &triggered),
+            "alert precision: first versions 0.50 (3 of 6 verdicts confirmed), retrained versions 1.00 (4 of 4); \
+             1 retrained on feedback: a 0.25 → 1.00"
+        );
+        assert_eq!(
+            precision_line(&[], &[]),
+            "alert precision: first versions - (0 of 0 verdicts confirmed), retrained versions - (0 of 0)"
+        );
+    }
+}
