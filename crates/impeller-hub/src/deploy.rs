@@ -223,9 +223,10 @@ async fn evidence(
                 // A rollback on a pump with a confirmed fault is no evidence against the model:
                 // the device compared alarm rates, and a better model alarms more on a faulty pump.
                 let since = d.created_ms - INCIDENT_LOOKBACK_MS;
-                match store.incidents(Some(device), since, i64::MAX).await?.is_empty() {
-                    true => e.rolled_back += 1,
-                    false => e.rolled_back_in_fault += 1,
+                if store.incidents(Some(device), since, i64::MAX).await?.is_empty() {
+                    e.rolled_back += 1;
+                } else {
+                    e.rolled_back_in_fault += 1;
                 }
             }
             "active" => {

@@ -239,9 +239,10 @@ impl Retrainer {
     /// The snapshot and the pipeline run; the version registered ready, if any.
     async fn snapshot_and_run(&self, rec: &PolicyRecord, policy: &RetrainPolicy) -> Result<Option<u64>, RetrainError> {
         let now = now_ms();
-        let base_dataset = match policy.data.include_champion_data {
-            true => self.store.alias(&rec.model, "champion").await?.map(|v| v.dataset_sha256),
-            false => None,
+        let base_dataset = if policy.data.include_champion_data {
+            self.store.alias(&rec.model, "champion").await?.map(|v| v.dataset_sha256)
+        } else {
+            None
         };
         let req = SnapshotRequest {
             condition: policy.data.condition.clone(),

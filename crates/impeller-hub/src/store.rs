@@ -173,11 +173,10 @@ impl Store {
                 // that several commits change is written to the database file once.
                 .pragma("wal_autocheckpoint", "16384")
                 .busy_timeout(std::time::Duration::from_secs(10));
-            // Ingestion writes through a connection of its own: its page cache then holds the
-            // index pages each batch changes (a connection's cache goes stale whenever another
-            // connection writes), and it never waits for the pool.
-            // Its cache holds the leaf of each device-keyed index that each device's next
-            // messages go to: 256 MiB keeps them for a fleet of tens of thousands.
+            // Ingestion writes through a connection of its own, which never waits for the pool
+            // and whose page cache (stale whenever another connection writes) keeps the leaf of
+            // each device-keyed index that each device's next messages go to: 256 MiB holds
+            // them for a fleet of tens of thousands.
             let ingest_opts = opts.clone().pragma("cache_size", "-262144");
             let ingest = SqlitePoolOptions::new().max_connections(1).connect_with(ingest_opts).await?;
             Store::Sqlite { pool: SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?, ingest }

@@ -274,38 +274,30 @@ impl TelemetryStore for Store {
         let mut out = StreamStates::new();
         // A chunk of devices per statement: one round trip for a batch from a large fleet.
         for chunk in fixed_chunks(devices) {
+            // Each device's acknowledged prefix with what is stored beyond it, a row each
+            // (one row with no message when nothing is).
             macro_rules! run {
                 ($pool:expr) => {{
-                    let mut q = sqlx::QueryBuilder::new("SELECT device, acked FROM device_streams WHERE device IN (");
-                    let mut list = q.separated(", ");
-                    for d in chunk {
-                        list.push_bind(*d);
-                    }
-                    q.push(")");
-                    let acked: Vec<(String, i64)> = q.build_query_as().fetch_all($pool).await?;
                     let mut q = sqlx::QueryBuilder::new(
-                        "SELECT m.device, m.seq, m.prev FROM messages m JOIN device_streams s ON s.device = m.device \
-                         WHERE m.seq > s.acked AND s.device IN (",
+                        "SELECT s.device, s.acked, m.seq, m.prev FROM device_streams s \
+                         LEFT JOIN messages m ON m.device = s.device AND m.seq > s.acked WHERE s.device IN (",
                     );
                     let mut list = q.separated(", ");
                     for d in chunk {
                         list.push_bind(*d);
                     }
                     q.push(")");
-                    let beyond: Vec<(String, i64, i64)> = q.build_query_as().fetch_all($pool).await?;
-                    (acked, beyond)
+                    q.build_query_as().fetch_all($pool).await?
                 }};
             }
-            let (acked, beyond) = match self {
+            let rows: Vec<(String, i64, Option<i64>, Option<i64>)> = match self {
                 Store::Sqlite { ingest, .. } => run!(ingest),
                 Store::Postgres(p) => run!(p),
             };
-            for (device, n) in acked {
-                out.insert(device, (u64_of(n), BTreeMap::new()));
-            }
-            for (device, seq, prev) in beyond {
-                if let Some((_, b)) = out.get_mut(&device) {
-                    b.insert(u64_of(seq), u64_of(prev));
+            for (device, acked, seq, prev) in rows {
+                let (_, beyond) = out.entry(device).or_insert_with(|| (u64_of(acked), BTreeMap::new()));
+                if let (Some(seq), Some(prev)) = (seq, prev) {
+                    beyond.insert(u64_of(seq), u64_of(prev));
                 }
             }
         }
