@@ -468,7 +468,11 @@ pub enum Judgement {
     Fail(String),
 }
 
-/// Judges `candidate` against `running` over the same readings.
+/// Above this alarm rate of the running model, a trial cannot judge false alarms.
+pub const MAX_RUNNING_ALARM_RATE: f64 = 0.5;
+
+/// Judges `candidate` against `running` over the same readings: undecided until the running
+/// model has scored enough frames, and while it alarms on most of them.
 pub fn judge(candidate: &Trial, running: &Trial, p: &TrialPolicy) -> Judgement {
     if candidate.nonfinite > 0 {
         return Judgement::Fail(format!("{} of {} scores were not finite", candidate.nonfinite, candidate.scored));
@@ -483,6 +487,13 @@ pub fn judge(candidate: &Trial, running: &Trial, p: &TrialPolicy) -> Judgement {
         ));
     }
     let (new, old) = (candidate.alarm_rate(), running.alarm_rate());
+    // A stretch the running model itself mostly alarms on is a fault or a drift it sees too:
+    // the new model's alarms there are not false alarms, so the rates say nothing of it (seen:
+    // a retrained model rolled back on a faulty pump, 92.9 % against 67.0 %, before any
+    // technician had confirmed the fault). The fleet's alert-rate gate still judges it.
+    if old > MAX_RUNNING_ALARM_RATE {
+        return Judgement::Undecided;
+    }
     if new - old > p.max_alarm_rate_increase {
         return Judgement::Fail(format!(
             "it alarms on {:.1} % of frames against {:.1} % for the running model (at most {:.1} points more allowed)",
@@ -589,6 +600,8 @@ mod tests {
         let Judgement::Fail(why) = judge(&t(200, 100), &t(200, 20), &p) else { panic!() };
         assert!(why.contains("50.0 %") && why.contains("10.0 %"), "{why}");
         assert!(matches!(judge(&t(20, 0), &t(200, 0), &p), Judgement::Fail(w) if w.contains("20 of the 200")));
+        assert_eq!(judge(&t(200, 186), &t(200, 134), &p), Judgement::Undecided, "the running model sees a fault too");
+        assert!(matches!(judge(&t(200, 186), &t(200, 100), &p), Judgement::Fail(_)), "half is still judged");
         let broken = Trial { scored: 5, alarms: 0, nonfinite: 1 };
         assert!(matches!(judge(&broken, &t(0, 0), &p), Judgement::Fail(_)), "broken even before enough frames");
         let mut tr = Trial::default();

@@ -5,6 +5,9 @@
 //! Triggers, any of which starts a retraining:
 //! - drift: at least `drift_share` of the model's devices in drift, for `drift_rounds` checks in
 //!   a row (a sustained drift, not one bad interval);
+//! - alert rate: at least `alert_rate_share` of the model's devices alarm more often than the
+//!   version's validation rate allows (the hub's alert-rate monitor), before any technician
+//!   has judged an alert;
 //! - precision: technicians' verdicts on its alerts give a precision below `min_precision`,
 //!   once `min_verdicts` verdicts are in;
 //! - schedule: `every_hours` since the last retraining.
@@ -44,6 +47,10 @@ pub struct Triggers {
     /// Checks in a row the drift must last.
     #[serde(default = "Triggers::default_rounds")]
     pub drift_rounds: u32,
+    /// Share of the model's devices (0 to 1) whose alert rate is elevated against the version's
+    /// validation rate that counts; absent: the alert rate triggers nothing.
+    #[serde(default)]
+    pub alert_rate_share: Option<f64>,
     /// Precision below this (0 to 1) triggers; absent: off.
     pub min_precision: Option<f64>,
     /// Verdicts needed before precision counts.
@@ -156,10 +163,18 @@ impl RetrainPolicy {
             return bad(&format!("version {} is not supported (this build reads {POLICY_VERSION})", p.version));
         }
         let t = &p.triggers;
-        if t.drift_share.is_none() && t.min_precision.is_none() && t.every_hours.is_none() {
-            return bad("triggers: set at least one of drift_share, min_precision, every_hours");
+        if t.drift_share.is_none()
+            && t.alert_rate_share.is_none()
+            && t.min_precision.is_none()
+            && t.every_hours.is_none()
+        {
+            return bad("triggers: set at least one of drift_share, alert_rate_share, min_precision, every_hours");
         }
-        for (name, v) in [("drift_share", t.drift_share), ("min_precision", t.min_precision)] {
+        for (name, v) in [
+            ("drift_share", t.drift_share),
+            ("alert_rate_share", t.alert_rate_share),
+            ("min_precision", t.min_precision),
+        ] {
             if v.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
                 return bad(&format!("triggers.{name} must be 0 to 1"));
             }
@@ -196,6 +211,8 @@ pub struct Facts {
     pub devices: u64,
     pub drifting: u64,
     pub set_aside: u64,
+    /// Of `devices`, those whose alert rate is elevated against the version's validation rate.
+    pub elevated: u64,
     /// Technicians' verdicts on the model's current version: confirmed faults, false alarms.
     pub confirmed: u64,
     pub false_alarms: u64,
@@ -254,6 +271,16 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
             share * 100.0,
             s.drift_rounds
         ))
+    } else if let Some(t) = p.triggers.alert_rate_share
+        && f.elevated > 0
+        && f.elevated as f64 >= t * f.devices as f64
+    {
+        Some(format!(
+            "alert rate elevated on {} of {} devices ({:.0} %)",
+            f.elevated,
+            f.devices,
+            f.elevated as f64 * 100.0 / f.devices.max(1) as f64
+        ))
     } else if let (Some(min), Some(prec)) = (p.triggers.min_precision, precision)
         && verdicts >= p.triggers.min_verdicts
         && prec < min
@@ -285,6 +312,7 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
     s.drift_rounds = 0;
     let evidence = serde_json::json!({
         "devices": f.devices, "drifting": f.drifting, "set_aside": f.set_aside, "drift_share": share,
+        "elevated": f.elevated,
         "confirmed": f.confirmed, "false_alarms": f.false_alarms, "precision": precision,
     });
     Decision::Retrain { reason, evidence }
@@ -309,7 +337,7 @@ per_day = 2
 "#;
 
     fn facts(now_ms: i64, drifting: u64) -> Facts {
-        Facts { now_ms, devices: 10, drifting, set_aside: 0, confirmed: 0, false_alarms: 0, busy: false }
+        Facts { now_ms, devices: 10, drifting, set_aside: 0, elevated: 0, confirmed: 0, false_alarms: 0, busy: false }
     }
 
     #[test]
@@ -353,9 +381,29 @@ per_day = 2
     }
 
     #[test]
+    fn an_elevated_alert_rate_on_enough_devices_triggers() {
+        let off = RetrainPolicy::parse(POLICY, "p").unwrap();
+        let on = RetrainPolicy::parse(&POLICY.replace("min_precision", "alert_rate_share = 0.5\nmin_precision"), "p")
+            .unwrap();
+        let f = |elevated| Facts { elevated, ..facts(0, 0) };
+        assert_eq!(decide(&off, &mut PolicyState::default(), &f(10)), Decision::Wait, "not in the policy");
+        assert_eq!(decide(&on, &mut PolicyState::default(), &f(4)), Decision::Wait, "4 of 10 is below half");
+        match decide(&on, &mut PolicyState::default(), &f(5)) {
+            Decision::Retrain { reason, evidence } => {
+                assert_eq!(reason, "alert rate elevated on 5 of 10 devices (50 %)");
+                assert_eq!(evidence["elevated"], 5);
+            }
+            d => panic!("{d:?}"),
+        }
+        let none = Facts { devices: 0, ..f(0) };
+        assert_eq!(decide(&on, &mut PolicyState::default(), &none), Decision::Wait, "no devices, no evidence");
+    }
+
+    #[test]
     fn mistakes_in_a_policy_are_named() {
         let e = |t: &str| RetrainPolicy::parse(t, "p.toml").unwrap_err();
         assert!(e(&POLICY.replace("drift_share = 0.3", "drift_share = 3")).contains("drift_share"));
+        assert!(e(&POLICY.replace("drift_share = 0.3", "alert_rate_share = -1")).contains("alert_rate_share"));
         assert!(e(&POLICY.replace("hours = 24", "hours = 0")).contains("data.hours"));
         assert!(e(&POLICY.replace("tags.site = 'gulf'", "tags.site = ")).contains("data.condition"));
         assert!(e(&POLICY.replace("[budget]", "[budget]\nper_week = 1")).contains("per_week"));

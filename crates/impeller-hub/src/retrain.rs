@@ -120,6 +120,7 @@ impl Retrainer {
     /// One check of every policy.
     pub async fn check_all(self: &Arc<Self>) -> Result<(), StoreError> {
         let monitors = self.store.drift_monitors().await?;
+        let rates = self.store.alert_rates().await?;
         let running = self.store.running_models().await?;
         for rec in self.store.policies().await? {
             let Ok(policy) = RetrainPolicy::parse(&rec.policy, "policy") else { continue };
@@ -150,6 +151,17 @@ impl Retrainer {
                     monitors.get(&(d.to_string(), rec.model.clone())).is_some_and(|(_, m)| m.state == DriftState::Drift)
                 })
                 .count();
+            // Judged against the version the device runs: only the champion's count.
+            let counted: HashSet<&str> = devices.iter().copied().collect();
+            let elevated = rates
+                .iter()
+                .filter(|r| {
+                    r.state == "elevated"
+                        && r.model == rec.model
+                        && champion.is_none_or(|v| v == r.model_version)
+                        && counted.contains(r.device.as_str())
+                })
+                .count();
             let verdicts = self.store.precision(Some(&rec.model)).await?;
             let current = verdicts.iter().find(|p| Some(&p.model_version) == champion.map(|v| v.to_string()).as_ref());
             let busy = self.is_busy(&rec.model);
@@ -165,6 +177,7 @@ impl Retrainer {
                     devices: devices.len() as u64,
                     drifting: drifting as u64,
                     set_aside: set_aside.len() as u64,
+                    elevated: elevated as u64,
                     confirmed: current.map_or(0, |p| p.confirmed),
                     false_alarms: current.map_or(0, |p| p.false_alarms),
                     busy: state.stage != Stage::Idle,

@@ -425,6 +425,18 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         api.call("GET", "/audit?action=retrain.triggered&limit=1000", None).await?,
     );
     let precision = precision_line(&items(&per_version), &items(&triggered));
+    // The retrainings' timelines, from the heat wave's onset (or the replay's start without one).
+    let (origin, origin_name) = match drift_onset {
+        Some((at, sim_ms)) => (at, format!("the heat wave began at sim {}", sim_clock(sim_ms))),
+        None => (replay_started, "the replay began".to_string()),
+    };
+    let origin_ms = now_ms() - origin.elapsed().as_millis().min(i64::MAX as u128) as i64;
+    let mut records = Vec::new();
+    for action in TIMELINE_ACTIONS {
+        let page = api.call("GET", &format!("/audit?action={action}&since_ms={origin_ms}&limit=1000"), None).await?;
+        records.extend(items(&page));
+    }
+    let timelines = timeline_lines(&records, origin_ms);
 
     // 9. Summary against the ground truth.
     let results = outcomes(&fleet, &alerts, fleet.start_ms, fleet.end_ms);
@@ -481,7 +493,14 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
             Err(e) => writeln!(out, "audit trail: BROKEN: {e}")?,
         }
         let site = args.fleet.heat_wave.as_deref();
-        writeln!(out, "{}", retrain_line(&deployments[first_rollouts..], &completed, drift_onset, site))
+        writeln!(out, "{}", retrain_line(&deployments[first_rollouts..], &completed, drift_onset, site))?;
+        if !timelines.is_empty() {
+            writeln!(out, "retraining timelines (seconds after {origin_name}; from the audit trail):")?;
+            for line in &timelines {
+                writeln!(out, "{line}")?;
+            }
+        }
+        Ok(())
     })?;
     if args.stay && !interrupted {
         say(format_args!("The hub stays up for the dashboard: {dashboard} (Ctrl-C to stop)"))?;
@@ -793,9 +812,9 @@ fn precision_line(per_version: &[serde_json::Value], triggered: &[serde_json::Va
     line
 }
 
-/// The summary's line on retraining: which versions the hub made and rolled out, what the
-/// ground truth says set them off (the heat wave at its site, or faults elsewhere), and how long
-/// after the heat wave began each of its site's new versions was active on all its devices.
+/// The summary's line on retraining: which versions the hub made and rolled out, at the heat
+/// wave's site or elsewhere, and how long after the heat wave began each of its site's new
+/// versions was active on all its devices (what set each off: the timelines).
 fn retrain_line(
     retrained: &[String],
     completed: &BTreeMap<String, Instant>,
@@ -809,7 +828,7 @@ fn retrain_line(
         retrained.iter().partition(|d| heat_wave_site.is_some_and(|s| d.contains(&format!("-{s}-v"))));
     let done = |ds: &[&String]| ds.iter().filter(|d| completed.contains_key(**d)).count();
     let mut line = format!(
-        "retraining: {} versions retrained and rolled out, {} complete: {} on the heat wave's drift",
+        "retraining: {} versions retrained and rolled out, {} complete: {} at the heat wave's site",
         retrained.len(),
         done(&by_heat) + done(&by_faults),
         by_heat.len()
@@ -826,14 +845,75 @@ fn retrain_line(
     }
     if !by_faults.is_empty() {
         let names: Vec<&str> = by_faults.iter().map(|d| d.split("-v").next().unwrap_or(d)).collect();
-        line += &format!(
-            ", {} on drift away from the heat wave, from faults ({}: drift before the technician's verdicts \
-             set the faulty pumps aside)",
-            by_faults.len(),
-            names.join(", ")
-        );
+        line += &format!(", {} elsewhere ({})", by_faults.len(), names.join(", "));
     }
     line
+}
+
+/// The audit actions a retraining's timeline is read from.
+const TIMELINE_ACTIONS: [&str; 6] = [
+    "drift.detected",
+    "retrain.triggered",
+    "dataset.created",
+    "pipeline.run.finished",
+    "deployment.created",
+    "deployment.completed",
+];
+
+/// One line per retraining triggered at or after `since_ms`, read from the audit trail's
+/// records of [`TIMELINE_ACTIONS`]: seconds from `since_ms` (the heat wave's onset) to the
+/// model's first device in drift, the trigger, the snapshot, the trained version, the rollout's
+/// start and its completion. Where the time of a drift-triggered retraining goes.
+fn timeline_lines(records: &[serde_json::Value], since_ms: i64) -> Vec<String> {
+    let at = |r: &serde_json::Value| r["time_ms"].as_i64().unwrap_or(i64::MIN);
+    let after = |from: i64, test: &dyn Fn(&serde_json::Value) -> bool| {
+        records.iter().filter(|r| at(r) >= from && test(r)).map(at).min()
+    };
+    let secs = |t: Option<i64>| t.map_or("-".to_string(), |t| format!("+{:.0} s", (t - since_ms) as f64 / 1000.0));
+    let mut lines = Vec::new();
+    for r in records.iter().filter(|r| r["action"] == "retrain.triggered" && at(r) >= since_ms) {
+        let model = r["subject"].as_str().unwrap_or_default();
+        let triggered = at(r);
+        let actor = format!("retrain:{model}");
+        let first_drift = after(since_ms, &|r| r["action"] == "drift.detected" && r["details"]["model"] == model);
+        let snapshot = after(triggered, &|r| r["action"] == "dataset.created" && r["actor"] == actor.as_str());
+        let trained = after(triggered, &|r| r["action"] == "pipeline.run.finished" && r["subject"] == model);
+        // The version's rollouts, one per target: named `{model}-v{version}-{target}`.
+        let created = |prefix: &str, r: &serde_json::Value| {
+            at(r) >= triggered
+                && r["action"] == "deployment.created"
+                && r["subject"].as_str().is_some_and(|s| s.starts_with(prefix))
+        };
+        let first_rollout = records.iter().filter(|r| created(&format!("{model}-v"), r)).min_by_key(|r| at(r));
+        let version = first_rollout.and_then(|r| {
+            let rest = r["subject"].as_str()?.strip_prefix(&format!("{model}-v"))?;
+            Some(format!("{model}-v{}-", rest.split('-').next()?))
+        });
+        let (rollout, complete) = match &version {
+            None => (None, None),
+            Some(prefix) => {
+                let ours =
+                    |r: &serde_json::Value| r["subject"].as_str().is_some_and(|s| s.starts_with(prefix.as_str()));
+                let started = records.iter().filter(|r| created(prefix, r)).count();
+                let done: Vec<i64> =
+                    records.iter().filter(|r| r["action"] == "deployment.completed" && ours(r)).map(at).collect();
+                // A version with packages for several targets completes when its last rollout does.
+                (first_rollout.map(at), (done.len() >= started).then(|| done.into_iter().max()).flatten())
+            }
+        };
+        lines.push(format!(
+            "  {model} ({}): first device in drift {}, triggered {}, snapshot {}, trained {}, rollout {}, \
+             complete {}",
+            r["details"]["reason"].as_str().unwrap_or("?"),
+            secs(first_drift),
+            secs(Some(triggered)),
+            secs(snapshot),
+            secs(trained),
+            secs(rollout),
+            secs(complete)
+        ));
+    }
+    lines
 }
 
 /// Each class's model gets a retraining policy: when nine in ten of its devices have been in
@@ -937,6 +1017,38 @@ rebase_time = false
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_retraining_timeline_runs_from_the_first_drift_to_the_last_rollout_of_its_version() {
+        let rec = |t: i64, action: &str, actor: &str, subject: &str, details: serde_json::Value| json!({"time_ms": t, "action": action, "actor": actor, "subject": subject, "details": details});
+        let records = [
+            rec(500, "drift.detected", "hub", "p-1", json!({"model": "a"})),
+            rec(1_500, "drift.detected", "hub", "p-9", json!({"model": "b"})),
+            rec(2_000, "drift.detected", "hub", "p-2", json!({"model": "a"})),
+            rec(11_000, "retrain.triggered", "hub", "a", json!({"reason": "drift on 9 of 10 devices"})),
+            rec(12_000, "dataset.created", "retrain:b", "d0", json!({})),
+            rec(13_000, "dataset.created", "retrain:a", "d1", json!({})),
+            rec(20_000, "pipeline.run.finished", "retrain:a", "a", json!({})),
+            rec(21_000, "deployment.created", "hub", "a-v2-x86", json!({})),
+            rec(21_000, "deployment.created", "hub", "a-v2-arm-v7", json!({})),
+            rec(40_000, "deployment.completed", "hub", "a-v2-arm-v7", json!({})),
+            rec(51_000, "deployment.completed", "hub", "a-v2-x86", json!({})),
+            // A later version's rollout is not this retraining's.
+            rec(60_000, "deployment.completed", "hub", "a-v3-x86", json!({})),
+            rec(70_000, "retrain.triggered", "hub", "b", json!({"reason": "alert precision 0.20"})),
+        ];
+        assert_eq!(
+            timeline_lines(&records, 1_000),
+            [
+                "  a (drift on 9 of 10 devices): first device in drift +1 s, triggered +10 s, snapshot +12 s, \
+                 trained +19 s, rollout +20 s, complete +50 s",
+                "  b (alert precision 0.20): first device in drift +0 s, triggered +69 s, snapshot -, trained -, \
+                 rollout -, complete -",
+            ]
+        );
+        // A rollout still under way has no completion.
+        assert!(timeline_lines(&records[..10], 1_000)[0].ends_with("rollout +20 s, complete -"));
+    }
 
     #[test]
     fn the_precision_line_sets_first_versions_against_retrained_ones_and_names_feedback_retrainings() {

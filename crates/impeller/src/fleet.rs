@@ -263,6 +263,32 @@ pub struct Summary {
     pub false_alarms: usize,
     pub healthy_pump_days: f64,
     pub false_alarms_per_pump_day: f64,
+    /// False alarms per device class (`acme-gulf`: manufacturer and site, one model each).
+    pub device_classes: Vec<FalseAlarms>,
+}
+
+/// False alarms on a device class's pumps while they were healthy.
+#[derive(Debug, Clone, Serialize)]
+pub struct FalseAlarms {
+    pub class: String,
+    pub pumps: usize,
+    pub false_alarms: usize,
+    pub healthy_pump_days: f64,
+    pub per_pump_day: f64,
+}
+
+impl FalseAlarms {
+    fn of<'a>(class: String, outcomes: impl Iterator<Item = &'a PumpOutcome>) -> FalseAlarms {
+        let (mut pumps, mut false_alarms, mut healthy_h) = (0, 0, 0.0);
+        for o in outcomes {
+            pumps += 1;
+            false_alarms += o.false_alarms;
+            healthy_h += o.healthy_h;
+        }
+        let healthy_pump_days = healthy_h / 24.0;
+        let per_pump_day = if healthy_pump_days > 0.0 { false_alarms as f64 / healthy_pump_days } else { 0.0 };
+        FalseAlarms { class, pumps, false_alarms, healthy_pump_days, per_pump_day }
+    }
 }
 
 pub fn summarise(outcomes: &[PumpOutcome]) -> Summary {
@@ -281,13 +307,18 @@ pub fn summarise(outcomes: &[PumpOutcome]) -> Summary {
             median_delay_min: (!delays.is_empty()).then(|| delays[delays.len() / 2] / 60.0),
         });
     }
-    let false_alarms = outcomes.iter().map(|o| o.false_alarms).sum();
-    let healthy_pump_days = outcomes.iter().map(|o| o.healthy_h).sum::<f64>() / 24.0;
+    let all = FalseAlarms::of(String::new(), outcomes.iter());
+    let mut by_class: BTreeMap<String, Vec<&PumpOutcome>> = BTreeMap::new();
+    for o in outcomes {
+        by_class.entry(format!("{}-{}", o.manufacturer, o.site)).or_default().push(o);
+    }
+    let device_classes = by_class.into_iter().map(|(name, of)| FalseAlarms::of(name, of.into_iter())).collect();
     Summary {
         classes,
-        false_alarms,
-        healthy_pump_days,
-        false_alarms_per_pump_day: if healthy_pump_days > 0.0 { false_alarms as f64 / healthy_pump_days } else { 0.0 },
+        false_alarms: all.false_alarms,
+        healthy_pump_days: all.healthy_pump_days,
+        false_alarms_per_pump_day: all.per_pump_day,
+        device_classes,
     }
 }
 
@@ -302,7 +333,10 @@ pub fn write_summary(out: &mut dyn Write, s: &Summary) -> std::io::Result<()> {
         out,
         "false alarms: {} in {:.1} healthy pump-days ({:.2} per pump-day)",
         s.false_alarms, s.healthy_pump_days, s.false_alarms_per_pump_day
-    )
+    )?;
+    let per_class: Vec<String> =
+        s.device_classes.iter().map(|c| format!("{} {:.2} ({} pumps)", c.class, c.per_pump_day, c.pumps)).collect();
+    writeln!(out, "false alarms per pump-day by device class: {}", per_class.join(", "))
 }
 
 /// The fleet plan for these flags: readings from `start_ms` for `hours`, faults between the
@@ -505,6 +539,29 @@ mod tests {
     fn fleet(pumps: usize) -> Fleet {
         let args = FleetArgs { pumps, seed: 7, faulty_share: 0.5, heat_wave: None };
         plan(&args, 0, 6.0, (0.3, 0.7)).unwrap()
+    }
+
+    #[test]
+    fn false_alarms_are_counted_per_device_class_over_its_healthy_time() {
+        let pump = |id: &str, manufacturer: &str, site: &str, false_alarms: usize, healthy_h: f64| PumpOutcome {
+            pump: id.into(),
+            manufacturer: manufacturer.into(),
+            site: site.into(),
+            fault: None,
+            delay_s: None,
+            false_alarms,
+            healthy_h,
+        };
+        let s = summarise(&[
+            pump("p1", "acme", "gulf", 3, 24.0),
+            pump("p2", "acme", "gulf", 1, 24.0),
+            pump("p3", "acme", "permian", 0, 12.0),
+            pump("p4", "kestrel", "gulf", 2, 48.0),
+        ]);
+        let got: Vec<(&str, usize, usize, f64)> =
+            s.device_classes.iter().map(|c| (c.class.as_str(), c.pumps, c.false_alarms, c.per_pump_day)).collect();
+        assert_eq!(got, [("acme-gulf", 2, 4, 2.0), ("acme-permian", 1, 0, 0.0), ("kestrel-gulf", 1, 2, 1.0)]);
+        assert_eq!((s.false_alarms, s.healthy_pump_days), (6, 4.5));
     }
 
     #[test]

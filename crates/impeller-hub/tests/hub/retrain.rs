@@ -9,8 +9,8 @@ use impeller_core::drift::{DriftMonitor, DriftState};
 use impeller_core::package::build;
 use impeller_core::{Channel, Frame, TrainConfig, detector::DetectorConfig, train};
 use impeller_hub::store::{
-    AuditFilter, AuditStore, DeploymentStore, DriftReport, FeedbackStore, FleetStore, JobStore, MonitorStore,
-    NewModelVersion, RegistryStore, TelemetryStore, Verdict, VersionFinish, VersionPackage,
+    AlertRate, AuditFilter, AuditStore, DeploymentStore, DriftReport, FeedbackStore, FleetStore, JobStore,
+    MonitorStore, NewModelVersion, RegistryStore, TelemetryStore, Verdict, VersionFinish, VersionPackage,
 };
 
 use crate::{api_hub, incoming};
@@ -52,10 +52,11 @@ memory_bytes = 10000000
 latency_budget_us = 100000
 "#;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drift_retrains_awaits_approval_and_rolls_out() {
-    let dir = tempfile::tempdir().unwrap();
-    let (hub, token, signer) = api_hub(dir.path(), |cfg| {
+/// A hub with device `r1` at gulf running version 1 of `gulf` (the champion), its samples of
+/// the last hour and one alert (seq 12) stored, and `policy` set on the model. The hub and an
+/// operator's token.
+async fn gulf_on_r1(dir: &std::path::Path, policy: &str) -> (impeller_hub::Hub, String) {
+    let (hub, token, signer) = api_hub(dir, |cfg| {
         let key = cfg.packages_dir.with_file_name("pipeline.secret.json");
         std::fs::write(&key, impeller_core::package::Signer25519::from_secret([7; 32]).secret_file().to_json())
             .unwrap();
@@ -94,7 +95,7 @@ async fn drift_retrains_awaits_approval_and_rolls_out() {
     let pkg = build(&model, &frames, &spec, &signer).unwrap();
     let info = impeller_hub::packages::accept(
         &store,
-        &impeller_hub::artifacts::Artifacts::folder(&dir.path().join("packages")).unwrap(),
+        &impeller_hub::artifacts::Artifacts::folder(&dir.join("packages")).unwrap(),
         &trust(&signer),
         Default::default(),
         pkg,
@@ -131,7 +132,7 @@ async fn drift_retrains_awaits_approval_and_rolls_out() {
     batch.push(incoming("r1", 12, t0 + 710_000, "alerts", alert));
     store.commit(&batch, &[("r1".to_string(), 12)].into_iter().collect()).await.unwrap();
 
-    let body = serde_json::json!({"policy": POLICY, "spec": SPEC, "profiles": {"gw.toml": PROFILE}});
+    let body = serde_json::json!({"policy": policy, "spec": SPEC, "profiles": {"gw.toml": PROFILE}});
     let r = reqwest::Client::new()
         .put(format!("http://{}/api/v1/models/gulf/policy", hub.http_addr.unwrap()))
         .bearer_auth(&token)
@@ -141,6 +142,15 @@ async fn drift_retrains_awaits_approval_and_rolls_out() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 204, "{}", r.text().await.unwrap());
+    (hub, token)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_retrains_awaits_approval_and_rolls_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, token) = gulf_on_r1(dir.path(), POLICY).await;
+    let store = hub.store.clone();
+    let t0 = impeller_hub::store::now_ms() - 3_600_000;
 
     // No drift: nothing happens. Then r1 drifts, for two checks in a row, but a technician
     // confirmed a fault on it: its drift has a known cause and it is set aside.
@@ -209,4 +219,46 @@ fn trust(signer: &impeller_core::package::Signer25519) -> impeller_core::package
     let mut t = impeller_core::package::TrustStore::new();
     t.add(signer.verifying_key());
     t
+}
+
+/// An alert rate the hub judged elevated on enough of the champion's devices retrains the model
+/// (no drift, no verdicts); one judged on another version does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_elevated_alert_rate_retrains() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = POLICY.replace("drift_share = 0.5", "alert_rate_share = 1.0");
+    let (hub, _) = gulf_on_r1(dir.path(), &policy).await;
+    let store = hub.store.clone();
+    let now = impeller_hub::store::now_ms();
+    // Far ahead of what the hub's own monitor reads, so its judgement does not replace ours.
+    let rate = |version: u64| AlertRate {
+        device: "r1".into(),
+        model: "gulf".into(),
+        model_version: version,
+        since_seq: 11,
+        through_seq: 1_000_000,
+        state: "elevated".into(),
+        alerts: 40,
+        scored_ms: 3_600_000,
+        expected: 0.1,
+        per_day: 2.4,
+        p_value: 1e-9,
+        window_end_ms: now,
+        changed_ms: now,
+        judged_ms: now,
+    };
+    store.put_alert_rate(&rate(7), |_| None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(store.versions("gulf").await.unwrap().len(), 1, "judged on a version r1 does not run");
+    store.put_alert_rate(&AlertRate { through_seq: 1_000_001, ..rate(1) }, |_| None).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = store.policy("gulf").await.unwrap().unwrap().state;
+        if state["stage"] == "awaiting_promotion" {
+            assert_eq!(state["reason"], "alert rate elevated on 1 of 1 devices (100 %)");
+            break;
+        }
+        assert!(Instant::now() < until, "no retraining awaits approval: {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
