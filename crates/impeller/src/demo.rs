@@ -851,19 +851,21 @@ fn retrain_line(
 }
 
 /// The audit actions a retraining's timeline is read from.
-const TIMELINE_ACTIONS: [&str; 6] = [
+const TIMELINE_ACTIONS: [&str; 7] = [
     "drift.detected",
     "retrain.triggered",
     "dataset.created",
     "pipeline.run.finished",
     "deployment.created",
     "deployment.completed",
+    "deployment.aborted",
 ];
 
 /// One line per retraining triggered at or after `since_ms`, read from the audit trail's
 /// records of [`TIMELINE_ACTIONS`]: seconds from `since_ms` (the heat wave's onset) to the
 /// model's first device in drift, the trigger, the snapshot, the trained version, the rollout's
-/// start and its completion. Where the time of a drift-triggered retraining goes.
+/// start and its completion (or its abort, and why). Where the time of a drift-triggered
+/// retraining goes.
 fn timeline_lines(records: &[serde_json::Value], since_ms: i64) -> Vec<String> {
     let at = |r: &serde_json::Value| r["time_ms"].as_i64().unwrap_or(i64::MIN);
     let after = |from: i64, test: &dyn Fn(&serde_json::Value) -> bool| {
@@ -889,8 +891,8 @@ fn timeline_lines(records: &[serde_json::Value], since_ms: i64) -> Vec<String> {
             let rest = r["subject"].as_str()?.strip_prefix(&format!("{model}-v"))?;
             Some(format!("{model}-v{}-", rest.split('-').next()?))
         });
-        let (rollout, complete) = match &version {
-            None => (None, None),
+        let (rollout, end) = match &version {
+            None => (None, "complete -".to_string()),
             Some(prefix) => {
                 let ours =
                     |r: &serde_json::Value| r["subject"].as_str().is_some_and(|s| s.starts_with(prefix.as_str()));
@@ -898,35 +900,47 @@ fn timeline_lines(records: &[serde_json::Value], since_ms: i64) -> Vec<String> {
                 let done: Vec<i64> =
                     records.iter().filter(|r| r["action"] == "deployment.completed" && ours(r)).map(at).collect();
                 // A version with packages for several targets completes when its last rollout does.
-                (first_rollout.map(at), (done.len() >= started).then(|| done.into_iter().max()).flatten())
+                let complete = (done.len() >= started).then(|| done.into_iter().max()).flatten();
+                let aborted = records.iter().find(|r| r["action"] == "deployment.aborted" && ours(r));
+                let end = match aborted {
+                    Some(r) => format!(
+                        "aborted {} ({})",
+                        secs(Some(at(r))),
+                        r["details"]["reason"].as_str().unwrap_or("no reason given")
+                    ),
+                    None => format!("complete {}", secs(complete)),
+                };
+                (first_rollout.map(at), end)
             }
         };
         lines.push(format!(
-            "  {model} ({}): first device in drift {}, triggered {}, snapshot {}, trained {}, rollout {}, \
-             complete {}",
+            "  {model} ({}): first device in drift {}, triggered {}, snapshot {}, trained {}, rollout {}, {}",
             r["details"]["reason"].as_str().unwrap_or("?"),
             secs(first_drift),
             secs(Some(triggered)),
             secs(snapshot),
             secs(trained),
             secs(rollout),
-            secs(complete)
+            end
         ));
     }
     lines
 }
 
-/// Each class's model gets a retraining policy: when nine in ten of its devices have been in
-/// drift for two checks running, the hub snapshots their samples over the whole run (confirmed
-/// faults left out), trains the same detector on them, and promotes and rolls out the new
-/// version by itself (the demo has nobody to approve; a site would say `manual`). The window
-/// holds no labelled data: no gate beyond the fit check applies, and the held-out fifth gives
-/// the version its false-alarm rate.
+/// Each class's model gets a retraining policy: when half of its devices (those under a
+/// confirmed fault set aside) have been in drift for two checks running — a site-wide shift,
+/// which faults, one pump at a time, do not make; waiting for nine in ten spent a minute on the
+/// slowest pumps of a 1,000-pump fleet — or when its alerts' precision falls, the hub snapshots
+/// their samples over the whole run (confirmed faults left out), trains the same detector on
+/// them, and promotes and rolls out the new version by itself (the demo has nobody to approve;
+/// a site would say `manual`). The window holds no labelled data: no gate beyond the fit check
+/// applies, and the held-out fifth gives the version its false-alarm rate. Two a day: a
+/// retraining on feedback just as a heat wave begins leaves one for the heat wave's drift.
 async fn set_retrain_policy(api: &HubClient, class: &Class, target: &str, args: &DemoArgs) -> anyhow::Result<()> {
     let policy = format!(
-        "version = 1\n[triggers]\ndrift_share = 0.9\ndrift_rounds = 2\nmin_precision = 0.5\nmin_verdicts = 5\n\
+        "version = 1\n[triggers]\ndrift_share = 0.5\ndrift_rounds = 2\nmin_precision = 0.5\nmin_verdicts = 5\n\
          [data]\ncondition = {}\nhours = {}\n\
-         exclude_incidents = true\ninclude_champion_data = true\n[approval]\npromote = \"auto\"\nrollout = \"auto\"\n[budget]\nper_day = 1\n\
+         exclude_incidents = true\ninclude_champion_data = true\n[approval]\npromote = \"auto\"\nrollout = \"auto\"\n[budget]\nper_day = 2\n\
          [rollout]\nwaves = [50, 100]\nsoak_s = {}\nmax_failed = 0.0\nmax_rolled_back = 0.0\n",
         toml::Value::String(class.target_condition()),
         args.hours + 1.0,
@@ -1046,8 +1060,11 @@ mod tests {
                  rollout -, complete -",
             ]
         );
-        // A rollout still under way has no completion.
+        // A rollout still under way has no completion; an aborted one says why.
         assert!(timeline_lines(&records[..10], 1_000)[0].ends_with("rollout +20 s, complete -"));
+        let mut aborted = records[..10].to_vec();
+        aborted.push(rec(45_000, "deployment.aborted", "hub", "a-v2-x86", json!({"reason": "1 of 5 rolled back"})));
+        assert!(timeline_lines(&aborted, 1_000)[0].ends_with("rollout +20 s, aborted +44 s (1 of 5 rolled back)"));
     }
 
     #[test]
