@@ -934,13 +934,15 @@ fn timeline_lines(records: &[serde_json::Value], since_ms: i64) -> Vec<String> {
 /// their samples over the whole run (confirmed faults left out), trains the same detector on
 /// them, and promotes and rolls out the new version by itself (the demo has nobody to approve;
 /// a site would say `manual`). The window holds no labelled data: no gate beyond the fit check
-/// applies, and the held-out fifth gives the version its false-alarm rate. Two a day: a
-/// retraining on feedback just as a heat wave begins leaves one for the heat wave's drift.
+/// applies, and the held-out fifth gives the version its false-alarm rate. One a day: with two,
+/// a class's second retraining in the heat wave was refused by one of its three pumps (it
+/// alarmed far more than the running model) and its rollout aborted; a retraining on feedback
+/// just as a heat wave begins does use up the day, though.
 async fn set_retrain_policy(api: &HubClient, class: &Class, target: &str, args: &DemoArgs) -> anyhow::Result<()> {
     let policy = format!(
         "version = 1\n[triggers]\ndrift_share = 0.5\ndrift_rounds = 2\nmin_precision = 0.5\nmin_verdicts = 5\n\
          [data]\ncondition = {}\nhours = {}\n\
-         exclude_incidents = true\ninclude_champion_data = true\n[approval]\npromote = \"auto\"\nrollout = \"auto\"\n[budget]\nper_day = 2\n\
+         exclude_incidents = true\ninclude_champion_data = true\n[approval]\npromote = \"auto\"\nrollout = \"auto\"\n[budget]\nper_day = 1\n\
          [rollout]\nwaves = [50, 100]\nsoak_s = {}\nmax_failed = 0.0\nmax_rolled_back = 0.0\n",
         toml::Value::String(class.target_condition()),
         args.hours + 1.0,
