@@ -120,10 +120,21 @@ impl Retrainer {
     /// One check of every policy.
     pub async fn check_all(self: &Arc<Self>) -> Result<(), StoreError> {
         let monitors = self.store.drift_monitors().await?;
-        let rates = self.store.alert_rates().await?;
         let running = self.store.running_models().await?;
-        for rec in self.store.policies().await? {
-            let Ok(policy) = RetrainPolicy::parse(&rec.policy, "policy") else { continue };
+        let policies: Vec<(RetrainPolicy, PolicyRecord)> = self
+            .store
+            .policies()
+            .await?
+            .into_iter()
+            .filter_map(|rec| Some((RetrainPolicy::parse(&rec.policy, "policy").ok()?, rec)))
+            .collect();
+        // Every device's alert-rate judgement, read only when a policy triggers on it.
+        let rates = if policies.iter().any(|(p, _)| p.triggers.alert_rate_share.is_some()) {
+            self.store.alert_rates().await?
+        } else {
+            Vec::new()
+        };
+        for (policy, rec) in policies {
             // Devices with a labelled incident in the window are set aside: their drift has a
             // known cause (a confirmed fault), which a retraining must not learn as normal.
             let now = now_ms();
@@ -152,16 +163,20 @@ impl Retrainer {
                 })
                 .count();
             // Judged against the version the device runs: only the champion's count.
-            let counted: HashSet<&str> = devices.iter().copied().collect();
-            let elevated = rates
-                .iter()
-                .filter(|r| {
-                    r.state == "elevated"
-                        && r.model == rec.model
-                        && champion.is_none_or(|v| v == r.model_version)
-                        && counted.contains(r.device.as_str())
-                })
-                .count();
+            let elevated = if policy.triggers.alert_rate_share.is_some() {
+                let counted: HashSet<&str> = devices.iter().copied().collect();
+                rates
+                    .iter()
+                    .filter(|r| {
+                        r.state == "elevated"
+                            && r.model == rec.model
+                            && champion.is_none_or(|v| v == r.model_version)
+                            && counted.contains(r.device.as_str())
+                    })
+                    .count()
+            } else {
+                0
+            };
             let verdicts = self.store.precision(Some(&rec.model)).await?;
             let current = verdicts.iter().find(|p| Some(&p.model_version) == champion.map(|v| v.to_string()).as_ref());
             let busy = self.is_busy(&rec.model);
