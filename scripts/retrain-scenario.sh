@@ -25,6 +25,6 @@ for run in drift control; do
   out=$("$bin" demo --pumps "$pumps" --train-hours "$train_hours" --speed "$speed" "${flags[@]}" 2>&1) || status=$?
   echo "== $run run: $pumps pumps at ${speed}×, $(( $(date +%s) - start )) s, exit status $status"
   if [ "$status" -ne 0 ]; then failed=1; echo "$out" | tail -3; fi
-  echo "$out" | grep -E '^([a-z_]+ +[0-9]+ +[0-9]+ |(false alarms|rollouts|alert precision|technician|retraining)[a-z -]*[:(]|  [a-z-]+ \(.*first device in drift)'
+  echo "$out" | grep -E '^([a-z_]+ +[0-9]+ +[0-9]+ |(false alarms|rollouts|alert precision|technician|retraining|class drift)[a-z -]*[:(]|  [a-z-]+ \(.*first device in drift)'
 done
 exit "$failed"

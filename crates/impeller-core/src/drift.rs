@@ -140,6 +140,58 @@ pub fn compare(reference: &Sketch, current: &Sketch, names: &[String]) -> Option
     Some(Comparison { count: current.count, features })
 }
 
+/// Share of a class's devices, farthest from the rest, left out of its pool.
+pub const CLASS_TRIM: f64 = 0.2;
+
+/// Where a class of devices stands as a whole: their latest sketches pooled against the reference.
+/// One device's interval covers one operating point, so on its own it sits 0.8 to 2.6 σ from
+/// its class's reference when healthy, and a shift common to every device (a heat wave) must be
+/// large to stand out of that; the pool covers the class's operating points as the training data
+/// did, so such a shift shows in it long before most devices cross their own threshold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassDrift {
+    /// Devices whose latest sketch was fresh enough to count, and how many of them were pooled
+    /// (`CLASS_TRIM` of them, the farthest from the others, left out: a fault is one pump's, a
+    /// shift of the site is every pump's).
+    pub devices: u64,
+    pub pooled: u64,
+    /// The pool's worst feature and its Wasserstein distance, in training standard deviations.
+    pub feature: String,
+    pub distance: f64,
+}
+
+/// Pools `sketches`, one a device, leaving out the `CLASS_TRIM` share farthest from the pool of
+/// them all, and compares the pool with the reference. Trimmed by distance from the class, not
+/// from the reference: when every device moves, the ones that moved most are not outliers, and
+/// leaving them out would hide the very shift looked for. `None` when no sketch fits.
+pub fn class_drift(reference: &Sketch, names: &[String], sketches: &[&Sketch]) -> Option<ClassDrift> {
+    let features = reference.bins.len();
+    let sketches: Vec<&Sketch> = sketches.iter().copied().filter(|s| s.is_valid(features) && s.count > 0).collect();
+    if sketches.is_empty() {
+        return None;
+    }
+    let mut all = Sketch::new(features);
+    for s in &sketches {
+        all.merge(s);
+    }
+    let mut by_distance: Vec<(f64, &Sketch)> =
+        sketches.iter().map(|s| Some((compare(&all, s, names)?.max_wasserstein(), *s))).collect::<Option<_>>()?;
+    by_distance.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let keep = by_distance.len() - (by_distance.len() as f64 * CLASS_TRIM).floor() as usize;
+    let mut pool = Sketch::new(features);
+    for (_, s) in &by_distance[..keep] {
+        pool.merge(s);
+    }
+    let c = compare(reference, &pool, names)?;
+    let worst = c.worst()?;
+    Some(ClassDrift {
+        devices: by_distance.len() as u64,
+        pooled: keep as u64,
+        feature: worst.feature.clone(),
+        distance: worst.wasserstein,
+    })
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DriftState {
@@ -245,6 +297,33 @@ mod tests {
 
     fn names() -> Vec<String> {
         vec!["a".into(), "b".into()]
+    }
+
+    #[test]
+    fn a_shift_of_the_whole_class_shows_in_its_pool_and_one_faulty_device_does_not() {
+        let reference = sketch(1, 20_000, 0.0, 1.0);
+        // Ten devices, each at its own operating point on feature b (offsets −1.8 to +1.8 σ):
+        // each alone is far from the reference, the ten together are not.
+        let devices = |shift: f64| -> Vec<Sketch> {
+            (0..10).map(|i| sketch(10 + i, 600, -1.8 + 0.4 * i as f64 + shift, 0.3)).collect()
+        };
+        let judged = |sketches: &[Sketch]| -> Option<ClassDrift> {
+            class_drift(&reference, &names(), &sketches.iter().collect::<Vec<_>>())
+        };
+        let healthy = devices(0.0);
+        let own_max = healthy.iter().map(|s| compare(&reference, s, &names()).unwrap().max_wasserstein());
+        assert!(own_max.fold(0.0, f64::max) > 1.4, "each device alone sits far from its class");
+        let calm = judged(&healthy).unwrap();
+        assert_eq!((calm.devices, calm.pooled), (10, 8));
+        assert!(calm.distance < 0.3, "{calm:?}");
+        let shifted = judged(&devices(1.0)).unwrap();
+        assert!(shifted.distance > 0.8 && shifted.feature == "b", "{shifted:?}");
+        let mut one_faulty = healthy.clone();
+        one_faulty[4] = sketch(99, 600, 20.0, 0.3);
+        let faulty = judged(&one_faulty).unwrap();
+        assert!(faulty.distance < 0.35, "the faulty device is left out of the pool: {faulty:?}");
+        assert!(class_drift(&reference, &names(), &[]).is_none());
+        assert!(class_drift(&reference, &names(), &[&Sketch::new(3)]).is_none(), "another model's sketch");
     }
 
     #[test]

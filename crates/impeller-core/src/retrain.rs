@@ -3,8 +3,9 @@
 //! what the decision says (snapshot, pipeline run, promotion, rollout).
 //!
 //! Triggers, any of which starts a retraining:
-//! - drift: at least `drift_share` of the model's devices in drift, for `drift_rounds` checks in
-//!   a row (a sustained drift, not one bad interval);
+//! - drift: at least `drift_share` of the model's devices in drift, or their latest sketches
+//!   pooled at least `class_drift` from the reference, for `drift_rounds` checks in a row (a
+//!   sustained drift, not one bad interval);
 //! - alert rate: at least `alert_rate_share` of the model's devices alarm more often than the
 //!   version's validation rate allows (the hub's alert-rate monitor), before any technician
 //!   has judged an alert;
@@ -44,7 +45,12 @@ pub struct RetrainPolicy {
 pub struct Triggers {
     /// Share of the model's devices in drift (0 to 1) that counts; absent: drift triggers nothing.
     pub drift_share: Option<f64>,
-    /// Checks in a row the drift must last.
+    /// Distance (training standard deviations, worst feature) of the devices' latest sketches
+    /// pooled from the reference that counts as drift of the class as a whole
+    /// (`crate::drift::class_drift`); absent: off.
+    #[serde(default)]
+    pub class_drift: Option<f64>,
+    /// Checks in a row the drift (either kind) must last.
     #[serde(default = "Triggers::default_rounds")]
     pub drift_rounds: u32,
     /// Share of the model's devices (0 to 1) whose alert rate is elevated against the version's
@@ -164,11 +170,14 @@ impl RetrainPolicy {
         }
         let t = &p.triggers;
         if t.drift_share.is_none()
+            && t.class_drift.is_none()
             && t.alert_rate_share.is_none()
             && t.min_precision.is_none()
             && t.every_hours.is_none()
         {
-            return bad("triggers: set at least one of drift_share, alert_rate_share, min_precision, every_hours");
+            return bad(
+                "triggers: set at least one of drift_share, class_drift, alert_rate_share, min_precision, every_hours",
+            );
         }
         for (name, v) in [
             ("drift_share", t.drift_share),
@@ -178,6 +187,9 @@ impl RetrainPolicy {
             if v.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
                 return bad(&format!("triggers.{name} must be 0 to 1"));
             }
+        }
+        if t.class_drift.is_some_and(|d| !(d.is_finite() && d > 0.0)) {
+            return bad("triggers.class_drift must be a positive distance");
         }
         if t.drift_rounds == 0 {
             return bad("triggers.drift_rounds must be at least 1");
@@ -202,7 +214,7 @@ impl RetrainPolicy {
 }
 
 /// What the hub sees of the model at one check.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Facts {
     pub now_ms: i64,
     /// Devices running the model's champion, and how many of them are in drift now, not counting those
@@ -211,6 +223,9 @@ pub struct Facts {
     pub devices: u64,
     pub drifting: u64,
     pub set_aside: u64,
+    /// `devices` as a class: their latest sketches pooled against the reference, when enough of
+    /// them sent one lately.
+    pub class: Option<crate::drift::ClassDrift>,
     /// Of `devices`, those whose alert rate is elevated against the version's validation rate.
     pub elevated: u64,
     /// Technicians' verdicts on the model's current version: confirmed faults, false alarms.
@@ -251,7 +266,12 @@ pub enum Decision {
 /// One check: updates the state and says what to do.
 pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
     let share = if f.devices == 0 { 0.0 } else { f.drifting as f64 / f.devices as f64 };
-    let drifting = p.triggers.drift_share.is_some_and(|t| f.devices > 0 && f.drifting > 0 && share >= t);
+    let by_share = p.triggers.drift_share.is_some_and(|t| f.devices > 0 && f.drifting > 0 && share >= t);
+    let as_class = match (p.triggers.class_drift, &f.class) {
+        (Some(t), Some(c)) if c.distance >= t => Some(c),
+        _ => None,
+    };
+    let drifting = by_share || as_class.is_some();
     // Drift seen while a retraining is under way is the old model's; the new one must show its
     // own for the full count before it is retrained in turn.
     s.drift_rounds = if drifting && !f.busy { s.drift_rounds.saturating_add(1) } else { 0 };
@@ -259,18 +279,25 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
     let verdicts = f.confirmed + f.false_alarms;
     let precision = (verdicts > 0).then(|| f.confirmed as f64 / verdicts as f64);
     let last = s.started_ms.iter().max().copied();
+    let aside = match f.set_aside {
+        0 => String::new(),
+        n => format!(" ({n} more set aside under a labelled incident)"),
+    };
     let reason = if drifting && s.drift_rounds >= p.triggers.drift_rounds {
-        let aside = match f.set_aside {
-            0 => String::new(),
-            n => format!(" ({n} more set aside under a labelled incident)"),
-        };
-        Some(format!(
-            "drift on {} of {} devices ({:.0} %){aside} for {} checks in a row",
-            f.drifting,
-            f.devices,
-            share * 100.0,
-            s.drift_rounds
-        ))
+        Some(match as_class {
+            Some(c) if !by_share => format!(
+                "class drift: the latest sketches of {} of {} devices{aside} pooled ({} nearest kept) are {:.2} σ \
+                 from the reference on {} for {} checks in a row",
+                c.devices, f.devices, c.pooled, c.distance, c.feature, s.drift_rounds
+            ),
+            _ => format!(
+                "drift on {} of {} devices ({:.0} %){aside} for {} checks in a row",
+                f.drifting,
+                f.devices,
+                share * 100.0,
+                s.drift_rounds
+            ),
+        })
     } else if let Some(t) = p.triggers.alert_rate_share
         && f.elevated > 0
         && f.elevated as f64 >= t * f.devices as f64
@@ -312,6 +339,7 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
     s.drift_rounds = 0;
     let evidence = serde_json::json!({
         "devices": f.devices, "drifting": f.drifting, "set_aside": f.set_aside, "drift_share": share,
+        "class_drift": f.class,
         "elevated": f.elevated,
         "confirmed": f.confirmed, "false_alarms": f.false_alarms, "precision": precision,
     });
@@ -337,7 +365,17 @@ per_day = 2
 "#;
 
     fn facts(now_ms: i64, drifting: u64) -> Facts {
-        Facts { now_ms, devices: 10, drifting, set_aside: 0, elevated: 0, confirmed: 0, false_alarms: 0, busy: false }
+        Facts {
+            now_ms,
+            devices: 10,
+            drifting,
+            set_aside: 0,
+            class: None,
+            elevated: 0,
+            confirmed: 0,
+            false_alarms: 0,
+            busy: false,
+        }
     }
 
     #[test]
@@ -400,10 +438,44 @@ per_day = 2
     }
 
     #[test]
+    fn a_class_pooled_far_from_its_reference_for_enough_checks_triggers() {
+        let on = RetrainPolicy::parse(&POLICY.replace("drift_share = 0.3", "class_drift = 0.8"), "p").unwrap();
+        let class = |distance| crate::drift::ClassDrift { devices: 9, pooled: 8, feature: "motor_c".into(), distance };
+        let f = |distance| Facts { set_aside: 1, class: Some(class(distance)), ..facts(0, 0) };
+        let mut s = PolicyState::default();
+        // Three checks in a row at or over 0.8; one below starts the count afresh.
+        assert_eq!(decide(&on, &mut s, &f(0.9)), Decision::Wait);
+        assert_eq!(decide(&on, &mut s, &f(0.5)), Decision::Wait);
+        assert_eq!(decide(&on, &mut s, &f(0.8)), Decision::Wait);
+        assert_eq!(decide(&on, &mut s, &f(1.2)), Decision::Wait);
+        match decide(&on, &mut s, &f(1.0)) {
+            Decision::Retrain { reason, evidence } => {
+                assert_eq!(
+                    reason,
+                    "class drift: the latest sketches of 9 of 10 devices (1 more set aside under a labelled incident) \
+                     pooled (8 nearest kept) are 1.00 σ from the reference on motor_c for 3 checks in a row"
+                );
+                assert_eq!(evidence["class_drift"]["distance"], 1.0);
+            }
+            d => panic!("{d:?}"),
+        }
+        let off = RetrainPolicy::parse(POLICY, "p").unwrap();
+        let mut s = PolicyState::default();
+        for _ in 0..5 {
+            assert_eq!(decide(&off, &mut s, &f(5.0)), Decision::Wait, "not in the policy");
+        }
+        let mut s = PolicyState::default();
+        for _ in 0..5 {
+            assert_eq!(decide(&on, &mut s, &Facts { class: None, ..f(0.0) }), Decision::Wait, "no pool, no evidence");
+        }
+    }
+
+    #[test]
     fn mistakes_in_a_policy_are_named() {
         let e = |t: &str| RetrainPolicy::parse(t, "p.toml").unwrap_err();
         assert!(e(&POLICY.replace("drift_share = 0.3", "drift_share = 3")).contains("drift_share"));
         assert!(e(&POLICY.replace("drift_share = 0.3", "alert_rate_share = -1")).contains("alert_rate_share"));
+        assert!(e(&POLICY.replace("drift_share = 0.3", "class_drift = 0")).contains("class_drift"));
         assert!(e(&POLICY.replace("hours = 24", "hours = 0")).contains("data.hours"));
         assert!(e(&POLICY.replace("tags.site = 'gulf'", "tags.site = ")).contains("data.condition"));
         assert!(e(&POLICY.replace("[budget]", "[budget]\nper_week = 1")).contains("per_week"));

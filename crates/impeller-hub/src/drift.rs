@@ -6,11 +6,11 @@
 //! so a restarted hub carries on where it stopped and judges what arrived meanwhile.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use impeller_core::audit::AuditEvent;
-use impeller_core::drift::{DriftMonitor, DriftPolicy, DriftState, compare};
+use impeller_core::drift::{ClassDrift, DriftMonitor, DriftPolicy, DriftState, class_drift, compare};
 use impeller_core::package::{self, Limits, TrustStore};
 use impeller_core::sketch::Sketch;
 use impeller_core::wire::{ModelRef, SketchBody};
@@ -20,6 +20,56 @@ use crate::store::{ArtifactStore, DriftReport, MonitorStore, Store, StoreError, 
 /// Features kept in each report, worst first.
 const TOP_FEATURES: usize = 5;
 
+/// Each device's latest judged sketch per model, kept in memory to judge a class of devices as a
+/// whole (`impeller_core::drift::class_drift`). Empty after a restart until the devices send
+/// their next sketches.
+#[derive(Debug, Default)]
+pub struct LatestSketches(Mutex<HashMap<(String, String), Latest>>);
+
+#[derive(Debug)]
+struct Latest {
+    version: String,
+    end_ms: i64,
+    span_ms: i64,
+    features: Vec<String>,
+    sketch: Sketch,
+    reference: Arc<Sketch>,
+}
+
+/// Fewer fresh sketches than this, or than half the class's devices, say nothing of a class.
+const MIN_CLASS_DEVICES: usize = 3;
+
+impl LatestSketches {
+    /// `devices` of `model` at `version`, pooled: the latest sketch of each, those older than
+    /// two intervals before the newest left out. `None` when too few are fresh.
+    pub fn class_drift(&self, model: &str, version: &str, devices: &[&str]) -> Option<ClassDrift> {
+        let map = self.0.lock().ok()?;
+        let mut latest: Vec<&Latest> = devices
+            .iter()
+            .filter_map(|d| map.get(&(model.to_string(), d.to_string())))
+            .filter(|l| l.version == version)
+            .collect();
+        let newest = latest.iter().max_by_key(|l| l.end_ms)?;
+        let (since, reference, features) =
+            (newest.end_ms - 2 * newest.span_ms.max(1), newest.reference.clone(), newest.features.clone());
+        latest.retain(|l| l.end_ms >= since && Arc::ptr_eq(&l.reference, &reference));
+        if latest.len() < MIN_CLASS_DEVICES || latest.len() * 2 < devices.len() {
+            return None;
+        }
+        let sketches: Vec<&Sketch> = latest.iter().map(|l| &l.sketch).collect();
+        class_drift(&reference, &features, &sketches)
+    }
+
+    fn put(&self, device: &str, model: &str, latest: Latest) {
+        if let Ok(mut map) = self.0.lock() {
+            let key = (model.to_string(), device.to_string());
+            if map.get(&key).is_none_or(|old| old.end_ms <= latest.end_ms || old.version != latest.version) {
+                map.insert(key, latest);
+            }
+        }
+    }
+}
+
 /// Judges new sketches every `period` until the process ends.
 pub async fn run(
     store: Store,
@@ -27,8 +77,10 @@ pub async fn run(
     trust: Arc<TrustStore>,
     policy: DriftPolicy,
     period: Duration,
+    latest: Arc<LatestSketches>,
 ) {
-    let mut monitor = Monitor { store, artifacts, trust, policy, references: HashMap::new(), monitors: HashMap::new() };
+    let mut monitor =
+        Monitor { store, artifacts, trust, policy, references: HashMap::new(), monitors: HashMap::new(), latest };
     match monitor.store.drift_monitors().await {
         Ok(m) => monitor.monitors = m,
         Err(error) => tracing::error!(%error, "cannot load the drift monitors' state; starting afresh"),
@@ -51,6 +103,7 @@ struct Monitor {
     references: HashMap<(String, String, u64), Arc<Sketch>>,
     /// Per (device, model name): the version judged, and its monitor.
     monitors: HashMap<(String, String), (String, DriftMonitor)>,
+    latest: Arc<LatestSketches>,
 }
 
 impl Monitor {
@@ -131,6 +184,18 @@ impl Monitor {
         };
         report.state = state.as_str().into();
         report.max_wasserstein = comparison.max_wasserstein();
+        self.latest.put(
+            device,
+            &report.model,
+            Latest {
+                version: report.model_version.clone(),
+                end_ms: sketch.end_ms,
+                span_ms: sketch.end_ms - sketch.start_ms,
+                features: sketch.features.clone(),
+                sketch: sketch.sketch.clone(),
+                reference: reference.clone(),
+            },
+        );
         report.max_psi = comparison.max_psi();
         report.page_hinkley = monitor.page_hinkley();
         report.monitor = monitor.clone();
@@ -177,5 +242,54 @@ pub async fn reference(
             tracing::error!(%error, package = %info.sha256, "cannot read a stored package's drift reference");
             Ok(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A sketch of one feature with all its counts in bin `bin`.
+    fn at(bin: usize) -> Sketch {
+        let mut s = Sketch::new(1);
+        s.bins[0][bin] = 100;
+        s.count = 100;
+        s
+    }
+
+    #[test]
+    fn a_class_is_pooled_from_fresh_sketches_of_its_version() {
+        let mid = impeller_core::sketch::BINS / 2;
+        let reference = Arc::new(at(mid));
+        let latest = LatestSketches::default();
+        let put = |device: &str, version: &str, end_ms: i64, bin: usize| {
+            let latest_one = Latest {
+                version: version.into(),
+                end_ms,
+                span_ms: 600_000,
+                features: vec!["motor_c".into()],
+                sketch: at(bin),
+                reference: reference.clone(),
+            };
+            latest.put(device, "gulf", latest_one);
+        };
+        let devices = ["a", "b", "c", "d"];
+        put("a", "2", 10_000_000, mid + 4);
+        put("b", "2", 10_000_000, mid + 4);
+        assert!(latest.class_drift("gulf", "2", &devices).is_none(), "two devices say nothing of a class");
+        put("c", "2", 10_000_000, mid + 4);
+        let c = latest.class_drift("gulf", "2", &devices).unwrap();
+        assert_eq!((c.devices, c.feature.as_str()), (3, "motor_c"));
+        assert!((c.distance - 1.0).abs() < 1e-9, "four bins of 0.25 σ: {c:?}");
+        assert!(latest.class_drift("gulf", "1", &devices).is_none(), "another version's sketches do not count");
+        assert!(latest.class_drift("gulf", "2", &["a", "b", "c", "d", "e", "f", "g"]).is_none(), "fewer than half");
+        // An older sketch than the one kept is ignored; one more than two intervals behind the
+        // newest drops out of the pool.
+        put("a", "2", 9_000_000, mid);
+        assert_eq!(latest.class_drift("gulf", "2", &devices).unwrap().devices, 3);
+        put("d", "2", 11_100_000, mid + 4);
+        assert_eq!(latest.class_drift("gulf", "2", &devices).unwrap().devices, 4, "a, b and c are 1.8 intervals behind");
+        put("d", "2", 12_000_000, mid + 4);
+        assert!(latest.class_drift("gulf", "2", &devices).is_none(), "only d is fresh");
     }
 }

@@ -134,12 +134,14 @@ impl Hub {
             }
             None => artifacts::Artifacts::folder(&cfg.packages_dir)?,
         };
+        let latest_sketches = Arc::new(drift::LatestSketches::default());
         tokio::spawn(drift::run(
             store.clone(),
             artifacts.clone(),
             trust.clone(),
             impeller_core::drift::DriftPolicy::default(),
             Duration::from_secs(2),
+            latest_sketches.clone(),
         ));
         let every = if cfg.alert_rate_every.is_zero() { Duration::from_secs(10) } else { cfg.alert_rate_every };
         tokio::spawn(alert_rate::run(store.clone(), cfg.alert_rate.clone(), every));
@@ -175,6 +177,7 @@ impl Hub {
             artifacts.clone(),
             cfg.datasets_dir(),
             reconcile.clone(),
+            latest_sketches,
         ));
         let every = if cfg.retrain_every.is_zero() { Duration::from_secs(60) } else { cfg.retrain_every };
         tokio::spawn(retrain::run(retrainer.clone(), every));

@@ -416,7 +416,7 @@ fn schemas() -> Value {
         },
         "PolicyView": object(&["model", "policy", "spec", "state", "updated_by", "updated_ms"], json!({
             "model": string(), "policy": string(), "spec": string(),
-            "state": {"description": "the loop's state: counters, stage (idle, running, awaiting_promotion, awaiting_rollout), version, run, reason, note"},
+            "state": {"description": "the loop's state: counters, stage (idle, running, awaiting_promotion, awaiting_rollout), version, run, reason, note, class_drift (the champion's devices pooled, with a class_drift trigger)"},
             "updated_by": string(), "updated_ms": int(),
         })),
         "Approved": object(&["note"], json!({"note": string()})),

@@ -34,6 +34,9 @@ pub struct LoopState {
     /// Why the current or last retraining started, and how it ended.
     pub reason: Option<String>,
     pub note: Option<String>,
+    /// The champion's devices as a class at the last check, for a policy with `class_drift`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_drift: Option<impeller_core::drift::ClassDrift>,
     pub updated_ms: i64,
 }
 
@@ -64,6 +67,7 @@ pub struct Retrainer {
     artifacts: crate::artifacts::Artifacts,
     datasets_dir: PathBuf,
     reconcile: Arc<Notify>,
+    latest_sketches: Arc<crate::drift::LatestSketches>,
     /// Models whose retraining task is running in this process.
     busy: Mutex<HashSet<String>>,
     /// Held while a policy's state is read, changed and saved, so that the loop and a
@@ -82,6 +86,7 @@ impl Retrainer {
         artifacts: crate::artifacts::Artifacts,
         datasets_dir: PathBuf,
         reconcile: Arc<Notify>,
+        latest_sketches: Arc<crate::drift::LatestSketches>,
     ) -> Retrainer {
         Retrainer {
             store,
@@ -89,6 +94,7 @@ impl Retrainer {
             artifacts,
             datasets_dir,
             reconcile,
+            latest_sketches,
             busy: Mutex::new(HashSet::new()),
             state_lock: tokio::sync::Mutex::new(()),
         }
@@ -134,7 +140,9 @@ impl Retrainer {
         } else {
             Vec::new()
         };
+        let deployments = if policies.is_empty() { Vec::new() } else { self.store.deployments().await? };
         for (policy, rec) in policies {
+            self.follow_refused_champion(&rec.model, &deployments).await?;
             // Devices with a labelled incident in the window are set aside: their drift has a
             // known cause (a confirmed fault), which a retraining must not learn as normal.
             let now = now_ms();
@@ -162,6 +170,10 @@ impl Retrainer {
                     monitors.get(&(d.to_string(), rec.model.clone())).is_some_and(|(_, m)| m.state == DriftState::Drift)
                 })
                 .count();
+            let class = match (policy.triggers.class_drift, champion) {
+                (Some(_), Some(v)) => self.latest_sketches.class_drift(&rec.model, &v.to_string(), &devices),
+                _ => None,
+            };
             // Judged against the version the device runs: only the champion's count.
             let elevated = if policy.triggers.alert_rate_share.is_some() {
                 let counted: HashSet<&str> = devices.iter().copied().collect();
@@ -192,12 +204,14 @@ impl Retrainer {
                     devices: devices.len() as u64,
                     drifting: drifting as u64,
                     set_aside: set_aside.len() as u64,
+                    class: class.clone(),
                     elevated: elevated as u64,
                     confirmed: current.map_or(0, |p| p.confirmed),
                     false_alarms: current.map_or(0, |p| p.false_alarms),
                     busy: state.stage != Stage::Idle,
                 };
                 decision = decide(&policy, &mut state.policy, &facts);
+                state.class_drift = facts.class;
                 match &decision {
                     Decision::Wait => {}
                     Decision::OverBudget { reason } => state.note = Some(reason.clone()),
@@ -233,6 +247,44 @@ impl Retrainer {
             }
         }
         Ok(())
+    }
+
+    /// A champion whose every rollout aborted runs nowhere: its devices went back to the version
+    /// before it. The alias goes back with them, since only the champion's devices count as
+    /// evidence (drift, alert rates, verdicts) and the next retraining builds on the champion's
+    /// data; left on the refused version, the model could never retrain again.
+    async fn follow_refused_champion(&self, model: &str, deployments: &[DeploymentInfo]) -> Result<(), StoreError> {
+        let Some(champion) = self.store.alias(model, "champion").await? else { return Ok(()) };
+        let Some(parent) = champion.parent_version else { return Ok(()) };
+        let ours: Vec<&DeploymentInfo> = deployments
+            .iter()
+            .filter(|d| champion.packages.iter().any(|p| p.sha256 == d.package_sha256))
+            .collect();
+        if ours.is_empty() || ours.iter().any(|d| d.aborted_ms.is_none()) {
+            return Ok(());
+        }
+        if self.store.version(model, parent).await?.is_none_or(|v| v.status != "ready") {
+            return Ok(());
+        }
+        let reasons: Vec<String> = ours
+            .iter()
+            .map(|d| format!("{}: {}", d.name, d.abort_reason.as_deref().unwrap_or("aborted by hand")))
+            .collect();
+        let note = format!(
+            "version {} was refused by its fleet ({}); version {parent} is champion again",
+            champion.version,
+            reasons.join("; ")
+        );
+        tracing::warn!(model, %note, "retraining: champion reverted");
+        self.store.set_alias(model, "champion", parent, &format!("retrain:{model}")).await?;
+        self.audit(
+            "retrain.reverted",
+            model,
+            serde_json::json!({ "from": champion.version, "to": parent, "aborted": reasons }),
+            &[&champion.model_sha256],
+        )
+        .await;
+        self.update(model, |state| state.note = Some(note)).await
     }
 
     /// Snapshot, pipeline run, then promotion and rollout as the policy allows.

@@ -4,7 +4,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::evaluate::{Agreement, Evaluation};
+use impeller_core::deploy::MAX_RUNNING_ALARM_RATE;
+
+use crate::evaluate::{Agreement, Evaluation, PartResult};
 use crate::spec::Gates;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -50,43 +52,92 @@ pub fn check(gates: &Gates, candidate: &Evaluation, champion: Option<&Evaluation
     bound("max_alerts_per_day", "alarms per device-day", candidate.alarms_per_day, gates.max_alerts_per_day, true);
     bound("max_median_delay_s", "median detection delay (s)", candidate.median_delay_s, gates.max_median_delay_s, true);
     if let Some(drop) = gates.max_f1_drop {
-        out.push(match (champion, champion.and_then(|c| c.f1), candidate.f1) {
-            (None, _, _) => GateResult {
-                gate: "max_f1_drop".into(),
-                passed: true,
-                value: candidate.f1,
-                limit: None,
-                detail: "no champion yet: nothing to compare with".into(),
-            },
-            (Some(_), Some(best), Some(f1)) => {
-                let limit = best - drop;
-                let margin = f1 - limit;
-                GateResult {
-                    gate: "max_f1_drop".into(),
-                    passed: margin >= 0.0,
-                    value: Some(f1),
-                    limit: Some(limit),
-                    detail: if margin >= 0.0 {
-                        format!("F1 {f1:.4} against the champion's {best:.4}: within {drop:.4} (margin {margin:.4})")
-                    } else {
-                        format!(
-                            "F1 {f1:.4} is {:.4} below the champion's {best:.4}; at most {drop:.4} is allowed: off by {:.4}",
-                            best - f1,
-                            -margin
-                        )
-                    },
-                }
-            }
-            (Some(_), _, f1) => GateResult {
-                gate: "max_f1_drop".into(),
-                passed: false,
-                value: f1,
-                limit: None,
-                detail: "F1 of the candidate or the champion is undefined on the validation data".into(),
-            },
-        });
+        out.push(against_champion("max_f1_drop", "F1", candidate.f1, champion.map(|c| c.f1), drop, Better::Higher));
+    }
+    if let Some(rise) = gates.max_far_increase {
+        out.push(far_increase(candidate, champion, rise));
     }
     out
+}
+
+#[derive(Clone, Copy)]
+enum Better {
+    Higher,
+    Lower,
+}
+
+/// The candidate's `what` held to the champion's on the same rows, give or take `allowance`.
+/// `champion`: `None` when there is no champion (nothing to lose to: passes), `Some(None)` when
+/// the champion's value is undefined there.
+fn against_champion(
+    gate: &str,
+    what: &str,
+    candidate: Option<f64>,
+    champion: Option<Option<f64>>,
+    allowance: f64,
+    better: Better,
+) -> GateResult {
+    let result = |passed, value, limit, detail| GateResult { gate: gate.into(), passed, value, limit, detail };
+    let (best, value) = match (champion, candidate) {
+        (None, _) => return result(true, candidate, None, "no champion yet: nothing to compare with".into()),
+        (Some(Some(best)), Some(value)) => (best, value),
+        _ => {
+            let detail = format!("{what} of the candidate or the champion is undefined on the validation data");
+            return result(false, candidate, None, detail);
+        }
+    };
+    let (limit, margin, worse, word) = match better {
+        Better::Higher => (best - allowance, value - (best - allowance), best - value, "below"),
+        Better::Lower => (best + allowance, best + allowance - value, value - best, "above"),
+    };
+    let detail = if margin >= 0.0 {
+        format!("{what} {value:.4} against the champion's {best:.4}: within {allowance:.4} (margin {margin:.4})")
+    } else {
+        format!(
+            "{what} {value:.4} is {worse:.4} {word} the champion's {best:.4}; at most {allowance:.4} is allowed: off by {:.4}",
+            -margin
+        )
+    };
+    result(margin >= 0.0, Some(value), Some(limit), detail)
+}
+
+/// Parts with fewer normal rows than this are too short for their own false-alarm rate to say
+/// anything (a device's trial waits for 100 frames too); they count in the whole only.
+const MIN_PART_NORMAL_ROWS: u64 = 100;
+
+/// `max_far_increase` over the whole and part by part — a part is a device or a file,
+/// and each device will hold the version to the running model's alarm rate on its own frames —
+/// the part that fares worst against the champion decides.
+fn far_increase(candidate: &Evaluation, champion: Option<&Evaluation>, rise: f64) -> GateResult {
+    let gate = "max_far_increase";
+    let whole =
+        against_champion(gate, "false-alarm rate", candidate.far, champion.map(|c| c.far), rise, Better::Lower);
+    let Some(champion) = champion else { return whole };
+    let far = |p: &PartResult| {
+        let normal = p.tn + p.fp;
+        (normal >= MIN_PART_NORMAL_ROWS).then(|| p.fp as f64 / normal as f64)
+    };
+    // How far under its limit a result is; an undefined one is the worst of all.
+    let room = |r: &GateResult| match (r.value, r.limit) {
+        (Some(v), Some(l)) => l - v,
+        _ => f64::NEG_INFINITY,
+    };
+    let mut worst = whole;
+    for part in &candidate.per_part {
+        let Some(theirs) = champion.per_part.iter().find(|c| c.name == part.name) else { continue };
+        let (Some(ours), Some(theirs)) = (far(part), far(theirs)) else { continue };
+        // A part the champion itself mostly alarms on holds a fault or a drift it sees too, as
+        // a device's trial reasons (`MAX_RUNNING_ALARM_RATE`): its rates say nothing.
+        if theirs > MAX_RUNNING_ALARM_RATE {
+            continue;
+        }
+        let what = format!("false-alarm rate on {}", part.name);
+        let r = against_champion(gate, &what, Some(ours), Some(Some(theirs)), rise, Better::Lower);
+        if room(&r) < room(&worst) {
+            worst = r;
+        }
+    }
+    worst
 }
 
 /// The int8 variant's alarms against the float model's (`min_int8_agreement`, 0.99 unless the
@@ -166,6 +217,51 @@ mod tests {
         assert!(!all_passed(&results));
         let first = check(&gates, &eval(0.75, 0.05), None);
         assert!(first.iter().find(|r| r.gate == "max_f1_drop").unwrap().passed, "no champion: nothing to lose to");
+    }
+
+    #[test]
+    fn the_false_alarm_rate_may_rise_over_the_champions_only_by_the_allowance() {
+        let gates = Gates { max_far_increase: Some(0.02), ..Default::default() };
+        let result = |candidate: f64, champion: Option<f64>| {
+            let champion = champion.map(|far| eval(0.5, far));
+            check(&gates, &eval(0.5, candidate), champion.as_ref()).remove(0)
+        };
+        let worse = result(0.30, Some(0.05));
+        assert!(!worse.passed, "{worse:?}");
+        assert_eq!(worse.limit, Some(0.07));
+        assert!(worse.detail.contains("0.3000 is 0.2500 above the champion's 0.0500"), "{}", worse.detail);
+        assert!(worse.detail.contains("off by 0.2300"), "{}", worse.detail);
+        let within = result(0.06, Some(0.05));
+        assert!(within.passed && within.detail.contains("margin 0.0100"), "{}", within.detail);
+        assert!(result(0.01, Some(0.40)).passed, "fewer false alarms than the champion");
+        assert!(result(0.90, None).passed, "no champion: nothing to lose to");
+        // A part (device) the candidate alarms on far more decides, though the whole is fine;
+        // a part too short to tell does not, nor one the champion mostly alarms on.
+        let part = |name: &str, fp: u64, tn: u64| PartResult {
+            name: name.into(),
+            tp: 0,
+            tn,
+            fp,
+            fn_: 0,
+            anomalies: 0,
+            detected: 0,
+            alarms: 0,
+        };
+        let (mut ours, mut theirs) = (eval(0.5, 0.05), eval(0.5, 0.05));
+        ours.per_part =
+            vec![part("p1", 30, 170), part("p2", 5, 995), part("short", 9, 1), part("faulty", 190, 10)];
+        theirs.per_part =
+            vec![part("p1", 2, 198), part("p2", 50, 950), part("short", 0, 10), part("faulty", 120, 80)];
+        let r = check(&gates, &ours, Some(&theirs)).remove(0);
+        assert!(!r.passed, "{r:?}");
+        assert!(r.detail.starts_with("false-alarm rate on p1 0.1500 is 0.1400 above the champion's 0.0100"), "{}", r.detail);
+        ours.per_part.remove(0);
+        let r = check(&gates, &ours, Some(&theirs)).remove(0);
+        assert!(r.passed && r.detail.starts_with("false-alarm rate 0.0500"), "{r:?}");
+        let mut undefined = eval(0.5, 0.0);
+        undefined.far = None;
+        let r = check(&gates, &eval(0.5, 0.01), Some(&undefined)).remove(0);
+        assert!(!r.passed && r.detail.contains("undefined"), "{r:?}");
     }
 
     #[test]

@@ -83,6 +83,12 @@ pub struct Gates {
     pub min_f1: Option<f64>,
     /// False-alarm rate (share of normal rows alarmed), 0 to 1.
     pub max_far: Option<f64>,
+    /// The candidate's false-alarm rate may be at most this much (0 to 1) above the champion's
+    /// on the same rows: for data with no labelled parts, the one comparison with the champion
+    /// (a retraining that alarms more than the model it replaces on the newest held-out rows
+    /// would be refused by the devices' own trial anyway, after its rollout began).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_far_increase: Option<f64>,
     /// Missed-alarm rate (share of anomalous rows not alarmed), 0 to 1.
     pub max_mar: Option<f64>,
     /// Alarms raised (rising edges) per device-day of validation data.
@@ -138,6 +144,7 @@ impl PipelineSpec {
             ("max_f1_drop", g.max_f1_drop),
             ("min_f1", g.min_f1),
             ("max_far", g.max_far),
+            ("max_far_increase", g.max_far_increase),
             ("max_mar", g.max_mar),
             ("max_alerts_per_day", g.max_alerts_per_day),
             ("max_median_delay_s", g.max_median_delay_s),
@@ -155,7 +162,8 @@ impl PipelineSpec {
         if (g.min_f1.is_some() || g.max_mar.is_some() || g.max_f1_drop.is_some()) && spec.data.validate.is_empty() {
             return bad("gates on F1 or MAR need labelled parts in data.validate".into());
         }
-        if g.max_far.is_some() && spec.data.validate.is_empty() && spec.data.holdout == 0.0 {
+        if (g.max_far.is_some() || g.max_far_increase.is_some()) && spec.data.validate.is_empty() && spec.data.holdout == 0.0
+        {
             return bad("a gate on FAR needs labelled parts in data.validate or a data.holdout".into());
         }
         if spec.package.valid_days == 0 {

@@ -146,7 +146,7 @@ async fn gulf_on_r1(dir: &std::path::Path, policy: &str) -> (impeller_hub::Hub, 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn drift_retrains_awaits_approval_and_rolls_out() {
+async fn drift_retrains_awaits_approval_rolls_out_and_follows_a_refusal() {
     let dir = tempfile::tempdir().unwrap();
     let (hub, token) = gulf_on_r1(dir.path(), POLICY).await;
     let store = hub.store.clone();
@@ -213,6 +213,23 @@ async fn drift_retrains_awaits_approval_and_rolls_out() {
         .map(|r| r.action)
         .collect();
     assert_eq!(audited, ["retrain.policy.set", "retrain.triggered", "retrain.finished", "retrain.approved"]);
+
+    // The fleet refuses version 2 and its rollout aborts: r1 is back on version 1, and so is
+    // the champion alias, so that r1's drift and verdicts count again.
+    store.abort_deployment("gulf-v2-gw", "1 of 1 devices refused the package", "hub").await.unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    while store.alias("gulf", "champion").await.unwrap().unwrap().version != 1 {
+        assert!(Instant::now() < until, "the champion stays on the refused version: {}", state().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reverted = store
+        .audit_records(&AuditFilter { action: Some("retrain.reverted".into()), limit: 10, ..Default::default() })
+        .await
+        .unwrap();
+    assert_eq!(reverted.len(), 1, "recorded once");
+    assert_eq!(reverted[0].details["aborted"][0], "gulf-v2-gw: 1 of 1 devices refused the package");
+    assert_eq!((reverted[0].details["from"].as_u64(), reverted[0].details["to"].as_u64()), (Some(2), Some(1)));
+    assert!(state().await["note"].as_str().unwrap().contains("version 1 is champion again"), "{}", state().await);
 }
 
 fn trust(signer: &impeller_core::package::Signer25519) -> impeller_core::package::TrustStore {
