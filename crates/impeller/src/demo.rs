@@ -977,8 +977,8 @@ fn timeline_lines(records: &[serde_json::Value], since_ms: i64) -> Vec<String> {
 /// How far (training σ, worst feature) a class's devices' latest sketches, pooled, must stand
 /// from their reference to retrain it. A healthy class is not at zero: the reference spans whole
 /// days and a pool is one time of day, so a feature whose spread is mostly the daily swing (the
-/// bearing temperature) stands up to √2 σ off at dawn — 1.24 to 1.50 σ in a drift-free run of
-/// 1,000 pumps, where 1.0 retrained every class at the start (docs/BENCHMARKS.md).
+/// bearing temperature) stands up to √2 σ off at dawn: 1.06 to 1.39 σ in a drift-free run of
+/// 1,000 pumps, where a trial at 1.0 retrained every class at the start (docs/BENCHMARKS.md).
 const CLASS_DRIFT: f64 = 2.0;
 
 /// How many points of false alarms on the held-out rows a retrained version may add to the
@@ -993,15 +993,14 @@ const RETRAIN_MAX_FAR_INCREASE: f64 = 0.05;
 /// their samples over the whole run (confirmed faults left out), trains the same detector on
 /// them, and promotes and rolls out the new version by itself (the demo has nobody to approve;
 /// a site would say `manual`). The window holds no labelled data: the held-out fifth gives the
-/// version its false-alarm rate, held to the champion's on the same rows. One a day: with two,
-/// a class's second retraining in the heat wave was refused by one of its three pumps (it
-/// alarmed far more than the running model) and its rollout aborted; a retraining on feedback
-/// just as a heat wave begins does use up the day, though.
+/// version its false-alarm rate, held to the champion's on the same rows. Two a day: with one,
+/// a retraining on feedback just as the heat wave began used up acme-gulf's day at 1,000 pumps
+/// and its heat-wave alarms stayed (docs/BENCHMARKS.md).
 async fn set_retrain_policy(api: &HubClient, class: &Class, target: &str, args: &DemoArgs) -> anyhow::Result<()> {
     let policy = format!(
         "version = 1\n[triggers]\ndrift_share = 0.5\nclass_drift = {CLASS_DRIFT}\ndrift_rounds = 2\nmin_precision = 0.5\nmin_verdicts = 5\n\
          [data]\ncondition = {}\nhours = {}\n\
-         exclude_incidents = true\ninclude_champion_data = true\n[approval]\npromote = \"auto\"\nrollout = \"auto\"\n[budget]\nper_day = 1\n\
+         exclude_incidents = true\ninclude_champion_data = true\n[approval]\npromote = \"auto\"\nrollout = \"auto\"\n[budget]\nper_day = 2\n\
          [rollout]\nwaves = [50, 100]\nsoak_s = {}\nmax_failed = 0.0\nmax_rolled_back = 0.0\n",
         toml::Value::String(class.target_condition()),
         args.hours + 1.0,
