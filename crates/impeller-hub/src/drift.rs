@@ -288,7 +288,11 @@ mod tests {
         put("a", "2", 9_000_000, mid);
         assert_eq!(latest.class_drift("gulf", "2", &devices).unwrap().devices, 3);
         put("d", "2", 11_100_000, mid + 4);
-        assert_eq!(latest.class_drift("gulf", "2", &devices).unwrap().devices, 4, "a, b and c are 1.8 intervals behind");
+        assert_eq!(
+            latest.class_drift("gulf", "2", &devices).unwrap().devices,
+            4,
+            "a, b and c are 1.8 intervals behind"
+        );
         put("d", "2", 12_000_000, mid + 4);
         assert!(latest.class_drift("gulf", "2", &devices).is_none(), "only d is fresh");
     }

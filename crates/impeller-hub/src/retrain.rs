@@ -256,10 +256,8 @@ impl Retrainer {
     async fn follow_refused_champion(&self, model: &str, deployments: &[DeploymentInfo]) -> Result<(), StoreError> {
         let Some(champion) = self.store.alias(model, "champion").await? else { return Ok(()) };
         let Some(parent) = champion.parent_version else { return Ok(()) };
-        let ours: Vec<&DeploymentInfo> = deployments
-            .iter()
-            .filter(|d| champion.packages.iter().any(|p| p.sha256 == d.package_sha256))
-            .collect();
+        let ours: Vec<&DeploymentInfo> =
+            deployments.iter().filter(|d| champion.packages.iter().any(|p| p.sha256 == d.package_sha256)).collect();
         if ours.is_empty() || ours.iter().any(|d| d.aborted_ms.is_none()) {
             return Ok(());
         }

@@ -110,8 +110,7 @@ const MIN_PART_NORMAL_ROWS: u64 = 100;
 /// the part that fares worst against the champion decides.
 fn far_increase(candidate: &Evaluation, champion: Option<&Evaluation>, rise: f64) -> GateResult {
     let gate = "max_far_increase";
-    let whole =
-        against_champion(gate, "false-alarm rate", candidate.far, champion.map(|c| c.far), rise, Better::Lower);
+    let whole = against_champion(gate, "false-alarm rate", candidate.far, champion.map(|c| c.far), rise, Better::Lower);
     let Some(champion) = champion else { return whole };
     let far = |p: &PartResult| {
         let normal = p.tn + p.fp;
@@ -248,13 +247,15 @@ mod tests {
             alarms: 0,
         };
         let (mut ours, mut theirs) = (eval(0.5, 0.05), eval(0.5, 0.05));
-        ours.per_part =
-            vec![part("p1", 30, 170), part("p2", 5, 995), part("short", 9, 1), part("faulty", 190, 10)];
-        theirs.per_part =
-            vec![part("p1", 2, 198), part("p2", 50, 950), part("short", 0, 10), part("faulty", 120, 80)];
+        ours.per_part = vec![part("p1", 30, 170), part("p2", 5, 995), part("short", 9, 1), part("faulty", 190, 10)];
+        theirs.per_part = vec![part("p1", 2, 198), part("p2", 50, 950), part("short", 0, 10), part("faulty", 120, 80)];
         let r = check(&gates, &ours, Some(&theirs)).remove(0);
         assert!(!r.passed, "{r:?}");
-        assert!(r.detail.starts_with("false-alarm rate on p1 0.1500 is 0.1400 above the champion's 0.0100"), "{}", r.detail);
+        assert!(
+            r.detail.starts_with("false-alarm rate on p1 0.1500 is 0.1400 above the champion's 0.0100"),
+            "{}",
+            r.detail
+        );
         ours.per_part.remove(0);
         let r = check(&gates, &ours, Some(&theirs)).remove(0);
         assert!(r.passed && r.detail.starts_with("false-alarm rate 0.0500"), "{r:?}");

@@ -162,7 +162,9 @@ impl PipelineSpec {
         if (g.min_f1.is_some() || g.max_mar.is_some() || g.max_f1_drop.is_some()) && spec.data.validate.is_empty() {
             return bad("gates on F1 or MAR need labelled parts in data.validate".into());
         }
-        if (g.max_far.is_some() || g.max_far_increase.is_some()) && spec.data.validate.is_empty() && spec.data.holdout == 0.0
+        if (g.max_far.is_some() || g.max_far_increase.is_some())
+            && spec.data.validate.is_empty()
+            && spec.data.holdout == 0.0
         {
             return bad("a gate on FAR needs labelled parts in data.validate or a data.holdout".into());
         }

@@ -769,7 +769,8 @@ async fn watch_retraining(
     for p in policies["items"].as_array().into_iter().flatten() {
         let model = p["model"].as_str().unwrap_or_default();
         let state = &p["state"];
-        if let (Some(d), Some(f)) = (state["class_drift"]["distance"].as_f64(), state["class_drift"]["feature"].as_str())
+        if let (Some(d), Some(f)) =
+            (state["class_drift"]["distance"].as_f64(), state["class_drift"]["feature"].as_str())
             && watch.farthest.get(model).is_none_or(|(far, _)| d > *far)
         {
             watch.farthest.insert(model.to_string(), (d, f.to_string()));
@@ -1017,7 +1018,10 @@ async fn set_retrain_policy(api: &HubClient, class: &Class, target: &str, args: 
     spec.insert("data".into(), data.into());
     // Nor may it alarm there, on any pump, much more than the champion: its rollout would only
     // be refused by that pump's own trial.
-    spec.insert("gates".into(), toml::from_str::<toml::Table>(&format!("max_far_increase = {RETRAIN_MAX_FAR_INCREASE}"))?.into());
+    spec.insert(
+        "gates".into(),
+        toml::from_str::<toml::Table>(&format!("max_far_increase = {RETRAIN_MAX_FAR_INCREASE}"))?.into(),
+    );
     spec.insert("train".into(), toml::Value::try_from(crate::fleet::class_train_config())?);
     let profile = format!(
         "version = 1\nname = {}\ndescription = \"the demo's gateways\"\narch = \"aarch64\"\nruntime = \"native\"\n\

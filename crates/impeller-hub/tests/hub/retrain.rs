@@ -52,6 +52,19 @@ memory_bytes = 10000000
 latency_budget_us = 100000
 "#;
 
+/// Version 1 of `gulf` and the ten minutes of frames from `t0` it was trained on.
+fn gulf_v1(t0: i64) -> (Vec<Frame>, impeller_core::Model) {
+    let channels = [Channel::new("flow", "L/min"), Channel::new("pressure", "bar")];
+    let frames: Vec<Frame> = (0..600)
+        .map(|i| Frame {
+            ts_ms: t0 + i * 1000,
+            values: vec![30.0 + (i as f64 / 9.0).sin(), 4.0 + (i as f64 / 7.0).cos()],
+        })
+        .collect();
+    let model = train(&channels, &frames, &TrainConfig::new(DetectorConfig::Zscore(Default::default()))).unwrap();
+    (frames, model)
+}
+
 /// A hub with device `r1` at gulf running version 1 of `gulf` (the champion), its samples of
 /// the last hour and one alert (seq 12) stored, and `policy` set on the model. The hub and an
 /// operator's token.
@@ -69,16 +82,9 @@ async fn gulf_on_r1(dir: &std::path::Path, policy: &str) -> (impeller_hub::Hub, 
     store.add_device("r1", &tags, "gw", "test").await.unwrap();
 
     // Version 1, trained elsewhere, registered, champion, and running on r1.
-    let channels = [Channel::new("flow", "L/min"), Channel::new("pressure", "bar")];
     // The last hour: inside the policy's window.
     let t0 = impeller_hub::store::now_ms() - 3_600_000;
-    let frames: Vec<Frame> = (0..600)
-        .map(|i| Frame {
-            ts_ms: t0 + i * 1000,
-            values: vec![30.0 + (i as f64 / 9.0).sin(), 4.0 + (i as f64 / 7.0).cos()],
-        })
-        .collect();
-    let model = train(&channels, &frames, &TrainConfig::new(DetectorConfig::Zscore(Default::default()))).unwrap();
+    let (frames, model) = gulf_v1(t0);
     let sha = |b: &[u8]| impeller_pipeline::sha256_hex(b);
     let v1 = NewModelVersion {
         run_key: sha(b"v1"),
@@ -278,4 +284,70 @@ async fn an_elevated_alert_rate_retrains() {
         assert!(Instant::now() < until, "no retraining awaits approval: {state}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Every device of the class shifted a little, too little for any of them to be in drift on its
+/// own, retrains the model as a class; and not before three devices have sent a sketch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_class_shifted_as_a_whole_retrains() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = POLICY.replace("drift_share = 0.5", "class_drift = 1.5");
+    let (hub, _) = gulf_on_r1(dir.path(), &policy).await;
+    let store = hub.store.clone();
+    let t0 = impeller_hub::store::now_ms() - 3_600_000;
+    let (frames, model) = gulf_v1(t0);
+    let v1 = store.version("gulf", 1).await.unwrap().unwrap();
+    let tags = [("site".to_string(), "gulf".to_string())].into_iter().collect();
+    // Each feature of the training data moved 1.75 σ (seven bins of 0.25 σ) up: a device's own
+    // monitor holds that for a warning at most (it alarms at 3.5 σ, accumulates above 2.2 σ).
+    let mut shifted = impeller_core::package::reference_sketch(&model, &frames);
+    for row in &mut shifted.bins {
+        let inner = row.len() - 1;
+        let tail: u64 = row[inner - 7..].iter().sum();
+        row.copy_within(0..inner - 7, 7);
+        row[..7].fill(0);
+        row[inner] = tail;
+    }
+    let sketch = |device: &str, seq: u64| {
+        let body = serde_json::json!({
+            "model": {"name": "gulf", "version": "1", "release": v1.release}, "start_ms": t0,
+            "end_ms": t0 + 600_000, "features": model.feature_names(), "sketch": shifted,
+        });
+        incoming(device, seq, t0 + 700_000, "sketches", body)
+    };
+    let active = serde_json::json!({"event": "update", "detail": {"deployment": "d1", "sha256": v1.packages[0].sha256, "state": "active"}});
+    let stage = || {
+        let store = store.clone();
+        async move { store.policy("gulf").await.unwrap().unwrap().state }
+    };
+    store.add_device("r2", &tags, "gw", "test").await.unwrap();
+    let batch = [sketch("r1", 13), incoming("r2", 1, t0 + 700_000, "events", active.clone()), sketch("r2", 2)];
+    let acked = [("r1".to_string(), 13), ("r2".to_string(), 2)].into_iter().collect();
+    store.commit(&batch, &acked).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    assert_eq!(store.versions("gulf").await.unwrap().len(), 1, "two devices say nothing of a class: {}", stage().await);
+
+    store.add_device("r3", &tags, "gw", "test").await.unwrap();
+    let batch = [incoming("r3", 1, t0 + 700_000, "events", active), sketch("r3", 2)];
+    store.commit(&batch, &[("r3".to_string(), 2)].into_iter().collect()).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = stage().await;
+        if state["stage"] == "awaiting_promotion" {
+            let reason = state["reason"].as_str().unwrap();
+            assert!(
+                reason
+                    .starts_with("class drift: the latest sketches of 3 of 3 devices pooled (3 nearest kept) are 1.7"),
+                "{reason}"
+            );
+            assert!(reason.ends_with("for 2 checks in a row"), "{reason}");
+            break;
+        }
+        assert!(Instant::now() < until, "no retraining awaits approval: {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let reports =
+        store.drift_reports(&impeller_hub::store::FleetFilter { limit: 10, ..Default::default() }).await.unwrap();
+    assert_eq!(reports.len(), 3);
+    assert!(reports.iter().all(|r| r.state != "drift"), "no device in drift on its own: {reports:?}");
 }
