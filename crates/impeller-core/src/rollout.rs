@@ -161,11 +161,17 @@ pub fn step(policy: &Rollout, wave: usize, wave_started_ms: i64, now_ms: i64, e:
     if soaked_ms < soak_ms {
         return Step::Wait(format!("wave {} soaks for {} s more", wave + 1, (soak_ms - soaked_ms + 999) / 1000));
     }
-    if share(e.active) < policy.min_active {
+    // A device that rolled the new model back under a confirmed fault keeps the old one: the
+    // wave needs the others, or it would wait for it forever.
+    let expected = e.members.saturating_sub(e.rolled_back_in_fault);
+    if (e.active as f64) < policy.min_active * expected as f64 {
+        let excused = match e.rolled_back_in_fault {
+            0 => String::new(),
+            n => format!(" ({n} more rolled it back under a confirmed fault)"),
+        };
         return Step::Wait(format!(
-            "{} of {} devices run the new model; {:.0} % needed",
+            "{} of {expected} devices run the new model{excused}; {:.0} % needed",
             e.active,
-            e.members,
             100.0 * policy.min_active
         ));
     }
@@ -277,6 +283,15 @@ mod tests {
         assert!(why.contains("1 of 10") && why.contains("10 %") && why.contains("5 %"), "{why}");
         let in_fault = Evidence { rolled_back_in_fault: 1, active: 9, ..healthy(10) };
         assert_eq!(step(&p, 0, 0, 60_000, &in_fault), Step::Advance, "a faulty pump's rollback is no evidence");
+        // Nor does the wave wait for that pump to run the new model (seen: a 3-pump wave that
+        // needed all of them stuck at 2 of 3 for good).
+        let all = Rollout { min_active: 1.0, ..policy() };
+        let small = Evidence { members: 3, active: 2, rolled_back_in_fault: 1, ..healthy(3) };
+        assert_eq!(step(&all, 2, 0, 60_000, &small), Step::Complete);
+        let slow = Evidence { active: 1, ..small };
+        assert!(
+            matches!(step(&all, 2, 0, 60_000, &slow), Step::Wait(w) if w.contains("1 of 2 devices run the new model (1 more rolled it back under a confirmed fault)"))
+        );
         let rolled = Evidence { rolled_back: 1, active: 9, ..healthy(10) };
         assert!(matches!(step(&p, 0, 0, 1_000, &rolled), Step::Abort(w) if w.contains("rolled")));
         let noisy = Evidence { alerts: Some(AlertRates { before_per_day: 0.5, after_per_day: 3.0 }), ..healthy(10) };

@@ -156,7 +156,14 @@ impl Retrainer {
             // Only devices running the champion are evidence against it: those still on an
             // older version (a rollout under way) are about a model already replaced. With no
             // champion yet, every device running the model counts.
-            let champion = self.store.alias(&rec.model, "champion").await?.map(|v| v.version);
+            let champion_version = self.store.alias(&rec.model, "champion").await?;
+            let champion = champion_version.as_ref().map(|v| v.version);
+            // The champion's rollout still under way is part of its retraining: the drift of its
+            // first devices is not yet the evidence of a whole class (seen: a 3-pump class
+            // retrained again 3 s into the rollout of the version before).
+            let rolling_out = champion_version.as_ref().is_some_and(|v| {
+                deployments.iter().any(|d| d.rolling_out() && v.packages.iter().any(|p| p.sha256 == d.package_sha256))
+            });
             let (devices, set_aside): (Vec<&str>, Vec<&str>) = running
                 .iter()
                 .filter(|r| {
@@ -208,7 +215,7 @@ impl Retrainer {
                     elevated: elevated as u64,
                     confirmed: current.map_or(0, |p| p.confirmed),
                     false_alarms: current.map_or(0, |p| p.false_alarms),
-                    busy: state.stage != Stage::Idle,
+                    busy: state.stage != Stage::Idle || rolling_out,
                 };
                 decision = decide(&policy, &mut state.policy, &facts);
                 state.class_drift = facts.class;
