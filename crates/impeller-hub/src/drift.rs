@@ -41,7 +41,8 @@ const MIN_CLASS_DEVICES: usize = 3;
 
 impl LatestSketches {
     /// `devices` of `model` at `version`, pooled: the latest sketch of each, those older than
-    /// two intervals before the newest left out. `None` when too few are fresh.
+    /// two intervals before the newest, or against another reference, left out. `None` when
+    /// too few are left.
     pub fn class_drift(&self, model: &str, version: &str, devices: &[&str]) -> Option<ClassDrift> {
         let map = self.0.lock().ok()?;
         let mut latest: Vec<&Latest> = devices
@@ -52,7 +53,8 @@ impl LatestSketches {
         let newest = latest.iter().max_by_key(|l| l.end_ms)?;
         let (since, reference, features) =
             (newest.end_ms - 2 * newest.span_ms.max(1), newest.reference.clone(), newest.features.clone());
-        latest.retain(|l| l.end_ms >= since && Arc::ptr_eq(&l.reference, &reference));
+        // Packages of one version for several targets carry the same reference, each read once.
+        latest.retain(|l| l.end_ms >= since && *l.reference == *reference);
         if latest.len() < MIN_CLASS_DEVICES || latest.len() * 2 < devices.len() {
             return None;
         }
@@ -295,5 +297,20 @@ mod tests {
         );
         put("d", "2", 12_000_000, mid + 4);
         assert!(latest.class_drift("gulf", "2", &devices).is_none(), "only d is fresh");
+        // Another package's copy of the same reference counts; another reference does not.
+        let (copy, other) = (Arc::new(at(mid)), Arc::new(at(mid + 1)));
+        for (device, reference) in [("e", copy.clone()), ("f", other), ("g", copy)] {
+            let features = vec!["motor_c".into()];
+            let one = Latest {
+                version: "2".into(),
+                end_ms: 12_000_000,
+                span_ms: 600_000,
+                features,
+                sketch: at(mid + 4),
+                reference,
+            };
+            latest.put(device, "gulf", one);
+        }
+        assert_eq!(latest.class_drift("gulf", "2", &["d", "e", "f", "g"]).unwrap().devices, 3, "d, e and g");
     }
 }
