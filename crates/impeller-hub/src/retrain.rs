@@ -19,8 +19,8 @@ use tokio::sync::Notify;
 use crate::datasets::{SnapshotRequest, snapshot};
 use crate::runs::{RunRequest, Runs};
 use crate::store::{
-    AuditStore, DeploymentInfo, DeploymentStore, FeedbackStore, JobStore, MonitorStore, PolicyRecord, RegistryStore,
-    Store, StoreError, now_ms,
+    AuditStore, DeploymentInfo, DeploymentStore, FeedbackStore, JobStore, ModelVersion, MonitorStore, PolicyRecord,
+    RegistryStore, Store, StoreError, now_ms,
 };
 
 /// What the loop keeps with each policy between checks.
@@ -73,6 +73,14 @@ pub struct Retrainer {
     /// Held while a policy's state is read, changed and saved, so that the loop and a
     /// retraining task never write over each other's change.
     state_lock: tokio::sync::Mutex<()>,
+}
+
+/// The deployments of one of `version`'s packages.
+fn deployments_of<'a>(
+    version: &'a ModelVersion,
+    deployments: &'a [DeploymentInfo],
+) -> impl Iterator<Item = &'a DeploymentInfo> + 'a {
+    deployments.iter().filter(|d| version.packages.iter().any(|p| p.sha256 == d.package_sha256))
 }
 
 fn state_of(r: &PolicyRecord) -> LoopState {
@@ -142,7 +150,6 @@ impl Retrainer {
         };
         let deployments = if policies.is_empty() { Vec::new() } else { self.store.deployments().await? };
         for (policy, rec) in policies {
-            self.follow_refused_champion(&rec.model, &deployments).await?;
             // Devices with a labelled incident in the window are set aside: their drift has a
             // known cause (a confirmed fault), which a retraining must not learn as normal.
             let now = now_ms();
@@ -156,14 +163,13 @@ impl Retrainer {
             // Only devices running the champion are evidence against it: those still on an
             // older version (a rollout under way) are about a model already replaced. With no
             // champion yet, every device running the model counts.
-            let champion_version = self.store.alias(&rec.model, "champion").await?;
+            let champion_version = self.follow_refused_champion(&rec.model, &deployments).await?;
             let champion = champion_version.as_ref().map(|v| v.version);
             // The champion's rollout still under way is part of its retraining: the drift of its
             // first devices is not yet the evidence of a whole class (seen: a 3-pump class
             // retrained again 3 s into the rollout of the version before).
-            let rolling_out = champion_version.as_ref().is_some_and(|v| {
-                deployments.iter().any(|d| d.rolling_out() && v.packages.iter().any(|p| p.sha256 == d.package_sha256))
-            });
+            let rolling_out =
+                champion_version.as_ref().is_some_and(|v| deployments_of(v, &deployments).any(|d| d.rolling_out()));
             let (devices, set_aside): (Vec<&str>, Vec<&str>) = running
                 .iter()
                 .filter(|r| {
@@ -259,37 +265,42 @@ impl Retrainer {
     /// A champion whose every rollout aborted runs nowhere: its devices went back to the version
     /// before it. The alias goes back with them, since only the champion's devices count as
     /// evidence (drift, alert rates, verdicts) and the next retraining builds on the champion's
-    /// data; left on the refused version, the model could never retrain again.
-    async fn follow_refused_champion(&self, model: &str, deployments: &[DeploymentInfo]) -> Result<(), StoreError> {
-        let Some(champion) = self.store.alias(model, "champion").await? else { return Ok(()) };
-        let Some(parent) = champion.parent_version else { return Ok(()) };
-        let ours: Vec<&DeploymentInfo> =
-            deployments.iter().filter(|d| champion.packages.iter().any(|p| p.sha256 == d.package_sha256)).collect();
+    /// data; left on the refused version, the model could never retrain again. The champion that
+    /// holds after it.
+    async fn follow_refused_champion(
+        &self,
+        model: &str,
+        deployments: &[DeploymentInfo],
+    ) -> Result<Option<ModelVersion>, StoreError> {
+        let Some(champion) = self.store.alias(model, "champion").await? else { return Ok(None) };
+        let Some(parent_version) = champion.parent_version else { return Ok(Some(champion)) };
+        let ours: Vec<&DeploymentInfo> = deployments_of(&champion, deployments).collect();
         if ours.is_empty() || ours.iter().any(|d| d.aborted_ms.is_none()) {
-            return Ok(());
+            return Ok(Some(champion));
         }
-        if self.store.version(model, parent).await?.is_none_or(|v| v.status != "ready") {
-            return Ok(());
-        }
+        let Some(parent) = self.store.version(model, parent_version).await?.filter(|v| v.status == "ready") else {
+            return Ok(Some(champion));
+        };
         let reasons: Vec<String> = ours
             .iter()
             .map(|d| format!("{}: {}", d.name, d.abort_reason.as_deref().unwrap_or("aborted by hand")))
             .collect();
         let note = format!(
-            "version {} was refused by its fleet ({}); version {parent} is champion again",
+            "version {} was refused by its fleet ({}); version {parent_version} is champion again",
             champion.version,
             reasons.join("; ")
         );
         tracing::warn!(model, %note, "retraining: champion reverted");
-        self.store.set_alias(model, "champion", parent, &format!("retrain:{model}")).await?;
+        self.store.set_alias(model, "champion", parent_version, &format!("retrain:{model}")).await?;
         self.audit(
             "retrain.reverted",
             model,
-            serde_json::json!({ "from": champion.version, "to": parent, "aborted": reasons }),
+            serde_json::json!({ "from": champion.version, "to": parent_version, "aborted": reasons }),
             &[&champion.model_sha256],
         )
         .await;
-        self.update(model, |state| state.note = Some(note)).await
+        self.update(model, |state| state.note = Some(note)).await?;
+        Ok(Some(parent))
     }
 
     /// Snapshot, pipeline run, then promotion and rollout as the policy allows.

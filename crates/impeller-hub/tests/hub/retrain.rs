@@ -151,6 +151,19 @@ async fn gulf_on_r1(dir: &std::path::Path, policy: &str) -> (impeller_hub::Hub, 
     (hub, token)
 }
 
+/// The policy's loop state once a retraining of `gulf` awaits approval (within 30 s).
+async fn awaiting_promotion(store: &impeller_hub::store::Store) -> serde_json::Value {
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state = store.policy("gulf").await.unwrap().unwrap().state;
+        if state["stage"] == "awaiting_promotion" {
+            return state;
+        }
+        assert!(Instant::now() < until, "no retraining awaits approval: {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_retrains_awaits_approval_rolls_out_and_follows_a_refusal() {
     let dir = tempfile::tempdir().unwrap();
@@ -187,11 +200,7 @@ async fn drift_retrains_awaits_approval_rolls_out_and_follows_a_refusal() {
         let store = store.clone();
         async move { store.policy("gulf").await.unwrap().unwrap().state }
     };
-    let until = Instant::now() + Duration::from_secs(30);
-    while state().await["stage"] != "awaiting_promotion" {
-        assert!(Instant::now() < until, "no retraining awaits approval: {}", state().await);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    awaiting_promotion(&store).await;
     let v2 = store.version("gulf", 2).await.unwrap().unwrap();
     assert_eq!((v2.status.as_str(), v2.parent_version), ("ready", Some(1)));
     assert_eq!(store.alias("gulf", "champion").await.unwrap().unwrap().version, 1, "not promoted without approval");
@@ -274,16 +283,8 @@ async fn an_elevated_alert_rate_retrains() {
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(store.versions("gulf").await.unwrap().len(), 1, "judged on a version r1 does not run");
     store.put_alert_rate(&AlertRate { through_seq: 1_000_001, ..rate(1) }, |_| None).await.unwrap();
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let state = store.policy("gulf").await.unwrap().unwrap().state;
-        if state["stage"] == "awaiting_promotion" {
-            assert_eq!(state["reason"], "alert rate elevated on 1 of 1 devices (100 %)");
-            break;
-        }
-        assert!(Instant::now() < until, "no retraining awaits approval: {state}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let state = awaiting_promotion(&store).await;
+    assert_eq!(state["reason"], "alert rate elevated on 1 of 1 devices (100 %)");
 }
 
 /// Every device of the class shifted a little, too little for any of them to be in drift on its
@@ -330,22 +331,13 @@ async fn a_class_shifted_as_a_whole_retrains() {
     store.add_device("r3", &tags, "gw", "test").await.unwrap();
     let batch = [incoming("r3", 1, t0 + 700_000, "events", active), sketch("r3", 2)];
     store.commit(&batch, &[("r3".to_string(), 2)].into_iter().collect()).await.unwrap();
-    let until = Instant::now() + Duration::from_secs(30);
-    loop {
-        let state = stage().await;
-        if state["stage"] == "awaiting_promotion" {
-            let reason = state["reason"].as_str().unwrap();
-            assert!(
-                reason
-                    .starts_with("class drift: the latest sketches of 3 of 3 devices pooled (3 nearest kept) are 1.7"),
-                "{reason}"
-            );
-            assert!(reason.ends_with("for 2 checks in a row"), "{reason}");
-            break;
-        }
-        assert!(Instant::now() < until, "no retraining awaits approval: {state}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let state = awaiting_promotion(&store).await;
+    let reason = state["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("class drift: the latest sketches of 3 of 3 devices pooled (3 nearest kept) are 1.7"),
+        "{reason}"
+    );
+    assert!(reason.ends_with("for 2 checks in a row"), "{reason}");
     let reports =
         store.drift_reports(&impeller_hub::store::FleetFilter { limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(reports.len(), 3);
