@@ -437,6 +437,11 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         records.extend(items(&page));
     }
     let timelines = timeline_lines(&records, origin_ms);
+    let completed_ms: BTreeMap<String, i64> = records
+        .iter()
+        .filter(|r| r["action"] == "deployment.completed")
+        .filter_map(|r| Some((r["subject"].as_str()?.to_string(), r["time_ms"].as_i64()?)))
+        .collect();
 
     // 9. Summary against the ground truth.
     let results = outcomes(&fleet, &alerts, fleet.start_ms, fleet.end_ms);
@@ -498,7 +503,9 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
             .iter()
             .filter(|d| waves.get(*d).is_some_and(|(phase, _, _)| phase == "aborted"))
             .count();
-        writeln!(out, "{}", retrain_line(&deployments[first_rollouts..], &completed, aborted, drift_onset, site))?;
+        let onset = drift_onset.map(|(_, sim_ms)| (origin_ms, sim_ms));
+        let line = retrain_line(&deployments[first_rollouts..], &completed, &completed_ms, aborted, onset, site);
+        writeln!(out, "{line}")?;
         if !timelines.is_empty() {
             writeln!(out, "retraining timelines (seconds after {origin_name}; from the audit trail):")?;
             for line in &timelines {
@@ -842,14 +849,17 @@ fn precision_line(per_version: &[serde_json::Value], triggered: &[serde_json::Va
 }
 
 /// The summary's line on retraining: which versions the hub made and rolled out, at the heat
-/// wave's site or elsewhere, and how long after the heat wave began each of its site's new
-/// versions was active on all its devices (what set each off, and why one aborted: the
-/// timelines).
+/// wave's site or elsewhere, and how long after the heat wave began (`onset`: wall clock in ms,
+/// sim time) each of its site's new versions was active on all its devices — when the hub
+/// recorded its rollout complete (`completed_ms`, from the audit trail), not when the demo's
+/// loop, busy with a thousand pumps' alerts, next looked (seen 30 s later). What set each off,
+/// and why one aborted: the timelines.
 fn retrain_line(
     retrained: &[String],
     completed: &BTreeMap<String, Instant>,
+    completed_ms: &BTreeMap<String, i64>,
     aborted: usize,
-    onset: Option<(Instant, i64)>,
+    onset: Option<(i64, i64)>,
     heat_wave_site: Option<&str>,
 ) -> String {
     if retrained.is_empty() {
@@ -865,10 +875,8 @@ fn retrain_line(
         done(&by_heat) + done(&by_faults),
         by_heat.len()
     );
-    let delays: Vec<f64> = by_heat
-        .iter()
-        .filter_map(|d| Some(completed.get(*d)?.saturating_duration_since(onset?.0).as_secs_f64()))
-        .collect();
+    let delays: Vec<f64> =
+        by_heat.iter().filter_map(|d| Some((completed_ms.get(*d)? - onset?.0) as f64 / 1000.0)).collect();
     if let (Some(lo), Some(hi), Some((_, sim_ms))) =
         (delays.iter().copied().reduce(f64::min), delays.iter().copied().reduce(f64::max), onset)
     {
