@@ -471,6 +471,20 @@ pub enum Judgement {
 /// Above this alarm rate of the running model, a trial cannot judge false alarms.
 pub const MAX_RUNNING_ALARM_RATE: f64 = 0.5;
 
+/// How a failed trial that compared alarm rates begins ([`judge`]); the agent names its step
+/// before it (`shadow scoring: `, `health watch: `).
+const MORE_ALARMS: &str = "it alarms on ";
+
+/// Whether a device's reason for refusing or rolling back a model is that it alarmed more than
+/// the running one — not evidence against it on a pump with a confirmed fault, where a better
+/// model alarms more — rather than a broken model (scores not finite, channels that do not fit),
+/// which is evidence anywhere. Reads the reason [`judge`] wrote, so old agents' reports count too.
+pub fn refused_on_alarm_rate(reason: &str) -> bool {
+    ["shadow scoring: ", "health watch: "]
+        .iter()
+        .any(|step| reason.strip_prefix(step).is_some_and(|r| r.starts_with(MORE_ALARMS)))
+}
+
 /// Judges `candidate` against `running` over the same readings: undecided until the running
 /// model has scored enough frames, and while it alarms on most of them.
 pub fn judge(candidate: &Trial, running: &Trial, p: &TrialPolicy) -> Judgement {
@@ -496,7 +510,7 @@ pub fn judge(candidate: &Trial, running: &Trial, p: &TrialPolicy) -> Judgement {
     }
     if new - old > p.max_alarm_rate_increase {
         return Judgement::Fail(format!(
-            "it alarms on {:.1} % of frames against {:.1} % for the running model (at most {:.1} points more allowed)",
+            "{MORE_ALARMS}{:.1} % of frames against {:.1} % for the running model (at most {:.1} points more allowed)",
             new * 100.0,
             old * 100.0,
             p.max_alarm_rate_increase * 100.0
@@ -603,7 +617,18 @@ mod tests {
         assert_eq!(judge(&t(200, 186), &t(200, 134), &p), Judgement::Undecided, "the running model sees a fault too");
         assert!(matches!(judge(&t(200, 186), &t(200, 100), &p), Judgement::Fail(_)), "half is still judged");
         let broken = Trial { scored: 5, alarms: 0, nonfinite: 1 };
-        assert!(matches!(judge(&broken, &t(0, 0), &p), Judgement::Fail(_)), "broken even before enough frames");
+        let Judgement::Fail(nonfinite) = judge(&broken, &t(0, 0), &p) else {
+            panic!("broken even before enough frames")
+        };
+        // What a device reports names its step first; only an alarm-rate judgement is excusable
+        // on a faulty pump.
+        assert!(refused_on_alarm_rate(&format!("shadow scoring: {why}")));
+        assert!(refused_on_alarm_rate(&format!("health watch: {why}")));
+        assert!(!refused_on_alarm_rate(&format!("shadow scoring: {nonfinite}")));
+        let Judgement::Fail(misfit) = judge(&t(20, 0), &t(200, 0), &p) else { panic!() };
+        assert!(!refused_on_alarm_rate(&format!("shadow scoring: {misfit}")));
+        assert!(!refused_on_alarm_rate(&why), "a reason without its step is not a device's report");
+        assert!(!refused_on_alarm_rate("signature: it alarms on nothing, it was never loaded"), "only a trial's step");
         let mut tr = Trial::default();
         tr.add(0.5, false);
         tr.add(f64::NAN, true);

@@ -102,10 +102,11 @@ pub struct Evidence {
     pub active: usize,
     pub failed: usize,
     pub rolled_back: usize,
-    /// Devices that rolled the new model back while a labelled incident (a confirmed fault) was
-    /// open on them, not counted in `rolled_back`: a device's own check compares alarm rates,
-    /// and on a faulty pump a better model alarms more.
-    pub rolled_back_in_fault: usize,
+    /// Devices that refused the new model in shadow scoring or rolled it back because it
+    /// alarmed more than the running one, while a labelled incident (a confirmed fault) was open
+    /// on them; not counted in `failed` or `rolled_back`: on a faulty pump a better model alarms
+    /// more.
+    pub refused_in_fault: usize,
     /// Alerts per device-day before and after the switch, over the active devices; None when
     /// they have sent no telemetry since switching.
     pub alerts: Option<AlertRates>,
@@ -147,12 +148,12 @@ pub fn step(policy: &Rollout, wave: usize, wave_started_ms: i64, now_ms: i64, e:
             ))
         })
     };
-    if let Some(abort) = over(e.failed, policy.max_failed, "refused the package").or_else(|| {
-        let what = match e.rolled_back_in_fault {
-            0 => "rolled the new model back by themselves".to_string(),
-            n => format!("rolled the new model back by themselves; {n} more under a confirmed fault not counted"),
-        };
-        over(e.rolled_back, policy.max_rolled_back, &what)
+    let excused = match e.refused_in_fault {
+        0 => String::new(),
+        n => format!("; {n} more refused or rolled it back under a confirmed fault, not counted"),
+    };
+    if let Some(abort) = over(e.failed, policy.max_failed, &format!("refused the package{excused}")).or_else(|| {
+        over(e.rolled_back, policy.max_rolled_back, &format!("rolled the new model back by themselves{excused}"))
     }) {
         return abort;
     }
@@ -161,13 +162,13 @@ pub fn step(policy: &Rollout, wave: usize, wave_started_ms: i64, now_ms: i64, e:
     if soaked_ms < soak_ms {
         return Step::Wait(format!("wave {} soaks for {} s more", wave + 1, (soak_ms - soaked_ms + 999) / 1000));
     }
-    // A device that rolled the new model back under a confirmed fault keeps the old one: the
-    // wave needs the others, or it would wait for it forever.
-    let expected = e.members.saturating_sub(e.rolled_back_in_fault);
+    // A device that refused or rolled back the new model under a confirmed fault keeps the old
+    // one: the wave needs the others, or it would wait for it forever.
+    let expected = e.members.saturating_sub(e.refused_in_fault);
     if (e.active as f64) < policy.min_active * expected as f64 {
-        let excused = match e.rolled_back_in_fault {
+        let excused = match e.refused_in_fault {
             0 => String::new(),
-            n => format!(" ({n} more rolled it back under a confirmed fault)"),
+            n => format!(" ({n} more refused or rolled it back under a confirmed fault)"),
         };
         return Step::Wait(format!(
             "{} of {expected} devices run the new model{excused}; {:.0} % needed",
@@ -281,16 +282,21 @@ mod tests {
         let refused = Evidence { failed: 1, active: 9, ..healthy(10) };
         let Step::Abort(why) = step(&p, 0, 0, 1_000, &refused) else { panic!("must abort before the soak ends") };
         assert!(why.contains("1 of 10") && why.contains("10 %") && why.contains("5 %"), "{why}");
-        let in_fault = Evidence { rolled_back_in_fault: 1, active: 9, ..healthy(10) };
-        assert_eq!(step(&p, 0, 0, 60_000, &in_fault), Step::Advance, "a faulty pump's rollback is no evidence");
+        let in_fault = Evidence { refused_in_fault: 1, active: 9, ..healthy(10) };
+        assert_eq!(step(&p, 0, 0, 60_000, &in_fault), Step::Advance, "a faulty pump's refusal is no evidence");
         // Nor does the wave wait for that pump to run the new model (seen: a 3-pump wave that
         // needed all of them stuck at 2 of 3 for good).
         let all = Rollout { min_active: 1.0, ..policy() };
-        let small = Evidence { members: 3, active: 2, rolled_back_in_fault: 1, ..healthy(3) };
+        let small = Evidence { members: 3, active: 2, refused_in_fault: 1, ..healthy(3) };
         assert_eq!(step(&all, 2, 0, 60_000, &small), Step::Complete);
         let slow = Evidence { active: 1, ..small };
         assert!(
-            matches!(step(&all, 2, 0, 60_000, &slow), Step::Wait(w) if w.contains("1 of 2 devices run the new model (1 more rolled it back under a confirmed fault)"))
+            matches!(step(&all, 2, 0, 60_000, &slow), Step::Wait(w) if w.contains("1 of 2 devices run the new model (1 more refused or rolled it back under a confirmed fault)"))
+        );
+        // Excused devices are named when another one aborts the rollout.
+        let both = Evidence { failed: 1, refused_in_fault: 2, active: 7, ..healthy(10) };
+        assert!(
+            matches!(step(&p, 0, 0, 1_000, &both), Step::Abort(w) if w.contains("1 of 10 devices refused the package; 2 more"))
         );
         let rolled = Evidence { rolled_back: 1, active: 9, ..healthy(10) };
         assert!(matches!(step(&p, 0, 0, 1_000, &rolled), Step::Abort(w) if w.contains("rolled")));

@@ -129,12 +129,13 @@ pub async fn snapshot(
             continue;
         }
         // Agents send runs of consecutive frames: each run is a part of its own (named
-        // `device/0`, `device/1`, … when there are several), so no rolling window spans a gap.
+        // `device#0`, `device#1`, … when there are several), so no rolling window spans a gap;
+        // validation still judges the device as one (`dataset::source_of`).
         let runs = split_runs(frames);
         let several = runs.len() > 1;
         for (k, frames) in runs.into_iter().enumerate() {
             let labels = req.label_incidents.then(|| frames.iter().map(|f| in_incident(f.ts_ms)).collect());
-            let name = if several { format!("{device}/{k}") } else { device.clone() };
+            let name = if several { impeller_pipeline::dataset::run_name(device, k) } else { device.clone() };
             parts.push(Part { name, frames, labels });
         }
     }

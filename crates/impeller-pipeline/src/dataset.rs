@@ -35,6 +35,21 @@ const MANIFEST: &str = "dataset.json";
 /// Largest CSV file imported (the hub's own limit for a data file).
 const MAX_FILE_BYTES: u64 = 1 << 30;
 
+/// The name of run `k` of one source (a device's stretches of consecutive frames, cut at the
+/// gaps between them so that no rolling window spans one): `SOURCE#k`.
+pub fn run_name(source: &str, k: usize) -> String {
+    format!("{source}#{k}")
+}
+
+/// The source a part's frames came from: `SOURCE` for a part named by [`run_name`], else the
+/// part's own name.
+pub fn source_of(part: &str) -> &str {
+    match part.rsplit_once('#') {
+        Some((source, k)) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()) => source,
+        _ => part,
+    }
+}
+
 /// A part's recording in time order.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Part {
@@ -540,6 +555,15 @@ fn decode(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn runs_are_named_after_their_source_and_traced_back_to_it() {
+        assert_eq!(run_name("pump-0006", 16), "pump-0006#16");
+        assert_eq!(source_of(&run_name("base/pump-0006", 16)), "base/pump-0006");
+        for whole in ["pump-0006", "valve1/1", "a#", "a#1b", "#"] {
+            assert_eq!(source_of(whole), whole);
+        }
+    }
+
     use super::*;
 
     fn sample() -> Dataset {

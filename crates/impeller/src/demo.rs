@@ -6,7 +6,7 @@
 //! faults begin and the hub's alerts are checked against the simulator's ground truth as they
 //! arrive. It ends with the lineage from data to devices and the audit trail verified.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -437,10 +437,16 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         records.extend(items(&page));
     }
     let timelines = timeline_lines(&records, origin_ms);
+    // When each rollout begun since the onset completed (a version rolled out before it, say on
+    // feedback, says nothing of how fast the heat wave was answered).
+    let begun: HashSet<&str> =
+        records.iter().filter(|r| r["action"] == "deployment.created").filter_map(|r| r["subject"].as_str()).collect();
     let completed_ms: BTreeMap<String, i64> = records
         .iter()
         .filter(|r| r["action"] == "deployment.completed")
-        .filter_map(|r| Some((r["subject"].as_str()?.to_string(), r["time_ms"].as_i64()?)))
+        .filter_map(|r| {
+            Some((r["subject"].as_str().filter(|s| begun.contains(s))?.to_string(), r["time_ms"].as_i64()?))
+        })
         .collect();
 
     // 9. Summary against the ground truth.
@@ -850,10 +856,10 @@ fn precision_line(per_version: &[serde_json::Value], triggered: &[serde_json::Va
 
 /// The summary's line on retraining: which versions the hub made and rolled out, at the heat
 /// wave's site or elsewhere, and how long after the heat wave began (`onset`: wall clock in ms,
-/// sim time) each of its site's new versions was active on all its devices — when the hub
-/// recorded its rollout complete (`completed_ms`, from the audit trail), not when the demo's
-/// loop, busy with a thousand pumps' alerts, next looked (seen 30 s later). What set each off,
-/// and why one aborted: the timelines.
+/// sim time) each of its site's versions rolled out since then was active on all its devices —
+/// when the hub recorded its rollout complete (`completed_ms`, from the audit trail), not when
+/// the demo's loop, busy with a thousand pumps' alerts, next looked (seen 30 s later). What set
+/// each off, and why one aborted: the timelines.
 fn retrain_line(
     retrained: &[String],
     completed: &BTreeMap<String, Instant>,
@@ -881,7 +887,10 @@ fn retrain_line(
         (delays.iter().copied().reduce(f64::min), delays.iter().copied().reduce(f64::max), onset)
     {
         let span = if hi - lo < 0.5 { format!("{lo:.0} s") } else { format!("{lo:.0}–{hi:.0} s") };
-        line += &format!(" (active on all their devices {span} after it began at sim {})", sim_clock(sim_ms));
+        line += &format!(
+            " (those rolled out since it began at sim {}: active on all their devices {span} after it)",
+            sim_clock(sim_ms)
+        );
     }
     if !by_faults.is_empty() {
         let names: Vec<&str> = by_faults.iter().map(|d| d.split("-v").next().unwrap_or(d)).collect();

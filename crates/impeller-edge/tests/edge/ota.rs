@@ -350,13 +350,32 @@ fn a_model_that_does_worse_after_the_switch_is_rolled_back_by_the_device() {
 /// compared alarm rates on a faulty pump, where a better model alarms more.
 #[test]
 fn a_rollback_on_a_pump_with_a_confirmed_fault_does_not_abort_the_rollout() {
+    a_trial_lost_under_a_confirmed_fault_does_not_abort(
+        "shadow_readings = 1\nmin_trial_frames = 50\nhealth_window_s = 120",
+        "rolled_back",
+    );
+}
+
+/// Nor does one that refuses it in shadow scoring for alarming more (seen at 1,000 pumps: a pump
+/// two hours into cavitation, confirmed, refused a retrained version and aborted its rollout).
+#[test]
+fn a_refusal_on_a_pump_with_a_confirmed_fault_does_not_abort_the_rollout() {
+    a_trial_lost_under_a_confirmed_fault_does_not_abort("min_trial_frames = 50", "failed");
+}
+
+/// One device with a confirmed fault loses a hair-trigger model's trial (`lost`: `failed` in
+/// shadow, `rolled_back` in the health watch) under a rollout that allows no failure nor
+/// rollback: the rollout goes on.
+fn a_trial_lost_under_a_confirmed_fault_does_not_abort(models: &str, lost: &str) {
     let (site, hub) = site_and_hub();
-    set_models(&site, "shadow_readings = 1\nmin_trial_frames = 50\nhealth_window_s = 120");
+    set_models(&site, models);
     provision(&hub, &site, json!({}));
     let agent = site.start();
     let v1 = hub.upload(package(1));
     hub.deploy("v1", &v1, "*", 1);
     hub.wait_state("v1", &site.device, "active", &site);
+    // Enough recent frames scored by v1 for a shadow judgement.
+    assert!(agent.wait_metric("scores_total", |v| v >= 100.0, Duration::from_secs(30)).is_some(), "{}", site.log());
     let now = impeller_hub::store::now_ms();
     let incident = json!({"device": site.device, "start_ms": now - 3_600_000, "end_ms": now, "kind": "cavitation"});
     let (status, body) =
@@ -364,10 +383,11 @@ fn a_rollback_on_a_pump_with_a_confirmed_fault_does_not_abort_the_rollout() {
     assert_eq!(status, 201, "{body}");
 
     let hair = hub.upload(hair_trigger_package(2));
-    // A soak long enough that the rollback comes while the wave is still judged.
+    // A soak long enough that the device's verdict comes while the wave is still judged.
     let rollout = json!({"waves": [100], "soak_s": 600, "min_active": 0.0, "max_failed": 0.0, "max_rolled_back": 0.0});
     hub.deploy_staged("hair-trigger", &hair, 2, rollout);
-    hub.wait_state("hair-trigger", &site.device, "rolled_back", &site);
+    let e = hub.wait_state("hair-trigger", &site.device, lost, &site);
+    assert!(e["reason"].as_str().unwrap().contains("alarms on"), "{e}");
     // The status judges the wave afresh; the deployment loop has had a round to act on it.
     std::thread::sleep(Duration::from_secs(6));
     let status = hub.status("hair-trigger");
