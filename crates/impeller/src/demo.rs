@@ -265,7 +265,6 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     let by_id: HashMap<&str, &PumpPlan> = fleet.pumps.iter().map(|p| (p.id.as_str(), p)).collect();
     let mut last_status = Instant::now();
     let mut interrupted = false;
-    let mut completed: BTreeMap<String, Instant> = BTreeMap::new();
     // The technician's verdicts: confirmed faults, false alarms.
     let mut verdicts = (0usize, 0usize);
     let mut retraining = RetrainWatch::default();
@@ -283,7 +282,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
             _ = tokio::time::sleep(Duration::from_millis(500)) => {}
         }
         watch_retraining(&api, &mut deployments, &mut retraining, started).await?;
-        watch_rollouts(&api, &deployments, &mut waves, &mut completed, started).await?;
+        watch_rollouts(&api, &deployments, &mut waves, started).await?;
         let active = running(&api).await?;
         let sim = ((replay_started.elapsed().as_secs_f64() * args.speed * 1000.0) as i64).min(sim_span);
         bar.set_position(sim as u64 / 1000);
@@ -363,7 +362,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     while !interrupted && Instant::now() < give_up && !deployments.iter().all(|d| settled(&waves, d)) {
         tokio::time::sleep(Duration::from_millis(500)).await;
         watch_retraining(&api, &mut deployments, &mut retraining, started).await?;
-        watch_rollouts(&api, &deployments, &mut waves, &mut completed, started).await?;
+        watch_rollouts(&api, &deployments, &mut waves, started).await?;
     }
     // The agents may lag behind the replay on a busy machine: wait until what they send stops
     // growing, so the summary judges everything they scored.
@@ -510,7 +509,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
             .filter(|d| waves.get(*d).is_some_and(|(phase, _, _)| phase == "aborted"))
             .count();
         let onset = drift_onset.map(|(_, sim_ms)| (origin_ms, sim_ms));
-        let line = retrain_line(&deployments[first_rollouts..], &completed, &completed_ms, aborted, onset, site);
+        let line = retrain_line(&deployments[first_rollouts..], &waves, &completed_ms, aborted, onset, site);
         writeln!(out, "{line}")?;
         if !timelines.is_empty() {
             writeln!(out, "retraining timelines (seconds after {origin_name}; from the audit trail):")?;
@@ -532,11 +531,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     // the model they run, and the rollout rolling them back — the safety net at work, which
     // the timelines show with its reason, not a failure of the system.
     let (first, retrained) = deployments.split_at(first_rollouts);
-    let incomplete: Vec<&str> = first
-        .iter()
-        .filter(|d| waves.get(*d).is_none_or(|(phase, _, _)| phase != "complete"))
-        .map(String::as_str)
-        .collect();
+    let incomplete: Vec<&str> = first.iter().filter(|d| !complete(&waves, d)).map(String::as_str).collect();
     if !incomplete.is_empty() {
         anyhow::bail!("rollouts did not complete: {}", incomplete.join(", "));
     }
@@ -548,7 +543,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         anyhow::bail!("the audit trail does not verify: {e}");
     }
     if let Some(site) = &args.fleet.heat_wave
-        && !deployments[first_rollouts..].iter().any(|d| d.contains(&format!("-{site}-v")) && completed.contains_key(d))
+        && !deployments[first_rollouts..].iter().any(|d| d.contains(&format!("-{site}-v")) && complete(&waves, d))
     {
         anyhow::bail!("the heat wave at {site} set off no retraining that reached its devices");
     }
@@ -730,16 +725,19 @@ async fn technician(
 }
 
 /// Whether a deployment's rollout has ended, complete or aborted.
+fn complete(waves: &BTreeMap<String, (String, u64, u64)>, deployment: &str) -> bool {
+    waves.get(deployment).is_some_and(|(phase, _, _)| phase == "complete")
+}
+
 fn settled(waves: &BTreeMap<String, (String, u64, u64)>, deployment: &str) -> bool {
     waves.get(deployment).is_some_and(|(phase, _, _)| phase == "complete" || phase == "aborted")
 }
 
-/// Follows each deployment's rollout: its phase, wave and active devices, and when it completed.
+/// Follows each deployment's rollout: its phase, wave and active devices.
 async fn watch_rollouts(
     api: &HubClient,
     deployments: &[String],
     waves: &mut BTreeMap<String, (String, u64, u64)>,
-    completed: &mut BTreeMap<String, Instant>,
     started: Instant,
 ) -> anyhow::Result<()> {
     for dep in deployments {
@@ -751,9 +749,6 @@ async fn watch_rollouts(
         if phase == "aborted" {
             let note = status["rollout"]["note"].as_str().unwrap_or("no reason given");
             say(format_args!("  [{}] {dep} aborted: {note}", elapsed(started)))?;
-        }
-        if phase == "complete" {
-            completed.entry(dep.clone()).or_insert_with(Instant::now);
         }
         let wave = status["rollout"]["wave"].as_u64().unwrap_or(0);
         let active = status["counts"]["active"].as_u64().unwrap_or(0);
@@ -862,7 +857,7 @@ fn precision_line(per_version: &[serde_json::Value], triggered: &[serde_json::Va
 /// each off, and why one aborted: the timelines.
 fn retrain_line(
     retrained: &[String],
-    completed: &BTreeMap<String, Instant>,
+    waves: &BTreeMap<String, (String, u64, u64)>,
     completed_ms: &BTreeMap<String, i64>,
     aborted: usize,
     onset: Option<(i64, i64)>,
@@ -873,7 +868,7 @@ fn retrain_line(
     }
     let (by_heat, by_faults): (Vec<&String>, Vec<&String>) =
         retrained.iter().partition(|d| heat_wave_site.is_some_and(|s| d.contains(&format!("-{s}-v"))));
-    let done = |ds: &[&String]| ds.iter().filter(|d| completed.contains_key(**d)).count();
+    let done = |ds: &[&String]| ds.iter().filter(|d| complete(waves, d)).count();
     let refused = if aborted > 0 { format!(", {aborted} aborted") } else { String::new() };
     let mut line = format!(
         "retraining: {} versions retrained and rolled out, {} complete{refused}: {} at the heat wave's site",
