@@ -16,7 +16,9 @@ use impeller_pipeline::dataset::{Dataset, Manifest, Part};
 use serde::{Deserialize, Serialize};
 
 use crate::store::TelemetryQueries;
-use crate::store::{ArtifactStore, DatasetRecord, FeedbackStore, FleetStore, Store, StoreError, now_ms};
+use crate::store::{
+    ArtifactStore, CONFIRMED_FAULT, DatasetRecord, FeedbackStore, FleetStore, Store, StoreError, now_ms,
+};
 
 /// Most rows one snapshot may hold (about 1 GiB of frames in memory at 60 channels).
 pub const MAX_ROWS: usize = 2_000_000;
@@ -39,7 +41,8 @@ pub struct SnapshotRequest {
     /// Label rows with the devices' incidents (every part is then labelled).
     #[serde(default)]
     pub label_incidents: bool,
-    /// Leave out the rows inside the devices' incidents (training data of normal running).
+    /// Leave out the rows inside the devices' incidents, and a device's rows from its first
+    /// confirmed fault on (training data of normal running).
     #[serde(default)]
     pub exclude_incidents: bool,
     /// A dataset at the hub (its sha256) whose parts the snapshot carries too, as `base/PART`:
@@ -95,6 +98,10 @@ pub async fn snapshot(
             Vec::new()
         };
         let in_incident = |ts: i64| incidents.iter().any(|i| i.start_ms <= ts && ts < i.end_ms);
+        // A confirmed fault's span is where the model alarmed, not where the fault ended (it lasts
+        // until repaired): excluding, the device's rows from its first one on are left out.
+        let faulty_from = incidents.iter().filter(|i| i.kind == CONFIRMED_FAULT).map(|i| i.start_ms).min();
+        let excluded = |ts: i64| in_incident(ts) || faulty_from.is_some_and(|from| ts >= from);
         let mut frames: Vec<Frame> = Vec::new();
         for (_, body) in bodies {
             // Ingest checked the envelope, not the body: one that does not parse is skipped.
@@ -107,7 +114,7 @@ pub async fn snapshot(
                 if frames.last().is_some_and(|l| l.ts_ms >= f.ts_ms)
                     || f.ts_ms < req.since_ms
                     || f.ts_ms >= until_ms
-                    || (req.exclude_incidents && in_incident(f.ts_ms))
+                    || (req.exclude_incidents && excluded(f.ts_ms))
                 {
                     continue;
                 }

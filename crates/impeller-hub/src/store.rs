@@ -67,7 +67,7 @@ mod telemetry;
 pub use artifacts::{ArtifactStore, DatasetRecord, PackageInfo};
 pub use audit::{AuditFilter, AuditStore};
 pub use deployments::{DeploymentInfo, DeploymentStore, DesiredInfo, Member, UpdateInfo};
-pub use feedback::{Feedback, FeedbackStore, Incident, Precision, Verdict};
+pub use feedback::{CONFIRMED_FAULT, Feedback, FeedbackStore, Incident, Precision, Verdict};
 pub use fleet::{FleetStore, TokenInfo, TokenSecret};
 pub use jobs::{JobStore, PolicyRecord};
 pub use monitors::{AlertRate, DriftBucket, DriftMonitors, DriftReport, MonitorStore};

@@ -1113,6 +1113,9 @@ pub enum DatasetCommand {
         /// Label rows with the devices' incidents.
         #[arg(long)]
         label_incidents: bool,
+        /// Leave out rows inside incidents, and a device's rows from its first confirmed fault on.
+        #[arg(long)]
+        exclude_incidents: bool,
         #[command(flatten)]
         api: ApiArgs,
         #[arg(long)]

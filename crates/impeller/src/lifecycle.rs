@@ -335,7 +335,17 @@ pub fn dataset(cmd: DatasetCommand) -> anyhow::Result<()> {
                 Ok(())
             })
         }
-        DatasetCommand::Snapshot { condition, since, since_ms, until_ms, channels, label_incidents, api, json } => {
+        DatasetCommand::Snapshot {
+            condition,
+            since,
+            since_ms,
+            until_ms,
+            channels,
+            label_incidents,
+            exclude_incidents,
+            api,
+            json,
+        } => {
             let since_ms = match (since, since_ms) {
                 (_, Some(ms)) => ms,
                 (Some(s), None) => impeller_hub::store::now_ms() - (s.min(i64::MAX as u64 / 1000) as i64) * 1000,
@@ -344,7 +354,7 @@ pub fn dataset(cmd: DatasetCommand) -> anyhow::Result<()> {
             let api = Api::new(&api)?;
             let body = json!({
                 "condition": condition, "channels": channels, "since_ms": since_ms, "until_ms": until_ms,
-                "label_incidents": label_incidents,
+                "label_incidents": label_incidents, "exclude_incidents": exclude_incidents,
             });
             let m = api.call("POST", "/datasets", Some((serde_json::to_vec(&body)?, "application/json")))?;
             if json {

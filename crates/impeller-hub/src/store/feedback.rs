@@ -53,6 +53,11 @@ pub struct Precision {
     pub precision: f64,
 }
 
+/// The kind of incident a technician's confirmation of an alert records, from the alert's start
+/// to its end. The fault itself lasts until repaired, which the hub has no record of: a snapshot
+/// leaving incidents out leaves out the device's rows from its first one on.
+pub const CONFIRMED_FAULT: &str = "confirmed_fault";
+
 /// A stretch of one device's time with a label: a confirmed fault, a test, a known disturbance.
 /// Rows of a dataset that fall inside one are labelled anomalous.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -177,11 +182,12 @@ impl FeedbackStore for Store {
                 (Verdict::Confirmed, None) => {
                     let id: i64 = sqlx::query_scalar(
                         "INSERT INTO incidents (device, start_ms, end_ms, kind, note, created_by, created_ms) \
-                         VALUES ($1, $2, $3, 'confirmed_fault', $4, $5, $6) RETURNING id",
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
                     )
                     .bind(device)
                     .bind(alert.started_ms)
                     .bind(end)
+                    .bind(CONFIRMED_FAULT)
                     .bind(format!("alert {seq}; work order {work_order}"))
                     .bind(actor)
                     .bind(now)
