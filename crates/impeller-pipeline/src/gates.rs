@@ -121,9 +121,18 @@ fn by_source(parts: &[PartResult]) -> BTreeMap<&str, (u64, u64)> {
     sources
 }
 
+/// One part (device) in this many may fare worse than `max_far_increase` allows without
+/// failing the gate; with fewer parts compared, none may.
+const FAR_INCREASE_TOLERATED_ONE_IN: usize = 20;
+
 /// `max_far_increase` over the whole and part by part — a part is a device (all its runs) or a
 /// file, and each device will hold the version to the running model's alarm rate on its own
-/// frames — the part that fares worst against the champion decides.
+/// frames. The part that fares worst against the champion decides, but for one in
+/// [`FAR_INCREASE_TOLERATED_ONE_IN`]: the held-out tail of a pump whose fault has begun and is
+/// not yet labelled looks like false alarms of a model that sees it sooner (seen: a fleet's
+/// retraining rejected for one of 111 pumps, 7.3 % against 0.0 %, whose cavitation the
+/// technician confirmed 36 s after the snapshot), and that device's own trial still judges the
+/// version on its frames.
 fn far_increase(candidate: &Evaluation, champion: Option<&Evaluation>, rise: f64) -> GateResult {
     let gate = "max_far_increase";
     let whole = against_champion(gate, "false-alarm rate", candidate.far, champion.map(|c| c.far), rise, Better::Lower);
@@ -134,8 +143,8 @@ fn far_increase(candidate: &Evaluation, champion: Option<&Evaluation>, rise: f64
         (Some(v), Some(l)) => l - v,
         _ => f64::NEG_INFINITY,
     };
-    let mut worst = whole;
     let champions = by_source(&champion.per_part);
+    let mut compared: Vec<(GateResult, String)> = Vec::new();
     for (source, ours) in by_source(&candidate.per_part) {
         let Some(theirs) = champions.get(source) else { continue };
         let (Some(ours), Some(theirs)) = (far(&ours), far(theirs)) else { continue };
@@ -146,9 +155,22 @@ fn far_increase(candidate: &Evaluation, champion: Option<&Evaluation>, rise: f64
         }
         let what = format!("false-alarm rate on {source}");
         let r = against_champion(gate, &what, Some(ours), Some(Some(theirs)), rise, Better::Lower);
-        if room(&r) < room(&worst) {
-            worst = r;
-        }
+        compared.push((r, format!("{source} {ours:.4} against {theirs:.4}")));
+    }
+    compared.sort_by(|a, b| room(&a.0).total_cmp(&room(&b.0)));
+    let tolerated = compared.len() / FAR_INCREASE_TOLERATED_ONE_IN;
+    let mut worst = match compared.get(tolerated) {
+        Some((r, _)) if room(r) < room(&whole) => r.clone(),
+        _ => whole,
+    };
+    let excused: Vec<&str> = compared[..tolerated].iter().filter(|(r, _)| !r.passed).map(|(_, s)| s.as_str()).collect();
+    if !excused.is_empty() {
+        worst.detail.push_str(&format!(
+            "; {} of the {} parts compared fare worse, tolerated (one in {FAR_INCREASE_TOLERATED_ONE_IN}): {}",
+            excused.len(),
+            compared.len(),
+            excused.join(", ")
+        ));
     }
     worst
 }
@@ -279,6 +301,17 @@ mod tests {
         theirs.per_part = runs(0);
         let r = check(&gates, &ours, Some(&theirs)).remove(0);
         assert!(!r.passed && r.detail.starts_with("false-alarm rate on d 0.3333"), "{r:?}");
+        // In a fleet, one device in twenty may fare worse (an unlabelled fault), named; more may not.
+        let fleet =
+            |worse: usize| (0..40).map(|k| part(&format!("d{k:02}"), if k < worse { 30 } else { 1 }, 199)).collect();
+        theirs.per_part = (0..40).map(|k| part(&format!("d{k:02}"), 1, 199)).collect();
+        ours.per_part = fleet(2);
+        let r = check(&gates, &ours, Some(&theirs)).remove(0);
+        assert!(r.passed, "{r:?}");
+        assert!(r.detail.ends_with("2 of the 40 parts compared fare worse, tolerated (one in 20): d00 0.1310 against 0.0050, d01 0.1310 against 0.0050"), "{}", r.detail);
+        ours.per_part = fleet(3);
+        let r = check(&gates, &ours, Some(&theirs)).remove(0);
+        assert!(!r.passed && r.detail.starts_with("false-alarm rate on d0"), "{r:?}");
         let mut undefined = eval(0.5, 0.0);
         undefined.far = None;
         let r = check(&gates, &eval(0.5, 0.01), Some(&undefined)).remove(0);
