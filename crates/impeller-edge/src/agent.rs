@@ -20,13 +20,14 @@ use impeller_core::{Scorer, Verdict};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
-use crate::config::{Config, Source, broker_address};
+use crate::config::{Config, Source, hub_broker};
 use crate::journal::Journal;
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, OutboxConfig, Outgoing};
 use crate::produce::{self, Message, Producer};
 use crate::source::{self, Reading};
 use crate::store::{ModelStore, PendingWatch};
+use crate::tls::HubRoots;
 use crate::update::{DownloadError, Downloader};
 
 /// The model in use, with what turns readings into its frames and frames into messages.
@@ -180,6 +181,11 @@ fn resumed_watch(store: &ModelStore, cfg: &Config) -> anyhow::Result<Option<Heal
             Ok(None)
         }
     }
+}
+
+/// Whether `host` names this machine (a plain connection to it stays on it).
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
 fn trial_policy(cfg: &Config) -> TrialPolicy {
@@ -517,8 +523,16 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         tokio::spawn(crate::metrics::serve(listener, metrics.clone()));
     }
 
-    let (host, port) = broker_address(&cfg.hub.broker).map_err(anyhow::Error::msg)?;
+    let (host, port, over_tls) = hub_broker(&cfg.hub.broker).map_err(anyhow::Error::msg)?;
+    let needs_roots = over_tls || cfg.hub.api.starts_with("https://");
+    let roots = needs_roots.then(|| HubRoots::load(&cfg.hub.ca_cert)).transpose()?;
+    if !over_tls && !cfg.hub.username.is_empty() && !is_loopback(&host) {
+        tracing::warn!(broker = %cfg.hub.broker, "the device's secret crosses to a remote broker in the clear: use mqtts://");
+    }
     let mut opts = MqttOptions::new(cfg.device.id.clone(), host, port);
+    if let (true, Some(roots)) = (over_tls, &roots) {
+        opts.set_transport(roots.mqtt()?);
+    }
     opts.set_keep_alive(Duration::from_secs(cfg.hub.keep_alive_s.max(5)));
     opts.set_max_packet_size(2 << 20, 2 << 20);
     if !cfg.hub.username.is_empty() {
@@ -533,7 +547,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         None
     } else {
         let dir = cfg.device.data_dir.join("downloads");
-        Some(Downloader::new(&cfg.hub.api, &cfg.hub.username, &cfg.hub.password, &dir, cfg.models.max_package_bytes))
+        let d = Downloader::new(&cfg.hub.api, &cfg.hub.username, &cfg.hub.password, &dir, cfg.models.max_package_bytes);
+        Some(match &roots {
+            Some(roots) => d.with_tls(roots.http()),
+            None => d,
+        })
     };
     let (done_tx, mut done_rx) = mpsc::channel(4);
     // The package being downloaded, and packages refused here (not tried again until the

@@ -35,10 +35,14 @@ pub struct Device {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Hub {
+    /// `mqtt://host:port`, or `mqtts://host:port` over TLS.
     pub broker: String,
     /// The hub's HTTP API, where packages are downloaded from; empty: no over-the-air updates.
     #[serde(default)]
     pub api: String,
+    /// The CA certificate (PEM) the hub's TLS certificate must chain to; empty: the system's.
+    #[serde(default)]
+    pub ca_cert: PathBuf,
     #[serde(default)]
     pub username: String,
     #[serde(default)]
@@ -207,7 +211,10 @@ impl Config {
         if c.models.trusted_keys.is_empty() {
             return Err(err("models.trusted_keys is empty: the agent would accept no model".into()));
         }
-        broker_address(&c.hub.broker).map_err(|m| err(format!("hub.broker: {m}")))?;
+        hub_broker(&c.hub.broker).map_err(|m| err(format!("hub.broker: {m}")))?;
+        if !(c.hub.api.is_empty() || c.hub.api.starts_with("http://") || c.hub.api.starts_with("https://")) {
+            return Err(err(format!("hub.api `{}` must start with http:// or https://", c.hub.api)));
+        }
         if let Source::Mqtt { broker, .. } = &c.source {
             broker_address(broker).map_err(|m| err(format!("source.broker: {m}")))?;
         }
@@ -228,6 +235,15 @@ impl Config {
             return Err(err("uplink intervals and raw_batch must be positive".into()));
         }
         Ok(c)
+    }
+}
+
+/// The hub's broker, `mqtt://host:port` or `mqtts://host:port` → (host, port, over TLS).
+pub fn hub_broker(url: &str) -> Result<(String, u16, bool), String> {
+    match url.strip_prefix("mqtts://") {
+        Some(rest) => broker_address(&format!("mqtt://{rest}")).map(|(host, port)| (host, port, true)),
+        None if url.starts_with("mqtt://") => broker_address(url).map(|(host, port)| (host, port, false)),
+        None => Err(format!("`{url}` must start with mqtt:// or mqtts://")),
     }
 }
 

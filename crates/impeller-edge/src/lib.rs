@@ -17,6 +17,7 @@ pub mod outbox;
 pub mod produce;
 pub mod source;
 pub mod store;
+pub mod tls;
 pub mod update;
 
 /// Wall-clock milliseconds since the Unix epoch (the shell's clock; the core takes time as

@@ -41,6 +41,8 @@ pub struct Downloader {
     password: String,
     dir: PathBuf,
     max_bytes: u64,
+    /// For an `https://` API (`crate::tls`).
+    tls: Option<ureq::tls::TlsConfig>,
 }
 
 impl Downloader {
@@ -51,7 +53,13 @@ impl Downloader {
             password: password.to_string(),
             dir: dir.to_path_buf(),
             max_bytes,
+            tls: None,
         }
+    }
+
+    /// Trusts the hub's certificate as `tls` says (needed for an `https://` API).
+    pub fn with_tls(self, tls: ureq::tls::TlsConfig) -> Self {
+        Self { tls: Some(tls), ..self }
     }
 
     pub fn part_path(&self, sha256: &str) -> PathBuf {
@@ -96,7 +104,13 @@ impl Downloader {
         let io = |source| DownloadError::Io { path: path.to_path_buf(), source };
         // The body may take long on a slow link, but not forever: at least 1 kB/s.
         let body_time = Duration::from_secs(60 + (pkg.size - offset) / 1000);
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let mut config = ureq::Agent::config_builder();
+        match &self.tls {
+            Some(tls) => config = config.tls_config(tls.clone()),
+            None if url.starts_with("https://") => return Err(http("https needs the hub's CA (hub.ca_cert)".into())),
+            None => {}
+        }
+        let agent: ureq::Agent = config
             .timeout_connect(Some(Duration::from_secs(10)))
             .timeout_recv_response(Some(Duration::from_secs(30)))
             .timeout_recv_body(Some(body_time))

@@ -38,8 +38,12 @@ const FILTER: &str = "impeller/v1/devices/+/+";
 /// `listen` through [`crate::gate`], which enforces each device's topics. With `credentials`, a
 /// client must connect as a provisioned device (client id and user name = the device id,
 /// password = its secret); without, any client id may connect. Returns the bus and the address
-/// it listens on (`listen` with port 0 takes a free port).
-pub async fn embedded(listen: SocketAddr, credentials: Option<Credentials>) -> anyhow::Result<(Bus, SocketAddr)> {
+/// it listens on (`listen` with port 0 takes a free port). With `tls`, clients connect over TLS.
+pub async fn embedded(
+    listen: SocketAddr,
+    credentials: Option<Credentials>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> anyhow::Result<(Bus, SocketAddr)> {
     const MAX_PACKET: usize = 4 << 20;
     let config = rumqttd::Config {
         id: 0,
@@ -60,7 +64,8 @@ pub async fn embedded(listen: SocketAddr, credentials: Option<Credentials>) -> a
     link_tx.subscribe(FILTER)?;
     let downlink = std::sync::Arc::new(crate::gate::Downlink::default());
     let (in_tx, incoming) = mpsc::channel(10_000);
-    tokio::spawn(crate::gate::serve(listener, broker, downlink.clone(), in_tx.clone(), credentials, MAX_PACKET));
+    let gate = crate::gate::Gate::new(broker, downlink.clone(), in_tx.clone(), credentials, MAX_PACKET);
+    tokio::spawn(gate.listen(listener, tls));
 
     std::thread::Builder::new().name("mqtt-link-rx".into()).spawn(move || {
         let _subscribed = link_tx;

@@ -2,11 +2,12 @@
 //! (printed by `impeller hub generate-config`), unknown fields refused.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
 use crate::HubConfig;
+use crate::tls::TlsFiles;
 
 pub const DEFAULT: &str = include_str!("../config/hub.toml");
 
@@ -91,12 +92,29 @@ pub struct Mqtt {
     pub broker: String,
     #[serde(default)]
     pub allow_anonymous: bool,
+    #[serde(default)]
+    pub tls_cert: PathBuf,
+    #[serde(default)]
+    pub tls_key: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Http {
     pub listen: SocketAddr,
+    #[serde(default)]
+    pub tls_cert: PathBuf,
+    #[serde(default)]
+    pub tls_key: PathBuf,
+}
+
+/// A listener's TLS files: both given, or neither (`None`).
+fn tls_files(section: &str, cert: &Path, key: &Path) -> Result<Option<TlsFiles>, String> {
+    match (cert.as_os_str().is_empty(), key.as_os_str().is_empty()) {
+        (true, true) => Ok(None),
+        (false, false) => Ok(Some(TlsFiles { cert: cert.to_path_buf(), key: key.to_path_buf() })),
+        _ => Err(format!("{section}: give both tls_cert and tls_key, or neither")),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -138,6 +156,13 @@ impl FileConfig {
         }
         if !c.mqtt.broker.is_empty() && !c.mqtt.broker.starts_with("mqtt://") {
             return Err(err(format!("mqtt.broker `{}` must start with mqtt://", c.mqtt.broker)));
+        }
+        tls_files("mqtt", &c.mqtt.tls_cert, &c.mqtt.tls_key).map_err(err)?;
+        tls_files("http", &c.http.tls_cert, &c.http.tls_key).map_err(err)?;
+        if !c.mqtt.broker.is_empty() && !c.mqtt.tls_cert.as_os_str().is_empty() {
+            return Err(err(
+                "mqtt: tls_cert and tls_key are the embedded broker's; an external broker has its own".into()
+            ));
         }
         if c.pipelines.retrain_check_secs == 0 {
             return Err(err("pipelines.retrain_check_secs must be positive".into()));
@@ -188,6 +213,9 @@ impl FileConfig {
             external_broker: external,
             device_auth: !self.mqtt.allow_anonymous,
             http_listen: Some(self.http.listen),
+            // Checked by `parse`.
+            mqtt_tls: tls_files("mqtt", &self.mqtt.tls_cert, &self.mqtt.tls_key).ok().flatten(),
+            http_tls: tls_files("http", &self.http.tls_cert, &self.http.tls_key).ok().flatten(),
             packages_dir: self.data_dir.join("packages"),
             artifacts: (!self.packages.store.is_empty()).then(|| self.packages.store.clone()),
             artifact_options: Vec::new(),
@@ -222,7 +250,7 @@ mod tests {
         assert_eq!(h.database, "sqlite:impeller-hub-data/hub.db");
         assert!(h.device_auth && h.external_broker.is_none() && h.trusted_keys.is_empty());
         assert_eq!(h.max_package_bytes, 64 << 20);
-        assert_eq!(h.audit_key.as_deref(), Some(std::path::Path::new("impeller-hub-data/audit.secret.json")));
+        assert_eq!(h.audit_key.as_deref(), Some(Path::new("impeller-hub-data/audit.secret.json")));
         assert_eq!(h.checkpoint_every, std::time::Duration::from_secs(60));
         assert_eq!(h.alert_rate, impeller_core::alert_rate::AlertRatePolicy::default());
         assert_eq!(h.alert_rate_every, std::time::Duration::from_secs(10));
@@ -241,6 +269,14 @@ mod tests {
         assert!(FileConfig::parse(&alpha, "x").unwrap_err().to_string().contains("clear_alpha"));
         let v2 = DEFAULT.replace("version = 1", "version = 2");
         assert!(FileConfig::parse(&v2, "x").unwrap_err().to_string().contains("version 2"));
+        let half = DEFAULT.replacen("tls_cert = \"\"", "tls_cert = \"hub.pem\"", 1);
+        assert!(FileConfig::parse(&half, "x").unwrap_err().to_string().contains("mqtt: give both"));
+        let tls = DEFAULT
+            .replace("tls_cert = \"\"", "tls_cert = \"hub.pem\"")
+            .replace("tls_key = \"\"", "tls_key = \"hub.key\"");
+        let h = FileConfig::parse(&tls, "x").unwrap().hub_config();
+        let files = Some(TlsFiles { cert: "hub.pem".into(), key: "hub.key".into() });
+        assert_eq!((&h.mqtt_tls, &h.http_tls), (&files, &files));
         let external = DEFAULT.replace("broker = \"\"", "broker = \"mqtt://10.0.0.5:1883\"");
         let h = FileConfig::parse(&external, "x").unwrap().hub_config();
         assert_eq!((h.mqtt_listen, h.external_broker.as_deref()), (None, Some("mqtt://10.0.0.5:1883")));

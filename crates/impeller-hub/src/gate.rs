@@ -44,13 +44,19 @@ use rumqttd::protocol::{
     ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, Packet, PingResp, Protocol, PubAck, PubAckReason,
     PubComp, PubCompReason, PubRec, PubRecReason, Publish, QoS, SubAck, SubscribeReasonCode, UnsubAck,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+use tokio_rustls::TlsAcceptor;
 
 use crate::bus::Received;
 use crate::fleet::Credentials;
+
+/// A device's connection: TCP, or TLS over it. A TLS stream holds what is written until
+/// flushed, so every write is followed by a flush (free on TCP).
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<S: AsyncRead + AsyncWrite + Unpin + Send> Stream for S {}
 
 /// How long a new connection may take to send its CONNECT.
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
@@ -170,42 +176,60 @@ fn served_by_gate(filter: &str) -> bool {
         && wire::parse_topic(filter).is_some_and(|(_, kind)| wire::DOWNLINK_KINDS.contains(&kind))
 }
 
-/// Accepts device connections on `listener` until the task is dropped; devices' publishes go
-/// to `uplink`.
-pub async fn serve(
-    listener: TcpListener,
+/// The devices' side of the embedded broker (see the module).
+pub(crate) struct Gate {
     broker: Arc<rumqttd::Broker>,
     downlink: Arc<Downlink>,
     uplink: mpsc::Sender<Received>,
     credentials: Option<Credentials>,
     max_packet: usize,
-) {
-    let gate = Arc::new(Gate { broker, downlink, uplink, credentials, max_packet });
-    loop {
-        match listener.accept().await {
-            Ok((socket, peer)) => {
-                let gate = gate.clone();
-                tokio::spawn(async move {
-                    if let Err(why) = gate.connection(socket).await {
-                        tracing::debug!(%peer, %why, "mqtt connection ended");
-                    }
-                });
-            }
-            Err(error) => {
-                // Out of file descriptors, usually: wait rather than spin.
-                tracing::warn!(%error, "cannot accept an mqtt connection");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+impl Gate {
+    pub fn new(
+        broker: Arc<rumqttd::Broker>,
+        downlink: Arc<Downlink>,
+        uplink: mpsc::Sender<Received>,
+        credentials: Option<Credentials>,
+        max_packet: usize,
+    ) -> Arc<Gate> {
+        Arc::new(Gate { broker, downlink, uplink, credentials, max_packet })
+    }
+
+    /// Accepts device connections on `listener` (over TLS with `tls`) until the task is
+    /// dropped; devices' publishes go to the uplink.
+    pub async fn listen(self: Arc<Gate>, listener: TcpListener, tls: Option<TlsAcceptor>) {
+        loop {
+            match listener.accept().await {
+                Ok((socket, peer)) => {
+                    let (gate, tls) = (self.clone(), tls.clone());
+                    tokio::spawn(async move {
+                        if let Err(why) = gate.accepted(socket, tls).await {
+                            tracing::debug!(%peer, %why, "mqtt connection ended");
+                        }
+                    });
+                }
+                Err(error) => {
+                    // Out of file descriptors, usually: wait rather than spin.
+                    tracing::warn!(%error, "cannot accept an mqtt connection");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         }
     }
-}
 
-struct Gate {
-    broker: Arc<rumqttd::Broker>,
-    downlink: Arc<Downlink>,
-    uplink: mpsc::Sender<Received>,
-    credentials: Option<Credentials>,
-    max_packet: usize,
+    async fn accepted(&self, socket: TcpStream, tls: Option<TlsAcceptor>) -> Result<(), Ended> {
+        socket.set_nodelay(true)?;
+        match tls {
+            None => self.connection(socket).await,
+            Some(acceptor) => {
+                let stream = tokio::time::timeout(crate::tls::HANDSHAKE_WAIT, acceptor.accept(socket))
+                    .await
+                    .map_err(|_| Ended::NoHandshake)??;
+                self.connection(stream).await
+            }
+        }
+    }
 }
 
 /// Why a connection ended.
@@ -217,6 +241,8 @@ enum Ended {
     Malformed(rumqttd::protocol::Error),
     #[error("no CONNECT within {CONNECT_WAIT:?}")]
     NoConnect,
+    #[error("no TLS handshake within {:?}", crate::tls::HANDSHAKE_WAIT)]
+    NoHandshake,
     #[error("first packet is not CONNECT")]
     NotConnect,
     #[error("refused at CONNECT: {0}")]
@@ -252,8 +278,7 @@ enum Verdict {
 }
 
 impl Gate {
-    async fn connection(&self, mut socket: TcpStream) -> Result<(), Ended> {
-        socket.set_nodelay(true)?;
+    async fn connection<S: Stream>(&self, mut socket: S) -> Result<(), Ended> {
         let mut read = BytesMut::with_capacity(4096);
         let first = tokio::time::timeout(CONNECT_WAIT, self.read_one(&mut socket, &mut read))
             .await
@@ -313,9 +338,9 @@ impl Gate {
     }
 
     /// Moves packets both ways until the device leaves, breaks a rule or is revoked.
-    async fn relay(
+    async fn relay<S: Stream>(
         &self,
-        socket: &mut TcpStream,
+        socket: &mut S,
         read: &mut BytesMut,
         device: &str,
         upstream: &mut Upstream,
@@ -364,6 +389,7 @@ impl Gate {
             upstream.forward(&mut forward).await?;
             if !out.is_empty() {
                 socket.write_all(&out).await?;
+                socket.flush().await?;
                 out.clear();
             }
             if let Some(why) = close {
@@ -412,6 +438,7 @@ impl Gate {
                     }
                     if !out.is_empty() {
                         socket.write_all(&out).await?;
+                socket.flush().await?;
                         out.clear();
                     }
                     // Without this the router stops scheduling the link.
@@ -426,6 +453,7 @@ impl Gate {
                         next = session.rx.try_recv().ok();
                     }
                     socket.write_all(&out).await?;
+                socket.flush().await?;
                     out.clear();
                 }
                 changed = async { withdrawals.as_mut()?.changed().await.ok() }, if withdrawals.is_some() => {
@@ -471,7 +499,7 @@ impl Gate {
     }
 
     /// Reads until one whole packet is in `read`.
-    async fn read_one(&self, socket: &mut TcpStream, read: &mut BytesMut) -> Result<Packet, Ended> {
+    async fn read_one<S: Stream>(&self, socket: &mut S, read: &mut BytesMut) -> Result<Packet, Ended> {
         loop {
             match V4.read_mut(read, self.max_packet) {
                 Ok(packet) => return Ok(packet),
@@ -491,12 +519,13 @@ impl Gate {
         }
     }
 
-    async fn write<const N: usize>(&self, socket: &mut TcpStream, packets: [Packet; N]) -> Result<(), Ended> {
+    async fn write<S: Stream, const N: usize>(&self, socket: &mut S, packets: [Packet; N]) -> Result<(), Ended> {
         let mut out = BytesMut::new();
         for p in packets {
             encode(&mut out, p)?;
         }
         socket.write_all(&out).await?;
+        socket.flush().await?;
         Ok(())
     }
 }

@@ -24,6 +24,7 @@ pub mod packages;
 pub mod retrain;
 pub mod runs;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,10 @@ pub struct HubConfig {
     pub device_auth: bool,
     /// Listen address of the HTTP API; `None`: no API.
     pub http_listen: Option<SocketAddr>,
+    /// Serve the embedded broker's devices over TLS (mqtts) with this certificate and key.
+    pub mqtt_tls: Option<tls::TlsFiles>,
+    /// Serve the HTTP API over TLS (https) with this certificate and key.
+    pub http_tls: Option<tls::TlsFiles>,
     /// Folder of uploaded packages (unless `artifacts` names another store).
     pub packages_dir: PathBuf,
     /// `file:///…` or `s3://bucket/prefix` for the packages instead of `packages_dir`.
@@ -87,6 +92,13 @@ impl HubConfig {
     }
 }
 
+/// Devices' secrets and operators' tokens cross this listener: in the clear only on loopback.
+fn warn_if_exposed(what: &str, listen: SocketAddr, tls: bool) {
+    if !tls && !listen.ip().is_loopback() {
+        tracing::warn!(%listen, "{what} listens beyond this machine without TLS: secrets and tokens cross in the clear");
+    }
+}
+
 /// A running hub's handles.
 #[derive(Debug)]
 pub struct Hub {
@@ -112,10 +124,17 @@ impl Hub {
         let credentials = fleet::Credentials::default();
         credentials.refresh(&store).await?;
         tokio::spawn(credentials.clone().keep_fresh(store.clone()));
+        let mqtt_tls = cfg.mqtt_tls.as_ref().map(|f| tls::acceptor(f, &[])).transpose().context("mqtt TLS")?;
+        let http_tls =
+            cfg.http_tls.as_ref().map(|f| tls::acceptor(f, &[b"http/1.1"])).transpose().context("http TLS")?;
         let (bus, mqtt_addr) = match (&cfg.external_broker, cfg.mqtt_listen) {
+            (Some(_), _) if mqtt_tls.is_some() => {
+                anyhow::bail!("TLS for MQTT is the embedded broker's: an external broker has its own")
+            }
             (Some(url), _) => (bus::external(url, "impeller-hub").await?, None),
             (None, Some(listen)) => {
-                let (bus, addr) = bus::embedded(listen, cfg.device_auth.then(|| credentials.clone())).await?;
+                warn_if_exposed("MQTT", listen, mqtt_tls.is_some());
+                let (bus, addr) = bus::embedded(listen, cfg.device_auth.then(|| credentials.clone()), mqtt_tls).await?;
                 (bus, Some(addr))
             }
             (None, None) => anyhow::bail!("the hub needs an MQTT listen address or an external broker"),
@@ -204,10 +223,17 @@ impl Hub {
                 let listener =
                     tokio::net::TcpListener::bind(listen).await.with_context(|| format!("HTTP API on {listen}"))?;
                 let addr = listener.local_addr()?;
+                warn_if_exposed("HTTP", addr, http_tls.is_some());
+                let router = api::router(state);
                 tokio::spawn(async move {
-                    if let Err(error) = axum::serve(listener, api::router(state)).await {
+                    let served = match http_tls {
+                        Some(acceptor) => axum::serve(tls::TlsListener::new(listener, acceptor)?, router).await,
+                        None => axum::serve(listener, router).await,
+                    };
+                    if let Err(error) = &served {
                         tracing::error!(%error, "the HTTP API stopped");
                     }
+                    served
                 });
                 Some(addr)
             }

@@ -357,7 +357,10 @@ pub fn bench(args: AuditBenchArgs) -> anyhow::Result<()> {
 
     let mut trust = TrustStore::new();
     trust.add(signer.verifying_key());
-    let source = AuditSource { file: Some(export.clone()), api: ApiArgs { hub: String::new(), token: String::new() } };
+    let source = AuditSource {
+        file: Some(export.clone()),
+        api: ApiArgs { hub: String::new(), token: String::new(), ca_cert: None },
+    };
     let started = Instant::now();
     let summary = verify(&source, Some(&trust), false)?;
     let verify_s = started.elapsed().as_secs_f64();

@@ -292,6 +292,10 @@ pub struct ApiArgs {
     /// API token (impeller token create).
     #[arg(long, value_name = "TOKEN", env = "IMPELLER_TOKEN", default_value = "", hide_env_values = true)]
     pub token: String,
+    /// For an https:// hub whose certificate the system does not trust: the CA certificate
+    /// (PEM) it chains to, trusted besides the system's roots.
+    #[arg(long, value_name = "FILE", env = "IMPELLER_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

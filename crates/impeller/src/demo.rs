@@ -104,7 +104,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     let hub = Hub::start(&cfg).await.context("starting the hub")?;
     let api_base = format!("http://{}", hub.http_addr.context("the hub has no API address")?);
     let (_, token) = hub.store.add_token("demo", Role::Admin, "demo").await?;
-    let api = HubClient::new(&api_base, &token)?;
+    let api = HubClient::new(&api_base, &token, None)?;
     say(format_args!("Impeller demo in {}", dir.display()))?;
     say(format_args!(
         "  hub: MQTT 127.0.0.1:{mqtt_port} (devices authenticate), API {api_base}/api/v1, SQLite, package signing key {}",

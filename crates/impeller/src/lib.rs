@@ -135,10 +135,15 @@ fn hub(args: cli::HubArgs) -> anyhow::Result<()> {
         let mut hub = impeller_hub::Hub::start(&cfg).await?;
         match &cfg.external_broker {
             Some(url) => tracing::info!(broker = %url, database = %cfg.database, "hub running"),
-            None => tracing::info!(mqtt = ?cfg.mqtt_listen, database = %cfg.database, "hub running"),
+            None => {
+                let scheme = if cfg.mqtt_tls.is_some() { "mqtts" } else { "mqtt" };
+                let mqtt = hub.mqtt_addr.map(|a| format!("{scheme}://{a}")).unwrap_or_default();
+                tracing::info!(%mqtt, database = %cfg.database, "hub running");
+            }
         }
         if let Some(addr) = hub.http_addr {
-            tracing::info!(api = %format!("http://{addr}/api/v1"), dashboard = %format!("http://{addr}/"), "HTTP API");
+            let scheme = if cfg.http_tls.is_some() { "https" } else { "http" };
+            tracing::info!(api = %format!("{scheme}://{addr}/api/v1"), dashboard = %format!("{scheme}://{addr}/"), "HTTP API");
         }
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
         tick.tick().await;

@@ -743,7 +743,11 @@ pub fn bench(args: crate::cli::PipelineBenchArgs) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let hub = rt.block_on(impeller_hub::Hub::start(&cfg))?;
     let (_, token) = rt.block_on(hub.store.add_token("bench", impeller_hub::auth::Role::Admin, "bench"))?;
-    let api = crate::cli::ApiArgs { hub: format!("http://{}", hub.http_addr.context("no API address")?), token };
+    let api = crate::cli::ApiArgs {
+        hub: format!("http://{}", hub.http_addr.context("no API address")?),
+        token,
+        ca_cert: None,
+    };
 
     let mut timings = Vec::new();
     for (label, work) in [("first run", "work"), ("unchanged rerun", "work"), ("fresh work folder", "work2")] {

@@ -19,9 +19,17 @@ pub struct HubClient {
 }
 
 impl HubClient {
-    pub fn new(base: &str, token: &str) -> anyhow::Result<HubClient> {
+    /// With `ca_cert`, a hub's certificate chaining to that CA (PEM) is trusted too.
+    pub fn new(base: &str, token: &str, ca_cert: Option<&std::path::Path>) -> anyhow::Result<HubClient> {
+        let mut client = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10));
+        if let Some(path) = ca_cert {
+            let pem = std::fs::read(path).with_context(|| format!("reading the CA certificate {}", path.display()))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .with_context(|| format!("{}: not a PEM certificate file", path.display()))?;
+            client = client.tls_certs_merge(certs);
+        }
         Ok(HubClient {
-            client: reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(10)).build()?,
+            client: client.build()?,
             base: base.trim_end_matches('/').to_string(),
             token: token.to_string(),
         })
@@ -99,7 +107,7 @@ impl Api {
         }
         Ok(Api {
             rt: tokio::runtime::Builder::new_current_thread().enable_all().build()?,
-            hub: HubClient::new(&args.hub, &args.token)?,
+            hub: HubClient::new(&args.hub, &args.token, args.ca_cert.as_deref())?,
         })
     }
 

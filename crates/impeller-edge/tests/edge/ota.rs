@@ -9,6 +9,7 @@ use impeller_core::deploy::PackageRef;
 use impeller_core::package::build;
 use impeller_edge::update::{DownloadError, Downloader};
 use impeller_hub::auth::Role;
+use impeller_hub::tls::TlsFiles;
 use impeller_hub::{Hub, HubConfig};
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -31,6 +32,11 @@ struct TestHub {
 impl TestHub {
     /// A hub trusting the site's signing key, with device authentication on.
     fn start(site: &Site, mqtt_port: u16) -> TestHub {
+        Self::serving(site, mqtt_port, None)
+    }
+
+    /// The same, both listeners over TLS with `tls` when given.
+    fn serving(site: &Site, mqtt_port: u16, tls: Option<TlsFiles>) -> TestHub {
         let rt = tokio::runtime::Runtime::new().unwrap();
         let packages_dir = site.dir.path().join("hub-packages");
         let cfg = HubConfig {
@@ -38,14 +44,23 @@ impl TestHub {
             mqtt_listen: Some(format!("127.0.0.1:{mqtt_port}").parse().unwrap()),
             device_auth: true,
             http_listen: Some("127.0.0.1:0".parse().unwrap()),
+            mqtt_tls: tls.clone(),
+            http_tls: tls.clone(),
             packages_dir: packages_dir.clone(),
             trusted_keys: vec![site.dir.path().join("ops.public.json")],
             ..Default::default()
         };
         let hub = rt.block_on(Hub::start(&cfg)).unwrap();
-        let api = format!("http://{}", hub.http_addr.unwrap());
+        let port = hub.http_addr.unwrap().port();
         let (_, admin) = rt.block_on(hub.store.add_token("test-admin", Role::Admin, "test")).unwrap();
-        TestHub { rt, hub, api, admin, packages_dir, client: reqwest::Client::new() }
+        let (api, client) = match &tls {
+            None => (format!("http://127.0.0.1:{port}"), reqwest::Client::new()),
+            Some(files) => {
+                let ca = reqwest::Certificate::from_pem(&std::fs::read(&files.cert).unwrap()).unwrap();
+                (format!("https://localhost:{port}"), reqwest::Client::builder().tls_certs_only([ca]).build().unwrap())
+            }
+        };
+        TestHub { rt, hub, api, admin, packages_dir, client }
     }
 
     /// Sends a request with `token` (None: no credentials); returns the status and JSON body.
@@ -124,6 +139,31 @@ fn site_and_hub() -> (Site, TestHub) {
     let site = Site::new(&format!("mqtt://127.0.0.1:{port}"), 200_000, 20.0, "");
     let hub = TestHub::start(&site, port);
     (site, hub)
+}
+
+/// TLS both ways, trusting only the hub's own certificate (`hub.ca_cert`): the agent logs in
+/// at `mqtts://`, delivers what it produces, finds its desired state, downloads the package
+/// from `https://` and runs it.
+#[test]
+fn an_agent_reaches_a_hub_over_tls_for_everything() {
+    let port = free_port();
+    let site = Site::new(&format!("mqtts://localhost:{port}"), 200_000, 20.0, "");
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let files = TlsFiles { cert: site.dir.path().join("hub.pem"), key: site.dir.path().join("hub.key") };
+    std::fs::write(&files.cert, made.cert.pem()).unwrap();
+    std::fs::write(&files.key, made.signing_key.serialize_pem()).unwrap();
+    let hub = TestHub::serving(&site, port, Some(files.clone()));
+    provision(&hub, &site, json!({"site": "north"}));
+    let config = std::fs::read_to_string(&site.config).unwrap();
+    let trusting = config.replace("ack_timeout_s = 3", &format!("ack_timeout_s = 3\nca_cert = {:?}", files.cert));
+    std::fs::write(&site.config, trusting).unwrap();
+    let agent = site.start();
+    let v1 = hub.upload(package(1));
+    hub.deploy("north-v1", &v1, "tags.site = 'north'", 1);
+    hub.wait_state("north-v1", &site.device, "active", &site);
+    assert_eq!(agent.wait_metric("model_release", |v| v == 1.0, Duration::from_secs(5)), Some(1.0));
+    assert!(agent.wait_metric("acked_seq", |v| v > 0.0, Duration::from_secs(20)).is_some(), "{}", site.log());
+    agent.stop();
 }
 
 #[test]

@@ -47,6 +47,7 @@ mod feedback;
 mod openapi;
 mod registry;
 mod retrain;
+mod tls;
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
