@@ -1,7 +1,8 @@
 //! The embedded broker's network side: the MQTT 3.1.1 connections of devices, each packet
 //! checked before it reaches rumqttd's router. rumqttd authenticates connections but has no
 //! topic authorisation, so the hub speaks MQTT to the devices itself and hands what a device
-//! may send to the router through an in-process link (one per connection, no second socket):
+//! may send to the router through an in-process link (one per connection, no second socket).
+//! Connections are plain TCP, or TLS when the hub has a certificate ([`crate::tls`]). The rules:
 //!
 //! - CONNECT: client id and user name name a provisioned, unrevoked device and the password is
 //!   its secret (else CONNACK 4, or 5 without a login); no will message (5: not supported here,
