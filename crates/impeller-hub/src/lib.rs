@@ -227,7 +227,10 @@ impl Hub {
                 let router = api::router(state);
                 tokio::spawn(async move {
                     let served = match http_tls {
-                        Some(acceptor) => axum::serve(tls::TlsListener::new(listener, acceptor)?, router).await,
+                        Some(acceptor) => match tls::TlsListener::new(listener, acceptor) {
+                            Ok(listener) => axum::serve(listener, router).await,
+                            Err(error) => Err(error),
+                        },
                         None => axum::serve(listener, router).await,
                     };
                     if let Err(error) = &served {

@@ -47,14 +47,21 @@ fn the_hub_stores_every_message_once_across_agent_restarts() {
     assert_eq!(drained, Some(0.0), "log:\n{}", site.log());
     agent.kill();
 
-    let highest = Outbox::open(&site.dir.path().join("data/outbox"), OutboxConfig::default()).unwrap().next_seq() - 1;
+    // The agent may append a record between the drained reading and the kill (seen once, on a
+    // busy machine): that one is still in its outbox, not lost.
+    let outbox = Outbox::open(&site.dir.path().join("data/outbox"), OutboxConfig::default()).unwrap();
+    let highest = outbox.next_seq() - 1;
     let stored = rt.block_on(hub.store.messages(&site.device)).unwrap();
     let seqs: Vec<u64> = stored.iter().map(|m| m.seq).collect();
-    assert_eq!(seqs, (1..=highest).collect::<Vec<_>>(), "every message once, none missing");
+    let delivered = seqs.len() as u64;
+    assert_eq!(seqs, (1..=delivered).collect::<Vec<_>>(), "every message once, in order from 1, none missing");
+    assert!(outbox.acked() <= delivered && delivered <= highest, "acked {} of {highest}", outbox.acked());
+    assert_eq!(outbox.pending_records(), highest - outbox.acked(), "the rest is still in the outbox");
+    assert!(highest - delivered <= 2, "the agent had drained: {delivered} of {highest} delivered");
     assert!(stored.iter().all(|m| m.prev == m.seq - 1), "nothing was evicted, so prev is always seq - 1");
     for kind in ["alerts", "telemetry", "samples", "sketches", "events"] {
         assert!(stored.iter().any(|m| m.kind == kind), "no {kind} stored");
     }
     let (acked, beyond) = rt.block_on(hub.store.stream_states(&[&site.device])).unwrap().remove(&site.device).unwrap();
-    assert_eq!((acked, beyond.len()), (highest, 0));
+    assert_eq!((acked, beyond.len()), (delivered, 0));
 }
