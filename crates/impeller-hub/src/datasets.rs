@@ -41,10 +41,13 @@ pub struct SnapshotRequest {
     /// Label rows with the devices' incidents (every part is then labelled).
     #[serde(default)]
     pub label_incidents: bool,
-    /// Leave out the rows inside the devices' incidents, and a device's rows from its first
-    /// confirmed fault on (training data of normal running).
+    /// Leave out the rows inside the devices' incidents (training data of normal running).
     #[serde(default)]
     pub exclude_incidents: bool,
+    /// Leave out a device's rows from its first confirmed fault in the range on: the fault
+    /// lasts until repaired, the incident spans only the alert a technician confirmed.
+    #[serde(default)]
+    pub exclude_after_confirmed_fault: bool,
     /// A dataset at the hub (its sha256) whose parts the snapshot carries too, as `base/PART`:
     /// a retraining on the champion's training data plus the recent window.
     #[serde(default)]
@@ -92,16 +95,17 @@ pub async fn snapshot(
         // A samples message is stamped when its batch fills, so its frames are at or before
         // its time: a batch ending after `until_ms` (by up to a day) may still hold some.
         let bodies = store.samples(device, req.since_ms, until_ms.saturating_add(BATCH_SPAN_MS), MAX_ROWS + 1).await?;
-        let incidents = if req.label_incidents || req.exclude_incidents {
+        let incidents = if req.label_incidents || req.exclude_incidents || req.exclude_after_confirmed_fault {
             store.incidents(Some(device), req.since_ms, until_ms).await?
         } else {
             Vec::new()
         };
         let in_incident = |ts: i64| incidents.iter().any(|i| i.start_ms <= ts && ts < i.end_ms);
-        // A confirmed fault's span is where the model alarmed, not where the fault ended (it lasts
-        // until repaired): excluding, the device's rows from its first one on are left out.
         let faulty_from = incidents.iter().filter(|i| i.kind == CONFIRMED_FAULT).map(|i| i.start_ms).min();
-        let excluded = |ts: i64| in_incident(ts) || faulty_from.is_some_and(|from| ts >= from);
+        let excluded = |ts: i64| {
+            (req.exclude_incidents && in_incident(ts))
+                || (req.exclude_after_confirmed_fault && faulty_from.is_some_and(|from| ts >= from))
+        };
         let mut frames: Vec<Frame> = Vec::new();
         for (_, body) in bodies {
             // Ingest checked the envelope, not the body: one that does not parse is skipped.
@@ -114,7 +118,7 @@ pub async fn snapshot(
                 if frames.last().is_some_and(|l| l.ts_ms >= f.ts_ms)
                     || f.ts_ms < req.since_ms
                     || f.ts_ms >= until_ms
-                    || (req.exclude_incidents && excluded(f.ts_ms))
+                    || excluded(f.ts_ms)
                 {
                     continue;
                 }
@@ -166,6 +170,7 @@ pub async fn snapshot(
         "until_ms": until_ms,
         "label_incidents": req.label_incidents,
         "exclude_incidents": req.exclude_incidents,
+        "exclude_after_confirmed_fault": req.exclude_after_confirmed_fault,
         "base_dataset": req.base_dataset,
     });
     let source = format!("hub snapshot: {} from {} to {}", req.condition, req.since_ms, until_ms);

@@ -343,7 +343,7 @@ fn schemas() -> Value {
                               "description": "devices by tags and profile, e.g. tags.site = 'gulf'; * for all"},
                 "channels": {"type": "array", "items": string()},
                 "since_ms": int(), "until_ms": nullable("integer"), "label_incidents": {"type": "boolean"},
-                "exclude_incidents": {"type": "boolean"},
+                "exclude_incidents": {"type": "boolean"}, "exclude_after_confirmed_fault": {"type": "boolean"},
                 "base_dataset": {"type": ["string", "null"], "pattern": "^[0-9a-f]{64}$",
                                  "description": "a dataset at the hub whose parts the snapshot carries too"},
             },

@@ -347,6 +347,7 @@ impl Retrainer {
             until_ms: Some(now),
             label_incidents: false,
             exclude_incidents: policy.data.exclude_incidents,
+            exclude_after_confirmed_fault: policy.data.exclude_after_confirmed_fault,
             base_dataset,
         };
         let actor = format!("retrain:{}", rec.model);

@@ -1117,9 +1117,12 @@ pub enum DatasetCommand {
         /// Label rows with the devices' incidents.
         #[arg(long)]
         label_incidents: bool,
-        /// Leave out rows inside incidents, and a device's rows from its first confirmed fault on.
+        /// Leave out rows inside incidents.
         #[arg(long)]
         exclude_incidents: bool,
+        /// Leave out a device's rows from its first confirmed fault in the range on.
+        #[arg(long)]
+        exclude_after_confirmed_fault: bool,
         #[command(flatten)]
         api: ApiArgs,
         #[arg(long)]

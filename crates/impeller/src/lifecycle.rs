@@ -343,6 +343,7 @@ pub fn dataset(cmd: DatasetCommand) -> anyhow::Result<()> {
             channels,
             label_incidents,
             exclude_incidents,
+            exclude_after_confirmed_fault,
             api,
             json,
         } => {
@@ -355,6 +356,7 @@ pub fn dataset(cmd: DatasetCommand) -> anyhow::Result<()> {
             let body = json!({
                 "condition": condition, "channels": channels, "since_ms": since_ms, "until_ms": until_ms,
                 "label_incidents": label_incidents, "exclude_incidents": exclude_incidents,
+                "exclude_after_confirmed_fault": exclude_after_confirmed_fault,
             });
             let m = api.call("POST", "/datasets", Some((serde_json::to_vec(&body)?, "application/json")))?;
             if json {

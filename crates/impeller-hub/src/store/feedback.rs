@@ -55,7 +55,7 @@ pub struct Precision {
 
 /// The kind of incident a technician's confirmation of an alert records, from the alert's start
 /// to its end. The fault itself lasts until repaired, which the hub has no record of: a snapshot
-/// leaving incidents out leaves out the device's rows from its first one on.
+/// may leave out the device's rows from its first one on (`exclude_after_confirmed_fault`).
 pub const CONFIRMED_FAULT: &str = "confirmed_fault";
 
 /// A stretch of one device's time with a label: a confirmed fault, a test, a known disturbance.

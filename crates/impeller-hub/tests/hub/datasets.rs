@@ -94,9 +94,9 @@ async fn snapshots_select_label_and_reproduce() {
     let list = json(client.get(format!("{base}/datasets")).bearer_auth(&token).send().await.unwrap()).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 1);
 
-    // Training data of normal running: g2 loses the rows of its incident (which has an end, and
-    // splits g2 in two runs); g1, with a confirmed fault from 1020 s, every row from then on,
-    // however short the alert was.
+    // Training data of normal running: g2 loses the rows of its incident (which splits g2 in two
+    // runs), g1 the one row of its confirmed fault at 1020 s; and, asked to, every row of g1 from
+    // then on, however short the alert was.
     let r = post(
         "/incidents",
         serde_json::json!({"device": "g1", "start_ms": 1_020_000, "end_ms": 1_021_000, "kind": "confirmed_fault"}),
@@ -104,17 +104,20 @@ async fn snapshots_select_label_and_reproduce() {
     .await
     .unwrap();
     assert_eq!(r.status().as_u16(), 201);
-    let normal = serde_json::json!({
-        "condition": "tags.site = 'gulf'", "since_ms": 1_005_000, "until_ms": 1_055_000, "exclude_incidents": true,
-    });
-    let m = json(post("/datasets", normal).await.unwrap()).await;
-    let parts: Vec<(&str, u64)> = m["parts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["name"].as_str().unwrap(), p["rows"].as_u64().unwrap()))
-        .collect();
-    assert_eq!(parts, [("g1", 15), ("g2#0", 25), ("g2#1", 15)]);
+    for (after_fault, g1) in [(false, 49), (true, 15)] {
+        let normal = serde_json::json!({
+            "condition": "tags.site = 'gulf'", "since_ms": 1_005_000, "until_ms": 1_055_000,
+            "exclude_incidents": true, "exclude_after_confirmed_fault": after_fault,
+        });
+        let m = json(post("/datasets", normal).await.unwrap()).await;
+        let parts: Vec<(&str, u64)> = m["parts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| (p["name"].as_str().unwrap(), p["rows"].as_u64().unwrap()))
+            .collect();
+        assert_eq!(parts, [("g1", g1), ("g2#0", 25), ("g2#1", 15)], "after the fault too: {after_fault}");
+    }
 
     // The files come back through the API and read to the same content.
     let pulled = dir.path().join("pulled").join(&sha);
@@ -191,7 +194,7 @@ async fn snapshots_select_label_and_reproduce() {
         })
         .await
         .unwrap();
-    assert_eq!(audited.len(), 3, "the snapshot, the one leaving incidents out and the one carrying a base");
+    assert_eq!(audited.len(), 4, "the snapshot, the two leaving incidents out and the one carrying a base");
     assert!(audited.iter().any(|r| r.artifacts == [sha.clone()]));
 }
 
