@@ -555,6 +555,8 @@ fn decode(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn runs_are_named_after_their_source_and_traced_back_to_it() {
         assert_eq!(run_name("pump-0006", 16), "pump-0006#16");
@@ -563,8 +565,6 @@ mod tests {
             assert_eq!(source_of(whole), whole);
         }
     }
-
-    use super::*;
 
     fn sample() -> Dataset {
         let channels = vec![Channel::new("flow", "L/min"), Channel::new("pressure", "bar")];

@@ -15,13 +15,26 @@ use serde_json::json;
 
 use crate::{api_hub, free_port};
 
-fn paho() -> Result<(), String> {
+/// Whether paho-mqtt is there; if not, says that `what` is skipped (or fails the test when
+/// IMPELLER_REQUIRE_PEERS is set).
+pub(crate) fn paho_or_skip(what: &str) -> bool {
     let found = Command::new("python3").args(["-c", "import paho.mqtt.client"]).output();
     if found.is_ok_and(|o| o.status.success()) {
-        Ok(())
-    } else {
-        Err("paho-mqtt is not installed (pip install -r crates/impeller-hub/tests/peers/requirements.txt)".into())
+        return true;
     }
+    let why = "paho-mqtt is not installed (pip install -r crates/impeller-hub/tests/peers/requirements.txt)";
+    assert!(std::env::var("IMPELLER_REQUIRE_PEERS").is_err(), "IMPELLER_REQUIRE_PEERS is set but {why}");
+    eprintln!("{what}: SKIPPED, {why}");
+    false
+}
+
+/// Runs the peer script `tests/peers/{script}` with `cfg` as its argument; whether it succeeded,
+/// and what it printed.
+pub(crate) async fn run_peer(script: &str, cfg: &serde_json::Value) -> (bool, String) {
+    let mut run = Command::new("python3");
+    run.args([format!("{}/tests/peers/{script}", env!("CARGO_MANIFEST_DIR")), cfg.to_string()]);
+    let out = tokio::task::spawn_blocking(move || run.output()).await.unwrap().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
 }
 
 /// A retained desired state for every device: a deployment of a recorded package to all.
@@ -58,9 +71,7 @@ async fn deploy_to_all(hub: &Hub) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_device_reaches_only_its_own_topics_and_is_dropped_when_revoked() {
-    if let Err(why) = paho() {
-        assert!(std::env::var("IMPELLER_REQUIRE_PEERS").is_err(), "IMPELLER_REQUIRE_PEERS is set but {why}");
-        eprintln!("a_device_reaches_only_its_own_topics_and_is_dropped_when_revoked: SKIPPED, {why}");
+    if !paho_or_skip("a_device_reaches_only_its_own_topics_and_is_dropped_when_revoked") {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -89,12 +100,8 @@ async fn a_device_reaches_only_its_own_topics_and_is_dropped_when_revoked() {
         "b": {"id": "pump-b", "secret": secrets[1]},
         "c": {"id": "pump-c", "secret": secrets[2]},
     });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/mqtt_refusals.py");
-    let mut run = Command::new("python3");
-    run.args([script, &cfg.to_string()]);
-    let out = tokio::task::spawn_blocking(move || run.output()).await.unwrap().unwrap();
-    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "the third-party client found a hole:\n{log}");
+    let (passed, log) = run_peer("mqtt_refusals.py", &cfg).await;
+    assert!(passed, "the third-party client found a hole:\n{log}");
     assert_eq!(log.matches("ok: ").count(), 27, "every check ran:\n{log}");
     eprintln!("{log}");
 

@@ -11,6 +11,12 @@ use crate::{api_hub, incoming};
 use impeller_hub::store::TelemetryQueries;
 use impeller_hub::store::{ArtifactStore, AuditStore, FeedbackStore, FleetStore, TelemetryStore};
 
+/// (name, rows) of each part of a snapshot's manifest.
+fn rows_by_part(manifest: &serde_json::Value) -> Vec<(String, u64)> {
+    let parts = manifest["parts"].as_array().unwrap().iter();
+    parts.map(|p| (p["name"].as_str().unwrap().to_string(), p["rows"].as_u64().unwrap())).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn snapshots_select_label_and_reproduce() {
     let dir = tempfile::tempdir().unwrap();
@@ -110,13 +116,12 @@ async fn snapshots_select_label_and_reproduce() {
             "exclude_incidents": true, "exclude_after_confirmed_fault": after_fault,
         });
         let m = json(post("/datasets", normal).await.unwrap()).await;
-        let parts: Vec<(&str, u64)> = m["parts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| (p["name"].as_str().unwrap(), p["rows"].as_u64().unwrap()))
-            .collect();
-        assert_eq!(parts, [("g1", g1), ("g2#0", 25), ("g2#1", 15)], "after the fault too: {after_fault}");
+        let parts = rows_by_part(&m);
+        assert_eq!(
+            parts,
+            [("g1".to_string(), g1), ("g2#0".into(), 25), ("g2#1".into(), 15)],
+            "after the fault too: {after_fault}"
+        );
     }
 
     // The files come back through the API and read to the same content.
@@ -145,13 +150,8 @@ async fn snapshots_select_label_and_reproduce() {
     let r = post("/datasets", carried).await.unwrap();
     assert_eq!(r.status().as_u16(), 201, "{}", r.text().await.unwrap());
     let m = json(r).await;
-    let parts: Vec<(&str, u64)> = m["parts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["name"].as_str().unwrap(), p["rows"].as_u64().unwrap()))
-        .collect();
-    assert_eq!(parts, [("base/g1", 50), ("base/g2", 50), ("n1", 20)]);
+    let parts = rows_by_part(&m);
+    assert_eq!(parts, [("base/g1".to_string(), 50), ("base/g2".into(), 50), ("n1".into(), 20)]);
     let (with_base, _) = Dataset::read(&dir.path().join("datasets"), m["sha256"].as_str().unwrap()).unwrap();
     // Compared as text: a missing reading is NaN, never equal to itself.
     let text = |frames: &[Frame]| format!("{frames:?}");

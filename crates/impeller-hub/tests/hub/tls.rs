@@ -4,7 +4,6 @@
 //! that trusts the hub's certificate; plain connections and clients that do not trust it get
 //! nothing from either port.
 
-use std::process::Command;
 use std::time::Duration;
 
 use impeller_core::wire;
@@ -12,6 +11,7 @@ use impeller_hub::store::{FleetStore, TelemetryStore};
 use impeller_hub::tls::TlsFiles;
 use serde_json::json;
 
+use crate::broker_rules::{paho_or_skip, run_peer};
 use crate::{api_hub, free_port};
 
 /// A self-signed certificate for localhost and 127.0.0.1 (its own CA) and its key, in `dir`.
@@ -50,15 +50,7 @@ async fn both_listeners_speak_tls_and_only_tls() {
     assert!(r.is_err(), "plain HTTP gets no answer from the TLS port: {r:?}");
 
     // The broker: a device over TLS, through a third-party client.
-    let found = Command::new("python3").args(["-c", "import paho.mqtt.client"]).output();
-    if !found.is_ok_and(|o| o.status.success()) {
-        assert!(
-            std::env::var("IMPELLER_REQUIRE_PEERS").is_err(),
-            "IMPELLER_REQUIRE_PEERS is set but paho-mqtt is not installed"
-        );
-        eprintln!(
-            "both_listeners_speak_tls_and_only_tls: mqtts part SKIPPED, paho-mqtt is not installed (pip install -r crates/impeller-hub/tests/peers/requirements.txt)"
-        );
+    if !paho_or_skip("both_listeners_speak_tls_and_only_tls, its mqtts part") {
         return;
     }
     let secret = hub.store.add_device("pump-t", &Default::default(), "gw", "test").await.unwrap();
@@ -69,12 +61,8 @@ async fn both_listeners_speak_tls_and_only_tls() {
         "host": "localhost", "port": mqtt.port(), "ca": files.cert, "id": "pump-t", "secret": secret,
         "message": impeller_core::hex::encode(&message),
     });
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/mqtt_tls.py");
-    let mut run = Command::new("python3");
-    run.args([script, &cfg.to_string()]);
-    let out = tokio::task::spawn_blocking(move || run.output()).await.unwrap().unwrap();
-    let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-    assert!(out.status.success(), "{log}");
+    let (passed, log) = run_peer("mqtt_tls.py", &cfg).await;
+    assert!(passed, "{log}");
     assert_eq!(log.matches("ok: ").count(), 4, "every check ran:\n{log}");
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stored = hub.store.messages("pump-t").await.unwrap();
