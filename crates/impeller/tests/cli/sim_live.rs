@@ -137,8 +137,24 @@ fn truth(out: &Path) -> Fleet {
 fn sim_serves_pumps_live_over_modbus_where_each_agents_source_settings_say() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("live");
-    let first = format!("127.0.0.1:{}", free_port());
-    let _sim = Sim::start(&["--pumps", "3", "--hours", "1", "--modbus", &first, "--out", out.to_str().unwrap()]);
+    // The pumps listen on consecutive ports from a free one, which a test running beside this
+    // one may take first (seen once in CI): the sim then exits, and another port is tried.
+    let mut attempts = 0;
+    let _sim = loop {
+        let first = format!("127.0.0.1:{}", free_port());
+        let mut sim = Sim::start(&["--pumps", "3", "--hours", "1", "--modbus", &first, "--out", out.to_str().unwrap()]);
+        let until = Instant::now() + Duration::from_secs(20);
+        while !out.join("sources/pump-003.toml").exists()
+            && sim.0.try_wait().unwrap().is_none()
+            && Instant::now() < until
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        attempts += 1;
+        if sim.0.try_wait().unwrap().is_none() || attempts == 3 {
+            break sim;
+        }
+    };
     wait_for(&out.join("sources/pump-003.toml"));
     let fleet = truth(&out);
     runtime().block_on(async {
