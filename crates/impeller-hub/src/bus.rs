@@ -3,9 +3,11 @@
 //! channels: publishes coming in on the device topics, and publishes to send.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use anyhow::Context;
+use rumqttc::{AsyncClient, ConnectionError, Event, MqttOptions, Packet, QoS};
 use tokio::sync::mpsc;
 
 use crate::fleet::Credentials;
@@ -104,22 +106,84 @@ pub async fn embedded(
 /// How long the hub waits at start for its subscription on an external broker.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(10);
 
-/// Connects to an external broker at `mqtt://host:port`. Returns once the hub's subscription
-/// to the device topics is acknowledged (what devices publish before that, the broker does not
-/// keep for us), or after `SUBSCRIBE_WAIT` with a warning if the broker is unreachable: the
-/// connection keeps retrying, and the agents resend what is not acknowledged.
-pub async fn external(url: &str, client_id: &str) -> anyhow::Result<Bus> {
-    let rest = url.strip_prefix("mqtt://").ok_or_else(|| anyhow::anyhow!("broker `{url}` must start with mqtt://"))?;
-    let (host, port) = rest.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("broker `{url}` needs a port"))?;
-    let port: u16 = port.parse().map_err(|_| anyhow::anyhow!("broker `{url}`: `{port}` is not a port"))?;
-    let mut opts = MqttOptions::new(client_id, host, port);
+/// An external MQTT broker and how the hub logs in to it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExternalBroker {
+    /// `mqtt://host:port`, or `mqtts://host:port` for TLS.
+    pub url: String,
+    /// Empty: the hub connects without a user name.
+    pub username: String,
+    /// A file whose first line is the password (kept out of the config file). Empty: none.
+    pub password_file: PathBuf,
+    /// PEM certificates an `mqtts://` broker's must chain to. Empty: the system's roots.
+    pub ca_cert: PathBuf,
+}
+
+impl ExternalBroker {
+    /// A broker at `url` that needs no login.
+    pub fn at(url: impl Into<String>) -> ExternalBroker {
+        ExternalBroker { url: url.into(), ..Default::default() }
+    }
+
+    /// Host, port and whether it is TLS, from `url`.
+    pub fn address(&self) -> anyhow::Result<(String, u16, bool)> {
+        let url = &self.url;
+        let (rest, tls) = match (url.strip_prefix("mqtt://"), url.strip_prefix("mqtts://")) {
+            (Some(rest), _) => (rest, false),
+            (_, Some(rest)) => (rest, true),
+            _ => anyhow::bail!("broker `{url}` must start with mqtt:// or mqtts://"),
+        };
+        let (host, port) = rest.rsplit_once(':').ok_or_else(|| anyhow::anyhow!("broker `{url}` needs a port"))?;
+        let port = port.parse().map_err(|_| anyhow::anyhow!("broker `{url}`: `{port}` is not a port"))?;
+        Ok((host.to_string(), port, tls))
+    }
+
+    fn options(&self, client_id: &str) -> anyhow::Result<MqttOptions> {
+        let (host, port, tls) = self.address()?;
+        let mut opts = MqttOptions::new(client_id, host, port);
+        if !self.password_file.as_os_str().is_empty() {
+            let file = self.password_file.display();
+            let text = std::fs::read_to_string(&self.password_file)
+                .with_context(|| format!("reading the broker's password file {file}"))?;
+            let password = text.lines().next().unwrap_or_default();
+            anyhow::ensure!(!password.is_empty(), "the broker's password file {file} is empty");
+            opts.set_credentials(&self.username, password);
+        } else if !self.username.is_empty() {
+            opts.set_credentials(&self.username, "");
+        }
+        if tls {
+            let config = crate::tls::client_config(&self.ca_cert).context("TLS to the external broker")?;
+            opts.set_transport(rumqttc::Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(config)));
+        }
+        Ok(opts)
+    }
+}
+
+/// A refused login or an untrusted certificate: what a retry would not mend. (A connection
+/// reset during the handshake is an I/O error of another kind, and is retried.)
+fn is_misconfigured(error: &ConnectionError) -> bool {
+    match error {
+        ConnectionError::ConnectionRefused(_) => true,
+        ConnectionError::Tls(rumqttc::TlsError::Io(io)) => io.kind() == std::io::ErrorKind::InvalidData,
+        ConnectionError::Tls(_) => true,
+        _ => false,
+    }
+}
+
+/// Connects to an external broker. Returns once the hub's subscription to the device topics is
+/// acknowledged (what devices publish before that, the broker does not keep for us), or after
+/// `SUBSCRIBE_WAIT` with a warning if the broker is unreachable: the connection keeps retrying,
+/// and the agents resend what is not acknowledged. A broker that refuses the hub's login, or
+/// whose certificate it does not trust, is an error at once: retrying would not mend it.
+pub async fn external(broker: &ExternalBroker, client_id: &str) -> anyhow::Result<Bus> {
+    let mut opts = broker.options(client_id)?;
     opts.set_keep_alive(Duration::from_secs(30));
     opts.set_max_packet_size(4 << 20, 4 << 20);
     opts.set_inflight(500);
     let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
     let (in_tx, incoming) = mpsc::channel(10_000);
     let sub = client.clone();
-    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel::<Result<(), String>>();
     let mut subscribed_tx = Some(subscribed_tx);
     tokio::spawn(async move {
         loop {
@@ -135,7 +199,7 @@ pub async fn external(url: &str, client_id: &str) -> anyhow::Result<Bus> {
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
                     if let Some(tx) = subscribed_tx.take() {
-                        let _ = tx.send(());
+                        let _ = tx.send(Ok(()));
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -144,6 +208,12 @@ pub async fn external(url: &str, client_id: &str) -> anyhow::Result<Bus> {
                     }
                 }
                 Ok(_) => {}
+                Err(error) if subscribed_tx.is_some() && is_misconfigured(&error) => {
+                    if let Some(tx) = subscribed_tx.take() {
+                        let _ = tx.send(Err(error.to_string()));
+                    }
+                    return;
+                }
                 Err(error) => {
                     tracing::warn!(%error, "broker unreachable; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -159,8 +229,13 @@ pub async fn external(url: &str, client_id: &str) -> anyhow::Result<Bus> {
             }
         }
     });
-    if tokio::time::timeout(SUBSCRIBE_WAIT, subscribed).await.is_err() {
-        tracing::warn!(broker = %url, "not subscribed to the device topics yet; starting anyway and retrying");
+    match tokio::time::timeout(SUBSCRIBE_WAIT, subscribed).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(error))) => anyhow::bail!("the broker {} refused the hub: {error}", broker.url),
+        Ok(Err(_)) => anyhow::bail!("the connection to the broker {} ended", broker.url),
+        Err(_) => {
+            tracing::warn!(broker = %broker.url, "not subscribed to the device topics yet; starting anyway and retrying")
+        }
     }
     Ok(Bus { incoming, outgoing })
 }

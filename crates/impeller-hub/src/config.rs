@@ -91,6 +91,12 @@ pub struct Mqtt {
     #[serde(default)]
     pub broker: String,
     #[serde(default)]
+    pub broker_username: String,
+    #[serde(default)]
+    pub broker_password_file: PathBuf,
+    #[serde(default)]
+    pub broker_ca_cert: PathBuf,
+    #[serde(default)]
     pub allow_anonymous: bool,
     #[serde(default)]
     pub tls_cert: PathBuf,
@@ -154,9 +160,7 @@ impl FileConfig {
         {
             return Err(err(format!("database `{}`: use sqlite:PATH or postgres://…", c.database)));
         }
-        if !c.mqtt.broker.is_empty() && !c.mqtt.broker.starts_with("mqtt://") {
-            return Err(err(format!("mqtt.broker `{}` must start with mqtt://", c.mqtt.broker)));
-        }
+        c.check_external_broker().map_err(err)?;
         tls_files("mqtt", &c.mqtt.tls_cert, &c.mqtt.tls_key).map_err(err)?;
         tls_files("http", &c.http.tls_cert, &c.http.tls_key).map_err(err)?;
         if !c.mqtt.broker.is_empty() && !c.mqtt.tls_cert.as_os_str().is_empty() {
@@ -196,6 +200,36 @@ impl FileConfig {
         Ok(c)
     }
 
+    fn check_external_broker(&self) -> Result<(), String> {
+        let m = &self.mqtt;
+        let empty = |p: &Path| p.as_os_str().is_empty();
+        if m.broker.is_empty() {
+            if !m.broker_username.is_empty() || !empty(&m.broker_password_file) || !empty(&m.broker_ca_cert) {
+                return Err("mqtt: broker_username, broker_password_file and broker_ca_cert are for an \
+                            external broker, and mqtt.broker is empty"
+                    .into());
+            }
+            return Ok(());
+        }
+        let (_, _, tls) = self.external_broker().address().map_err(|e| format!("mqtt.broker: {e}"))?;
+        if !tls && !empty(&m.broker_ca_cert) {
+            return Err(format!("mqtt.broker_ca_cert is for mqtts://; the broker `{}` is plain MQTT", m.broker));
+        }
+        if m.broker_username.is_empty() && !empty(&m.broker_password_file) {
+            return Err("mqtt.broker_password_file needs mqtt.broker_username".into());
+        }
+        Ok(())
+    }
+
+    fn external_broker(&self) -> crate::bus::ExternalBroker {
+        crate::bus::ExternalBroker {
+            url: self.mqtt.broker.clone(),
+            username: self.mqtt.broker_username.clone(),
+            password_file: self.mqtt.broker_password_file.clone(),
+            ca_cert: self.mqtt.broker_ca_cert.clone(),
+        }
+    }
+
     /// The database URL: the one given, or SQLite in the data folder.
     pub fn database_url(&self) -> String {
         if self.database.is_empty() {
@@ -206,7 +240,7 @@ impl FileConfig {
     }
 
     pub fn hub_config(&self) -> HubConfig {
-        let external = (!self.mqtt.broker.is_empty()).then(|| self.mqtt.broker.clone());
+        let external = (!self.mqtt.broker.is_empty()).then(|| self.external_broker());
         HubConfig {
             database: self.database_url(),
             mqtt_listen: external.is_none().then_some(self.mqtt.listen),
@@ -240,6 +274,7 @@ impl FileConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bus::ExternalBroker;
 
     #[test]
     fn the_default_file_parses_to_the_documented_defaults() {
@@ -279,6 +314,39 @@ mod tests {
         assert_eq!((&h.mqtt_tls, &h.http_tls), (&files, &files));
         let external = DEFAULT.replace("broker = \"\"", "broker = \"mqtt://10.0.0.5:1883\"");
         let h = FileConfig::parse(&external, "x").unwrap().hub_config();
-        assert_eq!((h.mqtt_listen, h.external_broker.as_deref()), (None, Some("mqtt://10.0.0.5:1883")));
+        assert_eq!((h.mqtt_listen, h.external_broker), (None, Some(ExternalBroker::at("mqtt://10.0.0.5:1883"))));
+    }
+
+    #[test]
+    fn an_external_broker_takes_tls_and_a_login_and_mistakes_are_named() {
+        let with = |broker: &str, user: &str, password: &str, ca: &str| {
+            let text = DEFAULT
+                .replace("broker = \"\"", &format!("broker = \"{broker}\""))
+                .replace("broker_username = \"\"", &format!("broker_username = \"{user}\""))
+                .replace("broker_password_file = \"\"", &format!("broker_password_file = \"{password}\""))
+                .replace("broker_ca_cert = \"\"", &format!("broker_ca_cert = \"{ca}\""));
+            FileConfig::parse(&text, "hub.toml").map(|c| c.hub_config().external_broker)
+        };
+        let full = with("mqtts://broker.site:8883", "impeller-hub", "/etc/impeller/broker.pass", "ca.pem").unwrap();
+        let expected = ExternalBroker {
+            url: "mqtts://broker.site:8883".into(),
+            username: "impeller-hub".into(),
+            password_file: "/etc/impeller/broker.pass".into(),
+            ca_cert: "ca.pem".into(),
+        };
+        assert_eq!(full, Some(expected));
+        assert_eq!(full.unwrap().address().unwrap(), ("broker.site".to_string(), 8883, true));
+        let refused = [
+            (with("tcp://broker:1883", "", "", ""), "mqtt:// or mqtts://"),
+            (with("mqtt://broker", "", "", ""), "needs a port"),
+            (with("mqtt://broker:x", "", "", ""), "not a port"),
+            (with("mqtt://broker:1883", "", "", "ca.pem"), "broker_ca_cert is for mqtts://"),
+            (with("mqtts://broker:8883", "", "p", ""), "needs mqtt.broker_username"),
+            (with("", "hub", "", ""), "mqtt.broker is empty"),
+        ];
+        for (result, why) in refused {
+            let e = result.unwrap_err().to_string();
+            assert!(e.starts_with("hub.toml: ") && e.contains(why), "{e}");
+        }
     }
 }

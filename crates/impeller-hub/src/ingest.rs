@@ -183,6 +183,51 @@ pub async fn run<S: TelemetryStore>(
     }
 }
 
+/// Runs ingestion in `shards` loops of [`run`], each taking the devices whose id hashes to it: a
+/// device's messages stay in one loop, in order, so its acknowledgements stay cumulative, and a
+/// database that commits in parallel (PostgreSQL) gets that many transactions in flight. One
+/// shard is [`run`] itself (SQLite has one writer).
+pub async fn run_sharded<S: TelemetryStore + Clone + std::marker::Send + Sync + 'static>(
+    bus: Bus,
+    store: S,
+    stats: Arc<IngestStats>,
+    max_batch: usize,
+    deployments: Arc<tokio::sync::Notify>,
+    shards: usize,
+) -> anyhow::Result<()> {
+    if shards <= 1 {
+        return run(bus, store, stats, max_batch, deployments).await;
+    }
+    let Bus { mut incoming, outgoing } = bus;
+    let mut loops = tokio::task::JoinSet::new();
+    let mut inputs = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        let (tx, rx) = tokio::sync::mpsc::channel(10_000);
+        inputs.push(tx);
+        let bus = Bus { incoming: rx, outgoing: outgoing.clone() };
+        loops.spawn(run(bus, store.clone(), stats.clone(), max_batch, deployments.clone()));
+    }
+    while let Some(r) = incoming.recv().await {
+        let shard = wire::parse_topic(&r.topic).map_or(0, |(device, _)| shard_of(device, shards));
+        if inputs[shard].send(r).await.is_err() {
+            break; // a loop ended: its error is below
+        }
+    }
+    drop(inputs);
+    while let Some(ended) = loops.join_next().await {
+        ended??;
+    }
+    Ok(())
+}
+
+/// The shard of `device`'s messages: the same for the life of the process.
+fn shard_of(device: &str, shards: usize) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    device.hash(&mut h);
+    (h.finish() % shards as u64) as usize
+}
+
 /// Checks one publish into `batch`, counting and logging what is refused.
 fn take(r: &Received, batch: &mut Vec<Incoming>, stats: &IngestStats) {
     for checked in check(r) {
@@ -316,6 +361,45 @@ mod tests {
         assert_eq!(wire::decode_ack(&ack.payload).unwrap().acked, 2);
         assert_eq!(store.messages("p1").await.unwrap().len(), 2);
         assert_eq!(stats.stored.load(Ordering::Relaxed), 2);
+        task.abort();
+    }
+
+    #[tokio::test]
+    async fn shards_store_every_device_once_and_acknowledge_each_in_order() {
+        let store = FlakyTelemetry::default();
+        let (in_tx, in_rx) = mpsc::channel(64);
+        let (out_tx, mut out_rx) = mpsc::channel(64);
+        let bus = Bus { incoming: in_rx, outgoing: out_tx };
+        let stats = Arc::new(IngestStats::default());
+        let task = tokio::spawn(run_sharded(bus, store.clone(), stats.clone(), 4, Default::default(), 3));
+        let devices: Vec<String> = (0..12).map(|i| format!("p{i}")).collect();
+        let used: std::collections::HashSet<usize> = devices.iter().map(|d| shard_of(d, 3)).collect();
+        assert_eq!(used.len(), 3, "twelve devices spread over the three shards");
+        let n = 50;
+        tokio::spawn(async move {
+            // Interleaved across devices, each device's own in order, some sent twice.
+            for seq in 1..=n {
+                for d in &devices {
+                    in_tx.send(publish(d, seq)).await.unwrap();
+                    if seq % 10 == 0 {
+                        in_tx.send(publish(d, seq)).await.unwrap();
+                    }
+                }
+            }
+        });
+        let mut last: BTreeMap<String, u64> = BTreeMap::new();
+        while last.len() < 12 || last.values().any(|&a| a < n) {
+            let ack = tokio::time::timeout(std::time::Duration::from_secs(10), out_rx.recv()).await.unwrap().unwrap();
+            let (device, _) = wire::parse_topic(&ack.topic).unwrap();
+            let acked = wire::decode_ack(&ack.payload).unwrap().acked;
+            let before = last.insert(device.to_string(), acked).unwrap_or(0);
+            assert!(acked >= before, "{device}'s acknowledgement went back from {before} to {acked}");
+        }
+        for d in last.keys() {
+            let seqs: Vec<u64> = store.messages(d).await.unwrap().iter().map(|m| m.seq).collect();
+            assert_eq!(seqs, (1..=n).collect::<Vec<_>>(), "{d}");
+        }
+        assert_eq!(stats.stored.load(Ordering::Relaxed), 12 * n);
         task.abort();
     }
 

@@ -42,9 +42,8 @@ pub struct HubConfig {
     pub database: String,
     /// Listen address of the embedded broker, or `None` with `external_broker`.
     pub mqtt_listen: Option<SocketAddr>,
-    /// `mqtt://host:port` of an external broker instead of the embedded one (which then does
-    /// its own authentication).
-    pub external_broker: Option<String>,
+    /// An external broker instead of the embedded one (which then does its own authentication).
+    pub external_broker: Option<bus::ExternalBroker>,
     /// The embedded broker admits only provisioned devices with their secret. Off: anyone.
     pub device_auth: bool,
     /// Listen address of the HTTP API; `None`: no API.
@@ -131,7 +130,7 @@ impl Hub {
             (Some(_), _) if mqtt_tls.is_some() => {
                 anyhow::bail!("TLS for MQTT is the embedded broker's: an external broker has its own")
             }
-            (Some(url), _) => (bus::external(url, "impeller-hub").await?, None),
+            (Some(broker), _) => (bus::external(broker, "impeller-hub").await?, None),
             (None, Some(listen)) => {
                 warn_if_exposed("MQTT", listen, mqtt_tls.is_some());
                 let (bus, addr) = bus::embedded(listen, cfg.device_auth.then(|| credentials.clone()), mqtt_tls).await?;
@@ -242,7 +241,9 @@ impl Hub {
             }
             None => None,
         };
-        let ingest = tokio::spawn(ingest::run(bus, store.clone(), stats.clone(), 1000, reconcile.clone()));
+        let shards = store.parallel_writers();
+        let ingest =
+            tokio::spawn(ingest::run_sharded(bus, store.clone(), stats.clone(), 1000, reconcile.clone(), shards));
         Ok(Hub { store, stats, ingest, http_addr, mqtt_addr, reconcile })
     }
 }

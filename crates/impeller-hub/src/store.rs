@@ -144,6 +144,9 @@ pub enum StoreError {
     Conflict(String),
 }
 
+/// Ingestion's transactions in flight at once on PostgreSQL ([`Store::parallel_writers`]).
+const PG_PARALLEL_WRITERS: usize = 3;
+
 #[derive(Debug, Clone)]
 pub enum Store {
     Sqlite {
@@ -182,12 +185,24 @@ impl Store {
             Store::Sqlite { pool: SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?, ingest }
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
-            Store::Postgres(PgPoolOptions::new().max_connections(8).connect_with(opts).await?)
+            // Ingestion's shards hold PARALLEL_WRITERS of these; the API and monitors the rest.
+            Store::Postgres(
+                PgPoolOptions::new().max_connections(8 + PG_PARALLEL_WRITERS as u32).connect_with(opts).await?,
+            )
         } else {
             return Err(StoreError::Url(url.to_string()));
         };
         store.migrate().await?;
         Ok(store)
+    }
+
+    /// How many of ingestion's transactions may be in flight at once: SQLite has one writer;
+    /// PostgreSQL commits in parallel, and a commit's wait for its log flush is then shared.
+    pub fn parallel_writers(&self) -> usize {
+        match self {
+            Store::Sqlite { .. } => 1,
+            Store::Postgres(_) => PG_PARALLEL_WRITERS,
+        }
     }
 
     async fn migrate(&self) -> Result<(), StoreError> {

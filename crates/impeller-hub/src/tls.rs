@@ -1,7 +1,7 @@
 //! TLS for the hub's listeners (the devices' MQTT, the HTTP API): a certificate chain and its
 //! key from PEM files, read once at start. Devices still log in with their id and secret; TLS
 //! keeps the secret, the telemetry and the packages private on the way and proves the hub is
-//! the hub.
+//! the hub. Also the hub's side as a client, to an external broker over `mqtts://`.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,14 +26,35 @@ pub struct TlsFiles {
     pub key: PathBuf,
 }
 
+/// The provider is named: a build holding both of rustls' providers has no process default.
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// A client's TLS settings trusting the PEM certificates in `ca_cert`, or the system's roots
+/// when it is empty.
+pub fn client_config(ca_cert: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let (certs, origin) = if ca_cert.as_os_str().is_empty() {
+        (rustls_native_certs::load_native_certs().certs, "the system's roots".to_string())
+    } else {
+        (read_certs(ca_cert)?, ca_cert.display().to_string())
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _) = roots.add_parsable_certificates(certs);
+    anyhow::ensure!(added > 0, "no usable CA certificate in {origin}");
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
 /// The acceptor for `files`, offering `alpn` protocols (none for MQTT).
 pub fn acceptor(files: &TlsFiles, alpn: &[&[u8]]) -> anyhow::Result<TlsAcceptor> {
     let certs = read_certs(&files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key)
         .map_err(|e| anyhow::anyhow!("{}: no private key in PEM: {e}", files.key.display()))?;
-    // The provider is named: a build holding both of rustls' providers has no default.
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+    let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)

@@ -480,7 +480,8 @@ pub struct HubArgs {
     /// [default: 127.0.0.1:1884].
     #[arg(long, value_name = "ADDR")]
     pub mqtt_listen: Option<SocketAddr>,
-    /// Use this MQTT broker (mqtt://host:port) instead of the embedded one.
+    /// Use this MQTT broker (mqtt://host:port, mqtts://host:port) instead of the embedded one;
+    /// the hub's login and CA at it are set in the config file ([mqtt] broker_*).
     #[arg(long, value_name = "URL")]
     pub broker: Option<String>,
     /// Where package files are kept: file:///ABSOLUTE/PATH or s3://BUCKET[/PREFIX] (AWS_*
@@ -699,6 +700,9 @@ pub struct LoadBenchArgs {
     /// Kill the hub (SIGKILL) this many seconds into the run and start it again.
     #[arg(long, value_name = "SECS")]
     pub restart_after: Option<u64>,
+    /// Devices reach the embedded broker over TLS (mqtts, a certificate made for the run).
+    #[arg(long, conflicts_with = "broker")]
+    pub tls: bool,
     /// Messages per MQTT packet (an array of envelopes, as an agent sends what its outbox has
     /// ready): each device publishes this many at a time, `rate / devices / batch` times a second.
     #[arg(long, default_value_t = 1)]

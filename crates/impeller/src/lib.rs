@@ -134,7 +134,7 @@ fn hub(args: cli::HubArgs) -> anyhow::Result<()> {
     rt.block_on(async {
         let mut hub = impeller_hub::Hub::start(&cfg).await?;
         match &cfg.external_broker {
-            Some(url) => tracing::info!(broker = %url, database = %cfg.database, "hub running"),
+            Some(broker) => tracing::info!(broker = %broker.url, database = %cfg.database, "hub running"),
             None => {
                 let scheme = if cfg.mqtt_tls.is_some() { "mqtts" } else { "mqtt" };
                 let mqtt = hub.mqtt_addr.map(|a| format!("{scheme}://{a}")).unwrap_or_default();

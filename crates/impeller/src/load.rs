@@ -6,10 +6,12 @@
 //! to the hub's acknowledgement that covers it, which the hub sends only after the message is
 //! committed: an upper bound on publish-to-queryable. At the end the store must hold every
 //! published sequence number of every device exactly once. `--restart-after` kills the hub
-//! (SIGKILL) that many seconds into the run and starts it again on the same data.
+//! (SIGKILL) that many seconds into the run and starts it again on the same data. `--tls` puts
+//! the devices' connections to the embedded broker under TLS, with a certificate made for the
+//! run.
 
 use std::collections::VecDeque;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -20,15 +22,21 @@ use bytes::BytesMut;
 use impeller_core::wire;
 use rumqttc::mqttbytes::QoS;
 use rumqttc::mqttbytes::v4::{Connect, Packet, Publish, Subscribe};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
 
 use crate::cli::LoadBenchArgs;
 use crate::demo::free_port;
 use impeller_hub::store::{FleetStore, TelemetryStore};
 
 const MAX_PACKET: usize = 1 << 20;
+
+/// A device's connection: plain TCP, or TLS over it.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+type Connection = Box<dyn Stream>;
 
 /// The bench's report, line by line on standard output as the run goes.
 macro_rules! say {
@@ -72,6 +80,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
         Some(url) => impeller_edge::config::broker_address(url).map_err(|e| anyhow::anyhow!("--broker: {e}"))?,
         None => ("127.0.0.1".to_string(), mqtt_port),
     };
+    let tls = if args.tls { Some(tls_files(dir)?) } else { None };
     let mut hub = HubProcess::start(args, dir, database, mqtt_port)?;
     wait_accepting(&host, port, Duration::from_secs(30)).await?;
 
@@ -98,6 +107,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
             phase: per_device.mul_f64(i as f64 / args.devices as f64),
             batch: args.batch,
             external: args.broker.is_some(),
+            tls: tls.clone(),
         };
         tasks.push(tokio::spawn(device.run(fleet.clone(), limit.clone(), schedule_rx.clone())));
     }
@@ -164,7 +174,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
             / 1000.0
     };
     let backend = if database.starts_with("postgres") { "PostgreSQL" } else { "SQLite" };
-    let broker = args.broker.as_deref().unwrap_or("embedded");
+    let broker = args.broker.as_deref().unwrap_or(if args.tls { "embedded, over TLS" } else { "embedded" });
     say!(
         "\n{} devices, broker {broker}, {backend}; offered {:.0} msg/s for {} s, {} message{} per MQTT packet",
         args.devices,
@@ -270,6 +280,8 @@ struct SimDevice {
     batch: u64,
     /// An external broker does its own authentication; connect without a login.
     external: bool,
+    /// TLS to the embedded broker, whose certificate is for `localhost`.
+    tls: Option<TlsConnector>,
 }
 
 /// What a device reports at the end.
@@ -404,7 +416,7 @@ impl SimDevice {
                         fleet.published.fetch_add(self.batch, Relaxed);
                         fleet.packets.fetch_add(1, Relaxed);
                         next = Some(t + self.every).filter(|n| *n < s.end);
-                        if socket.write_all(&out).await.is_err() {
+                        if send(&mut socket, &out).await.is_err() {
                             break;
                         }
                     }
@@ -414,9 +426,13 @@ impl SimDevice {
     }
 
     /// CONNECT and SUBSCRIBE to the device's acknowledgements; returns once both are answered.
-    async fn connect(&self) -> anyhow::Result<(TcpStream, BytesMut)> {
-        let mut socket = TcpStream::connect((self.host.as_str(), self.port)).await?;
-        socket.set_nodelay(true)?;
+    async fn connect(&self) -> anyhow::Result<(Connection, BytesMut)> {
+        let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
+        tcp.set_nodelay(true)?;
+        let mut socket: Connection = match &self.tls {
+            Some(tls) => Box::new(tls.connect("localhost".try_into()?, tcp).await?),
+            None => Box::new(tcp),
+        };
         let mut connect = Connect::new(self.id.clone());
         connect.keep_alive = 120;
         if !self.external {
@@ -428,7 +444,7 @@ impl SimDevice {
         // Packet id 0 is a protocol error (Mosquitto closes the connection for it).
         subscribe.pkid = 1;
         Packet::Subscribe(subscribe).write(&mut out, MAX_PACKET)?;
-        socket.write_all(&out).await?;
+        send(&mut socket, &out).await?;
         let mut read = BytesMut::with_capacity(4096);
         let (mut connacked, mut subacked) = (false, false);
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -454,9 +470,15 @@ impl SimDevice {
     }
 }
 
+/// Writes `bytes` out: a TLS stream keeps what is written until flushed.
+async fn send(socket: &mut Connection, bytes: &[u8]) -> std::io::Result<()> {
+    socket.write_all(bytes).await?;
+    socket.flush().await
+}
+
 /// Everything unacknowledged, again, in order, `batch` messages a packet.
 async fn resend(
-    socket: &mut TcpStream,
+    socket: &mut Connection,
     out: &mut BytesMut,
     topic: &str,
     pending: &VecDeque<Pending>,
@@ -467,7 +489,7 @@ async fn resend(
     for group in all.chunks(batch.max(1) as usize) {
         encode_publish(out, topic, group.iter().copied());
     }
-    socket.write_all(out).await
+    send(socket, out).await
 }
 
 /// One PUBLISH of these messages: the envelope itself for one, an array for more.
@@ -484,6 +506,26 @@ fn encode_publish<'a>(out: &mut BytesMut, topic: &str, messages: impl IntoIterat
     // Packet ids cycle; the hub's acknowledgement, not PUBACK, is what frees a message.
     p.pkid = (first.seq % u64::from(u16::MAX)) as u16 + 1;
     let _ = Packet::Publish(p).write(out, MAX_PACKET);
+}
+
+/// The hub's configuration with TLS on its MQTT listener (the flags set the rest).
+fn tls_hub_config(dir: &Path) -> PathBuf {
+    dir.join("hub-tls.toml")
+}
+
+/// Makes a certificate for `localhost` and a hub configuration serving MQTT with it; returns
+/// the devices' connector, which trusts that certificate alone.
+fn tls_files(dir: &Path) -> anyhow::Result<TlsConnector> {
+    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+    let (cert, key) = (dir.join("hub.pem"), dir.join("hub.key"));
+    std::fs::write(&cert, made.cert.pem())?;
+    std::fs::write(&key, made.signing_key.serialize_pem())?;
+    // The first tls_cert and tls_key of the default file are [mqtt]'s.
+    let config = impeller_hub::config::DEFAULT
+        .replacen("tls_cert = \"\"", &format!("tls_cert = {:?}", cert.display().to_string()), 1)
+        .replacen("tls_key = \"\"", &format!("tls_key = {:?}", key.display().to_string()), 1);
+    std::fs::write(tls_hub_config(dir), config)?;
+    Ok(TlsConnector::from(impeller_hub::tls::client_config(&cert)?))
 }
 
 /// Provisions `n` devices through the store, as `impeller device add` does through the API.
@@ -539,6 +581,9 @@ impl HubProcess {
             .args(["--http-listen", &format!("127.0.0.1:{}", free_port()?)]);
         if let Some(b) = &args.broker {
             cmd.args(["--broker", b]);
+        }
+        if args.tls {
+            cmd.arg("--config").arg(tls_hub_config(dir));
         }
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().context("starting the hub")?;
         Ok(HubProcess(child))

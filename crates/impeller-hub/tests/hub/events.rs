@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::{api_hub, device_session};
+use crate::{api_hub, device_session, plain_device};
 
 /// One server-sent event: its name, id and data.
 #[derive(Debug)]
@@ -107,7 +107,7 @@ async fn the_event_stream_tells_of_audited_changes_and_stored_messages() {
 
     // A device's messages over MQTT: the stream counts what was stored.
     let port = hub.mqtt_addr.unwrap().port();
-    let acks = device_session("127.0.0.1", port, "pump-live", 20).await;
+    let acks = device_session(plain_device("127.0.0.1", port), "pump-live", 20).await;
     assert_eq!(acks.last(), Some(&20));
     let mut seen = 0;
     while seen < 20 {

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use impeller_core::wire;
+use impeller_hub::bus::ExternalBroker;
 use impeller_hub::store::TelemetryQueries;
 use impeller_hub::store::{ArtifactStore, AuditStore, DeploymentStore, FleetStore, MonitorStore, TelemetryStore};
 use impeller_hub::{Hub, HubConfig};
@@ -43,6 +44,7 @@ mod conformance;
 mod dashboard;
 mod datasets;
 mod events;
+mod external_broker;
 mod feedback;
 mod openapi;
 mod registry;
@@ -167,8 +169,7 @@ fn mqtt(test: &str) -> Option<String> {
 
 /// A device that sends 1..=n out of order, some twice, plus a malformed message and one that
 /// claims to come from another device; returns the acknowledgements it saw, in order.
-async fn device_session(host: &str, port: u16, device: &str, n: u64) -> Vec<u64> {
-    let mut opts = MqttOptions::new(unique("dev"), host, port);
+async fn device_session(mut opts: MqttOptions, device: &str, n: u64) -> Vec<u64> {
     opts.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut ev) = AsyncClient::new(opts, 1000);
     client.subscribe(wire::topic(device, "ack"), QoS::AtLeastOnce).await.unwrap();
@@ -221,18 +222,24 @@ async fn device_session(host: &str, port: u16, device: &str, n: u64) -> Vec<u64>
     acks
 }
 
-async fn exactly_once(mut cfg: HubConfig, host: &str, port: u16) {
+/// A device's connection options without a login or TLS.
+fn plain_device(host: &str, port: u16) -> MqttOptions {
+    MqttOptions::new(unique("dev"), host, port)
+}
+
+/// A hub started on `cfg` stores each of `device`'s messages once, sent over `opts`, and
+/// acknowledges them; returns the hub.
+async fn exactly_once(mut cfg: HubConfig, opts: MqttOptions, device: &str) -> Hub {
     let packages = tempfile::tempdir().unwrap();
     if cfg.packages_dir.as_os_str().is_empty() {
         cfg.packages_dir = packages.path().to_path_buf();
     }
     let hub = Hub::start(&cfg).await.unwrap();
-    let device = unique("pump");
     let n = 300;
-    let acks = device_session(host, port, &device, n).await;
+    let acks = device_session(opts, device, n).await;
     assert_eq!(acks.last(), Some(&n), "acknowledgements seen: {acks:?}");
     assert!(acks.windows(2).all(|w| w[0] <= w[1]), "acknowledgements never go back: {acks:?}");
-    let stored = hub.store.messages(&device).await.unwrap();
+    let stored = hub.store.messages(device).await.unwrap();
     assert_eq!(stored.len() as u64, n, "each seq stored once");
     for (i, m) in stored.iter().enumerate() {
         assert_eq!(m.seq, i as u64 + 1);
@@ -251,15 +258,16 @@ async fn exactly_once(mut cfg: HubConfig, host: &str, port: u16) {
     let duplicates = count(&hub.stats.duplicates);
     assert!(duplicates >= resent, "{duplicates} duplicates counted, {resent} sent");
     // A restarted hub resumes the stream where it was: a redelivery is acknowledged at once.
-    let (acked, beyond) = hub.store.stream_states(&[&device]).await.unwrap().remove(&device).unwrap();
+    let (acked, beyond) = hub.store.stream_states(&[device]).await.unwrap().remove(device).unwrap();
     assert_eq!((acked, beyond.len()), (n, 0));
+    hub
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_broker_and_sqlite_store_each_message_once() {
     let dir = tempfile::tempdir().unwrap();
     let (cfg, port) = embedded_sqlite(dir.path(), false);
-    exactly_once(cfg, "127.0.0.1", port).await;
+    exactly_once(cfg, plain_device("127.0.0.1", port), &unique("pump")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,9 +279,13 @@ async fn external_mosquitto_and_postgres_store_each_message_once() {
         return;
     };
     let (host, port) = broker.strip_prefix("mqtt://").unwrap().rsplit_once(':').unwrap();
-    let cfg =
-        HubConfig { database: pg, mqtt_listen: None, external_broker: Some(broker.clone()), ..Default::default() };
-    exactly_once(cfg, host, port.parse().unwrap()).await;
+    let cfg = HubConfig {
+        database: pg,
+        mqtt_listen: None,
+        external_broker: Some(ExternalBroker::at(&broker)),
+        ..Default::default()
+    };
+    exactly_once(cfg, plain_device(host, port.parse().unwrap()), &unique("pump")).await;
 }
 
 /// The outcome of one connection attempt to the embedded broker.

@@ -15,7 +15,7 @@ use crate::broker_rules::{paho_or_skip, run_peer};
 use crate::{api_hub, free_port};
 
 /// A self-signed certificate for localhost and 127.0.0.1 (its own CA) and its key, in `dir`.
-fn certificate(dir: &std::path::Path) -> TlsFiles {
+pub(crate) fn certificate(dir: &std::path::Path) -> TlsFiles {
     let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
     let files = TlsFiles { cert: dir.join("hub.pem"), key: dir.join("hub.key") };
     std::fs::write(&files.cert, made.cert.pem()).unwrap();
