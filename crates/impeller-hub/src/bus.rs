@@ -106,6 +106,9 @@ pub async fn embedded(
 /// How long the hub waits at start for its subscription on an external broker.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(10);
 
+/// Publishes from an external broker held for ingestion; beyond them, dropped (QoS 0).
+pub const EXTERNAL_BACKLOG: usize = 10_000;
+
 /// An external MQTT broker and how the hub logs in to it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExternalBroker {
@@ -181,11 +184,12 @@ pub async fn external(broker: &ExternalBroker, client_id: &str) -> anyhow::Resul
     opts.set_max_packet_size(4 << 20, 4 << 20);
     opts.set_inflight(500);
     let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
-    let (in_tx, incoming) = mpsc::channel(10_000);
+    let (in_tx, incoming) = mpsc::channel(EXTERNAL_BACKLOG);
     let sub = client.clone();
     let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel::<Result<(), String>>();
     let mut subscribed_tx = Some(subscribed_tx);
     tokio::spawn(async move {
+        let mut dropped = 0u64;
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -203,8 +207,22 @@ pub async fn external(broker: &ExternalBroker, client_id: &str) -> anyhow::Resul
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    if in_tx.send(Received { topic: p.topic, payload: p.payload }).await.is_err() {
-                        return;
+                    // Never wait for ingestion here: this loop also sends the hub's
+                    // acknowledgements, which ingestion may be waiting to hand over (a deadlock
+                    // at 50,000 msg/s behind Mosquitto). Dropping a QoS 0 publish is what the
+                    // broker does to a slow subscriber anyway; the agent sends it again.
+                    match in_tx.try_send(Received { topic: p.topic, payload: p.payload }) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(_)) => {
+                            dropped += 1;
+                            if dropped.is_power_of_two() {
+                                tracing::warn!(
+                                    dropped,
+                                    "ingestion is behind: publishes dropped, the agents send them again"
+                                );
+                            }
+                        }
+                        Err(mpsc::error::TrySendError::Closed(_)) => return,
                     }
                 }
                 Ok(_) => {}

@@ -155,3 +155,55 @@ async fn the_hub_logs_in_to_an_external_broker_over_tls() {
     }
     assert_eq!(hub.store.messages("pump-a").await.unwrap().len() as u64, n, "the forged message was not stored");
 }
+
+/// Ingestion stalled (nobody reads what the bus receives) while a device floods the broker: the
+/// hub's own publishes (acknowledgements, desired state) must still go out. They did not when
+/// the bus waited for ingestion, which could itself be waiting to hand acknowledgements over:
+/// the hub stopped for good at 50,000 msg/s behind Mosquitto.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_ingestion_does_not_stop_the_hubs_publishes() {
+    let Some(url) = crate::mqtt("a_stalled_ingestion_does_not_stop_the_hubs_publishes") else { return };
+    let (host, port) = url.strip_prefix("mqtt://").unwrap().rsplit_once(':').unwrap();
+    let bus = impeller_hub::bus::external(&ExternalBroker::at(&url), &crate::unique("hub")).await.unwrap();
+    let device = crate::unique("flood");
+    let mut opts = MqttOptions::new(device.clone(), host, port.parse().unwrap());
+    opts.set_inflight(1000);
+    let (client, mut ev) = AsyncClient::new(opts, 1000);
+    client.subscribe(wire::topic(&device, "ack"), QoS::AtLeastOnce).await.unwrap();
+    let flood = impeller_hub::bus::EXTERNAL_BACKLOG + 5_000;
+    let publisher = client.clone();
+    let topic = wire::topic(&device, "telemetry");
+    tokio::spawn(async move {
+        for i in 0..flood {
+            publisher.publish(&topic, QoS::AtLeastOnce, false, i.to_string()).await.unwrap();
+        }
+    });
+    let (mut acked_by_broker, mut answered) = (0, false);
+    let until = Instant::now() + Duration::from_secs(30);
+    while !answered {
+        assert!(
+            Instant::now() < until,
+            "the hub's publish never arrived ({acked_by_broker} of {flood} floods through)"
+        );
+        match tokio::time::timeout(Duration::from_millis(100), ev.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => {
+                acked_by_broker += 1;
+                // Once the flood is past what the bus holds, the hub publishes to the device.
+                if acked_by_broker == flood {
+                    let ack = impeller_hub::bus::Send {
+                        topic: wire::topic(&device, "ack"),
+                        payload: wire::encode_ack(7),
+                        retain: false,
+                    };
+                    bus.outgoing.send(ack).await.unwrap();
+                }
+            }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                answered = wire::decode_ack(&p.payload).unwrap().acked == 7;
+            }
+            Ok(Err(e)) => panic!("the device's connection failed: {e}"),
+            _ => {}
+        }
+    }
+    assert!(bus.incoming.len() <= impeller_hub::bus::EXTERNAL_BACKLOG);
+}
