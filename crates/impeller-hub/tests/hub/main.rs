@@ -55,6 +55,13 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// Says that `test` is skipped because a third-party peer is missing (`why`), or fails it when
+/// IMPELLER_REQUIRE_PEERS is set (CI, which installs the peers, must not skip).
+fn skip_without_peer(test: &str, why: &str) {
+    assert!(std::env::var("IMPELLER_REQUIRE_PEERS").is_err(), "IMPELLER_REQUIRE_PEERS is set but {test} {why}");
+    eprintln!("{test}: SKIPPED, {why}");
+}
+
 fn unique(name: &str) -> String {
     format!("{name}-{}-{}", std::process::id(), free_port())
 }
