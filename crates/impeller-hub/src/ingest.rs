@@ -12,7 +12,7 @@ use impeller_core::deploy::UpdateReport;
 use impeller_core::wire;
 
 use crate::bus::{Bus, Received, Send};
-use crate::store::{Incoming, TelemetryStore};
+use crate::store::{Incoming, Stream, TelemetryStore};
 
 /// Counters of the ingest loop.
 #[derive(Debug, Default)]
@@ -22,28 +22,6 @@ pub struct IngestStats {
     /// Messages refused: malformed, or the envelope's device differs from the topic's.
     pub refused: AtomicU64,
     pub batches: AtomicU64,
-}
-
-/// One device's stream: the acknowledged prefix and the (seq → prev) stored beyond it.
-#[derive(Debug, Clone, Default)]
-struct Stream {
-    acked: u64,
-    beyond: BTreeMap<u64, u64>,
-}
-
-impl Stream {
-    fn add(&mut self, seq: u64, prev: u64) {
-        if seq > self.acked {
-            self.beyond.insert(seq, prev);
-        }
-        while let Some((&seq, &prev)) = self.beyond.first_key_value() {
-            if prev > self.acked {
-                break;
-            }
-            self.acked = seq;
-            self.beyond.pop_first();
-        }
-    }
 }
 
 /// Checks one publish: topic and envelopes must agree, each envelope on its own (a message may
@@ -256,12 +234,10 @@ async fn next_streams(
     for m in batch {
         let s = next.entry(m.device.clone()).or_insert_with(|| match streams.get(&m.device) {
             Some(s) => s.clone(),
-            None => {
-                let (acked, beyond) = loaded.remove(&m.device).unwrap_or_default();
-                Stream { acked, beyond }
-            }
+            None => loaded.remove(&m.device).unwrap_or_default(),
         });
-        s.add(m.seq, m.prev);
+        s.take(m.seq, m.prev, m.ts_ms);
+        s.settle(u64::MAX);
     }
     Ok(next)
 }
@@ -309,8 +285,12 @@ mod tests {
             let mut out = StreamStates::new();
             for d in devices {
                 let Some(&n) = acked.get(*d) else { continue };
-                let beyond = stored.values().filter(|m| m.device == *d && m.seq > n).map(|m| (m.seq, m.prev)).collect();
-                out.insert(d.to_string(), (n, beyond));
+                let beyond = stored
+                    .values()
+                    .filter(|m| m.device == *d && m.seq > n)
+                    .map(|m| (m.seq, (m.prev, m.ts_ms)))
+                    .collect();
+                out.insert(d.to_string(), Stream { acked: n, acked_ts_ms: None, beyond });
             }
             Ok(out)
         }
@@ -401,24 +381,6 @@ mod tests {
         }
         assert_eq!(stats.stored.load(Ordering::Relaxed), 12 * n);
         task.abort();
-    }
-
-    #[test]
-    fn the_acknowledgement_follows_prev_across_gaps_and_out_of_order() {
-        let mut s = Stream::default();
-        s.add(2, 1);
-        assert_eq!(s.acked, 0, "1 is missing");
-        s.add(1, 0);
-        assert_eq!(s.acked, 2);
-        s.add(5, 2); // 3 and 4 were evicted by the agent: 5 names 2 as the one before it
-        assert_eq!(s.acked, 5);
-        s.add(7, 6);
-        s.add(7, 6);
-        assert_eq!(s.acked, 5);
-        s.add(3, 2); // a late duplicate below the prefix changes nothing
-        assert_eq!((s.acked, s.beyond.len()), (5, 1));
-        s.add(6, 5);
-        assert_eq!((s.acked, s.beyond.len()), (7, 0));
     }
 
     #[test]

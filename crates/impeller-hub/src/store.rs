@@ -76,8 +76,8 @@ pub use registry::{
     VersionPackage,
 };
 pub use telemetry::{
-    AlertActivity, AlertSummary, Committed, FleetFilter, Incoming, ScoringEvent, StoredMessage, StreamStates, Summary,
-    TelemetryPoint, TelemetryQueries, TelemetryStore, channel_summary, downsample, score_summary,
+    AlertActivity, AlertSummary, Committed, FleetFilter, Incoming, ScoringEvent, StoredMessage, Stream, StreamStates,
+    Summary, TelemetryPoint, TelemetryQueries, TelemetryStore, channel_summary, downsample, score_summary,
 };
 
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -96,6 +96,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (13, "drift_monitors", include_str!("../migrations/sqlite/0013_drift_monitors.sql")),
     (14, "sketch_index", include_str!("../migrations/sqlite/0014_sketch_index.sql")),
     (15, "alert_time_index", include_str!("../migrations/sqlite/0015_alert_time_index.sql")),
+    (16, "streams_hold_what_is_stored", include_str!("../migrations/sqlite/0016_streams_hold_what_is_stored.sql")),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -114,6 +115,7 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (13, "drift_monitors", include_str!("../migrations/postgres/0013_drift_monitors.sql")),
     (14, "sketch_index", include_str!("../migrations/postgres/0014_sketch_index.sql")),
     (15, "alert_time_index", include_str!("../migrations/postgres/0015_alert_time_index.sql")),
+    (16, "streams_hold_what_is_stored", include_str!("../migrations/postgres/0016_streams_hold_what_is_stored.sql")),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -136,6 +138,10 @@ pub enum StoreError {
     NotFound { kind: &'static str, id: String },
     #[error("database content is damaged: {0}")]
     Corrupt(String),
+    #[error(
+        "the database was migrated by a newer hub (schema version {newest}; this hub knows up to {known}): run that hub's version or newer"
+    )]
+    NewerSchema { newest: i64, known: i64 },
     /// A request the store refuses as it is (a bad field, a package that does not match).
     #[error("{0}")]
     Invalid(String),
@@ -160,6 +166,13 @@ pub enum Store {
 impl Store {
     /// `sqlite:PATH` (created if missing) or `postgres://…`; migrations applied.
     pub async fn open(url: &str) -> Result<Store, StoreError> {
+        Store::open_at_version(url, i64::MAX).await
+    }
+
+    /// [`Store::open`] with the migrations up to `version` only: for tests of a migration, which
+    /// need a database as an older hub left it.
+    #[doc(hidden)]
+    pub async fn open_at_version(url: &str, version: i64) -> Result<Store, StoreError> {
         let store = if url.starts_with("sqlite:") {
             // WAL with full sync: an acknowledged message survives a power cut of the hub.
             let opts = SqliteConnectOptions::from_str(url)?
@@ -192,7 +205,7 @@ impl Store {
         } else {
             return Err(StoreError::Url(url.to_string()));
         };
-        store.migrate().await?;
+        store.migrate(version).await?;
         Ok(store)
     }
 
@@ -205,13 +218,21 @@ impl Store {
         }
     }
 
-    async fn migrate(&self) -> Result<(), StoreError> {
+    async fn migrate(&self, up_to: i64) -> Result<(), StoreError> {
         let create = "CREATE TABLE IF NOT EXISTS impeller_migrations \
                       (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_ms BIGINT NOT NULL)";
         macro_rules! apply {
             ($pool:expr, $list:expr) => {{
                 $pool.execute(create).await?;
-                for (version, name, sql) in $list {
+                // A newer hub's schema is not this one's (0016 removed a key this hub's
+                // inserts name): refuse it rather than fail every write.
+                let newest: Option<i64> =
+                    sqlx::query_scalar("SELECT MAX(version) FROM impeller_migrations").fetch_one($pool).await?;
+                let known = $list.last().map_or(0, |(v, _, _)| *v);
+                if let Some(newest) = newest.filter(|n| *n > known) {
+                    return Err(StoreError::NewerSchema { newest, known });
+                }
+                for (version, name, sql) in $list.iter().filter(|(v, _, _)| *v <= up_to) {
                     let mut tx = $pool.begin().await?;
                     let done: Option<i64> =
                         sqlx::query_scalar("SELECT version FROM impeller_migrations WHERE version = $1")

@@ -202,9 +202,10 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
         latencies.len()
     );
     say!(
-        "store: {} devices checked, {} messages missing, {} unacknowledged at the end, {} reconnects, {} sent again after {ACK_TIMEOUT:?} without an acknowledgement{}",
+        "store: {} devices checked, {} messages missing, {} stored twice, {} unacknowledged at the end, {} reconnects, {} sent again after {ACK_TIMEOUT:?} without an acknowledgement{}",
         check.devices,
         check.missing,
+        check.duplicates,
         unacked,
         fleet.reconnects.load(Relaxed),
         fleet.resent.load(Relaxed),
@@ -216,7 +217,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         if args.broker.is_some() { "; the external broker's own not counted" } else { "" }
     );
-    let complete = check.missing == 0 && check.stored == published;
+    let complete = check.missing == 0 && check.duplicates == 0 && check.stored == published;
     if !complete && let Ok(log) = std::fs::read_to_string(dir.join("hub.log")) {
         say!("the hub's log ends:");
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
@@ -226,9 +227,10 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
     }
     anyhow::ensure!(
         complete,
-        "the store holds {} of the {published} messages published, {} missing in the middle",
+        "the store holds {} of the {published} messages published, {} missing in the middle, {} stored twice",
         check.stored,
-        check.missing
+        check.missing,
+        check.duplicates
     );
     Ok(())
 }
@@ -550,21 +552,26 @@ async fn provision(database: &str, n: u64, run_id: &str) -> anyhow::Result<Vec<(
 
 struct Checked {
     devices: u64,
+    /// Distinct (device, seq) stored.
     stored: u64,
     missing: u64,
+    /// Rows beyond the first of a (device, seq): none is allowed.
+    duplicates: u64,
 }
 
-/// Every device's stored sequence numbers must be 1..=n without a gap (the primary key on
-/// (device, seq) rules out a duplicate).
+/// Every device's stored sequence numbers must be 1..=n, each once.
 async fn verify(database: &str, run_id: &str, n: u64) -> anyhow::Result<Checked> {
     let store = impeller_hub::store::Store::open(database).await?;
-    let mut c = Checked { devices: 0, stored: 0, missing: 0 };
+    let mut c = Checked { devices: 0, stored: 0, missing: 0, duplicates: 0 };
     for i in 0..n {
         let msgs = store.messages(&format!("{run_id}-{i:05}")).await?;
-        let top = msgs.last().map_or(0, |m| m.seq);
+        let mut seqs: Vec<u64> = msgs.iter().map(|m| m.seq).collect();
+        seqs.dedup(); // in seq order
+        let top = seqs.last().copied().unwrap_or(0);
         c.devices += 1;
-        c.stored += msgs.len() as u64;
-        c.missing += top - msgs.len() as u64;
+        c.stored += seqs.len() as u64;
+        c.duplicates += (msgs.len() - seqs.len()) as u64;
+        c.missing += top - seqs.len() as u64;
     }
     Ok(c)
 }

@@ -62,6 +62,6 @@ fn the_hub_stores_every_message_once_across_agent_restarts() {
     for kind in ["alerts", "telemetry", "samples", "sketches", "events"] {
         assert!(stored.iter().any(|m| m.kind == kind), "no {kind} stored");
     }
-    let (acked, beyond) = rt.block_on(hub.store.stream_states(&[&site.device])).unwrap().remove(&site.device).unwrap();
-    assert_eq!((acked, beyond.len()), (delivered, 0));
+    let stream = rt.block_on(hub.store.stream_states(&[&site.device])).unwrap().remove(&site.device).unwrap();
+    assert_eq!((stream.acked, stream.beyond.len()), (delivered, 0));
 }

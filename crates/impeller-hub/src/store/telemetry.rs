@@ -27,8 +27,8 @@ fn fixed_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
-/// Per device: the acknowledged prefix, and the (seq → prev) of what is stored beyond it.
-pub type StreamStates = std::collections::HashMap<String, (u64, BTreeMap<u64, u64>)>;
+/// Per device, its [`Stream`].
+pub type StreamStates = std::collections::HashMap<String, Stream>;
 
 /// One message as received, checked against its topic.
 #[derive(Debug, Clone, PartialEq)]
@@ -186,31 +186,121 @@ pub fn downsample(
 /// Telemetry as ingestion writes it: each (device, seq) stored once, with each device's
 /// acknowledged prefix.
 pub trait TelemetryStore {
-    /// Stores a batch in one transaction, each (device, seq) once, and records each device's
-    /// new acknowledged prefix. Returns only after the commit: acknowledge after this.
+    /// Stores a batch in one transaction, each (device, seq) once (a message within the device's
+    /// acknowledged prefix, or already stored beyond it, is a duplicate), and records each
+    /// device's new acknowledged prefix: `acked`, or less where the stored messages' `prev`
+    /// links do not reach that far. Returns only after the commit: acknowledge after this.
     fn commit(
         &self,
         batch: &[Incoming],
         acked: &BTreeMap<String, u64>,
     ) -> impl Future<Output = Result<Committed, StoreError>> + Send;
 
-    /// Each device's acknowledged prefix and the (seq, prev) of what is stored beyond it, for
-    /// the devices given (those never heard from are left out): what ingestion resumes from.
+    /// Each device's [`Stream`], for the devices given (those never heard from are left out):
+    /// what ingestion resumes from.
     fn stream_states(&self, devices: &[&str]) -> impl Future<Output = Result<StreamStates, StoreError>> + Send;
 
     /// A device's messages, oldest first.
     fn messages(&self, device: &str) -> impl Future<Output = Result<Vec<StoredMessage>, StoreError>> + Send;
 }
 
+/// A device's stream: the acknowledged prefix (every message up to it is stored, following
+/// each message's `prev`: the agent names the message before it, so gaps it made on purpose by
+/// evicting records over its quota do not hold the prefix back), the device's time of the
+/// message the prefix ends at, and (seq → (prev, ts_ms)) of what is stored beyond it.
+/// Ingestion keeps one per device to acknowledge; the store keeps one per device
+/// (`device_streams`) and checks each commit's messages against it rather than against a
+/// (device, seq) key on every message, which cost the single SQLite writer a random index page
+/// per device per commit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stream {
+    pub acked: u64,
+    pub acked_ts_ms: Option<i64>,
+    pub beyond: BTreeMap<u64, (u64, i64)>,
+}
+
+impl Stream {
+    fn parse(device: &str, acked: i64, acked_ts_ms: Option<i64>, beyond: &str) -> Result<Stream, StoreError> {
+        let list: Vec<(u64, u64, i64)> = serde_json::from_str(beyond)
+            .map_err(|e| StoreError::Corrupt(format!("device_streams.beyond of device `{device}`: {e}")))?;
+        Ok(Stream {
+            acked: u64_of(acked),
+            acked_ts_ms,
+            beyond: list.into_iter().map(|(seq, prev, ts)| (seq, (prev, ts))).collect(),
+        })
+    }
+
+    fn beyond_json(&self) -> String {
+        if self.beyond.is_empty() {
+            return "[]".to_string();
+        }
+        let list: Vec<(u64, u64, i64)> = self.beyond.iter().map(|(&seq, &(prev, ts))| (seq, prev, ts)).collect();
+        serde_json::to_string(&list).expect("a list of numbers serializes")
+    }
+
+    /// Takes message `seq` (naming `prev` as the one before it, sent at `ts_ms`) unless it is
+    /// stored already, within the prefix or beyond it; whether it was new.
+    pub fn take(&mut self, seq: u64, prev: u64, ts_ms: i64) -> bool {
+        if seq <= self.acked || self.beyond.contains_key(&seq) {
+            return false;
+        }
+        self.beyond.insert(seq, (prev, ts_ms));
+        true
+    }
+
+    /// Moves the prefix as far as the `prev` links reach, but not past `up_to` (the store
+    /// records the prefix the caller acknowledges, never one past a message not stored, whose
+    /// delivery would then look like a redelivery and be lost).
+    pub fn settle(&mut self, up_to: u64) {
+        while let Some((&seq, &(prev, ts))) = self.beyond.first_key_value() {
+            if seq > up_to || prev > self.acked {
+                break;
+            }
+            (self.acked, self.acked_ts_ms) = (seq, Some(ts));
+            self.beyond.pop_first();
+        }
+    }
+}
+
 impl TelemetryStore for Store {
     async fn commit(&self, batch: &[Incoming], acked: &BTreeMap<String, u64>) -> Result<Committed, StoreError> {
         let now = now_ms();
         let mut out = Committed::default();
+        let mut devices: Vec<&str> =
+            batch.iter().map(|m| m.device.as_str()).chain(acked.keys().map(|d| d.as_str())).collect();
+        devices.sort_unstable();
+        devices.dedup();
+        // `$begin` takes SQLite's write lock at once: this transaction reads the streams before
+        // it writes, and a deferred one could not upgrade if another connection wrote between.
+        // `$guard` is PostgreSQL's (device, seq) key, kept there as a second check.
         macro_rules! run {
-            ($pool:expr) => {{
-                let mut tx = $pool.begin().await?;
+            ($pool:expr, $begin:expr, $guard:expr) => {{
+                let mut tx = $pool.begin_with($begin).await?;
+                let mut streams: BTreeMap<&str, Stream> = BTreeMap::new();
+                for chunk in fixed_chunks(&devices) {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "SELECT device, acked, acked_ts_ms, beyond FROM device_streams WHERE device IN (",
+                    );
+                    let mut list = q.separated(", ");
+                    for d in chunk {
+                        list.push_bind(*d);
+                    }
+                    q.push(")");
+                    let rows: Vec<(String, i64, Option<i64>, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
+                    for (device, acked, acked_ts_ms, beyond) in rows {
+                        let row = Stream::parse(&device, acked, acked_ts_ms, &beyond)?;
+                        let key = devices[devices.binary_search(&device.as_str()).map_err(|_| {
+                            StoreError::Corrupt(format!("device_streams returned device `{device}`, not asked for"))
+                        })?];
+                        streams.insert(key, row);
+                    }
+                }
+                // What is new: neither stored before nor earlier in this batch.
+                let fresh: Vec<&Incoming> =
+                    batch.iter().filter(|m| streams.entry(m.device.as_str()).or_default().take(m.seq, m.prev, m.ts_ms)).collect();
+                out.duplicates = (batch.len() - fresh.len()) as u64;
                 // Multi-row inserts: one round trip per chunk, not per message.
-                for chunk in fixed_chunks(batch) {
+                for chunk in fixed_chunks(&fresh) {
                     let mut q = sqlx::QueryBuilder::new(
                         "INSERT INTO messages (device, seq, prev, ts_ms, kind, body, received_ms) ",
                     );
@@ -223,7 +313,7 @@ impl TelemetryStore for Store {
                             .push_bind(&m.body)
                             .push_bind(now);
                     });
-                    q.push(" ON CONFLICT (device, seq) DO NOTHING");
+                    q.push($guard);
                     let inserted = q.build().execute(&mut *tx).await?.rows_affected();
                     out.stored += inserted;
                     out.duplicates += chunk.len() as u64 - inserted;
@@ -251,21 +341,36 @@ impl TelemetryStore for Store {
                 }
                 // One statement per chunk of devices too: a batch from a large fleet names
                 // hundreds of devices, and a statement each cost more than the messages.
-                let acked: Vec<(&String, &u64)> = acked.iter().collect();
-                for chunk in fixed_chunks(&acked) {
-                    let mut q = sqlx::QueryBuilder::new("INSERT INTO device_streams (device, acked, last_seen_ms) ");
-                    q.push_values(chunk, |mut row, (device, acked)| {
-                        row.push_bind(*device).push_bind(**acked as i64).push_bind(now);
+                let rows: Vec<(&str, Stream)> = streams
+                    .into_iter()
+                    .map(|(device, mut row)| {
+                        row.settle(acked.get(device).copied().unwrap_or(row.acked));
+                        (device, row)
+                    })
+                    .collect();
+                for chunk in fixed_chunks(&rows) {
+                    let mut q = sqlx::QueryBuilder::new(
+                        "INSERT INTO device_streams (device, acked, acked_ts_ms, beyond, last_seen_ms) ",
+                    );
+                    q.push_values(chunk, |mut b, (device, row)| {
+                        b.push_bind(*device)
+                            .push_bind(i64_of(row.acked))
+                            .push_bind(row.acked_ts_ms)
+                            .push_bind(row.beyond_json())
+                            .push_bind(now);
                     });
-                    q.push(" ON CONFLICT (device) DO UPDATE SET acked = excluded.acked, last_seen_ms = excluded.last_seen_ms");
+                    q.push(
+                        " ON CONFLICT (device) DO UPDATE SET acked = excluded.acked, \
+                         acked_ts_ms = excluded.acked_ts_ms, beyond = excluded.beyond, last_seen_ms = excluded.last_seen_ms",
+                    );
                     q.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
             }};
         }
         match self {
-            Store::Sqlite { ingest: p, .. } => run!(p),
-            Store::Postgres(p) => run!(p),
+            Store::Sqlite { ingest: p, .. } => run!(p, "BEGIN IMMEDIATE", ""),
+            Store::Postgres(p) => run!(p, "BEGIN", " ON CONFLICT (device, seq) DO NOTHING"),
         }
         Ok(out)
     }
@@ -274,13 +379,10 @@ impl TelemetryStore for Store {
         let mut out = StreamStates::new();
         // A chunk of devices per statement: one round trip for a batch from a large fleet.
         for chunk in fixed_chunks(devices) {
-            // Each device's acknowledged prefix with what is stored beyond it, a row each
-            // (one row with no message when nothing is).
             macro_rules! run {
                 ($pool:expr) => {{
                     let mut q = sqlx::QueryBuilder::new(
-                        "SELECT s.device, s.acked, m.seq, m.prev FROM device_streams s \
-                         LEFT JOIN messages m ON m.device = s.device AND m.seq > s.acked WHERE s.device IN (",
+                        "SELECT device, acked, acked_ts_ms, beyond FROM device_streams WHERE device IN (",
                     );
                     let mut list = q.separated(", ");
                     for d in chunk {
@@ -290,15 +392,13 @@ impl TelemetryStore for Store {
                     q.build_query_as().fetch_all($pool).await?
                 }};
             }
-            let rows: Vec<(String, i64, Option<i64>, Option<i64>)> = match self {
+            let rows: Vec<(String, i64, Option<i64>, String)> = match self {
                 Store::Sqlite { ingest, .. } => run!(ingest),
                 Store::Postgres(p) => run!(p),
             };
-            for (device, acked, seq, prev) in rows {
-                let (_, beyond) = out.entry(device).or_insert_with(|| (u64_of(acked), BTreeMap::new()));
-                if let (Some(seq), Some(prev)) = (seq, prev) {
-                    beyond.insert(u64_of(seq), u64_of(prev));
-                }
+            for (device, acked, acked_ts_ms, beyond) in rows {
+                let stream = Stream::parse(&device, acked, acked_ts_ms, &beyond)?;
+                out.insert(device, stream);
             }
         }
         Ok(out)
@@ -474,8 +574,7 @@ impl TelemetryQueries for Store {
     }
 
     async fn device_streams(&self) -> Result<Vec<(String, i64, Option<i64>)>, StoreError> {
-        let sql = "SELECT s.device, s.last_seen_ms, m.ts_ms FROM device_streams s \
-                   LEFT JOIN messages m ON m.device = s.device AND m.seq = s.acked";
+        let sql = "SELECT device, last_seen_ms, acked_ts_ms FROM device_streams";
         Ok(on_pool!(self, |p| sqlx::query_as(sql).fetch_all(p).await?))
     }
 
@@ -637,5 +736,57 @@ mod tests {
         );
         assert!(downsample(&aggs, channel_summary("pressure"), 0, 600_000, 5).is_empty());
         assert_eq!(downsample(&aggs, channel_summary("flow"), 0, 600_000, 1).len(), 1);
+    }
+
+    /// Takes a message and moves the prefix as far as it goes, as ingestion does.
+    fn add(s: &mut Stream, seq: u64, prev: u64) -> bool {
+        let new = s.take(seq, prev, seq as i64 * 1_000);
+        s.settle(u64::MAX);
+        new
+    }
+
+    #[test]
+    fn the_prefix_follows_prev_across_gaps_and_out_of_order() {
+        let mut s = Stream::default();
+        assert!(add(&mut s, 2, 1));
+        assert_eq!(s.acked, 0, "1 is missing");
+        add(&mut s, 1, 0);
+        assert_eq!((s.acked, s.acked_ts_ms), (2, Some(2_000)));
+        add(&mut s, 5, 2); // 3 and 4 were evicted by the agent: 5 names 2 as the one before it
+        assert_eq!(s.acked, 5);
+        assert!(add(&mut s, 7, 6));
+        assert!(!add(&mut s, 7, 6), "stored beyond the prefix already");
+        assert_eq!(s.acked, 5);
+        assert!(!add(&mut s, 3, 2), "a late duplicate below the prefix changes nothing");
+        assert_eq!((s.acked, s.beyond.len()), (5, 1));
+        add(&mut s, 6, 5);
+        assert_eq!((s.acked, s.acked_ts_ms, s.beyond.len()), (7, Some(7_000), 0));
+    }
+
+    #[test]
+    fn the_prefix_stops_where_the_caller_does_and_where_a_message_is_missing() {
+        let mut s = Stream::default();
+        for seq in [1, 2, 3, 5] {
+            s.take(seq, seq - 1, 0);
+        }
+        s.settle(2);
+        assert_eq!(s.acked, 2, "no further than the caller acknowledges");
+        s.settle(9);
+        assert_eq!(s.acked, 3, "4 is not stored: a prefix past it would take its delivery for a redelivery");
+        assert!(s.take(4, 3, 0), "so 4 is still new");
+        s.settle(9);
+        assert_eq!((s.acked, s.beyond.len()), (5, 0));
+    }
+
+    #[test]
+    fn the_stored_list_beyond_the_prefix_reads_back() {
+        let mut s = Stream { acked: 4, acked_ts_ms: Some(40), beyond: BTreeMap::new() };
+        s.take(7, 6, 70);
+        s.take(9, 8, 90);
+        let back = Stream::parse("d", 4, Some(40), &s.beyond_json()).unwrap();
+        assert_eq!(back, s);
+        assert_eq!(Stream::parse("d", 0, None, "[]").unwrap(), Stream::default());
+        let bad = Stream::parse("pump-7", 0, None, "[[1, 0]]").unwrap_err().to_string();
+        assert!(bad.contains("pump-7"), "{bad}");
     }
 }

@@ -104,9 +104,10 @@ async fn telemetry_contract(s: &(impl TelemetryStore + TelemetryQueries)) {
 
     // What a restarted hub resumes from: the prefix, and what lies beyond it with its prev.
     let mut states = s.stream_states(&["d", "nobody", "e"]).await.unwrap();
-    let (prefix, beyond) = states.remove("d").unwrap();
-    assert_eq!((prefix, beyond), (3, BTreeMap::from([(5, 4)])));
-    assert_eq!(states.remove("e"), Some((1, BTreeMap::new())));
+    let d = states.remove("d").unwrap();
+    assert_eq!((d.acked, d.acked_ts_ms, d.beyond), (3, Some(121_000), BTreeMap::from([(5, (4, 181_000))])));
+    let e = states.remove("e").unwrap();
+    assert_eq!((e.acked, e.beyond.len()), (1, 0));
     assert!(states.is_empty(), "a device never heard from has no stream: {states:?}");
     let seqs: Vec<u64> = s.messages("d").await.unwrap().iter().map(|m| m.seq).collect();
     assert_eq!(seqs, [1, 2, 3, 5]);
@@ -144,9 +145,81 @@ async fn telemetry_contract(s: &(impl TelemetryStore + TelemetryQueries)) {
     );
     let activity = s.alert_activity("d", 0, 5, 0).await.unwrap();
     assert_eq!((activity.alerts, activity.scored_ms), (1, 60_000), "seqs 1 to 4");
+
+    // The same message twice in one batch is stored once, and so is one stored beyond the
+    // prefix and sent again; the prefix's time follows it onto a message an earlier batch stored.
+    let f = |seq, ts| incoming("f", seq, ts, "telemetry", aggregate(ts - 1_000, 30));
+    let c = s.commit(&[f(1, 1_000), f(1, 1_000), f(3, 3_000)], &BTreeMap::from([("f".to_string(), 1)])).await.unwrap();
+    assert_eq!((c.stored, c.duplicates), (2, 1));
+    let c = s.commit(&[f(3, 3_000), f(2, 2_000)], &BTreeMap::from([("f".to_string(), 3)])).await.unwrap();
+    assert_eq!((c.stored, c.duplicates), (1, 1));
+    assert_eq!(s.messages("f").await.unwrap().iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(s.stream_states(&["f"]).await.unwrap()["f"].beyond.len(), 0);
+    let streams = s.device_streams().await.unwrap();
+    assert!(streams.iter().any(|(d, _, ts)| d == "f" && *ts == Some(3_000)), "{streams:?}");
 }
 
 on_every_backend!(telemetry_store);
+
+/// A database an older hub left (before migration 16: a (device, seq) key on the messages, and
+/// stream rows without what is stored beyond the prefix) keeps its messages, resumes each
+/// device's stream where it was, and still stores a redelivery once.
+async fn streams_migrate(url: &str) {
+    let old = Store::open_at_version(url, 15).await.unwrap();
+    macro_rules! seed {
+        ($pool:expr) => {{
+            for (device, seq, ts) in [("d", 1, 1_000), ("d", 2, 2_000), ("d", 3, 3_000), ("d", 5, 5_000), ("g", 1, 700)]
+            {
+                sqlx::query(
+                    "INSERT INTO messages (device, seq, prev, ts_ms, kind, body, received_ms) \
+                     VALUES ($1, $2, $3, $4, 'telemetry', '{}', $4)",
+                )
+                .bind(device)
+                .bind(seq)
+                .bind(seq - 1)
+                .bind(ts as i64)
+                .execute($pool)
+                .await
+                .unwrap();
+            }
+            // "g" was never acknowledged: no stream row.
+            sqlx::query("INSERT INTO device_streams (device, acked, last_seen_ms) VALUES ('d', 3, 9000)")
+                .execute($pool)
+                .await
+                .unwrap();
+        }};
+    }
+    match &old {
+        Store::Sqlite { pool, .. } => seed!(pool),
+        Store::Postgres(p) => seed!(p),
+    }
+    drop(old);
+
+    let s = Store::open(url).await.unwrap();
+    let states = s.stream_states(&["d", "g"]).await.unwrap();
+    assert_eq!((states["d"].acked, &states["d"].beyond), (3, &BTreeMap::from([(5, (4, 5_000))])));
+    assert_eq!((states["g"].acked, &states["g"].beyond), (0, &BTreeMap::from([(1, (0, 700))])));
+    let mut streams = s.device_streams().await.unwrap();
+    streams.sort();
+    assert_eq!(
+        streams.iter().map(|(d, _, ts)| (d.as_str(), *ts)).collect::<Vec<_>>(),
+        [("d", Some(3_000)), ("g", None)]
+    );
+    let again = |device, seq: u64| incoming(device, seq, seq as i64 * 1_000, "telemetry", aggregate(0, 30));
+    let c = s
+        .commit(
+            &[again("d", 5), again("d", 2), again("g", 1), again("d", 4)],
+            &BTreeMap::from([("d".to_string(), 5), ("g".to_string(), 1)]),
+        )
+        .await
+        .unwrap();
+    assert_eq!((c.stored, c.duplicates), (1, 3), "only d's seq 4 is new");
+    assert_eq!(s.messages("d").await.unwrap().iter().map(|m| m.seq).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+    let d = &s.stream_states(&["d"]).await.unwrap()["d"];
+    assert_eq!((d.acked, d.acked_ts_ms, d.beyond.len()), (5, Some(5_000), 0));
+}
+
+on_every_backend!(streams_migrate);
 
 fn deployment(name: &str, package: &str) -> DeploymentInfo {
     DeploymentInfo {
@@ -374,3 +447,20 @@ async fn writers_take_turns(url: &str) {
 }
 
 on_every_backend!(writers_take_turns);
+
+/// A database a newer hub migrated is refused at open, naming both versions, instead of
+/// failing every write later.
+async fn a_newer_schema_is_refused(url: &str) {
+    let s = Store::open(url).await.unwrap();
+    let sql = "INSERT INTO impeller_migrations (version, name, applied_ms) VALUES (9999, 'from the future', 0)";
+    match &s {
+        Store::Sqlite { pool, .. } => assert_eq!(sqlx::query(sql).execute(pool).await.unwrap().rows_affected(), 1),
+        Store::Postgres(p) => assert_eq!(sqlx::query(sql).execute(p).await.unwrap().rows_affected(), 1),
+    }
+    drop(s);
+    let refused = Store::open(url).await.map(|_| ()).unwrap_err();
+    assert!(matches!(refused, StoreError::NewerSchema { newest: 9999, .. }), "{refused}");
+    assert!(refused.to_string().contains("9999"), "{refused}");
+}
+
+on_every_backend!(a_newer_schema_is_refused);

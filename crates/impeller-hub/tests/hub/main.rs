@@ -265,8 +265,8 @@ async fn exactly_once(mut cfg: HubConfig, opts: MqttOptions, device: &str) -> Hu
     let duplicates = count(&hub.stats.duplicates);
     assert!(duplicates >= resent, "{duplicates} duplicates counted, {resent} sent");
     // A restarted hub resumes the stream where it was: a redelivery is acknowledged at once.
-    let (acked, beyond) = hub.store.stream_states(&[device]).await.unwrap().remove(device).unwrap();
-    assert_eq!((acked, beyond.len()), (n, 0));
+    let stream = hub.store.stream_states(&[device]).await.unwrap().remove(device).unwrap();
+    assert_eq!((stream.acked, stream.beyond.len()), (n, 0));
     hub
 }
 
