@@ -241,6 +241,7 @@ impl Hub {
             }
             None => None,
         };
+        tokio::spawn(store.clone().checkpoint_beside_ingestion());
         let shards = store.parallel_writers();
         let ingest =
             tokio::spawn(ingest::run_sharded(bus, store.clone(), stats.clone(), 1000, reconcile.clone(), shards));

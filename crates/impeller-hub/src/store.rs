@@ -218,6 +218,21 @@ impl Store {
         }
     }
 
+    /// Runs until the process ends: on SQLite, copies the write-ahead log into the database
+    /// file every half second from a connection other than ingestion's, so that the copying
+    /// runs beside ingestion's commits instead of in them (ingestion's own checkpoint, every
+    /// 64 MiB of log, then finds it mostly done and resets the log). Nothing on PostgreSQL.
+    pub async fn checkpoint_beside_ingestion(self) {
+        let Store::Sqlite { pool, .. } = self else { return };
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            // PASSIVE waits for no reader or writer; what it cannot copy yet, it copies next time.
+            if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
+                tracing::warn!(%error, "background checkpoint");
+            }
+        }
+    }
+
     async fn migrate(&self, up_to: i64) -> Result<(), StoreError> {
         let create = "CREATE TABLE IF NOT EXISTS impeller_migrations \
                       (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_ms BIGINT NOT NULL)";
