@@ -262,6 +262,10 @@ impl Stream {
     }
 }
 
+/// The stream rows of a list of devices, bound after it and closed with `)`: read as
+/// (device, acked, acked_ts_ms, beyond) and made [`Stream`]s with [`Stream::parse`].
+const SELECT_STREAMS: &str = "SELECT device, acked, acked_ts_ms, beyond FROM device_streams WHERE device IN (";
+
 impl TelemetryStore for Store {
     async fn commit(&self, batch: &[Incoming], acked: &BTreeMap<String, u64>) -> Result<Committed, StoreError> {
         let now = now_ms();
@@ -278,9 +282,7 @@ impl TelemetryStore for Store {
                 let mut tx = $pool.begin_with($begin).await?;
                 let mut streams: BTreeMap<&str, Stream> = BTreeMap::new();
                 for chunk in fixed_chunks(&devices) {
-                    let mut q = sqlx::QueryBuilder::new(
-                        "SELECT device, acked, acked_ts_ms, beyond FROM device_streams WHERE device IN (",
-                    );
+                    let mut q = sqlx::QueryBuilder::new(SELECT_STREAMS);
                     let mut list = q.separated(", ");
                     for d in chunk {
                         list.push_bind(*d);
@@ -381,9 +383,7 @@ impl TelemetryStore for Store {
         for chunk in fixed_chunks(devices) {
             macro_rules! run {
                 ($pool:expr) => {{
-                    let mut q = sqlx::QueryBuilder::new(
-                        "SELECT device, acked, acked_ts_ms, beyond FROM device_streams WHERE device IN (",
-                    );
+                    let mut q = sqlx::QueryBuilder::new(SELECT_STREAMS);
                     let mut list = q.separated(", ");
                     for d in chunk {
                         list.push_bind(*d);
