@@ -280,7 +280,8 @@ impl TelemetryStore for Store {
         macro_rules! run {
             ($pool:expr, $begin:expr, $guard:expr) => {{
                 let mut tx = $pool.begin_with($begin).await?;
-                let mut streams: BTreeMap<&str, Stream> = BTreeMap::new();
+                // Every device of the batch has a stream, empty until its row says otherwise.
+                let mut streams: BTreeMap<&str, Stream> = devices.iter().map(|d| (*d, Stream::default())).collect();
                 for chunk in fixed_chunks(&devices) {
                     let mut q = sqlx::QueryBuilder::new(SELECT_STREAMS);
                     let mut list = q.separated(", ");
@@ -290,16 +291,14 @@ impl TelemetryStore for Store {
                     q.push(")");
                     let rows: Vec<(String, i64, Option<i64>, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
                     for (device, acked, acked_ts_ms, beyond) in rows {
-                        let row = Stream::parse(&device, acked, acked_ts_ms, &beyond)?;
-                        let key = devices[devices.binary_search(&device.as_str()).map_err(|_| {
-                            StoreError::Corrupt(format!("device_streams returned device `{device}`, not asked for"))
-                        })?];
-                        streams.insert(key, row);
+                        if let Some(stream) = streams.get_mut(device.as_str()) {
+                            *stream = Stream::parse(&device, acked, acked_ts_ms, &beyond)?;
+                        }
                     }
                 }
                 // What is new: neither stored before nor earlier in this batch.
                 let fresh: Vec<&Incoming> =
-                    batch.iter().filter(|m| streams.entry(m.device.as_str()).or_default().take(m.seq, m.prev, m.ts_ms)).collect();
+                    batch.iter().filter(|m| streams.get_mut(m.device.as_str()).is_some_and(|s| s.take(m.seq, m.prev, m.ts_ms))).collect();
                 out.duplicates = (batch.len() - fresh.len()) as u64;
                 // Multi-row inserts: one round trip per chunk, not per message.
                 for chunk in fixed_chunks(&fresh) {
