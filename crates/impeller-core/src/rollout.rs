@@ -14,7 +14,9 @@ pub struct Rollout {
     /// Seconds a wave runs before the next may start.
     #[serde(default = "default_soak_s")]
     pub soak_s: u64,
-    /// Share of a wave's devices that must report the new model active before the next wave.
+    /// Share of a wave's devices that must report the new model active before the next wave
+    /// (or, in the last, before the rollout completes); devices that refused it or rolled it
+    /// back, within what `max_failed` and `max_rolled_back` allow, are not waited for.
     #[serde(default = "default_min_active")]
     pub min_active: f64,
     /// Abort when more than this share of the devices so far refused the package.
@@ -162,13 +164,15 @@ pub fn step(policy: &Rollout, wave: usize, wave_started_ms: i64, now_ms: i64, e:
     if soaked_ms < soak_ms {
         return Step::Wait(format!("wave {} soaks for {} s more", wave + 1, (soak_ms - soaked_ms + 999) / 1000));
     }
-    // A device that refused or rolled back the new model under a confirmed fault keeps the old
-    // one: the wave needs the others, or it would wait for it forever.
-    let expected = e.members.saturating_sub(e.refused_in_fault);
+    // A device that refused or rolled the new model back keeps the old one, whether under a
+    // confirmed fault or within what the gates allow: the wave needs the others, or it would
+    // wait for it forever.
+    let settled = e.refused_in_fault + e.failed + e.rolled_back;
+    let expected = e.members.saturating_sub(settled);
     if (e.active as f64) < policy.min_active * expected as f64 {
-        let excused = match e.refused_in_fault {
+        let excused = match settled {
             0 => String::new(),
-            n => format!(" ({n} more refused or rolled it back under a confirmed fault)"),
+            n => format!(" ({n} more refused or rolled it back)"),
         };
         return Step::Wait(format!(
             "{} of {expected} devices run the new model{excused}; {:.0} % needed",
@@ -291,8 +295,14 @@ mod tests {
         assert_eq!(step(&all, 2, 0, 60_000, &small), Step::Complete);
         let slow = Evidence { active: 1, ..small };
         assert!(
-            matches!(step(&all, 2, 0, 60_000, &slow), Step::Wait(w) if w.contains("1 of 2 devices run the new model (1 more refused or rolled it back under a confirmed fault)"))
+            matches!(step(&all, 2, 0, 60_000, &slow), Step::Wait(w) if w.contains("1 of 2 devices run the new model (1 more refused or rolled it back)"))
         );
+        // Nor for a device whose refusal or rollback the gates tolerate.
+        let tolerant = Rollout { min_active: 1.0, max_failed: 0.05, max_rolled_back: 0.05, ..policy() };
+        let one_each = Evidence { members: 40, active: 38, failed: 1, rolled_back: 1, ..healthy(40) };
+        assert_eq!(step(&tolerant, 2, 0, 60_000, &one_each), Step::Complete);
+        let one_slow = Evidence { active: 37, ..one_each };
+        assert!(matches!(step(&tolerant, 2, 0, 60_000, &one_slow), Step::Wait(w) if w.contains("37 of 38")));
         // Excused devices are named when another one aborts the rollout.
         let both = Evidence { failed: 1, refused_in_fault: 2, active: 7, ..healthy(10) };
         assert!(

@@ -34,14 +34,22 @@ const ALERT_BASELINE_MS: i64 = 7 * 86_400_000;
 pub async fn run(store: Store, outgoing: mpsc::Sender<Send>, wake: Arc<Notify>) {
     let mut published: HashMap<String, Vec<u8>> = HashMap::new();
     loop {
+        let mut pause = PERIOD;
         match reconcile(&store, &outgoing, &mut published).await {
-            Ok(_) => {}
+            Ok(pass) => {
+                // A wave whose soak ends before the next period moves on then, not up to a
+                // period later: once its devices have all reported, nothing else wakes the loop.
+                if let Some(ends_ms) = pass.next_soak_end_ms {
+                    let wait_ms = u64::try_from(ends_ms.saturating_sub(now_ms())).unwrap_or(0);
+                    pause = pause.min(Duration::from_millis(wait_ms));
+                }
+            }
             Err(ReconcileError::Closed) => return,
             Err(ReconcileError::Store(error)) => tracing::error!(%error, "cannot resolve deployments; retrying"),
         }
         tokio::select! {
             _ = wake.notified() => {}
-            _ = tokio::time::sleep(PERIOD) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
     }
 }
@@ -344,12 +352,21 @@ async fn advance_rollouts(store: &Store, devices: &[Device]) -> Result<(), Store
     Ok(())
 }
 
-/// One pass; returns how many desired messages it published.
+/// What one reconciliation pass did and what it leaves pending.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Pass {
+    /// Desired-state messages published.
+    pub sent: usize,
+    /// When the earliest wave still soaking ends (hub clock, ms).
+    pub next_soak_end_ms: Option<i64>,
+}
+
+/// One pass: rollouts moved on, then every device's desired state published where it changed.
 pub async fn reconcile(
     store: &Store,
     outgoing: &mpsc::Sender<Send>,
     published: &mut HashMap<String, Vec<u8>>,
-) -> Result<usize, ReconcileError> {
+) -> Result<Pass, ReconcileError> {
     let devices = store.devices().await?;
     advance_rollouts(store, &devices).await?;
     let plan = Plan::load(store).await?;
@@ -404,5 +421,59 @@ pub async fn reconcile(
             }
         }
     }
-    Ok(sent)
+    Ok(Pass { sent, next_soak_end_ms: next_soak_end_ms(&plan.deployments, now_ms()) })
+}
+
+/// When the earliest wave of a rollout under way ends its soak, if after `now`.
+fn next_soak_end_ms(deployments: &[DeploymentInfo], now: i64) -> Option<i64> {
+    deployments
+        .iter()
+        .filter(|d| d.rolling_out())
+        .filter_map(|d| Some(d.wave_started_ms + d.rollout.as_ref()?.soak_s as i64 * 1000))
+        .filter(|&ends| ends > now)
+        .min()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn staged(name: &str, soak_s: u64, wave_started_ms: i64) -> DeploymentInfo {
+        DeploymentInfo {
+            name: name.into(),
+            package_sha256: "00".into(),
+            target_condition: "*".into(),
+            priority: 1,
+            created_ms: 0,
+            stopped_ms: None,
+            rollout: Some(rollout::Rollout {
+                waves: vec![50.0, 100.0],
+                soak_s,
+                min_active: 1.0,
+                max_failed: 0.0,
+                max_rolled_back: 0.0,
+                max_alert_rate_increase: None,
+            }),
+            wave: 0,
+            wave_started_ms,
+            completed_ms: None,
+            aborted_ms: None,
+            abort_reason: None,
+        }
+    }
+
+    #[test]
+    fn the_loop_wakes_when_the_first_soak_ends() {
+        let now = 100_000;
+        let a = staged("a", 4, now - 1_000);
+        let b = staged("b", 2, now - 1_000);
+        assert_eq!(next_soak_end_ms(&[a.clone(), b.clone()], now), Some(now + 1_000));
+        // Soaks already over, and rollouts that are done, stopped or not staged, wait on nothing.
+        let over = staged("over", 1, now - 5_000);
+        let done = DeploymentInfo { completed_ms: Some(now), ..b.clone() };
+        let stopped = DeploymentInfo { stopped_ms: Some(now), ..b.clone() };
+        let at_once = DeploymentInfo { rollout: None, ..b };
+        assert_eq!(next_soak_end_ms(&[over, done, stopped, at_once], now), None);
+        assert_eq!(next_soak_end_ms(&[a], now), Some(now + 3_000));
+    }
 }
