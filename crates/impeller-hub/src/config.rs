@@ -27,6 +27,66 @@ pub struct FileConfig {
     pub pipelines: Pipelines,
     #[serde(default)]
     pub monitors: Monitors,
+    #[serde(default)]
+    pub retention: Retention,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Retention {
+    pub samples_days: f64,
+    pub sketches_days: f64,
+    pub telemetry_days: f64,
+    pub alerts_days: f64,
+    pub events_days: f64,
+    pub sweep_secs: u64,
+}
+
+impl Default for Retention {
+    fn default() -> Retention {
+        Retention {
+            samples_days: 30.0,
+            sketches_days: 90.0,
+            telemetry_days: 400.0,
+            alerts_days: 0.0,
+            events_days: 0.0,
+            sweep_secs: 3600,
+        }
+    }
+}
+
+impl Retention {
+    /// (kind, days) for every uplink kind.
+    fn days(&self) -> [(&'static str, f64); 5] {
+        [
+            ("samples", self.samples_days),
+            ("sketches", self.sketches_days),
+            ("telemetry", self.telemetry_days),
+            ("alerts", self.alerts_days),
+            ("events", self.events_days),
+        ]
+    }
+
+    fn check(&self) -> Result<(), String> {
+        for (kind, days) in self.days() {
+            if !(0.0..=36_500.0).contains(&days) {
+                return Err(format!("retention.{kind}_days = {days}: give 0 (for ever) to 36500 days"));
+            }
+        }
+        if self.sweep_secs == 0 {
+            return Err("retention.sweep_secs must be positive".into());
+        }
+        Ok(())
+    }
+
+    /// How long each kind is kept, for the kinds not kept for ever.
+    pub fn keep(&self) -> crate::retention::Keep {
+        self.days()
+            .into_iter()
+            .filter(|(_, days)| *days > 0.0)
+            .map(|(kind, days)| (kind.to_string(), std::time::Duration::from_secs_f64(days * 86_400.0)))
+            .collect()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -185,6 +245,7 @@ impl FileConfig {
                     .into(),
             ));
         }
+        c.retention.check().map_err(err)?;
         if c.audit.checkpoint_secs == 0 {
             return Err(err("audit.checkpoint_secs must be positive".into()));
         }
@@ -267,6 +328,8 @@ impl FileConfig {
             retrain_every: std::time::Duration::from_secs(self.pipelines.retrain_check_secs),
             alert_rate: self.monitors.alert_rate.clone(),
             alert_rate_every: std::time::Duration::from_secs(self.monitors.alert_rate_check_secs),
+            retention: self.retention.keep(),
+            retention_every: std::time::Duration::from_secs(self.retention.sweep_secs),
         }
     }
 }
@@ -289,6 +352,10 @@ mod tests {
         assert_eq!(h.checkpoint_every, std::time::Duration::from_secs(60));
         assert_eq!(h.alert_rate, impeller_core::alert_rate::AlertRatePolicy::default());
         assert_eq!(h.alert_rate_every, std::time::Duration::from_secs(10));
+        let day = 86_400;
+        let keep: Vec<(&str, u64)> = h.retention.iter().map(|(k, d)| (k.as_str(), d.as_secs() / day)).collect();
+        assert_eq!(keep, [("samples", 30), ("sketches", 90), ("telemetry", 400)], "alerts and events kept for ever");
+        assert_eq!(h.retention_every, std::time::Duration::from_secs(3600));
     }
 
     #[test]
@@ -302,6 +369,10 @@ mod tests {
         assert!(FileConfig::parse(&db, "x").unwrap_err().to_string().contains("mysql"));
         let alpha = DEFAULT.replace("clear_alpha = 0.05", "clear_alpha = 0.0001");
         assert!(FileConfig::parse(&alpha, "x").unwrap_err().to_string().contains("clear_alpha"));
+        let forever = DEFAULT.replace("samples_days = 30", "samples_days = -1");
+        assert!(FileConfig::parse(&forever, "x").unwrap_err().to_string().contains("retention.samples_days = -1"));
+        let nan = DEFAULT.replace("events_days = 0", "events_days = nan");
+        assert!(FileConfig::parse(&nan, "x").unwrap_err().to_string().contains("retention.events_days = NaN"));
         let v2 = DEFAULT.replace("version = 1", "version = 2");
         assert!(FileConfig::parse(&v2, "x").unwrap_err().to_string().contains("version 2"));
         let half = DEFAULT.replacen("tls_cert = \"\"", "tls_cert = \"hub.pem\"", 1);

@@ -21,6 +21,7 @@ pub mod gate;
 pub mod ingest;
 pub mod openapi;
 pub mod packages;
+pub mod retention;
 pub mod retrain;
 pub mod runs;
 pub mod store;
@@ -79,6 +80,10 @@ pub struct HubConfig {
     pub alert_rate: impeller_core::alert_rate::AlertRatePolicy,
     /// How often the alert rates are judged (zero: every 10 s).
     pub alert_rate_every: Duration,
+    /// How long each kind of device message is kept (kinds not named, and all when empty: for
+    /// ever), and how often old ones are deleted (zero: every hour).
+    pub retention: retention::Keep,
+    pub retention_every: Duration,
 }
 
 impl HubConfig {
@@ -242,6 +247,10 @@ impl Hub {
             None => None,
         };
         tokio::spawn(store.clone().checkpoint_beside_ingestion());
+        if !cfg.retention.is_empty() {
+            let every = if cfg.retention_every.is_zero() { Duration::from_secs(3600) } else { cfg.retention_every };
+            tokio::spawn(retention::run(store.clone(), cfg.retention.clone(), every));
+        }
         let shards = store.parallel_writers();
         let ingest =
             tokio::spawn(ingest::run_sharded(bus, store.clone(), stats.clone(), 1000, reconcile.clone(), shards));

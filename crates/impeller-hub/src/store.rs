@@ -77,7 +77,8 @@ pub use registry::{
 };
 pub use telemetry::{
     AlertActivity, AlertSummary, Committed, FleetFilter, Incoming, ScoringEvent, StoredMessage, Stream, StreamStates,
-    Summary, TelemetryPoint, TelemetryQueries, TelemetryStore, channel_summary, downsample, score_summary,
+    Summary, TelemetryPoint, TelemetryQueries, TelemetryRetention, TelemetryStore, channel_summary, downsample,
+    score_summary,
 };
 
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[

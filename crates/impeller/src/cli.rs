@@ -710,6 +710,11 @@ pub struct LoadBenchArgs {
     /// The `impeller` binary to run the hub with (default: this one).
     #[arg(long, value_name = "FILE")]
     pub hub_bin: Option<PathBuf>,
+    /// The hub keeps the devices' telemetry this many seconds, its retention sweeping every
+    /// tenth of that: deletions at the rate of ingestion. The check then counts a device's
+    /// messages before the oldest it still holds as forgotten, not missing.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(10..))]
+    pub retain_secs: Option<u64>,
 }
 
 #[derive(Debug, Args)]

@@ -29,7 +29,7 @@ use tokio_rustls::TlsConnector;
 
 use crate::cli::LoadBenchArgs;
 use crate::demo::free_port;
-use impeller_hub::store::{FleetStore, TelemetryStore};
+use impeller_hub::store::{AuditFilter, AuditStore, FleetStore, TelemetryStore};
 
 const MAX_PACKET: usize = 1 << 20;
 
@@ -80,7 +80,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
         Some(url) => impeller_edge::config::broker_address(url).map_err(|e| anyhow::anyhow!("--broker: {e}"))?,
         None => ("127.0.0.1".to_string(), mqtt_port),
     };
-    let tls = if args.tls { Some(tls_files(dir)?) } else { None };
+    let tls = hub_config(args, dir)?;
     let mut hub = HubProcess::start(args, dir, database, mqtt_port)?;
     wait_accepting(&host, port, Duration::from_secs(30)).await?;
 
@@ -166,7 +166,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
     hub.kill()?;
 
     // The store must hold each published message exactly once.
-    let check = verify(database, run_id, args.devices).await?;
+    let check = verify(database, run_id, args.devices, args.retain_secs.is_some()).await?;
     latencies.sort_unstable();
     let pct = |p: f64| {
         latencies
@@ -189,8 +189,8 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
         "published {published} ({:.0} msg/s) in {} packets; stored {} ({:.0} msg/s over the publishing time, all acknowledged {:.1} s after it began)",
         published as f64 / publish_secs,
         fleet.packets.load(Relaxed),
-        check.stored,
-        check.stored as f64 / publish_secs,
+        check.stored + check.forgotten,
+        (check.stored + check.forgotten) as f64 / publish_secs,
         drain_secs
     );
     say!(
@@ -202,8 +202,11 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
         latencies.len()
     );
     say!(
-        "store: {} devices checked, {} messages missing, {} stored twice, {} unacknowledged at the end, {} reconnects, {} sent again after {ACK_TIMEOUT:?} without an acknowledgement{}",
+        "store: {} devices checked, {}{} messages missing, {} stored twice, {} unacknowledged at the end, {} reconnects, {} sent again after {ACK_TIMEOUT:?} without an acknowledgement{}",
         check.devices,
+        args.retain_secs
+            .map(|s| format!("{} forgotten (kept {s} s; the hub's sweeps say {}), ", check.forgotten, check.swept))
+            .unwrap_or_default(),
         check.missing,
         check.duplicates,
         unacked,
@@ -217,7 +220,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         if args.broker.is_some() { "; the external broker's own not counted" } else { "" }
     );
-    let complete = check.missing == 0 && check.duplicates == 0 && check.stored == published;
+    let complete = check.missing == 0 && check.duplicates == 0 && check.stored + check.forgotten == published;
     if !complete && let Ok(log) = std::fs::read_to_string(dir.join("hub.log")) {
         say!("the hub's log ends:");
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
@@ -227,8 +230,9 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
     }
     anyhow::ensure!(
         complete,
-        "the store holds {} of the {published} messages published, {} missing in the middle, {} stored twice",
+        "the store holds {} of the {published} messages published ({} forgotten), {} missing in the middle, {} stored twice",
         check.stored,
+        check.forgotten,
         check.missing,
         check.duplicates
     );
@@ -518,23 +522,37 @@ fn encode_publish<'a>(out: &mut BytesMut, topic: &str, messages: impl IntoIterat
 }
 
 /// The hub's configuration with TLS on its MQTT listener (the flags set the rest).
-fn tls_hub_config(dir: &Path) -> PathBuf {
-    dir.join("hub-tls.toml")
+fn hub_config_file(dir: &Path) -> PathBuf {
+    dir.join("hub.toml")
 }
 
-/// Makes a certificate for `localhost` and a hub configuration serving MQTT with it; returns
-/// the devices' connector, which trusts that certificate alone.
-fn tls_files(dir: &Path) -> anyhow::Result<TlsConnector> {
-    let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
-    let (cert, key) = (dir.join("hub.pem"), dir.join("hub.key"));
-    std::fs::write(&cert, made.cert.pem())?;
-    std::fs::write(&key, made.signing_key.serialize_pem())?;
-    // The first tls_cert and tls_key of the default file are [mqtt]'s.
-    let config = impeller_hub::config::DEFAULT
-        .replacen("tls_cert = \"\"", &format!("tls_cert = {:?}", cert.display().to_string()), 1)
-        .replacen("tls_key = \"\"", &format!("tls_key = {:?}", key.display().to_string()), 1);
-    std::fs::write(tls_hub_config(dir), config)?;
-    Ok(TlsConnector::from(impeller_hub::tls::client_config(&cert)?))
+/// Writes the hub's configuration file when the run needs one (TLS, retention); returns the
+/// devices' TLS connector, which trusts the certificate made for `localhost` alone.
+fn hub_config(args: &LoadBenchArgs, dir: &Path) -> anyhow::Result<Option<TlsConnector>> {
+    let mut config = impeller_hub::config::DEFAULT.to_string();
+    if let Some(secs) = args.retain_secs {
+        let days = secs as f64 / 86_400.0;
+        config = config
+            .replace("telemetry_days = 400", &format!("telemetry_days = {days:e}"))
+            .replace("sweep_secs = 3600", &format!("sweep_secs = {}", (secs / 10).max(1)));
+    }
+    let tls = if args.tls {
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+        let (cert, key) = (dir.join("hub.pem"), dir.join("hub.key"));
+        std::fs::write(&cert, made.cert.pem())?;
+        std::fs::write(&key, made.signing_key.serialize_pem())?;
+        // The first tls_cert and tls_key of the default file are [mqtt]'s.
+        config = config
+            .replacen("tls_cert = \"\"", &format!("tls_cert = {:?}", cert.display().to_string()), 1)
+            .replacen("tls_key = \"\"", &format!("tls_key = {:?}", key.display().to_string()), 1);
+        Some(TlsConnector::from(impeller_hub::tls::client_config(&cert)?))
+    } else {
+        None
+    };
+    if args.tls || args.retain_secs.is_some() {
+        std::fs::write(hub_config_file(dir), config)?;
+    }
+    Ok(tls)
 }
 
 /// Provisions `n` devices through the store, as `impeller device add` does through the API.
@@ -550,28 +568,49 @@ async fn provision(database: &str, n: u64, run_id: &str) -> anyhow::Result<Vec<(
     Ok(out)
 }
 
+#[derive(Default)]
 struct Checked {
     devices: u64,
     /// Distinct (device, seq) stored.
     stored: u64,
+    /// Deleted by retention (`--retain-secs`): counted from the stored sequences, and as the
+    /// hub's audit records of its finished sweeps say (the hub is killed at the end, perhaps
+    /// within a sweep, which then left no record).
+    forgotten: u64,
+    swept: u64,
     missing: u64,
     /// Rows beyond the first of a (device, seq): none is allowed.
     duplicates: u64,
 }
 
 /// Every device's stored sequence numbers must be 1..=n, each once.
-async fn verify(database: &str, run_id: &str, n: u64) -> anyhow::Result<Checked> {
+/// Counts each device's messages 1 to the highest stored; with `forgetting` (retention), the
+/// ones before the oldest still held are forgotten, not missing (a sweep deletes by age, so
+/// from the start of each device's sequence).
+async fn verify(database: &str, run_id: &str, n: u64, forgetting: bool) -> anyhow::Result<Checked> {
     let store = impeller_hub::store::Store::open(database).await?;
-    let mut c = Checked { devices: 0, stored: 0, missing: 0, duplicates: 0 };
+    let mut c = Checked::default();
     for i in 0..n {
         let msgs = store.messages(&format!("{run_id}-{i:05}")).await?;
         let mut seqs: Vec<u64> = msgs.iter().map(|m| m.seq).collect();
         seqs.dedup(); // in seq order
         let top = seqs.last().copied().unwrap_or(0);
+        let first = if forgetting { seqs.first().copied().unwrap_or(1) } else { 1 };
         c.devices += 1;
         c.stored += seqs.len() as u64;
+        c.forgotten += first - 1;
         c.duplicates += (msgs.len() - seqs.len()) as u64;
-        c.missing += top - seqs.len() as u64;
+        c.missing += (top + 1).saturating_sub(first) - seqs.len() as u64;
+    }
+    // What the hub's sweeps say they deleted, to hold the count above to.
+    let mut after = 0;
+    loop {
+        let filter =
+            AuditFilter { after, limit: 1000, action: Some("telemetry.forgotten".into()), ..Default::default() };
+        let page = store.audit_records(&filter).await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        c.swept += page.iter().filter_map(|r| r.details["deleted"]["telemetry"].as_u64()).sum::<u64>();
     }
     Ok(c)
 }
@@ -596,8 +635,8 @@ impl HubProcess {
         if let Some(b) = &args.broker {
             cmd.args(["--broker", b]);
         }
-        if args.tls {
-            cmd.arg("--config").arg(tls_hub_config(dir));
+        if args.tls || args.retain_secs.is_some() {
+            cmd.arg("--config").arg(hub_config_file(dir));
         }
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().context("starting the hub")?;
         Ok(HubProcess(child))

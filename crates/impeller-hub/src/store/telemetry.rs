@@ -204,6 +204,21 @@ pub trait TelemetryStore {
     fn messages(&self, device: &str) -> impl Future<Output = Result<Vec<StoredMessage>, StoreError>> + Send;
 }
 
+/// Retention: what is old goes (`retention`).
+pub trait TelemetryRetention {
+    /// Deletes at most `limit` of the devices' messages of `kind` that are older than `before_ms`
+    /// by the device's clock and were stored before it by the hub's (so a device whose clock
+    /// runs years behind does not lose what it has just sent); returns how many. The devices'
+    /// streams are left as they are: a forgotten message redelivered is still a duplicate.
+    fn forget(
+        &self,
+        devices: &[&str],
+        kind: &str,
+        before_ms: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<u64, StoreError>> + Send;
+}
+
 /// A device's stream: the acknowledged prefix (every message up to it is stored, following
 /// each message's `prev`: the agent names the message before it, so gaps it made on purpose by
 /// evicting records over its quota do not hold the prefix back), the device's time of the
@@ -428,6 +443,56 @@ impl TelemetryStore for Store {
             Store::Sqlite { pool: p, .. } => run!(p),
             Store::Postgres(p) => run!(p),
         })
+    }
+}
+
+impl TelemetryRetention for Store {
+    async fn forget(&self, devices: &[&str], kind: &str, before_ms: i64, limit: u32) -> Result<u64, StoreError> {
+        // The (device, kind, ts_ms) index finds them; SQLite's rowid and PostgreSQL's ctid name
+        // them for a delete of bounded size, which holds the single SQLite writer briefly.
+        let mut done = 0;
+        for chunk in fixed_chunks(devices) {
+            // `SELECT … FROM messages WHERE` the chunk's old messages of `kind`, on either backend.
+            macro_rules! old {
+                ($db:ty, $head:expr) => {{
+                    let mut q = sqlx::QueryBuilder::<$db>::new($head);
+                    q.push(" FROM messages WHERE device IN (");
+                    let mut list = q.separated(", ");
+                    for d in chunk {
+                        list.push_bind(*d);
+                    }
+                    q.push(") AND kind = ").push_bind(kind);
+                    q.push(" AND ts_ms < ").push_bind(before_ms).push(" AND received_ms < ").push_bind(before_ms);
+                    q
+                }};
+            }
+            macro_rules! run {
+                ($db:ty, $pool:expr, $begin:expr, $id:expr) => {{
+                    // A read first, which takes no write lock: most devices have nothing old most
+                    // of the time, and a sweep asks about every one.
+                    let mut probe = old!($db, "SELECT 1");
+                    probe.push(" LIMIT 1");
+                    let any: Option<i32> = probe.build_query_scalar().fetch_optional($pool).await?;
+                    if any.is_some() {
+                        let mut delete = old!($db, concat!("DELETE FROM messages WHERE ", $id, " IN (SELECT ", $id));
+                        delete.push(" LIMIT ").push_bind(i64::from(limit) - done as i64).push(")");
+                        let mut tx = $pool.begin_with($begin).await?;
+                        done += delete.build().execute(&mut *tx).await?.rows_affected();
+                        tx.commit().await?;
+                    }
+                }};
+            }
+            match self {
+                // IMMEDIATE: the delete reads before it writes, and a deferred transaction could
+                // not upgrade after an ingestion commit in between.
+                Store::Sqlite { pool: p, .. } => run!(sqlx::Sqlite, p, "BEGIN IMMEDIATE", "rowid"),
+                Store::Postgres(p) => run!(sqlx::Postgres, p, "BEGIN", "ctid"),
+            }
+            if done >= u64::from(limit) {
+                break;
+            }
+        }
+        Ok(done)
     }
 }
 

@@ -8,9 +8,11 @@ use std::collections::BTreeMap;
 use impeller_core::audit::AuditEvent;
 use impeller_hub::auth::Role;
 use impeller_hub::fleet::hash_secret;
+use impeller_hub::retention;
 use impeller_hub::store::{
     ArtifactStore, AuditFilter, AuditStore, DeploymentInfo, DeploymentStore, DesiredInfo, FleetStore, JobStore,
-    MonitorStore, PackageInfo, PolicyRecord, RegistryStore, Store, StoreError, TelemetryQueries, TelemetryStore,
+    MonitorStore, PackageInfo, PolicyRecord, RegistryStore, Store, StoreError, TelemetryQueries, TelemetryRetention,
+    TelemetryStore, now_ms,
 };
 
 use crate::{alert_body, incoming};
@@ -160,6 +162,47 @@ async fn telemetry_contract(s: &(impl TelemetryStore + TelemetryQueries)) {
 }
 
 on_every_backend!(telemetry_store);
+
+/// Retention: a kind's messages go once old by the device's clock and the hub's alike (a device
+/// whose clock runs decades behind keeps what it just sent), other kinds stay, a forgotten
+/// message redelivered is still a duplicate, and the sweep is in the audit trail.
+async fn old_messages_are_forgotten(url: &str) {
+    let s = Store::open(url).await.unwrap();
+    let (now, day) = (now_ms(), 86_400_000);
+    let samples = |device: &str, seq, ts| incoming(device, seq, ts, "samples", serde_json::json!({"frames": []}));
+    let batch = vec![
+        samples("old", 1, now - 40 * day),
+        incoming("old", 2, now - 40 * day, "alerts", alert_body(now - 40 * day)),
+        samples("old", 3, now + 2 * day),
+        samples("behind", 1, 1_000),
+        samples("many", 1, 1_000),
+        samples("many", 2, 2_000),
+        samples("many", 3, 3_000),
+    ];
+    let acked = BTreeMap::from([("old".to_string(), 3), ("behind".to_string(), 1), ("many".to_string(), 3)]);
+    assert_eq!(s.commit(&batch, &acked).await.unwrap().stored, 7);
+    // At most `limit` at a time.
+    assert_eq!(s.forget(&["nobody", "many"], "samples", now + day, 2).await.unwrap(), 2);
+    assert_eq!(s.forget(&["many"], "samples", now + day, 2).await.unwrap(), 1);
+
+    let keep = vec![("samples".to_string(), std::time::Duration::from_secs(30 * 86_400))];
+    let swept = retention::sweep(&s, &keep, now_ms()).await.unwrap();
+    assert!(swept.is_empty(), "nothing was stored 30 days ago: {swept:?}");
+    let swept = retention::sweep(&s, &keep, now_ms() + 31 * day).await.unwrap();
+    assert_eq!(swept, BTreeMap::from([("samples".to_string(), 2)]));
+    let old: Vec<u64> = s.messages("old").await.unwrap().iter().map(|m| m.seq).collect();
+    assert_eq!(old, [2, 3], "the alert and the newer sample stay");
+    assert!(s.messages("behind").await.unwrap().is_empty());
+    let again = s.commit(&batch[..1], &acked).await.unwrap();
+    assert_eq!((again.stored, again.duplicates), (0, 1), "a forgotten message is not stored again");
+
+    let filter = AuditFilter { limit: 10, action: Some("telemetry.forgotten".into()), ..AuditFilter::default() };
+    let records = s.audit_records(&filter).await.unwrap();
+    assert_eq!(records.len(), 1, "one record for the sweep that deleted something: {records:?}");
+    assert_eq!(records[0].details["deleted"]["samples"], 2, "{:?}", records[0]);
+}
+
+on_every_backend!(old_messages_are_forgotten);
 
 /// A database an older hub left (before migration 16: a (device, seq) key on the messages, and
 /// stream rows without what is stored beyond the prefix) keeps its messages, resumes each
