@@ -36,10 +36,10 @@ pub async fn run(store: Store, outgoing: mpsc::Sender<Send>, wake: Arc<Notify>) 
     loop {
         let mut pause = PERIOD;
         match reconcile(&store, &outgoing, &mut published).await {
-            Ok(pass) => {
+            Ok(next_soak_end_ms) => {
                 // A wave whose soak ends before the next period moves on then, not up to a
                 // period later: once its devices have all reported, nothing else wakes the loop.
-                if let Some(ends_ms) = pass.next_soak_end_ms {
+                if let Some(ends_ms) = next_soak_end_ms {
                     let wait_ms = u64::try_from(ends_ms.saturating_sub(now_ms())).unwrap_or(0);
                     pause = pause.min(Duration::from_millis(wait_ms));
                 }
@@ -352,28 +352,19 @@ async fn advance_rollouts(store: &Store, devices: &[Device]) -> Result<(), Store
     Ok(())
 }
 
-/// What one reconciliation pass did and what it leaves pending.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Pass {
-    /// Desired-state messages published.
-    pub sent: usize,
-    /// When the earliest wave still soaking ends (hub clock, ms).
-    pub next_soak_end_ms: Option<i64>,
-}
-
 /// One pass: rollouts moved on, then every device's desired state published where it changed.
+/// Returns when the earliest wave still soaking ends (hub clock, ms).
 pub async fn reconcile(
     store: &Store,
     outgoing: &mpsc::Sender<Send>,
     published: &mut HashMap<String, Vec<u8>>,
-) -> Result<Pass, ReconcileError> {
+) -> Result<Option<i64>, ReconcileError> {
     let devices = store.devices().await?;
     advance_rollouts(store, &devices).await?;
     let plan = Plan::load(store).await?;
     let packages: HashMap<String, _> = store.packages().await?.into_iter().map(|p| (p.sha256.clone(), p)).collect();
     let recorded: HashMap<String, DesiredInfo> =
         store.desired().await?.into_iter().map(|d| (d.device.clone(), d)).collect();
-    let mut sent = 0;
     for device in &devices {
         let (assignment, rollback) = plan.assign(device);
         let desired = assignment
@@ -387,7 +378,6 @@ pub async fn reconcile(
             let send = Send { topic: wire::topic(&device.id, "desired"), payload: payload.clone(), retain: true };
             outgoing.send(send).await.map_err(|_| ReconcileError::Closed)?;
             published.insert(device.id.clone(), payload);
-            sent += 1;
         }
         match (assignment, desired) {
             (Some(a), Some(_)) => {
@@ -421,7 +411,7 @@ pub async fn reconcile(
             }
         }
     }
-    Ok(Pass { sent, next_soak_end_ms: next_soak_end_ms(&plan.deployments, now_ms()) })
+    Ok(next_soak_end_ms(&plan.deployments, now_ms()))
 }
 
 /// When the earliest wave of a rollout under way ends its soak, if after `now`.

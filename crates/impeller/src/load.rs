@@ -521,9 +521,10 @@ fn encode_publish<'a>(out: &mut BytesMut, topic: &str, messages: impl IntoIterat
     let _ = Packet::Publish(p).write(out, MAX_PACKET);
 }
 
-/// The hub's configuration with TLS on its MQTT listener (the flags set the rest).
-fn hub_config_file(dir: &Path) -> PathBuf {
-    dir.join("hub.toml")
+/// The hub's configuration file, for runs that need one (TLS, retention; the flags set the
+/// rest).
+fn hub_config_file(args: &LoadBenchArgs, dir: &Path) -> Option<PathBuf> {
+    (args.tls || args.retain_secs.is_some()).then(|| dir.join("hub.toml"))
 }
 
 /// Writes the hub's configuration file when the run needs one (TLS, retention); returns the
@@ -549,8 +550,8 @@ fn hub_config(args: &LoadBenchArgs, dir: &Path) -> anyhow::Result<Option<TlsConn
     } else {
         None
     };
-    if args.tls || args.retain_secs.is_some() {
-        std::fs::write(hub_config_file(dir), config)?;
+    if let Some(file) = hub_config_file(args, dir) {
+        std::fs::write(file, config)?;
     }
     Ok(tls)
 }
@@ -583,8 +584,8 @@ struct Checked {
     duplicates: u64,
 }
 
-/// Every device's stored sequence numbers must be 1..=n, each once.
-/// Counts each device's messages 1 to the highest stored; with `forgetting` (retention), the
+/// Every device's stored sequence numbers must be 1..=n, each once; with `forgetting`
+/// (retention), the
 /// ones before the oldest still held are forgotten, not missing (a sweep deletes by age, so
 /// from the start of each device's sequence).
 async fn verify(database: &str, run_id: &str, n: u64, forgetting: bool) -> anyhow::Result<Checked> {
@@ -635,8 +636,8 @@ impl HubProcess {
         if let Some(b) = &args.broker {
             cmd.args(["--broker", b]);
         }
-        if args.tls || args.retain_secs.is_some() {
-            cmd.arg("--config").arg(hub_config_file(dir));
+        if let Some(file) = hub_config_file(args, dir) {
+            cmd.arg("--config").arg(file);
         }
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().context("starting the hub")?;
         Ok(HubProcess(child))
