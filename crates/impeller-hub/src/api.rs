@@ -55,8 +55,11 @@ pub struct ApiState {
     pub retrainer: Arc<crate::retrain::Retrainer>,
     /// The hub's audit public key, for its own check of the trail; `None` without one.
     pub audit_keys: Option<Arc<TrustStore>>,
-    /// What the ingest loop has stored, for the live event stream.
+    /// What the ingest loop has stored, for the live event stream and the metrics.
     pub stats: Arc<crate::ingest::IngestStats>,
+    /// How long raw samples are kept (`[retention] samples_days`); `None`: for ever. A
+    /// retraining policy may not ask for a longer window of them.
+    pub samples_kept: Option<std::time::Duration>,
 }
 
 /// The closed set of error codes; each maps to one HTTP status.
@@ -272,6 +275,7 @@ pub fn router(state: ApiState) -> axum::Router {
         .route("/api/v1/drift/fleet", get(views::drift_fleet))
         .route("/api/v1/drift/{device}/{seq}", get(views::sketch))
         .route("/api/v1/audit/status", get(views::audit_status))
+        .route("/api/v1/metrics", get(views::metrics))
         .route("/api/v1/events", get(events::events))
         .merge(crate::dashboard::router())
         .fallback(|| async { Problem::new(Code::NotFound, "no such endpoint") })

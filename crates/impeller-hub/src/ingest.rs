@@ -14,6 +14,10 @@ use impeller_core::wire;
 use crate::bus::{Bus, Received, Send};
 use crate::store::{Incoming, Stream, TelemetryStore};
 
+/// Upper bounds in seconds of the buckets of [`IngestStats`]' histogram of a batch's time in the
+/// database: from a few milliseconds (a commit's fsync) to the seconds that break the 1-s target.
+pub const STORE_SECONDS_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
 /// Counters of the ingest loop.
 #[derive(Debug, Default)]
 pub struct IngestStats {
@@ -22,6 +26,54 @@ pub struct IngestStats {
     /// Messages refused: malformed, or the envelope's device differs from the topic's.
     pub refused: AtomicU64,
     pub batches: AtomicU64,
+    /// Batches the database failed to store (read or commit error); sent again by the agents.
+    pub failed_batches: AtomicU64,
+    /// Batches per bucket of [`STORE_SECONDS_BUCKETS`] (not cumulative), the last one beyond it.
+    store_seconds: [AtomicU64; STORE_SECONDS_BUCKETS.len() + 1],
+    store_micros_sum: AtomicU64,
+}
+
+impl IngestStats {
+    /// Counts a batch that spent `took` in the database (stream state read and commit).
+    pub fn record_store_time(&self, took: std::time::Duration) {
+        let secs = took.as_secs_f64();
+        let bucket = STORE_SECONDS_BUCKETS.iter().position(|le| secs <= *le).unwrap_or(STORE_SECONDS_BUCKETS.len());
+        self.store_seconds[bucket].fetch_add(1, Ordering::Relaxed);
+        self.store_micros_sum.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The counters in Prometheus' text exposition format (version 0.0.4).
+    pub fn prometheus(&self) -> String {
+        use std::fmt::Write as _;
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut out = String::new();
+        for (name, help, value) in [
+            ("impeller_ingest_stored_total", "Messages stored (each device and sequence number once).", &self.stored),
+            ("impeller_ingest_duplicates_total", "Messages received again after they were stored.", &self.duplicates),
+            (
+                "impeller_ingest_refused_total",
+                "Messages refused as malformed or sent for another device.",
+                &self.refused,
+            ),
+            ("impeller_ingest_batches_total", "Batches committed.", &self.batches),
+            ("impeller_ingest_failed_batches_total", "Batches the database failed to store.", &self.failed_batches),
+        ] {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", get(value));
+        }
+        let name = "impeller_ingest_store_seconds";
+        let _ =
+            writeln!(out, "# HELP {name} A batch's time in the database: its streams' state read, then its commit.");
+        let _ = writeln!(out, "# TYPE {name} histogram");
+        let mut count = 0;
+        for (i, bucket) in self.store_seconds.iter().enumerate() {
+            count += get(bucket);
+            let le = STORE_SECONDS_BUCKETS.get(i).map_or("+Inf".to_string(), |le| le.to_string());
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_sum {}", get(&self.store_micros_sum) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+        out
+    }
 }
 
 /// Checks one publish: topic and envelopes must agree, each envelope on its own (a message may
@@ -111,11 +163,13 @@ pub async fn run<S: TelemetryStore>(
         if batch_now.is_empty() {
             continue;
         }
+        let store_started = std::time::Instant::now();
         // The streams as they will be once this batch is committed.
         let next = match next_streams(&streams, &store, &batch_now).await {
             Ok(next) => next,
             Err(error) => {
                 tracing::error!(%error, messages = batch_now.len(), "cannot read stream state; not acknowledged");
+                stats.failed_batches.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 continue;
             }
@@ -137,6 +191,7 @@ pub async fn run<S: TelemetryStore>(
                 },
             }
         };
+        stats.record_store_time(store_started.elapsed());
         match committed {
             Ok(c) => {
                 stats.stored.fetch_add(c.stored, Ordering::Relaxed);
@@ -155,6 +210,7 @@ pub async fn run<S: TelemetryStore>(
             }
             Err(error) => {
                 tracing::error!(%error, messages = batch_now.len(), "cannot store a batch; not acknowledged");
+                stats.failed_batches.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(std::time::Duration::from_millis(500)).await;
             }
         }
@@ -381,6 +437,32 @@ mod tests {
         }
         assert_eq!(stats.stored.load(Ordering::Relaxed), 12 * n);
         task.abort();
+    }
+
+    #[test]
+    fn store_times_fall_in_their_buckets_and_are_rendered_cumulative() {
+        let stats = IngestStats::default();
+        for ms in [3, 5, 40, 1_500, 20_000] {
+            stats.record_store_time(std::time::Duration::from_millis(ms));
+        }
+        let text = stats.prometheus();
+        let bucket = |le: &str| {
+            let line = format!("impeller_ingest_store_seconds_bucket{{le=\"{le}\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(line.as_str()))
+                .unwrap_or_else(|| panic!("{le}: {text}"))
+                .to_string()
+        };
+        // 3 and 5 ms at most 5 ms (bounds are inclusive); 40 ms by 50; 1.5 s by 2.5; 20 s beyond.
+        assert_eq!(bucket("0.005"), "2");
+        assert_eq!(bucket("0.025"), "2");
+        assert_eq!(bucket("0.05"), "3");
+        assert_eq!(bucket("1"), "3");
+        assert_eq!(bucket("2.5"), "4");
+        assert_eq!(bucket("10"), "4");
+        assert_eq!(bucket("+Inf"), "5");
+        assert!(text.contains("\nimpeller_ingest_store_seconds_count 5\n"), "{text}");
+        assert!(text.contains("\nimpeller_ingest_store_seconds_sum 21.548\n"), "{text}");
     }
 
     #[test]

@@ -800,6 +800,12 @@ pub fn document() -> Value {
                 "get": op("The hub's own verification of its audit trail (chain and signed checkpoints)", "audit",
                           Who::Operator, json!({"200": ok("the status", "AuditStatus")}), &[]),
             },
+            "/api/v1/metrics": {
+                "get": op("Ingestion's counters and its histogram of a batch's time in the database, in Prometheus' \
+                           text format (0.0.4); scrape with a read-only token", "hub", Who::Operator,
+                          json!({"200": {"description": "the metrics",
+                                         "content": {"text/plain": {"schema": string()}}}}), &[]),
+            },
             "/api/v1/events": {
                 "get": with(op("Server-sent events for live pages: `hello` first, then `audit` (each new audit record's \
                                 seq, time_ms, actor, action and subject; the event id is the seq, and `Last-Event-ID` \

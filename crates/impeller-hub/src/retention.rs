@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use impeller_core::audit::AuditEvent;
 
-use crate::store::{AuditStore, Store, StoreError, TelemetryQueries, TelemetryRetention, now_ms};
+use crate::store::{AuditStore, JobStore, Store, StoreError, TelemetryQueries, TelemetryRetention, now_ms};
 
 /// Rows deleted per statement: short enough that ingestion, which waits for SQLite's one
 /// writer, hardly notices.
@@ -61,6 +61,7 @@ pub async fn sweep(store: &Store, keep: &Keep, now_ms: i64) -> Result<BTreeMap<S
 
 /// Sweeps every `every`, the first a minute after the start (not while the hub is starting).
 pub async fn run(store: Store, keep: Keep, every: Duration) {
+    warn_of_longer_windows(&store, &keep).await;
     tokio::time::sleep(every.min(Duration::from_secs(60))).await;
     let mut tick = tokio::time::interval(every);
     // A sweep longer than the period delays the next rather than running them back to back.
@@ -74,6 +75,27 @@ pub async fn run(store: Store, keep: Keep, every: Duration) {
             }
             Ok(_) => {}
             Err(error) => tracing::error!(%error, "retention sweep failed; trying again at the next"),
+        }
+    }
+}
+
+/// Says which retraining policies ask for more raw samples than are kept: set before the
+/// retention was shortened (the API refuses such a policy now), they would train on less.
+async fn warn_of_longer_windows(store: &Store, keep: &Keep) {
+    let Some((_, kept)) = keep.iter().find(|(kind, _)| kind == "samples") else { return };
+    let policies = match store.policies().await {
+        Ok(p) => p,
+        Err(error) => return tracing::warn!(%error, "cannot read the retraining policies to check their windows"),
+    };
+    for p in policies {
+        let Ok(policy) = impeller_core::retrain::RetrainPolicy::parse(&p.policy, "policy") else { continue };
+        if policy.data.hours * 3600.0 > kept.as_secs_f64() {
+            tracing::warn!(
+                model = %p.model,
+                hours = policy.data.hours,
+                samples_kept_hours = kept.as_secs_f64() / 3600.0,
+                "the retraining policy's data window is longer than raw samples are kept: it will train on less"
+            );
         }
     }
 }

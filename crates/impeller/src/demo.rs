@@ -283,7 +283,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         }
         watch_retraining(&api, &mut deployments, &mut retraining, started).await?;
         watch_rollouts(&api, &deployments, &mut waves, started).await?;
-        let active = running(&api).await?;
+        let (active, _) = running(&api).await?;
         let sim = ((replay_started.elapsed().as_secs_f64() * args.speed * 1000.0) as i64).min(sim_span);
         bar.set_position(sim as u64 / 1000);
         bar.set_prefix(format!("sim {}/{}", sim_clock(sim), sim_clock(sim_span)));
@@ -412,7 +412,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         lineage.0 += l["versions"].as_array().map_or(0, Vec::len);
         lineage.1 += l["devices"].as_array().map_or(0, Vec::len);
     }
-    let running_now = running(&api).await?;
+    let (running_now, not_running) = running(&api).await?;
     let (rates, entered) = (
         api.call("GET", "/alert-rates?limit=1000", None).await?,
         api.call("GET", "/audit?action=alert_rate.elevated&limit=1000", None).await?,
@@ -459,6 +459,11 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         writeln!(out, "Summary after {} ({} simulated hours):", elapsed(started), args.hours)?;
         write_summary(out, &summary)?;
         writeln!(out, "{}", rollout_line(&waves, running_now, fleet.pumps.len()))?;
+        if !not_running.is_empty() {
+            let more = not_running.len().saturating_sub(10);
+            let more = if more > 0 { format!(" and {more} more") } else { String::new() };
+            writeln!(out, "  not on their model: {}{more}", not_running[..not_running.len().min(10)].join(", "))?;
+        }
         let explained = drifting
             .iter()
             .filter(|(d, end)| by_id.get(d.as_str()).is_some_and(|p| !drift_cause(p, **end).starts_with("no cause")))
@@ -604,21 +609,32 @@ async fn verify_audit(
     }
 }
 
-/// All rollouts in one line: how many are at which wave, and devices running their model.
-/// Devices whose latest report says their model is active.
-async fn running(api: &HubClient) -> anyhow::Result<usize> {
+/// The devices whose latest report says their model is active, and the others as
+/// `id (state: reason)` (`no report` for a device that has sent none).
+async fn running(api: &HubClient) -> anyhow::Result<(usize, Vec<String>)> {
     let mut cursor = None;
-    let mut active = 0;
+    let (mut active, mut others) = (0, Vec::new());
     loop {
         let page = api.call("GET", &page_after("/fleet", &cursor), None).await?;
-        active += page["items"].as_array().into_iter().flatten().filter(|d| d["update_state"] == "active").count();
+        for d in page["items"].as_array().into_iter().flatten() {
+            match (d["update_state"].as_str(), d["update_reason"].as_str()) {
+                (Some("active"), _) => active += 1,
+                (state, reason) => others.push(format!(
+                    "{} ({}{})",
+                    d["id"].as_str().unwrap_or("?"),
+                    state.unwrap_or("no report"),
+                    reason.map(|r| format!(": {r}")).unwrap_or_default()
+                )),
+            }
+        }
         cursor = page["next_after"].as_str().map(String::from);
         if cursor.is_none() {
-            return Ok(active);
+            return Ok((active, others));
         }
     }
 }
 
+/// All rollouts in one line: how many are at which wave, and devices running their model.
 fn rollout_line(waves: &BTreeMap<String, (String, u64, u64)>, active: usize, devices: usize) -> String {
     let mut at: BTreeMap<String, usize> = BTreeMap::new();
     for (phase, wave, _) in waves.values() {

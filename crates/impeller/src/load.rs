@@ -72,7 +72,7 @@ async fn run(args: LoadBenchArgs) -> anyhow::Result<()> {
 
 async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) -> anyhow::Result<()> {
     let started = Instant::now();
-    let devices = provision(database, args.devices, run_id).await?;
+    let (devices, scraper) = provision(database, args.devices, run_id).await?;
     say!("provisioned {} devices in {:.1} s", devices.len(), started.elapsed().as_secs_f64());
 
     let mqtt_port = free_port()?;
@@ -124,6 +124,8 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
     schedule.send_replace(Some(Schedule { start: t0, end: t0 + Duration::from_secs(args.secs) }));
     let mut restarted = None;
     let mut hub_cpu = 0.0;
+    // The hub's own histogram of its batches' time in the database, summed over its restarts.
+    let mut store_times = StoreTimes::default();
     let mut last_report = t0;
     while t0.elapsed() < Duration::from_secs(args.secs) {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -132,12 +134,13 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
             && t0.elapsed() >= Duration::from_secs(after)
         {
             hub_cpu += hub.cpu_secs().unwrap_or(0.0);
+            store_times.add(hub.store_times(&scraper).await);
             hub.kill()?;
             hub = HubProcess::start(args, dir, database, mqtt_port)?;
             restarted = Some(t0.elapsed());
             say!("killed the hub (SIGKILL) at {:.1} s and started it again", t0.elapsed().as_secs_f64());
         }
-        fleet.report(t0, &mut last_report, "");
+        progress(&fleet, &hub, &scraper, t0, &mut last_report, "").await;
     }
     let publish_secs = t0.elapsed().as_secs_f64();
     // Every device waits for its last acknowledgement, then hands back its latencies.
@@ -146,7 +149,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
     for t in tasks {
         while !t.is_finished() && t0.elapsed() < Duration::from_secs(args.secs) + DRAIN + Duration::from_secs(10) {
             tokio::time::sleep(Duration::from_millis(100)).await;
-            fleet.report(t0, &mut last_report, " (draining)");
+            progress(&fleet, &hub, &scraper, t0, &mut last_report, " (draining)").await;
         }
         match tokio::time::timeout(Duration::from_secs(1), t).await {
             Ok(Ok(done)) => {
@@ -163,6 +166,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
     let published = fleet.published.load(Relaxed);
     hub_cpu += hub.cpu_secs().unwrap_or(0.0);
     let fleet_cpu = cpu_secs("self").unwrap_or(0.0);
+    store_times.add(hub.store_times(&scraper).await);
     hub.kill()?;
 
     // The store must hold each published message exactly once.
@@ -214,6 +218,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
         fleet.resent.load(Relaxed),
         restarted.map(|t| format!(", hub killed at {:.1} s", t.as_secs_f64())).unwrap_or_default()
     );
+    say!("{}", store_times.line());
     // The fleet shares the machine with the hub: what each used says how much was left.
     say!(
         "cpu: the hub {hub_cpu:.0} s, this fleet {fleet_cpu:.0} s (its provisioning included), {drain_secs:.0} s of wall time on {} cores{}",
@@ -251,21 +256,25 @@ struct Fleet {
     errors: AtomicU64,
 }
 
-impl Fleet {
-    /// A progress line every 5 s.
-    fn report(&self, t0: Instant, last: &mut Instant, note: &str) {
-        if last.elapsed() < Duration::from_secs(5) {
-            return;
-        }
-        *last = Instant::now();
-        say!(
-            "  {:>5.1} s: {} published, {} acknowledged, {} connected{note}",
-            t0.elapsed().as_secs_f64(),
-            self.published.load(Relaxed),
-            self.acked.load(Relaxed),
-            self.connected.load(Relaxed)
-        );
+/// A progress line every 5 s: what the fleet published and had acknowledged, and what the hub
+/// process running now says it stored (a backlog between the two is the hub's; one after it,
+/// in acknowledgements).
+async fn progress(fleet: &Fleet, hub: &HubProcess, scraper: &str, t0: Instant, last: &mut Instant, note: &str) {
+    if last.elapsed() < Duration::from_secs(5) {
+        return;
     }
+    *last = Instant::now();
+    let stored = match hub.metrics(scraper).await {
+        Ok(text) => metric(&text, "impeller_ingest_stored_total").map_or("?".into(), |n| format!("{n:.0}")),
+        Err(_) => "?".into(),
+    };
+    say!(
+        "  {:>5.1} s: {} published, {stored} stored by the hub, {} acknowledged, {} connected{note}",
+        t0.elapsed().as_secs_f64(),
+        fleet.published.load(Relaxed),
+        fleet.acked.load(Relaxed),
+        fleet.connected.load(Relaxed)
+    );
 }
 
 /// When the devices publish: set once every device is connected.
@@ -557,8 +566,10 @@ fn hub_config(args: &LoadBenchArgs, dir: &Path) -> anyhow::Result<Option<TlsConn
 }
 
 /// Provisions `n` devices through the store, as `impeller device add` does through the API.
-async fn provision(database: &str, n: u64, run_id: &str) -> anyhow::Result<Vec<(String, String)>> {
+/// The fleet's devices with their secrets, and a read-only token to scrape the hub's metrics.
+async fn provision(database: &str, n: u64, run_id: &str) -> anyhow::Result<(Vec<(String, String)>, String)> {
     let store = impeller_hub::store::Store::open(database).await?;
+    let (_, scraper) = store.add_token(&format!("{run_id}-metrics"), impeller_hub::auth::Role::Read, "bench").await?;
     let tags = [("site".to_string(), "load".to_string())].into_iter().collect();
     let mut out = Vec::with_capacity(n as usize);
     for i in 0..n {
@@ -566,7 +577,80 @@ async fn provision(database: &str, n: u64, run_id: &str) -> anyhow::Result<Vec<(
         let secret = store.add_device(&id, &tags, "gw", "bench").await?;
         out.push((id, secret));
     }
-    Ok(out)
+    Ok((out, scraper))
+}
+
+/// The hub's histogram `impeller_ingest_store_seconds`: cumulative counts per upper bound.
+#[derive(Default)]
+struct StoreTimes {
+    buckets: Vec<(f64, u64)>,
+    /// Their time in all.
+    seconds: f64,
+    /// Hub processes whose metrics could not be read (their batches are not counted).
+    unread: usize,
+}
+
+impl StoreTimes {
+    fn add(&mut self, scraped: anyhow::Result<(Vec<(f64, u64)>, f64)>) {
+        match scraped {
+            Ok((b, secs)) if self.buckets.is_empty() || b.len() == self.buckets.len() => {
+                if self.buckets.is_empty() {
+                    self.buckets = b.iter().map(|(le, _)| (*le, 0)).collect();
+                }
+                self.buckets.iter_mut().zip(b).for_each(|(s, (_, n))| s.1 += n);
+                self.seconds += secs;
+            }
+            Ok(_) => self.unread += 1,
+            Err(error) => {
+                say!("could not read the hub's metrics: {error:#}");
+                self.unread += 1;
+            }
+        }
+    }
+
+    /// The bucket bound below which a fraction `p` of the batches took.
+    fn quantile(&self, p: f64) -> Option<f64> {
+        let total = self.buckets.last()?.1;
+        let want = (total as f64 * p).ceil() as u64;
+        self.buckets.iter().find(|(_, n)| *n >= want).map(|(le, _)| *le)
+    }
+
+    fn line(&self) -> String {
+        let Some(&(_, total)) = self.buckets.last() else { return "the hub's store times: not read".into() };
+        let within = |bound: f64| self.buckets.iter().find(|(le, _)| *le == bound).map_or(0, |(_, n)| *n);
+        let ms = |q: Option<f64>| match q {
+            Some(le) if le.is_finite() => format!("≤ {:.0} ms", le * 1000.0),
+            _ => "beyond the largest bucket".into(),
+        };
+        let slowest = self.buckets.iter().find(|(_, n)| *n == total).map(|(le, _)| *le);
+        format!(
+            "the hub's batches in the database (its streams' state read and the commit): {total} in {:.0} s, p50 {}, p99 {}, {} over 1 s, the slowest {}{}",
+            self.seconds,
+            ms(self.quantile(0.5)),
+            ms(self.quantile(0.99)),
+            total - within(1.0),
+            ms(slowest),
+            if self.unread > 0 { format!(" ({} hub process(es) not read)", self.unread) } else { String::new() }
+        )
+    }
+}
+
+/// The value of a sample without labels in a Prometheus text exposition.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The buckets of `impeller_ingest_store_seconds` in a Prometheus text exposition, and its sum.
+fn store_seconds_buckets(text: &str) -> anyhow::Result<(Vec<(f64, u64)>, f64)> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("impeller_ingest_store_seconds_bucket{le=\"") else { continue };
+        let (le, count) = rest.split_once("\"} ").with_context(|| format!("a bucket line: {line}"))?;
+        let le = if le == "+Inf" { f64::INFINITY } else { le.parse().with_context(|| format!("a bound: {line}"))? };
+        out.push((le, count.trim().parse().with_context(|| format!("a count: {line}"))?));
+    }
+    anyhow::ensure!(!out.is_empty(), "no impeller_ingest_store_seconds buckets in the hub's metrics");
+    Ok((out, metric(text, "impeller_ingest_store_seconds_sum").context("no impeller_ingest_store_seconds_sum")?))
 }
 
 #[derive(Default)]
@@ -617,7 +701,10 @@ async fn verify(database: &str, run_id: &str, n: u64, forgetting: bool) -> anyho
 }
 
 /// The hub as a child process.
-struct HubProcess(Child);
+struct HubProcess {
+    child: Child,
+    http_port: u16,
+}
 
 impl HubProcess {
     fn start(args: &LoadBenchArgs, dir: &Path, database: &str, mqtt_port: u16) -> anyhow::Result<HubProcess> {
@@ -626,13 +713,14 @@ impl HubProcess {
             None => std::env::current_exe()?,
         };
         let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("hub.log"))?;
+        let http_port = free_port()?;
         let mut cmd = Command::new(exe);
         cmd.arg("hub")
             .arg("--data-dir")
             .arg(dir.join("hub"))
             .args(["--database", database])
             .args(["--mqtt-listen", &format!("127.0.0.1:{mqtt_port}")])
-            .args(["--http-listen", &format!("127.0.0.1:{}", free_port()?)]);
+            .args(["--http-listen", &format!("127.0.0.1:{http_port}")]);
         if let Some(b) = &args.broker {
             cmd.args(["--broker", b]);
         }
@@ -640,24 +728,37 @@ impl HubProcess {
             cmd.arg("--config").arg(file);
         }
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().context("starting the hub")?;
-        Ok(HubProcess(child))
+        Ok(HubProcess { child, http_port })
     }
 
     fn cpu_secs(&self) -> Option<f64> {
-        cpu_secs(&self.0.id().to_string())
+        cpu_secs(&self.child.id().to_string())
+    }
+
+    /// The hub's metrics (Prometheus' text format).
+    async fn metrics(&self, token: &str) -> anyhow::Result<String> {
+        let url = format!("http://127.0.0.1:{}/api/v1/metrics", self.http_port);
+        let resp = reqwest::Client::new().get(&url).bearer_auth(token).timeout(Duration::from_secs(2)).send().await?;
+        anyhow::ensure!(resp.status().is_success(), "{url}: {}", resp.status());
+        Ok(resp.text().await?)
+    }
+
+    /// The hub's histogram of its batches' time in the database.
+    async fn store_times(&self, token: &str) -> anyhow::Result<(Vec<(f64, u64)>, f64)> {
+        store_seconds_buckets(&self.metrics(token).await?)
     }
 
     fn kill(&mut self) -> anyhow::Result<()> {
-        self.0.kill()?;
-        self.0.wait()?;
+        self.child.kill()?;
+        self.child.wait()?;
         Ok(())
     }
 }
 
 impl Drop for HubProcess {
     fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -697,5 +798,44 @@ async fn drop_postgres(url: &str, name: &str) {
         let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
             .execute(&mut conn)
             .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hubs_store_times_are_read_and_summed_over_its_restarts() {
+        let (first, second) =
+            (impeller_hub::ingest::IngestStats::default(), impeller_hub::ingest::IngestStats::default());
+        for ms in (1..=98).map(|_| 3).chain([700, 1_800]) {
+            first.record_store_time(Duration::from_millis(ms));
+        }
+        second.record_store_time(Duration::from_secs(30));
+        let mut times = StoreTimes::default();
+        times.add(store_seconds_buckets(&first.prometheus()));
+        assert_eq!(times.quantile(0.5), Some(0.005));
+        assert_eq!(times.quantile(0.99), Some(1.0));
+        times.add(store_seconds_buckets(&second.prometheus()));
+        times.add(Err(anyhow::anyhow!("a hub that did not answer")));
+        assert_eq!(
+            times.line(),
+            "the hub's batches in the database (its streams' state read and the commit): 101 in 33 s, p50 ≤ 5 ms, p99 ≤ 2500 ms, \
+             2 over 1 s, the slowest beyond the largest bucket (1 hub process(es) not read)"
+        );
+        assert!(store_seconds_buckets("impeller_ingest_stored_total 3\n").is_err());
+        assert_eq!(
+            metric(&first.prometheus(), "impeller_ingest_batches_total"),
+            Some(0.0),
+            "counted by the loop, not here"
+        );
+        assert_eq!(
+            metric(
+                "impeller_ingest_stored_total_x 1\nimpeller_ingest_stored_total 7\n",
+                "impeller_ingest_stored_total"
+            ),
+            Some(7.0)
+        );
     }
 }

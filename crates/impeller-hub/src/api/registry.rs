@@ -214,7 +214,18 @@ pub async fn put_policy(
     if !impeller_core::wire::valid_device_id(&name) {
         return Err(Problem::new(Code::InvalidRequest, "model name: 1 to 64 of A-Z a-z 0-9 . _ -"));
     }
-    RetrainPolicy::parse(&p.policy, "policy").map_err(|e| Problem::new(Code::InvalidRequest, e))?;
+    let policy = RetrainPolicy::parse(&p.policy, "policy").map_err(|e| Problem::new(Code::InvalidRequest, e))?;
+    if let Some(kept) = s.samples_kept.filter(|kept| policy.data.hours * 3600.0 > kept.as_secs_f64()) {
+        return Err(Problem::new(
+            Code::InvalidRequest,
+            format!(
+                "policy: data.hours = {} asks for more than this hub keeps of raw samples ({} h, `[retention] \
+                 samples_days`): a retraining would train on less than it says; shorten the window or keep samples longer",
+                policy.data.hours,
+                kept.as_secs_f64() / 3600.0
+            ),
+        ));
+    }
     let spec_text = crate::retrain::with_dataset(&p.spec, &"0".repeat(64))?;
     let spec = impeller_pipeline::spec::PipelineSpec::parse(&spec_text, "spec")
         .map_err(|e| Problem::new(Code::InvalidRequest, e.to_string()))?;

@@ -1,12 +1,12 @@
 //! Read-only views that put several stores together, for the dashboard and for scripts: the
 //! fleet at a glance, a device's charts, one alert with its readings and verdict, one sketch
-//! against its reference, and the audit trail's verification.
+//! against its reference, the audit trail's verification, and ingestion's metrics.
 
 use std::collections::HashMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
 use impeller_core::audit::ChainVerifier;
 use impeller_core::sketch;
 use impeller_core::wire::{AlertBody, SketchBody};
@@ -328,6 +328,15 @@ pub struct AuditStatus {
     pub last_verified_seq: Option<u64>,
     pub audit_key: Option<String>,
     pub checked_ms: i64,
+}
+
+/// `GET /metrics`: ingestion's counters and its histogram of store times, for Prometheus.
+pub async fn metrics(
+    State(s): State<ApiState>,
+    headers: HeaderMap,
+) -> ApiResult<([(header::HeaderName, &'static str); 1], String)> {
+    operator(&s, &headers, Role::Read).await?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], s.stats.prometheus()))
 }
 
 pub async fn audit_status(State(s): State<ApiState>, headers: HeaderMap) -> ApiResult<Json<AuditStatus>> {

@@ -46,6 +46,7 @@ mod datasets;
 mod events;
 mod external_broker;
 mod feedback;
+mod metrics;
 mod openapi;
 mod registry;
 mod retrain;

@@ -343,3 +343,29 @@ async fn a_class_shifted_as_a_whole_retrains() {
     assert_eq!(reports.len(), 3);
     assert!(reports.iter().all(|r| r.state != "drift"), "no device in drift on its own: {reports:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_may_not_ask_for_more_samples_than_the_hub_keeps() {
+    let dir = tempfile::tempdir().unwrap();
+    let (hub, token, _) = api_hub(dir.path(), |cfg| {
+        cfg.retention = vec![("samples".into(), Duration::from_secs(12 * 3600))];
+    })
+    .await;
+    let put = |hours: u32| {
+        let body = serde_json::json!({
+            "policy": POLICY.replace("hours = 24", &format!("hours = {hours}")), "spec": SPEC, "profiles": {"gw.toml": PROFILE},
+        });
+        reqwest::Client::new()
+            .put(format!("http://{}/api/v1/models/gulf/policy", hub.http_addr.unwrap()))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    let refused = put(24).await.unwrap();
+    assert_eq!(refused.status().as_u16(), 422);
+    let problem: serde_json::Value = serde_json::from_str(&refused.text().await.unwrap()).unwrap();
+    let detail = problem["detail"].as_str().unwrap();
+    assert!(detail.contains("data.hours = 24") && detail.contains("(12 h, `[retention] samples_days`)"), "{detail}");
+    assert_eq!(put(12).await.unwrap().status().as_u16(), 204, "a window as long as what is kept is allowed");
+}
