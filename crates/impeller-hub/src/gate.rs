@@ -439,7 +439,7 @@ impl Gate {
                     }
                     if !out.is_empty() {
                         socket.write_all(&out).await?;
-                socket.flush().await?;
+                        socket.flush().await?;
                         out.clear();
                     }
                     // Without this the router stops scheduling the link.
@@ -454,7 +454,7 @@ impl Gate {
                         next = session.rx.try_recv().ok();
                     }
                     socket.write_all(&out).await?;
-                socket.flush().await?;
+                    socket.flush().await?;
                     out.clear();
                 }
                 changed = async { withdrawals.as_mut()?.changed().await.ok() }, if withdrawals.is_some() => {

@@ -1,5 +1,6 @@
 //! TLS for the hub's listeners (the devices' MQTT, the HTTP API): a certificate chain and its
-//! key from PEM files, read once at start. Devices still log in with their id and secret; TLS
+//! key from PEM files, read at start and again when they change, so that a renewed certificate
+//! is served without a restart. Devices still log in with their id and secret; TLS
 //! keeps the secret, the telemetry and the packages private on the way and proves the hub is
 //! the hub. Also the hub's side as a client, to an external broker over `mqtts://`.
 
@@ -49,20 +50,82 @@ pub fn client_config(ca_cert: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>
     Ok(Arc::new(config))
 }
 
-/// The acceptor for `files`, offering `alpn` protocols (none for MQTT).
+/// The acceptor for `files`, offering `alpn` protocols (none for MQTT). The files are read now
+/// (an error names them) and again when they change.
 pub fn acceptor(files: &TlsFiles, alpn: &[&[u8]]) -> anyhow::Result<TlsAcceptor> {
-    let certs = read_certs(&files.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&files.key)
-        .map_err(|e| anyhow::anyhow!("{}: no private key in PEM: {e}", files.key.display()))?;
+    let resolver = Reloading::new(files.clone())?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .with_context(|| {
-            format!("{} and {} do not make a certificate and its key", files.cert.display(), files.key.display())
-        })?;
+        .with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(TlsAcceptor::from(Arc::new(config)))
+}
+
+/// How often a handshake looks at the files' modification times.
+pub const RELOAD_CHECK: Duration = Duration::from_secs(1);
+
+/// The certificate and key a listener serves, read again from their files when either file's
+/// modification time changes (looked at, at most every [`RELOAD_CHECK`], by a handshake). A
+/// pair that does not load (say the certificate renewed before its key) is not served: the one
+/// in use stays until the files change again and load.
+#[derive(Debug)]
+struct Reloading {
+    files: TlsFiles,
+    state: std::sync::Mutex<Served>,
+}
+
+#[derive(Debug)]
+struct Served {
+    key: Arc<rustls::sign::CertifiedKey>,
+    /// The files' modification times when last read, whether or not they loaded.
+    seen: [Option<std::time::SystemTime>; 2],
+    checked: std::time::Instant,
+}
+
+impl Reloading {
+    fn new(files: TlsFiles) -> anyhow::Result<Reloading> {
+        let seen = modified(&files);
+        let key = certified_key(&files)?;
+        Ok(Reloading { files, state: std::sync::Mutex::new(Served { key, seen, checked: std::time::Instant::now() }) })
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Reloading {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let mut served = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if served.checked.elapsed() >= RELOAD_CHECK {
+            served.checked = std::time::Instant::now();
+            let now = modified(&self.files);
+            if now != served.seen {
+                served.seen = now;
+                match certified_key(&self.files) {
+                    Ok(key) => {
+                        served.key = key;
+                        tracing::info!(cert = %self.files.cert.display(), "certificate changed on disk: serving the new one");
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "certificate files changed but do not load; still serving the previous certificate")
+                    }
+                }
+            }
+        }
+        Some(served.key.clone())
+    }
+}
+
+fn modified(files: &TlsFiles) -> [Option<std::time::SystemTime>; 2] {
+    [&files.cert, &files.key].map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+}
+
+fn certified_key(files: &TlsFiles) -> anyhow::Result<Arc<rustls::sign::CertifiedKey>> {
+    let certs = read_certs(&files.cert)?;
+    let key = PrivateKeyDer::from_pem_file(&files.key)
+        .map_err(|e| anyhow::anyhow!("{}: no private key in PEM: {e}", files.key.display()))?;
+    let key = rustls::sign::CertifiedKey::from_der(certs, key, &provider()).with_context(|| {
+        format!("{} and {} do not make a certificate and its key", files.cert.display(), files.key.display())
+    })?;
+    Ok(Arc::new(key))
 }
 
 fn read_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {

@@ -38,12 +38,13 @@ async fn metrics_count_what_ingestion_stored_and_how_long_batches_took() {
     assert_eq!(before["impeller_ingest_stored_total"], 0.0);
     assert_eq!(before["impeller_ingest_store_seconds_count"], 0.0);
 
-    // 20 messages in a shuffled order, then 7 and 14 again.
+    // 20 messages in a shuffled order, 7 and 14 again, then a truncated envelope and one that
+    // names another device.
     let acks = device_session(plain_device("127.0.0.1", hub.mqtt_addr.unwrap().port()), "pump-m", 20).await;
     assert_eq!(acks.last(), Some(&20));
     let mut after = scrape().await;
     for _ in 0..50 {
-        if after["impeller_ingest_duplicates_total"] >= 2.0 {
+        if after["impeller_ingest_duplicates_total"] >= 2.0 && after["impeller_ingest_refused_total"] >= 2.0 {
             break;
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -51,7 +52,7 @@ async fn metrics_count_what_ingestion_stored_and_how_long_batches_took() {
     }
     assert_eq!(after["impeller_ingest_stored_total"], 20.0);
     assert!(after["impeller_ingest_duplicates_total"] >= 2.0, "{after:?}");
-    assert_eq!(after["impeller_ingest_refused_total"], 0.0);
+    assert_eq!(after["impeller_ingest_refused_total"], 2.0);
     assert_eq!(after["impeller_ingest_failed_batches_total"], 0.0);
 
     // Every committed batch is in the histogram once; its buckets are cumulative.

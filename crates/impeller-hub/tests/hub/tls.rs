@@ -68,3 +68,42 @@ async fn both_listeners_speak_tls_and_only_tls() {
     let stored = hub.store.messages("pump-t").await.unwrap();
     assert_eq!(stored.iter().map(|m| m.seq).collect::<Vec<_>>(), [1], "{log}");
 }
+
+/// Whether a client trusting only `ca` (a PEM file) gets an answer from the hub's API on `port`:
+/// a new client each time, so each call makes a new handshake.
+async fn trusted_by(ca: &[u8], port: u16) -> bool {
+    let ca = reqwest::Certificate::from_pem(ca).unwrap();
+    let client = reqwest::Client::builder().tls_certs_only([ca]).build().unwrap();
+    client.get(format!("https://127.0.0.1:{port}/api/v1/health")).send().await.is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_without_a_restart_and_a_broken_one_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = certificate(dir.path());
+    let (hub, _, _) = api_hub(dir.path(), |c| c.http_tls = Some(files.clone())).await;
+    let port = hub.http_addr.unwrap().port();
+    let first = std::fs::read(&files.cert).unwrap();
+    assert!(trusted_by(&first, port).await);
+
+    // Renewed in place (a new key too), as a certificate manager does.
+    let renewed = tempfile::tempdir().unwrap();
+    let new = certificate(renewed.path());
+    std::fs::copy(&new.key, &files.key).unwrap();
+    std::fs::copy(&new.cert, &files.cert).unwrap();
+    let second = std::fs::read(&files.cert).unwrap();
+    let until = std::time::Instant::now() + impeller_hub::tls::RELOAD_CHECK * 5;
+    while !trusted_by(&second, port).await {
+        assert!(std::time::Instant::now() < until, "the renewed certificate is not served");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(!trusted_by(&first, port).await, "the old certificate is still served");
+
+    // A certificate whose key is not the one beside it: the hub goes on serving the last good one.
+    let other = tempfile::tempdir().unwrap();
+    std::fs::copy(certificate(other.path()).cert, &files.cert).unwrap();
+    tokio::time::sleep(impeller_hub::tls::RELOAD_CHECK * 2).await;
+    for _ in 0..3 {
+        assert!(trusted_by(&second, port).await, "a broken pair replaced the certificate in use");
+    }
+}
