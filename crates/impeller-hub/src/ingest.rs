@@ -28,6 +28,9 @@ pub struct IngestStats {
     pub batches: AtomicU64,
     /// Batches the database failed to store (read or commit error); sent again by the agents.
     pub failed_batches: AtomicU64,
+    /// Publishes waiting in the channel from the broker when the latest batch began: near its
+    /// capacity, ingestion is behind and the broker's connections stop reading.
+    pub queued: AtomicU64,
     /// Batches per bucket of [`STORE_SECONDS_BUCKETS`] (not cumulative), the last one beyond it.
     store_seconds: [AtomicU64; STORE_SECONDS_BUCKETS.len() + 1],
     store_micros_sum: AtomicU64,
@@ -60,6 +63,9 @@ impl IngestStats {
         ] {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", get(value));
         }
+        let name = "impeller_ingest_queued_publishes";
+        let _ = writeln!(out, "# HELP {name} Publishes waiting for ingestion when its latest batch began.");
+        let _ = writeln!(out, "# TYPE {name} gauge\n{name} {}", get(&self.queued));
         let name = "impeller_ingest_store_seconds";
         let _ =
             writeln!(out, "# HELP {name} A batch's time in the database: its streams' state read, then its commit.");
@@ -159,6 +165,7 @@ pub async fn run<S: TelemetryStore>(
             publishes += 1;
         }
         publishes = 0;
+        stats.queued.store(bus.incoming.len() as u64, Ordering::Relaxed);
         let batch_now = std::mem::take(&mut batch);
         if batch_now.is_empty() {
             continue;
@@ -463,6 +470,12 @@ mod tests {
         assert_eq!(bucket("+Inf"), "5");
         assert!(text.contains("\nimpeller_ingest_store_seconds_count 5\n"), "{text}");
         assert!(text.contains("\nimpeller_ingest_store_seconds_sum 21.548\n"), "{text}");
+        stats.queued.store(7, Ordering::Relaxed);
+        assert!(
+            stats
+                .prometheus()
+                .contains("# TYPE impeller_ingest_queued_publishes gauge\nimpeller_ingest_queued_publishes 7\n")
+        );
     }
 
     #[test]

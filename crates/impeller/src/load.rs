@@ -257,19 +257,19 @@ struct Fleet {
 }
 
 /// A progress line every 5 s: what the fleet published and had acknowledged, and what the hub
-/// process running now says it stored (a backlog between the two is the hub's; one after it,
-/// in acknowledgements).
+/// process running now says it stored and had queued for ingestion (a backlog between published
+/// and stored is the hub's: in that queue, or, when it is full, in its connections; one after
+/// stored is in the acknowledgements).
 async fn progress(fleet: &Fleet, hub: &HubProcess, scraper: &str, t0: Instant, last: &mut Instant, note: &str) {
     if last.elapsed() < Duration::from_secs(5) {
         return;
     }
     *last = Instant::now();
-    let stored = match hub.metrics(scraper).await {
-        Ok(text) => metric(&text, "impeller_ingest_stored_total").map_or("?".into(), |n| format!("{n:.0}")),
-        Err(_) => "?".into(),
-    };
+    let text = hub.metrics(scraper).await.unwrap_or_default();
+    let read = |name: &str| metric(&text, name).map_or("?".into(), |n| format!("{n:.0}"));
+    let (stored, queued) = (read("impeller_ingest_stored_total"), read("impeller_ingest_queued_publishes"));
     say!(
-        "  {:>5.1} s: {} published, {stored} stored by the hub, {} acknowledged, {} connected{note}",
+        "  {:>5.1} s: {} published, {stored} stored by the hub ({queued} publishes queued for it), {} acknowledged, {} connected{note}",
         t0.elapsed().as_secs_f64(),
         fleet.published.load(Relaxed),
         fleet.acked.load(Relaxed),

@@ -54,6 +54,7 @@ async fn metrics_count_what_ingestion_stored_and_how_long_batches_took() {
     assert!(after["impeller_ingest_duplicates_total"] >= 2.0, "{after:?}");
     assert_eq!(after["impeller_ingest_refused_total"], 2.0);
     assert_eq!(after["impeller_ingest_failed_batches_total"], 0.0);
+    assert!(after["impeller_ingest_queued_publishes"] <= 25.0, "a gauge of at most what was sent: {after:?}");
 
     // Every committed batch is in the histogram once; its buckets are cumulative.
     let batches = after["impeller_ingest_batches_total"];
