@@ -209,7 +209,7 @@ impl Hub {
             Some(listen) => {
                 let state = api::ApiState {
                     stats: stats.clone(),
-                    samples_kept: cfg.retention.iter().find(|(kind, _)| kind == "samples").map(|(_, age)| *age),
+                    samples_kept: retention::samples_kept(&cfg.retention),
                     runs,
                     retrainer,
                     store: store.clone(),

@@ -79,17 +79,28 @@ pub async fn run(store: Store, keep: Keep, every: Duration) {
     }
 }
 
+/// How long raw samples (what a retraining snapshots) are kept; `None`: for ever.
+pub fn samples_kept(keep: &Keep) -> Option<Duration> {
+    keep.iter().find(|(kind, _)| kind == "samples").map(|(_, age)| *age)
+}
+
+/// Whether `policy`'s data window is longer than raw samples are `kept`: it would train on less
+/// than it says.
+pub fn window_exceeds(policy: &impeller_core::retrain::RetrainPolicy, kept: Duration) -> bool {
+    i128::from(policy.data_window_ms()) > kept.as_millis() as i128
+}
+
 /// Says which retraining policies ask for more raw samples than are kept: set before the
 /// retention was shortened (the API refuses such a policy now), they would train on less.
 async fn warn_of_longer_windows(store: &Store, keep: &Keep) {
-    let Some((_, kept)) = keep.iter().find(|(kind, _)| kind == "samples") else { return };
+    let Some(kept) = samples_kept(keep) else { return };
     let policies = match store.policies().await {
         Ok(p) => p,
         Err(error) => return tracing::warn!(%error, "cannot read the retraining policies to check their windows"),
     };
     for p in policies {
         let Ok(policy) = impeller_core::retrain::RetrainPolicy::parse(&p.policy, "policy") else { continue };
-        if policy.data.hours * 3600.0 > kept.as_secs_f64() {
+        if window_exceeds(&policy, kept) {
             tracing::warn!(
                 model = %p.model,
                 hours = policy.data.hours,

@@ -215,7 +215,7 @@ pub async fn put_policy(
         return Err(Problem::new(Code::InvalidRequest, "model name: 1 to 64 of A-Z a-z 0-9 . _ -"));
     }
     let policy = RetrainPolicy::parse(&p.policy, "policy").map_err(|e| Problem::new(Code::InvalidRequest, e))?;
-    if let Some(kept) = s.samples_kept.filter(|kept| policy.data.hours * 3600.0 > kept.as_secs_f64()) {
+    if let Some(kept) = s.samples_kept.filter(|kept| crate::retention::window_exceeds(&policy, *kept)) {
         return Err(Problem::new(
             Code::InvalidRequest,
             format!(
