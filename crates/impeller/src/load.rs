@@ -124,6 +124,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
     schedule.send_replace(Some(Schedule { start: t0, end: t0 + Duration::from_secs(args.secs) }));
     let mut restarted = None;
     let mut hub_cpu = 0.0;
+    let mut hub_written = 0u64;
     // The hub's own histogram of its batches' time in the database, summed over its restarts.
     let mut store_times = StoreTimes::default();
     let mut last_report = t0;
@@ -134,6 +135,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
             && t0.elapsed() >= Duration::from_secs(after)
         {
             hub_cpu += hub.cpu_secs().unwrap_or(0.0);
+            hub_written += hub.written_bytes().unwrap_or(0);
             store_times.add(hub.store_times(&scraper).await);
             hub.kill()?;
             hub = HubProcess::start(args, dir, database, mqtt_port)?;
@@ -165,6 +167,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
     // after it (this was read at the end once, and a run that stored everything was failed).
     let published = fleet.published.load(Relaxed);
     hub_cpu += hub.cpu_secs().unwrap_or(0.0);
+    hub_written += hub.written_bytes().unwrap_or(0);
     let fleet_cpu = cpu_secs("self").unwrap_or(0.0);
     store_times.add(hub.store_times(&scraper).await);
     hub.kill()?;
@@ -224,6 +227,16 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
         "cpu: the hub {hub_cpu:.0} s, this fleet {fleet_cpu:.0} s (its provisioning included), {drain_secs:.0} s of wall time on {} cores{}",
         std::thread::available_parallelism().map_or(1, |n| n.get()),
         if args.broker.is_some() { "; the external broker's own not counted" } else { "" }
+    );
+    // Per message, what the hub cost: steadier from run to run than its latencies, which follow
+    // how busy this shared machine is, so variants of the hub compare on these.
+    let stored = (check.stored + check.forgotten).max(1) as f64;
+    say!(
+        "per message stored: the hub's CPU {:.1} µs, its writes to disk {:.0} bytes ({:.2} GB in all{})",
+        hub_cpu * 1e6 / stored,
+        hub_written as f64 / stored,
+        hub_written as f64 / 1e9,
+        if database.starts_with("postgres") { "; PostgreSQL's own not counted" } else { "" }
     );
     let complete = check.missing == 0 && check.duplicates == 0 && check.stored + check.forgotten == published;
     if !complete && let Ok(log) = std::fs::read_to_string(dir.join("hub.log")) {
@@ -733,6 +746,12 @@ impl HubProcess {
 
     fn cpu_secs(&self) -> Option<f64> {
         cpu_secs(&self.child.id().to_string())
+    }
+
+    /// Bytes the hub has caused to be written to storage (its log, database and checkpoints).
+    fn written_bytes(&self) -> Option<u64> {
+        let io = std::fs::read_to_string(format!("/proc/{}/io", self.child.id())).ok()?;
+        io.lines().find_map(|l| l.strip_prefix("write_bytes:")).and_then(|v| v.trim().parse().ok())
     }
 
     /// The hub's metrics (Prometheus' text format).
