@@ -717,6 +717,8 @@ async fn verify(database: &str, run_id: &str, n: u64, forgetting: bool) -> anyho
 struct HubProcess {
     child: Child,
     http_port: u16,
+    /// For its metrics, read every 5 s: one client, not one per read.
+    http: reqwest::Client,
 }
 
 impl HubProcess {
@@ -741,7 +743,7 @@ impl HubProcess {
             cmd.arg("--config").arg(file);
         }
         let child = cmd.stdout(Stdio::null()).stderr(log).spawn().context("starting the hub")?;
-        Ok(HubProcess { child, http_port })
+        Ok(HubProcess { child, http_port, http: reqwest::Client::new() })
     }
 
     fn cpu_secs(&self) -> Option<f64> {
@@ -757,7 +759,7 @@ impl HubProcess {
     /// The hub's metrics (Prometheus' text format).
     async fn metrics(&self, token: &str) -> anyhow::Result<String> {
         let url = format!("http://127.0.0.1:{}/api/v1/metrics", self.http_port);
-        let resp = reqwest::Client::new().get(&url).bearer_auth(token).timeout(Duration::from_secs(2)).send().await?;
+        let resp = self.http.get(&url).bearer_auth(token).timeout(Duration::from_secs(2)).send().await?;
         anyhow::ensure!(resp.status().is_success(), "{url}: {}", resp.status());
         Ok(resp.text().await?)
     }
