@@ -153,7 +153,11 @@ pub struct RunRecord {
     pub finished_ms: i64,
     pub outcome: Outcome,
     pub dataset_sha256: Option<String>,
+    /// The model that ships (with `data.refit`, the one trained again on every row).
     pub model_sha256: Option<String>,
+    /// With `data.refit`: the model trained without the held-out rows, which the gates judged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validated_model_sha256: Option<String>,
     pub version: Option<u64>,
     pub release: Option<u64>,
     pub parent_version: Option<u64>,
@@ -206,6 +210,7 @@ pub fn run(
         outcome: Outcome::Failed,
         dataset_sha256: None,
         model_sha256: None,
+        validated_model_sha256: None,
         version: None,
         release: None,
         parent_version: None,
@@ -293,6 +298,7 @@ impl Runner<'_> {
             &spec.data.validate,
             spec.data.train_head_rows,
             spec.data.holdout,
+            spec.data.refit,
         ))
         .map_err(|e| PipelineError::Data(e.to_string()))?;
 
@@ -306,45 +312,11 @@ impl Runner<'_> {
         let mut inputs: Vec<&[u8]> = vec![dataset_sha.as_bytes(), &selection, &train_cfg];
         inputs.extend(byo_sha.as_deref().map(str::as_bytes));
         let key = StepCache::key("train", &inputs);
-        let model_bytes = self.step("train", |r| {
-            let c = cache.get_or_run("train", &key, |dir| {
-                let split = r.split(&dataset_sha)?;
-                let parts = split.training_parts(spec.data.train_head_rows);
-                let channels = &split.data.channels;
-                let model = match &byo {
-                    Some((_, onnx)) => {
-                        let dim = spec.train.features.dim(channels.len());
-                        let forest = crate::onnx_import::isolation_forest(onnx, dim)?;
-                        adopt_parts(channels, &parts, &spec.train, Detector::IsolationForest(forest))?
-                    }
-                    None => train_parts(channels, &parts, &spec.train)?,
-                };
-                write_synced(&dir.join("model.json"), &model.to_json().map_err(|e| PipelineError::Data(e.to_string()))?)
-            })?;
-            let bytes = read(&c.dir.join("model.json"))?;
-            let detail = match &byo {
-                Some((file, _)) => format!("model {} (adopted from {file})", &sha256_hex(&bytes)[..12]),
-                None => format!("model {}", &sha256_hex(&bytes)[..12]),
-            };
-            Ok((bytes, Some(key.clone()), c.hit, detail))
-        })?;
+        let model_bytes = self.step("train", |r| r.train(&cache, &key, &dataset_sha, byo.as_ref(), false))?;
         let model = Model::from_json(&model_bytes).map_err(|e| PipelineError::Data(format!("cached model: {e}")))?;
         let model_sha = sha256_hex(&model_bytes);
         self.record.model_sha256 = Some(model_sha.clone());
-
-        // The scoring graph as ONNX, for devices and tools with their own ONNX runtime.
-        let key = StepCache::key("export-onnx", &[model_sha.as_bytes()]);
-        let onnx = self.step("export-onnx", |_| {
-            let c = cache.get_or_run("export-onnx", &key, |dir| {
-                write_synced(&dir.join("model.onnx"), &crate::onnx::export(&model))
-            })?;
-            let path = c.dir.join("model.onnx");
-            let bytes = read(&path)?;
-            let a = Artifact { sha256: sha256_hex(&bytes), bytes: bytes.len() as u64, path };
-            let detail = format!("model.onnx {} ({} bytes)", &a.sha256[..12], a.bytes);
-            Ok((a, Some(key.clone()), c.hit, detail))
-        })?;
-        self.record.onnx = Some(onnx.clone());
+        let mut onnx = self.export_onnx(&cache, &model, &model_sha)?;
 
         // Evaluate the candidate.
         let evaluation = if spec.data.validate.is_empty() && spec.data.holdout == 0.0 {
@@ -408,6 +380,20 @@ impl Runner<'_> {
         let detail = summary_of(&results);
         self.step("validate", |_| Ok(((), None, false, detail)))?;
 
+        // What ships: the validated model, or, with `refit`, the same training on every row.
+        let (model, model_bytes, model_sha) = if spec.data.refit && passed {
+            let key = StepCache::key("refit", &inputs);
+            let bytes = self.step("refit", |r| r.train(&cache, &key, &dataset_sha, byo.as_ref(), true))?;
+            let refit = Model::from_json(&bytes).map_err(|e| PipelineError::Data(format!("cached model: {e}")))?;
+            let sha = sha256_hex(&bytes);
+            onnx = self.export_onnx(&cache, &refit, &sha)?;
+            self.record.validated_model_sha256 = Some(model_sha);
+            self.record.model_sha256 = Some(sha.clone());
+            (refit, bytes, sha)
+        } else {
+            (model, model_bytes, model_sha)
+        };
+
         // Register the version (pending), so packages carry its number and release.
         let new = NewVersion {
             run_key: run_key.clone(),
@@ -447,6 +433,7 @@ impl Runner<'_> {
         };
 
         // Package per target: build, check the fit, keep what fits.
+        let shipped_rows = spec.data.refit;
         let mut latency_us = BTreeMap::new();
         let mut packages = Vec::new();
         for profile in &targets {
@@ -458,7 +445,7 @@ impl Runner<'_> {
                 Some(us) => *us,
                 None => {
                     let split = self.split(&dataset_sha)?;
-                    let frames: Vec<Frame> = split.training_parts(spec.data.train_head_rows).concat();
+                    let frames: Vec<Frame> = split.training_parts(spec.data.train_head_rows, shipped_rows).concat();
                     let us = evaluate::scoring_latency_us(&variant.model, &frames[..frames.len().min(2_000)]);
                     *latency_us.entry(variant.sha256.clone()).or_insert(us)
                 }
@@ -501,7 +488,8 @@ impl Runner<'_> {
             let record = self.step(&step_name, |r| {
                 let c = cache.get_or_run("package", &key, |dir| {
                     let split = r.split(&dataset_sha)?;
-                    let parts = split.training_parts(spec.data.train_head_rows);
+                    // The package's reference distribution: the rows the shipped model trained on.
+                    let parts = split.training_parts(spec.data.train_head_rows, shipped_rows);
                     let onnx_bytes;
                     let extra: Vec<(&str, &[u8])> = match profile.runtime {
                         Runtime::Native => Vec::new(),
@@ -556,6 +544,58 @@ impl Runner<'_> {
             return self.finish(registry, "failed", Outcome::Rejected, Vec::new());
         }
         self.finish(registry, "ready", Outcome::Registered, packages)
+    }
+
+    /// The model trained (or, brought from elsewhere, calibrated) on the training rows, the
+    /// held-out tails too when `with_tails`; its JSON bytes.
+    fn train(
+        &mut self,
+        cache: &StepCache,
+        key: &str,
+        dataset_sha: &str,
+        byo: Option<&(String, Vec<u8>)>,
+        with_tails: bool,
+    ) -> Result<(Vec<u8>, Option<String>, bool, String), PipelineError> {
+        let spec = self.spec;
+        let step = if with_tails { "refit" } else { "train" };
+        let c = cache.get_or_run(step, key, |dir| {
+            let split = self.split(dataset_sha)?;
+            let parts = split.training_parts(spec.data.train_head_rows, with_tails);
+            let channels = &split.data.channels;
+            let model = match byo {
+                Some((_, onnx)) => {
+                    let dim = spec.train.features.dim(channels.len());
+                    let forest = crate::onnx_import::isolation_forest(onnx, dim)?;
+                    adopt_parts(channels, &parts, &spec.train, Detector::IsolationForest(forest))?
+                }
+                None => train_parts(channels, &parts, &spec.train)?,
+            };
+            write_synced(&dir.join("model.json"), &model.to_json().map_err(|e| PipelineError::Data(e.to_string()))?)
+        })?;
+        let bytes = read(&c.dir.join("model.json"))?;
+        let rows = if with_tails { ", on every row, the held-out ones too" } else { "" };
+        let detail = match byo {
+            Some((file, _)) => format!("model {} (adopted from {file}){rows}", &sha256_hex(&bytes)[..12]),
+            None => format!("model {}{rows}", &sha256_hex(&bytes)[..12]),
+        };
+        Ok((bytes, Some(key.to_string()), c.hit, detail))
+    }
+
+    /// The scoring graph as ONNX, for devices and tools with their own ONNX runtime.
+    fn export_onnx(&mut self, cache: &StepCache, model: &Model, model_sha: &str) -> Result<Artifact, PipelineError> {
+        let key = StepCache::key("export-onnx", &[model_sha.as_bytes()]);
+        let onnx = self.step("export-onnx", |_| {
+            let c = cache.get_or_run("export-onnx", &key, |dir| {
+                write_synced(&dir.join("model.onnx"), &crate::onnx::export(model))
+            })?;
+            let path = c.dir.join("model.onnx");
+            let bytes = read(&path)?;
+            let a = Artifact { sha256: sha256_hex(&bytes), bytes: bytes.len() as u64, path };
+            let detail = format!("model.onnx {} ({} bytes)", &a.sha256[..12], a.bytes);
+            Ok((a, Some(key.clone()), c.hit, detail))
+        })?;
+        self.record.onnx = Some(onnx.clone());
+        Ok(onnx)
     }
 
     /// Uploads the packages and settles the version (with a registry), or records the build.
@@ -712,7 +752,7 @@ impl Runner<'_> {
         let c = cache.get_or_run("quantize-int8", &key, |dir| {
             let split = self.split(dataset_sha)?;
             let parts: Vec<&[Frame]> = if split.validate.is_empty() {
-                split.training_parts(head)
+                split.training_parts(head, false)
             } else {
                 split.validate.iter().map(|&i| split.data.parts[i].frames.as_slice()).collect()
             };
@@ -787,15 +827,15 @@ impl Split {
         len - ((len as f64 * self.holdout).floor() as usize).min(len)
     }
 
-    /// The training parts (without their held-out tails), then the first `head` rows of each
-    /// validation part.
-    fn training_parts(&self, head: usize) -> Vec<&[Frame]> {
+    /// The training parts (without their held-out tails unless `with_tails`), then the first
+    /// `head` rows of each validation part.
+    fn training_parts(&self, head: usize, with_tails: bool) -> Vec<&[Frame]> {
         let mut parts: Vec<&[Frame]> = self
             .train
             .iter()
             .map(|&i| {
                 let f = &self.data.parts[i].frames;
-                &f[..self.training_rows(f.len())]
+                if with_tails { f.as_slice() } else { &f[..self.training_rows(f.len())] }
             })
             .collect();
         if head > 0 {

@@ -72,6 +72,12 @@ pub struct DataSpec {
     /// data with no labelled parts (a fleet snapshot) or beside them.
     #[serde(default)]
     pub holdout: f64,
+    /// Once the model trained without the held-out tails has passed the gates, train the model
+    /// that ships again on every row, the tails included. The tails are the newest rows: a
+    /// retraining set off by drift or by false alarms would otherwise hold out exactly the
+    /// period that set it off, and ship a model that has not seen it. Needs `holdout`.
+    #[serde(default)]
+    pub refit: bool,
 }
 
 /// Thresholds a candidate must meet to be registered as ready. Absent: not checked.
@@ -158,6 +164,9 @@ impl PipelineSpec {
         }
         if !(0.0..=0.5).contains(&spec.data.holdout) {
             return bad("data.holdout must be a share from 0 to 0.5".into());
+        }
+        if spec.data.refit && spec.data.holdout == 0.0 {
+            return bad("data.refit trains again with the held-out rows: set data.holdout too".into());
         }
         if (g.min_f1.is_some() || g.max_mar.is_some() || g.max_f1_drop.is_some()) && spec.data.validate.is_empty() {
             return bad("gates on F1 or MAR need labelled parts in data.validate".into());

@@ -2,7 +2,7 @@
 //! normal operation, so data with no labelled parts (a fleet snapshot) still gives a version its
 //! false-alarm rate, and a gate on FAR can hold it.
 
-use impeller_core::package::Signer25519;
+use impeller_core::package::{Limits, Signer25519, TrustStore, open};
 use impeller_pipeline::run::{Outcome, RunOptions, run};
 use impeller_pipeline::spec::PipelineSpec;
 
@@ -43,4 +43,52 @@ fn holdout_and_gates_that_need_labels_are_checked() {
     assert!(refused("[gates]\nmax_far = 0.1\n").contains("FAR"));
     assert!(refused("holdout = 0.2\n[gates]\nmin_f1 = 0.5\n").contains("F1"));
     assert!(PipelineSpec::parse(&format!("{base}holdout = 0.2\n[gates]\nmax_far = 0.1\n"), "spec.toml").is_ok());
+    assert!(refused("refit = true\n").contains("data.holdout"), "refit trains again with held-out rows");
+    assert!(PipelineSpec::parse(&format!("{base}holdout = 0.2\nrefit = true\n"), "spec.toml").is_ok());
+}
+
+#[test]
+fn refit_ships_the_model_trained_on_every_row_once_the_held_out_one_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = small_spec(dir.path());
+    spec.data.validate.clear();
+    spec.data.train_head_rows = 0;
+    let signer = Signer25519::from_secret([3; 32]);
+    let options = RunOptions::new(dir.path().join("work"), dir.path().to_path_buf(), signer.clone(), 1);
+    let run_ok = |spec: &PipelineSpec| {
+        let r = run(spec, &options, None, &mut |_| {}).unwrap();
+        assert!(r.error.is_none(), "{:?}", r.error);
+        r
+    };
+    let on_every_row = run_ok(&spec);
+    spec.data.holdout = 0.25;
+    spec.gates.max_far = Some(0.5);
+    let held_out = run_ok(&spec);
+    spec.data.refit = true;
+    let refit = run_ok(&spec);
+
+    assert_eq!(refit.outcome, Outcome::Built, "{:#?}", refit.gates);
+    // Judged as the model without the tail, shipped as the model with it.
+    assert_eq!(refit.validated_model_sha256, held_out.model_sha256);
+    assert_eq!(refit.evaluation, held_out.evaluation);
+    assert_eq!(refit.model_sha256, on_every_row.model_sha256, "the same training on every row");
+    assert!(held_out.validated_model_sha256.is_none());
+    let steps: Vec<&str> = refit.steps.iter().map(|s| s.step.as_str()).collect();
+    let at = |name: &str| steps.iter().position(|s| *s == name).unwrap_or_else(|| panic!("no {name} in {steps:?}"));
+    assert!(at("validate") < at("refit"), "{steps:?}");
+    let mut trust = TrustStore::new();
+    trust.add(signer.verifying_key());
+    let p = &refit.packages[0];
+    let pkg = open(&std::fs::read(&p.path).unwrap(), &trust, Limits::default()).unwrap();
+    let shipped = impeller_pipeline::sha256_hex(&pkg.model.to_json().unwrap());
+    assert_eq!(Some(shipped), refit.model_sha256, "the package carries the refit model");
+
+    // A candidate the gates refuse is not trained again.
+    spec.gates.max_far = Some(0.0);
+    spec.train.calibration.quantile = 0.5;
+    spec.train.calibration.margin = 0.1;
+    let refused = run(&spec, &options, None, &mut |_| {}).unwrap();
+    assert_eq!(refused.outcome, Outcome::Rejected, "{:?} {:#?}", refused.error, refused.gates);
+    assert!(refused.steps.iter().all(|s| s.step != "refit"), "{:?}", refused.steps);
+    assert!(refused.validated_model_sha256.is_none());
 }
