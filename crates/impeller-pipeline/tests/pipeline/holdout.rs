@@ -8,14 +8,20 @@ use impeller_pipeline::spec::PipelineSpec;
 
 use crate::small_spec;
 
+/// The small spec without labelled parts (a fleet snapshot's shape), and options to run it in
+/// `dir`, signed with the key `[3; 32]`.
+fn unlabelled(dir: &std::path::Path) -> (PipelineSpec, RunOptions) {
+    let mut spec = small_spec(dir);
+    spec.data.validate.clear();
+    spec.data.train_head_rows = 0;
+    let options = RunOptions::new(dir.join("work"), dir.to_path_buf(), Signer25519::from_secret([3; 32]), 1);
+    (spec, options)
+}
+
 #[test]
 fn a_held_out_tail_is_not_trained_on_and_is_evaluated_as_normal() {
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = small_spec(dir.path());
-    spec.data.validate.clear();
-    spec.data.train_head_rows = 0;
-    let options =
-        RunOptions::new(dir.path().join("work"), dir.path().to_path_buf(), Signer25519::from_secret([3; 32]), 1);
+    let (mut spec, options) = unlabelled(dir.path());
     let without = run(&spec, &options, None, &mut |_| {}).unwrap();
     assert!(without.error.is_none(), "{:?}", without.error);
     assert!(without.evaluation.is_none(), "nothing to evaluate on without labelled parts or a holdout");
@@ -50,11 +56,7 @@ fn holdout_and_gates_that_need_labels_are_checked() {
 #[test]
 fn refit_ships_the_model_trained_on_every_row_once_the_held_out_one_passes() {
     let dir = tempfile::tempdir().unwrap();
-    let mut spec = small_spec(dir.path());
-    spec.data.validate.clear();
-    spec.data.train_head_rows = 0;
-    let signer = Signer25519::from_secret([3; 32]);
-    let options = RunOptions::new(dir.path().join("work"), dir.path().to_path_buf(), signer.clone(), 1);
+    let (mut spec, options) = unlabelled(dir.path());
     let run_ok = |spec: &PipelineSpec| {
         let r = run(spec, &options, None, &mut |_| {}).unwrap();
         assert!(r.error.is_none(), "{:?}", r.error);
@@ -77,7 +79,7 @@ fn refit_ships_the_model_trained_on_every_row_once_the_held_out_one_passes() {
     let at = |name: &str| steps.iter().position(|s| *s == name).unwrap_or_else(|| panic!("no {name} in {steps:?}"));
     assert!(at("validate") < at("refit"), "{steps:?}");
     let mut trust = TrustStore::new();
-    trust.add(signer.verifying_key());
+    trust.add(Signer25519::from_secret([3; 32]).verifying_key());
     let p = &refit.packages[0];
     let pkg = open(&std::fs::read(&p.path).unwrap(), &trust, Limits::default()).unwrap();
     let shipped = impeller_pipeline::sha256_hex(&pkg.model.to_json().unwrap());
