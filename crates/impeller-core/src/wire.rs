@@ -186,16 +186,32 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Bounded<T> {
 pub struct Ack {
     pub v: u32,
     pub acked: u64,
+    /// The hub also holds the records from this one on, and has held them since an earlier
+    /// batch: the device's records between `acked` and it were lost on the way (a broker that
+    /// dropped them while the hub was away, or a hub too far behind to take them). The device
+    /// sends those again at once instead of waiting for its acknowledgement timeout.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_from: Option<u64>,
 }
 
-pub fn encode_ack(acked: u64) -> Vec<u8> {
-    format!(r#"{{"v":{SCHEMA_VERSION},"acked":{acked}}}"#).into_bytes()
+/// How long a device waits before it sends the same gap again (`held_from` with the same
+/// `acked`): the records it sent may still be on their way to a hub that is behind.
+pub const GAP_RESEND_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub fn encode_ack(acked: u64, held_from: Option<u64>) -> Vec<u8> {
+    match held_from {
+        Some(f) => format!(r#"{{"v":{SCHEMA_VERSION},"acked":{acked},"held_from":{f}}}"#).into_bytes(),
+        None => format!(r#"{{"v":{SCHEMA_VERSION},"acked":{acked}}}"#).into_bytes(),
+    }
 }
 
 pub fn decode_ack(bytes: &[u8]) -> Result<Ack, WireError> {
     let ack: Ack = serde_json::from_slice(bytes).map_err(json_err)?;
     if ack.v != SCHEMA_VERSION {
         return Err(WireError::Version { found: ack.v });
+    }
+    if let Some(f) = ack.held_from.filter(|f| *f <= ack.acked) {
+        return Err(WireError::Invalid(format!("held_from {f} is not after acked {}", ack.acked)));
     }
     Ok(ack)
 }
@@ -353,6 +369,8 @@ mod tests {
         assert!(matches!(decode_ack(br#"{"v":1,"acked":5}"#), Ok(Ack { acked: 5, .. })));
         assert!(matches!(decode_ack(br#"{"v":2,"acked":5}"#), Err(WireError::Version { found: 2 })));
         assert!(matches!(decode_ack(br#"{"v":1,"acked":-5}"#), Err(WireError::Json(_))));
+        assert!(matches!(decode_ack(br#"{"v":1,"acked":5,"held_from":5}"#), Err(WireError::Invalid(_))));
+        assert_eq!(decode_ack(&encode_ack(5, Some(9))).unwrap().held_from, Some(9));
         let bad_prev = br#"{"v":1,"device":"d","seq":3,"prev":3,"ts_ms":0,"kind":"alerts","body":{}}"#;
         assert!(matches!(decode_envelope(bad_prev), Err(WireError::Invalid(_))));
         let bad_id = br#"{"v":1,"device":"a/b","seq":3,"prev":2,"ts_ms":0,"kind":"alerts","body":{}}"#;
@@ -411,7 +429,7 @@ mod tests {
         assert_eq!(parse_topic("impeller/v1/devices/p-101/alerts/x"), None);
         assert_eq!(parse_topic("impeller/v1/devices/+/alerts"), None);
         assert_eq!(parse_topic("other/p/alerts"), None);
-        assert_eq!(decode_ack(&encode_ack(42)).unwrap().acked, 42);
+        assert_eq!(decode_ack(&encode_ack(42, None)).unwrap().acked, 42);
     }
 
     #[test]

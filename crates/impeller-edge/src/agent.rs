@@ -219,7 +219,7 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
 enum UplinkEvent {
     Connected,
     Disconnected(String),
-    Ack(u64),
+    Ack(wire::Ack),
     /// The retained desired state (empty: nothing desired).
     Desired(Vec<u8>),
 }
@@ -241,7 +241,7 @@ async fn uplink_events(
             }
             Ok(Event::Incoming(Packet::Publish(p))) if p.topic == ack_topic => match wire::decode_ack(&p.payload) {
                 Ok(a) => {
-                    if tx.send(UplinkEvent::Ack(a.acked)).await.is_err() {
+                    if tx.send(UplinkEvent::Ack(a)).await.is_err() {
                         return;
                     }
                 }
@@ -279,6 +279,10 @@ struct Uplink {
     /// records, not in sequence numbers: after evictions the numbers have gaps.
     in_flight: VecDeque<u64>,
     last_progress: Instant,
+    /// Records the hub reported lost on the way (an acknowledgement's `held_from`), sent again
+    /// ahead of the queue; and the acknowledgement that reported the last such gap, and when.
+    gap: VecDeque<Outgoing>,
+    gap_reported: Option<(u64, Instant)>,
 }
 
 impl Uplink {
@@ -298,7 +302,8 @@ impl Uplink {
             self.restart(outbox);
         }
         loop {
-            if self.queue.is_empty() {
+            let from_gap = !self.gap.is_empty();
+            if !from_gap && self.queue.is_empty() {
                 let acked = outbox.acked();
                 while self.in_flight.front().is_some_and(|s| *s <= acked) {
                     self.in_flight.pop_front();
@@ -314,10 +319,11 @@ impl Uplink {
             }
             // The run of records of one kind at the front, as one message (an array when it is
             // more than one: one packet instead of one per record).
-            let Some(first) = self.queue.front() else { return Ok(false) };
+            let records = if from_gap { &self.gap } else { &self.queue };
+            let Some(first) = records.front() else { return Ok(false) };
             let kind = produce::kind(first.class);
             let (mut envelopes, mut bytes) = (Vec::new(), 0);
-            for r in self.queue.iter().take(cfg.uplink.max_records_per_message.max(1)) {
+            for r in records.iter().take(cfg.uplink.max_records_per_message.max(1)) {
                 if produce::kind(r.class) != kind
                     || (bytes + r.payload.len() > MAX_MESSAGE_BYTES && !envelopes.is_empty())
                 {
@@ -329,6 +335,10 @@ impl Uplink {
             let count = envelopes.len();
             let payload = if count == 1 { envelopes.remove(0) } else { wire::encode_envelopes(&envelopes) };
             match self.client.try_publish(wire::topic(&self.device, kind), QoS::AtLeastOnce, false, payload) {
+                Ok(()) if from_gap => {
+                    self.gap.drain(..count);
+                    Metrics::add(&metrics.sent, count as u64);
+                }
                 Ok(()) => {
                     for r in self.queue.drain(..count) {
                         self.sent_seq = r.seq;
@@ -341,8 +351,28 @@ impl Uplink {
         }
     }
 
+    /// Takes the records the hub reports lost (those before `held_from`) to send again, unless
+    /// this gap was taken less than `GAP_RESEND_AFTER` ago (they may still be on their way).
+    fn resend_gap(&mut self, outbox: &mut Outbox, ack: &wire::Ack) -> anyhow::Result<()> {
+        let Some(held_from) = ack.held_from else { return Ok(()) };
+        let recent = |(acked, at): (u64, Instant)| acked == ack.acked && at.elapsed() < wire::GAP_RESEND_AFTER;
+        if !self.gap.is_empty() || self.gap_reported.is_some_and(recent) {
+            return Ok(());
+        }
+        self.gap = outbox.unacked_before(held_from, 2000, 1 << 20)?.into();
+        self.gap_reported = Some((ack.acked, Instant::now()));
+        tracing::info!(
+            acked = ack.acked,
+            held_from,
+            records = self.gap.len(),
+            "the hub reports records lost on the way; sending them again"
+        );
+        Ok(())
+    }
+
     fn restart(&mut self, outbox: &mut Outbox) {
         self.queue.clear();
+        self.gap.clear();
         self.in_flight.clear();
         outbox.rewind();
         self.sent_seq = outbox.acked();
@@ -568,6 +598,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         sent_seq: outbox.acked(),
         in_flight: VecDeque::new(),
         last_progress: Instant::now(),
+        gap: VecDeque::new(),
+        gap_reported: None,
     };
 
     let (reading_tx, mut readings) = mpsc::channel::<Reading>(1024);
@@ -687,11 +719,15 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     uplink.connected = false;
                     metrics.hub_connected.store(false, Ordering::Relaxed);
                 }
-                Some(UplinkEvent::Ack(n)) => {
-                    if n > outbox.acked() {
+                Some(UplinkEvent::Ack(ack)) => {
+                    if ack.acked > outbox.acked() {
                         uplink.last_progress = Instant::now();
                     }
-                    outbox.ack(n)?;
+                    outbox.ack(ack.acked)?;
+                    uplink.resend_gap(&mut outbox, &ack)?;
+                    if !uplink.gap.is_empty() {
+                        pump.as_mut().reset(tokio::time::Instant::now());
+                    }
                     metrics.last_hub_contact_ms.store(crate::now_ms(), Ordering::Relaxed);
                 }
                 Some(UplinkEvent::Desired(payload)) => {

@@ -182,6 +182,13 @@ pub async fn run<S: TelemetryStore>(
             }
         };
         let acked: BTreeMap<String, u64> = next.iter().map(|(d, s)| (d.clone(), s.acked)).collect();
+        // A gap that was already open before this batch is named in the acknowledgement, so
+        // the device sends it again at once; a younger one may only be a reordering.
+        let held_from: BTreeMap<&str, u64> = next
+            .iter()
+            .filter(|(d, s)| streams.get(*d).is_some_and(|before| !before.beyond.is_empty() && before.acked == s.acked))
+            .filter_map(|(d, s)| Some((d.as_str(), *s.beyond.keys().next()?)))
+            .collect();
         // While the database commits, the next publishes are received and checked.
         let commit = store.commit(&batch_now, &acked);
         tokio::pin!(commit);
@@ -208,7 +215,8 @@ pub async fn run<S: TelemetryStore>(
                     deployments.notify_one();
                 }
                 for (device, n) in &acked {
-                    let ack = Send { topic: wire::topic(device, "ack"), payload: wire::encode_ack(*n), retain: false };
+                    let payload = wire::encode_ack(*n, held_from.get(device.as_str()).copied());
+                    let ack = Send { topic: wire::topic(device, "ack"), payload, retain: false };
                     if bus.outgoing.send(ack).await.is_err() {
                         return Ok(());
                     }
@@ -408,6 +416,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_gap_still_open_after_a_batch_is_named_in_the_acknowledgement() {
+        let store = FlakyTelemetry::default();
+        let (in_tx, in_rx) = mpsc::channel(16);
+        let (out_tx, mut out_rx) = mpsc::channel(16);
+        let bus = Bus { incoming: in_rx, outgoing: out_tx };
+        let task = tokio::spawn(run(bus, store.clone(), Default::default(), 10, Default::default()));
+        // One publish per batch: an array of envelopes.
+        let mut batch = async |seqs: &[u64]| {
+            let envelopes: Vec<Vec<u8>> = seqs
+                .iter()
+                .map(|&seq| wire::encode_envelope("p1", seq, seq - 1, seq as i64, "telemetry", b"{}").unwrap())
+                .collect();
+            let payload = wire::encode_envelopes(&envelopes).into();
+            in_tx.send(Received { topic: wire::topic("p1", "telemetry"), payload }).await.unwrap();
+            let ack = tokio::time::timeout(std::time::Duration::from_secs(5), out_rx.recv()).await.unwrap().unwrap();
+            let ack = wire::decode_ack(&ack.payload).unwrap();
+            (ack.acked, ack.held_from)
+        };
+        assert_eq!(batch(&[1, 2]).await, (2, None));
+        // 3 and 4 lost on the way: the first batch past them may be a reordering, not yet a gap.
+        assert_eq!(batch(&[5]).await, (2, None));
+        assert_eq!(batch(&[6]).await, (2, Some(5)), "the gap outlived a batch");
+        assert_eq!(batch(&[3, 4]).await, (6, None), "sent again: closed");
+        assert_eq!(batch(&[7]).await, (7, None));
+        task.abort();
+    }
+
+    #[tokio::test]
     async fn shards_store_every_device_once_and_acknowledge_each_in_order() {
         let store = FlakyTelemetry::default();
         let (in_tx, in_rx) = mpsc::channel(64);
@@ -496,7 +532,7 @@ mod tests {
         assert!(one(&wire::topic("a", "alerts"), env("a", "events", 2, 1)).is_err());
         assert!(one(&wire::topic("a", "events"), env("a", "events", 2, 2)).is_err());
         assert!(one(&wire::topic("a", "events"), b"{not json".to_vec()).is_err());
-        assert!(check(&r(&wire::topic("a", "ack"), wire::encode_ack(3))).is_empty());
+        assert!(check(&r(&wire::topic("a", "ack"), wire::encode_ack(3, None))).is_empty());
         // An array: each envelope judged on its own; another device's in the middle is refused
         // alone, and named by its place.
         let batch =

@@ -209,7 +209,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
         latencies.len()
     );
     say!(
-        "store: {} devices checked, {}{} messages missing, {} stored twice, {} unacknowledged at the end, {} reconnects, {} sent again after {ACK_TIMEOUT:?} without an acknowledgement{}",
+        "store: {} devices checked, {}{} messages missing, {} stored twice, {} unacknowledged at the end, {} reconnects, {} sent again when the hub named them lost, {} sent again after {ACK_TIMEOUT:?} without an acknowledgement{}",
         check.devices,
         args.retain_secs
             .map(|s| format!("{} forgotten (kept {s} s; the hub's sweeps say {}), ", check.forgotten, check.swept))
@@ -218,6 +218,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
         check.duplicates,
         unacked,
         fleet.reconnects.load(Relaxed),
+        fleet.resent_lost.load(Relaxed),
         fleet.resent.load(Relaxed),
         restarted.map(|t| format!(", hub killed at {:.1} s", t.as_secs_f64())).unwrap_or_default()
     );
@@ -266,6 +267,8 @@ struct Fleet {
     acked: AtomicU64,
     reconnects: AtomicU64,
     resent: AtomicU64,
+    /// Sent again at once because an acknowledgement named them lost (`held_from`).
+    resent_lost: AtomicU64,
     errors: AtomicU64,
 }
 
@@ -352,6 +355,9 @@ impl SimDevice {
         let mut out = BytesMut::new();
         // The last time an acknowledgement freed something (or a send began the wait for one).
         let mut progress;
+        // The acknowledgement that last named a gap, and when: the same gap is sent again only
+        // after `wire::GAP_RESEND_AFTER`, as the agent does.
+        let mut gap_reported: Option<(u64, Instant)> = None;
         loop {
             // (Re)connect; everything not acknowledged is sent again, in order.
             let conn = {
@@ -374,7 +380,7 @@ impl SimDevice {
             } else {
                 fleet.reconnects.fetch_add(1, Relaxed);
             }
-            if resend(&mut socket, &mut out, &topic, &pending, self.batch).await.is_err() {
+            if resend(&mut socket, &mut out, &topic, pending.iter(), self.batch).await.is_err() {
                 continue;
             }
             progress = Instant::now();
@@ -399,6 +405,7 @@ impl SimDevice {
                         if !matches!(n, Ok(n) if n > 0) {
                             break; // the hub went away: reconnect
                         }
+                        let mut lost_before = None;
                         loop {
                             match Packet::read(&mut read, MAX_PACKET) {
                                 Ok(Packet::Publish(p)) => {
@@ -409,10 +416,24 @@ impl SimDevice {
                                         fleet.acked.fetch_add(1, Relaxed);
                                         progress = now;
                                     }
+                                    let recent = |(acked, at): (u64, Instant)| {
+                                        acked == ack.acked && now.duration_since(at) < wire::GAP_RESEND_AFTER
+                                    };
+                                    if ack.held_from.is_some() && !gap_reported.is_some_and(recent) {
+                                        gap_reported = Some((ack.acked, now));
+                                        lost_before = ack.held_from;
+                                    }
                                 }
                                 Ok(_) => {}
                                 Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => break,
                                 Err(_) => break,
+                            }
+                        }
+                        if let Some(before) = lost_before {
+                            let lost = pending.iter().take_while(|m| m.seq < before);
+                            fleet.resent_lost.fetch_add(lost.clone().count() as u64, Relaxed);
+                            if resend(&mut socket, &mut out, &topic, lost, self.batch).await.is_err() {
+                                break;
                             }
                         }
                     }
@@ -420,7 +441,7 @@ impl SimDevice {
                     () = tokio::time::sleep_until(progress + ACK_TIMEOUT), if !pending.is_empty() => {
                         fleet.resent.fetch_add(pending.len() as u64, Relaxed);
                         progress = Instant::now();
-                        if resend(&mut socket, &mut out, &topic, &pending, self.batch).await.is_err() {
+                        if resend(&mut socket, &mut out, &topic, pending.iter(), self.batch).await.is_err() {
                             break;
                         }
                     }
@@ -511,16 +532,16 @@ async fn send(socket: &mut Connection, bytes: &[u8]) -> std::io::Result<()> {
     socket.flush().await
 }
 
-/// Everything unacknowledged, again, in order, `batch` messages a packet.
+/// Messages not acknowledged, again, in order, `batch` messages a packet.
 async fn resend(
     socket: &mut Connection,
     out: &mut BytesMut,
     topic: &str,
-    pending: &VecDeque<Pending>,
+    pending: impl Iterator<Item = &Pending>,
     batch: u64,
 ) -> std::io::Result<()> {
     out.clear();
-    let all: Vec<&Pending> = pending.iter().collect();
+    let all: Vec<&Pending> = pending.collect();
     for group in all.chunks(batch.max(1) as usize) {
         encode_publish(out, topic, group.iter().copied());
     }

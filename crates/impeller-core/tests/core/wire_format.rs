@@ -21,7 +21,11 @@ fn version_1_messages_keep_decoding() {
     let seqs: Vec<(u64, u64)> = batch.iter().map(|e| e.as_ref().map(|e| (e.seq, e.prev)).unwrap()).collect();
     assert_eq!(seqs, [(43, 42), (45, 43)]);
 
-    assert_eq!(decode_ack(&fixture("ack.json")).unwrap().acked, 45);
+    let ack = decode_ack(&fixture("ack.json")).unwrap();
+    assert_eq!((ack.acked, ack.held_from), (45, None));
+    // Records 46 to 50 were lost on the way: the hub holds 51 on.
+    let gap = decode_ack(&fixture("ack-gap.json")).unwrap();
+    assert_eq!((gap.acked, gap.held_from), (45, Some(51)));
     let readings = decode_readings(&fixture("readings-batch.json")).unwrap();
     assert_eq!(readings.len(), 2);
     assert_eq!(readings[0].values["BEARING_TEMP_F"], None);

@@ -510,6 +510,24 @@ impl Outbox {
         self.reposition();
     }
 
+    /// The first records after the acknowledged one and before `before` (at most `max_records`
+    /// or about `max_bytes`), to send again when the hub reports them lost; the cursor stays
+    /// where it is.
+    pub fn unacked_before(
+        &mut self,
+        before: u64,
+        max_records: usize,
+        max_bytes: usize,
+    ) -> Result<Vec<Outgoing>, OutboxError> {
+        let cursor = self.cursor;
+        self.rewind();
+        let read = self.next_batch(max_records, max_bytes);
+        self.cursor = cursor;
+        let mut records = read?;
+        records.retain(|r| r.seq < before);
+        Ok(records)
+    }
+
     /// Points the cursor at the segment holding the first record above `cursor.sent`.
     fn reposition(&mut self) {
         let sent = self.cursor.sent;

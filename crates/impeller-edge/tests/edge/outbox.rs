@@ -82,6 +82,25 @@ fn rewind_sends_everything_unacknowledged_again() {
 }
 
 #[test]
+fn a_gap_the_hub_names_is_read_again_without_moving_the_cursor() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = Outbox::open(dir.path(), SMALL).unwrap();
+    for i in 0..20 {
+        o.append(Class::Aggregate, i, b"x").unwrap();
+    }
+    o.sync().unwrap();
+    assert_eq!(o.next_batch(15, 1 << 20).unwrap().len(), 15);
+    o.ack(4).unwrap();
+    // The hub holds 9 on: 5 to 8 were lost on the way.
+    let gap: Vec<(u64, u64)> = o.unacked_before(9, 100, 1 << 20).unwrap().iter().map(|r| (r.seq, r.prev)).collect();
+    assert_eq!(gap, [(5, 4), (6, 5), (7, 6), (8, 7)]);
+    assert_eq!(o.unacked_before(9, 2, 1 << 20).unwrap().len(), 2, "at most max_records at a time");
+    // Delivery goes on where it was.
+    let rest: Vec<u64> = drain(&mut o).iter().map(|r| r.seq).collect();
+    assert_eq!(rest, (16..=20).collect::<Vec<_>>());
+}
+
+#[test]
 fn records_survive_a_restart_and_numbers_are_never_reused() {
     let dir = tempfile::tempdir().unwrap();
     {

@@ -191,7 +191,7 @@ async fn a_stalled_ingestion_does_not_stop_the_hubs_publishes() {
                 if acked_by_broker == flood {
                     let ack = impeller_hub::bus::Send {
                         topic: wire::topic(&device, "ack"),
-                        payload: wire::encode_ack(7),
+                        payload: wire::encode_ack(7, None),
                         retain: false,
                     };
                     bus.outgoing.send(ack).await.unwrap();
