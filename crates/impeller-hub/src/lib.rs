@@ -115,6 +115,8 @@ pub struct Hub {
     pub mqtt_addr: Option<SocketAddr>,
     /// Wakes the deployment reconciler.
     pub reconcile: Arc<tokio::sync::Notify>,
+    /// Pipeline runs: [`runs::Runs::stop`] before the runtime ends.
+    pub runs: runs::Runs,
 }
 
 impl Hub {
@@ -210,7 +212,7 @@ impl Hub {
                 let state = api::ApiState {
                     stats: stats.clone(),
                     samples_kept: retention::samples_kept(&cfg.retention),
-                    runs,
+                    runs: runs.clone(),
                     retrainer,
                     store: store.clone(),
                     devices: credentials,
@@ -255,7 +257,7 @@ impl Hub {
         let shards = store.parallel_writers();
         let ingest =
             tokio::spawn(ingest::run_sharded(bus, store.clone(), stats.clone(), 1000, reconcile.clone(), shards));
-        Ok(Hub { store, stats, ingest, http_addr, mqtt_addr, reconcile })
+        Ok(Hub { store, stats, ingest, http_addr, mqtt_addr, reconcile, runs })
     }
 }
 

@@ -58,6 +58,8 @@ pub enum SubmitError {
     /// The hub could not write the run's inputs.
     #[error("{0}")]
     Io(String),
+    #[error("the hub is stopping: it takes no more pipeline runs")]
+    Stopping,
 }
 
 #[derive(Debug, Clone)]
@@ -74,7 +76,7 @@ struct Inner {
     signer: Option<Signer25519>,
     trust: Arc<TrustStore>,
     live: Mutex<BTreeMap<String, RunView>>,
-    /// One run at a time.
+    /// One run at a time; closed when the hub stops.
     turn: tokio::sync::Semaphore,
 }
 
@@ -104,6 +106,9 @@ impl Runs {
     /// Queues a run; returns its view at once. Must be called inside the tokio runtime.
     pub fn submit(&self, req: &RunRequest, actor: &str) -> Result<RunView, SubmitError> {
         let Some(signer) = self.inner.signer.clone() else { return Err(SubmitError::NoKey) };
+        if self.inner.turn.is_closed() {
+            return Err(SubmitError::Stopping);
+        }
         let spec = PipelineSpec::parse(&req.spec, "spec").map_err(|e| SubmitError::Invalid(e.to_string()))?;
         let Some(dataset) = &spec.data.dataset else {
             return Err(SubmitError::Invalid(
@@ -148,6 +153,21 @@ impl Runs {
         self.inner.live.lock().ok()?.get(id).cloned()
     }
 
+    /// Takes no more runs (those queued do not start) and waits up to `limit` for the one
+    /// running: a run records its version through this runtime from a blocking thread, and one
+    /// cut off by the runtime's end panics there and records nothing. Whether none is left.
+    pub async fn stop(&self, limit: std::time::Duration) -> bool {
+        self.inner.turn.close();
+        let until = tokio::time::Instant::now() + limit;
+        while self.list().iter().any(|v| v.state == "running") {
+            if tokio::time::Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        true
+    }
+
     /// Runs submitted since the hub started, newest first.
     pub fn list(&self) -> Vec<RunView> {
         let mut all: Vec<RunView> = self.inner.live.lock().map(|l| l.values().cloned().collect()).unwrap_or_default();
@@ -170,7 +190,11 @@ impl Runs {
     }
 
     async fn execute(self, id: String, spec: PipelineSpec, base: PathBuf, signer: Signer25519, actor: String) {
-        let Ok(_turn) = self.inner.turn.acquire().await else { return };
+        let Ok(_turn) = self.inner.turn.acquire().await else {
+            tracing::warn!(run = %id, "the hub is stopping: the queued run does not start");
+            self.update(&id, |v| v.state = "finished".into());
+            return;
+        };
         self.update(&id, |v| v.state = "running".into());
         let store = self.inner.store.clone();
         let started = AuditEvent::new(now_ms(), &actor, "pipeline.run.started", &spec.model)

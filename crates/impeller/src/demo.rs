@@ -528,6 +528,14 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         say(format_args!("The hub stays up for the dashboard: {dashboard} (Ctrl-C to stop)"))?;
         tokio::signal::ctrl_c().await?;
     }
+    // A retraining may still be training: it records its version through this runtime, so
+    // let it finish before the runtime ends under it.
+    if hub.runs.list().iter().any(|r| r.state == "running") {
+        say(format_args!("Waiting for the pipeline run in progress to finish (up to 2 min)"))?;
+    }
+    if !hub.runs.stop(Duration::from_secs(120)).await {
+        say(format_args!("The pipeline run in progress did not finish within 2 min; it is cut off"))?;
+    }
     if interrupted {
         return Ok(());
     }

@@ -163,6 +163,9 @@ fn hub(args: cli::HubArgs) -> anyhow::Result<()> {
             }
         }
         tracing::info!("stopping");
+        if !hub.runs.stop(std::time::Duration::from_secs(60)).await {
+            tracing::warn!("a pipeline run was still going after 60 s; it is cut off and records nothing");
+        }
         Ok(())
     })
 }

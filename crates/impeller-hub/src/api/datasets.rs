@@ -156,7 +156,7 @@ impl From<SubmitError> for Problem {
     fn from(e: SubmitError) -> Problem {
         match e {
             SubmitError::Invalid(m) => Problem::new(Code::InvalidRequest, m),
-            SubmitError::NoKey => Problem::new(Code::Conflict, e.to_string()),
+            SubmitError::NoKey | SubmitError::Stopping => Problem::new(Code::Conflict, e.to_string()),
             SubmitError::Io(detail) => {
                 tracing::error!(%detail, "api: writing a run's inputs");
                 Problem::new(Code::Internal, "the hub could not write the run's inputs; see its log")

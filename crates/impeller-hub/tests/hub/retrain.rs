@@ -287,6 +287,48 @@ async fn an_elevated_alert_rate_retrains() {
     assert_eq!(state["reason"], "alert rate elevated on 1 of 1 devices (100 %)");
 }
 
+/// A hub that stops lets the pipeline run in progress finish (it records its version through
+/// the hub's runtime, which must outlive it) and takes no more runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_lets_the_run_in_progress_finish_and_takes_no_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = POLICY.replace("drift_share = 0.5", "alert_rate_share = 1.0");
+    let (hub, _) = gulf_on_r1(dir.path(), &policy).await;
+    let now = impeller_hub::store::now_ms();
+    let rate = AlertRate {
+        device: "r1".into(),
+        model: "gulf".into(),
+        model_version: 1,
+        since_seq: 11,
+        through_seq: 1_000_000,
+        state: "elevated".into(),
+        alerts: 40,
+        scored_ms: 3_600_000,
+        expected: 0.1,
+        per_day: 2.4,
+        p_value: 1e-9,
+        window_end_ms: now,
+        changed_ms: now,
+        judged_ms: now,
+    };
+    hub.store.put_alert_rate(&rate, |_| None).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    let state = |s: &str| hub.runs.list().iter().any(|r| r.state == s);
+    while !state("running") {
+        assert!(!state("finished"), "the run finished before it was seen running");
+        assert!(Instant::now() < until, "no retraining run started");
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    assert!(hub.runs.stop(Duration::from_secs(60)).await, "the run did not finish");
+    let runs = hub.runs.list();
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].state, "finished");
+    assert!(runs[0].record.as_ref().is_some_and(|r| r.version.is_some()), "no version recorded: {:?}", runs[0]);
+    let again =
+        hub.runs.submit(&impeller_hub::runs::RunRequest { spec: String::new(), profiles: Default::default() }, "t");
+    assert!(matches!(again, Err(impeller_hub::runs::SubmitError::Stopping)), "{again:?}");
+}
+
 /// Every device of the class shifted a little, too little for any of them to be in drift on its
 /// own, retrains the model as a class; and not before three devices have sent a sketch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
