@@ -255,15 +255,11 @@ fn trust(signer: &impeller_core::package::Signer25519) -> impeller_core::package
 
 /// An alert rate the hub judged elevated on enough of the champion's devices retrains the model
 /// (no drift, no verdicts); one judged on another version does not.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_elevated_alert_rate_retrains() {
-    let dir = tempfile::tempdir().unwrap();
-    let policy = POLICY.replace("drift_share = 0.5", "alert_rate_share = 1.0");
-    let (hub, _) = gulf_on_r1(dir.path(), &policy).await;
-    let store = hub.store.clone();
+/// r1's alert rate judged elevated on `version` of gulf, now; far ahead of what the hub's own
+/// monitor reads, so its judgement does not replace this one.
+fn elevated(version: u64) -> AlertRate {
     let now = impeller_hub::store::now_ms();
-    // Far ahead of what the hub's own monitor reads, so its judgement does not replace ours.
-    let rate = |version: u64| AlertRate {
+    AlertRate {
         device: "r1".into(),
         model: "gulf".into(),
         model_version: version,
@@ -278,11 +274,19 @@ async fn an_elevated_alert_rate_retrains() {
         window_end_ms: now,
         changed_ms: now,
         judged_ms: now,
-    };
-    store.put_alert_rate(&rate(7), |_| None).await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_elevated_alert_rate_retrains() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = POLICY.replace("drift_share = 0.5", "alert_rate_share = 1.0");
+    let (hub, _) = gulf_on_r1(dir.path(), &policy).await;
+    let store = hub.store.clone();
+    store.put_alert_rate(&elevated(7), |_| None).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(store.versions("gulf").await.unwrap().len(), 1, "judged on a version r1 does not run");
-    store.put_alert_rate(&AlertRate { through_seq: 1_000_001, ..rate(1) }, |_| None).await.unwrap();
+    store.put_alert_rate(&AlertRate { through_seq: 1_000_001, ..elevated(1) }, |_| None).await.unwrap();
     let state = awaiting_promotion(&store).await;
     assert_eq!(state["reason"], "alert rate elevated on 1 of 1 devices (100 %)");
 }
@@ -294,24 +298,7 @@ async fn stopping_lets_the_run_in_progress_finish_and_takes_no_more() {
     let dir = tempfile::tempdir().unwrap();
     let policy = POLICY.replace("drift_share = 0.5", "alert_rate_share = 1.0");
     let (hub, _) = gulf_on_r1(dir.path(), &policy).await;
-    let now = impeller_hub::store::now_ms();
-    let rate = AlertRate {
-        device: "r1".into(),
-        model: "gulf".into(),
-        model_version: 1,
-        since_seq: 11,
-        through_seq: 1_000_000,
-        state: "elevated".into(),
-        alerts: 40,
-        scored_ms: 3_600_000,
-        expected: 0.1,
-        per_day: 2.4,
-        p_value: 1e-9,
-        window_end_ms: now,
-        changed_ms: now,
-        judged_ms: now,
-    };
-    hub.store.put_alert_rate(&rate, |_| None).await.unwrap();
+    hub.store.put_alert_rate(&elevated(1), |_| None).await.unwrap();
     let until = Instant::now() + Duration::from_secs(30);
     let state = |s: &str| hub.runs.list().iter().any(|r| r.state == s);
     while !state("running") {
