@@ -159,13 +159,18 @@ impl Runs {
     pub async fn stop(&self, limit: std::time::Duration) -> bool {
         self.inner.turn.close();
         let until = tokio::time::Instant::now() + limit;
-        while self.list().iter().any(|v| v.state == "running") {
+        while self.running() {
             if tokio::time::Instant::now() >= until {
                 return false;
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
         true
+    }
+
+    /// Whether a run is going (on its blocking thread).
+    pub fn running(&self) -> bool {
+        self.inner.live.lock().is_ok_and(|l| l.values().any(|v| v.state == "running"))
     }
 
     /// Runs submitted since the hub started, newest first.

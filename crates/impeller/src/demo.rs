@@ -530,7 +530,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     }
     // A retraining may still be training: it records its version through this runtime, so
     // let it finish before the runtime ends under it.
-    if hub.runs.list().iter().any(|r| r.state == "running") {
+    if hub.runs.running() {
         say(format_args!("Waiting for the pipeline run in progress to finish (up to 2 min)"))?;
     }
     if !hub.runs.stop(Duration::from_secs(120)).await {
