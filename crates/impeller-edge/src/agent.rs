@@ -311,7 +311,8 @@ impl Uplink {
                 if self.in_flight.len() as u64 >= cfg.hub.max_unacked {
                     return Ok(false); // the hub is behind; wait for acknowledgements
                 }
-                outbox.sync()?;
+                // What the last sync made durable (alerts and events are at once): the sync
+                // tick pumps right after it, so records wait at most `sync_interval_ms`.
                 self.queue.extend(outbox.next_batch(500, 1 << 20)?);
                 if self.queue.is_empty() {
                     return Ok(false);
@@ -399,6 +400,17 @@ fn append(
         tracing::warn!(started_ms = alert.started_ms, score = alert.score, top = ?alert.top_features.first(), "alert");
     }
     Ok(())
+}
+
+/// Runs `f`, which waits on the disk (an fsync), without holding up the other tasks of a
+/// multi-threaded runtime: the demo runs a thousand agents and the hub on one, where the
+/// agents' fsyncs held its worker threads and starved the rest. On a
+/// current-thread runtime, as the agent's own binary has, it simply runs.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 fn update_outbox_metrics(outbox: &mut Outbox, metrics: &Metrics) {
@@ -855,7 +867,8 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                 pump.as_mut().reset(tokio::time::Instant::now() + if busy { BUSY } else { IDLE });
             }
             _ = sync_tick.tick() => {
-                outbox.sync()?;
+                blocking(|| outbox.sync())?;
+                pump.as_mut().reset(tokio::time::Instant::now());
                 update_outbox_metrics(&mut outbox, &metrics);
             }
             _ = model_tick.tick() => {

@@ -258,6 +258,50 @@ fn a_record_never_displaces_a_higher_class() {
     assert!(kept.iter().filter(|r| r.class == Class::Alert).map(|r| r.seq).max() == Some(1_000));
 }
 
+/// The time of the first record after the acknowledged one, found by handing everything
+/// pending out again (the outbox's slowest and plainest way to know it).
+fn first_pending_ts(o: &mut Outbox) -> Option<i64> {
+    o.rewind();
+    let first = drain(o).first().map(|r| r.ts_ms);
+    o.rewind();
+    first
+}
+
+#[test]
+fn the_oldest_pending_time_follows_acknowledgements_eviction_and_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = Outbox::open(dir.path(), SMALL).unwrap();
+    assert_eq!(o.oldest_pending_ts().unwrap(), None);
+    for i in 1..=100u64 {
+        o.append(Class::Raw, 1_000 + i as i64, &payload(i, 100)).unwrap();
+    }
+    assert_eq!(o.oldest_pending_ts().unwrap(), Some(1_001));
+    o.ack(10).unwrap();
+    assert_eq!(o.oldest_pending_ts().unwrap(), Some(1_011));
+    // Past a segment's end (a segment holds about 35 of these).
+    o.ack(70).unwrap();
+    assert_eq!(o.oldest_pending_ts().unwrap(), Some(1_071));
+    o.ack(100).unwrap();
+    assert_eq!(o.oldest_pending_ts().unwrap(), None);
+    o.append(Class::Raw, 5_000, &payload(101, 100)).unwrap();
+    assert_eq!(o.oldest_pending_ts().unwrap(), Some(5_000));
+    // Alerts over the quota evict the oldest raw samples, the pending one among them.
+    for i in 0..700u64 {
+        o.append(Class::Alert, 6_000 + i as i64, &payload(i, 100)).unwrap();
+        if i % 50 == 0 {
+            let got = o.oldest_pending_ts().unwrap();
+            assert_eq!(got, first_pending_ts(&mut o), "after alert {i}");
+        }
+    }
+    assert!(o.stats().evicted[Class::Raw as usize] > 0 && o.stats().evicted[Class::Alert as usize] > 0);
+    let before = o.oldest_pending_ts().unwrap();
+    assert_eq!(before, first_pending_ts(&mut o));
+    o.sync().unwrap();
+    drop(o);
+    let mut o = Outbox::open(dir.path(), SMALL).unwrap();
+    assert_eq!(o.oldest_pending_ts().unwrap(), before);
+}
+
 #[test]
 fn records_are_handed_out_only_once_on_disk() {
     let dir = tempfile::tempdir().unwrap();
@@ -276,6 +320,7 @@ enum Op {
     Deliver(u8),
     AckDelivered,
     Rewind,
+    OldestPending,
     /// Power cut: unsynced bytes at the end of the newest segment may be lost (some of them).
     PowerCut(u16),
 }
@@ -287,6 +332,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (1u8..40).prop_map(Op::Deliver),
         2 => Just(Op::AckDelivered),
         1 => Just(Op::Rewind),
+        2 => Just(Op::OldestPending),
         1 => any::<u16>().prop_map(Op::PowerCut),
     ]
 }
@@ -309,11 +355,14 @@ proptest! {
         // Records that must survive (appended and on disk), and the content of every append.
         let mut expected: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
         let mut content: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
+        // Every record in the outbox files, written or not, with its time (its number × 7).
+        let mut present: BTreeSet<u64> = BTreeSet::new();
         for op in ops {
             match op {
                 Op::Append(c, len) => {
                     let p = payload(o.next_seq(), len as usize);
-                    let seq = o.append(Class::ALL[c as usize], 0, &p).unwrap().unwrap();
+                    let seq = o.append(Class::ALL[c as usize], o.next_seq() as i64 * 7, &p).unwrap().unwrap();
+                    present.insert(seq);
                     prop_assert!(seq > delivered_max, "seq {seq} reused (the receiver saw up to {delivered_max})");
                     expected.insert(seq, p.clone());
                     content.insert(seq, p);
@@ -331,6 +380,10 @@ proptest! {
                 }
                 Op::AckDelivered => o.ack(delivered_max).unwrap(),
                 Op::Rewind => o.rewind(),
+                Op::OldestPending => {
+                    let first = present.range(o.acked() + 1..).next().map(|s| *s as i64 * 7);
+                    prop_assert_eq!(o.oldest_pending_ts().unwrap(), first);
+                }
                 Op::PowerCut(n) => {
                     let durable = o.durable();
                     drop(o);
@@ -350,6 +403,8 @@ proptest! {
                     }
                     expected.retain(|&s, _| s <= durable);
                     o = Outbox::open(dir.path(), cfg).unwrap();
+                    // What the cut took is numbered from the reopened outbox's next number on.
+                    present.retain(|&s| s < o.next_seq());
                 }
             }
         }
