@@ -355,7 +355,7 @@ proptest! {
         // Records that must survive (appended and on disk), and the content of every append.
         let mut expected: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
         let mut content: BTreeMap<u64, Vec<u8>> = BTreeMap::new();
-        // Every record in the outbox files, written or not, with its time (its number × 7).
+        // Every record in the outbox files, synced or not (each one's time is its number × 7).
         let mut present: BTreeSet<u64> = BTreeSet::new();
         for op in ops {
             match op {
