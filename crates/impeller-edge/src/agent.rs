@@ -449,7 +449,7 @@ fn switch_to(
     tracing::info!(model = %pkg.manifest.model.name, release = pkg.manifest.release, "switching to the newly installed model");
     let event = model_event("model_installed", &pkg);
     if let Some(mut old) = active.take() {
-        append(outbox, journal, metrics, old.producer.flush(crate::now_ms()))?;
+        append(outbox, journal, metrics, old.producer.flush())?;
     }
     Metrics::set(&metrics.model_release, pkg.manifest.release);
     Metrics::add(&metrics.installs, 1);
@@ -697,7 +697,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                         if store.roll_back()? {
                             generation = store.state()?.generation;
                             if let Some(mut bad) = active.replace(w.previous) {
-                                append(&mut outbox, &journal, &metrics, bad.producer.flush(crate::now_ms()))?;
+                                append(&mut outbox, &journal, &metrics, bad.producer.flush())?;
                             }
                             Metrics::set(&metrics.model_release, active.as_ref().map_or(0, |a| a.pkg.manifest.release));
                         }
@@ -836,7 +836,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                         // only scores, for comparison.
                         let mut previous = active.take();
                         if let Some(p) = previous.as_mut() {
-                            append(&mut outbox, &journal, &metrics, p.producer.flush(crate::now_ms()))?;
+                            append(&mut outbox, &journal, &metrics, p.producer.flush())?;
                         }
                         switch_to(&mut active, pkg, &cfg, &mut outbox, &journal, &metrics)?;
                         report(&mut outbox, &desired, UpdateState::Active, None, &active)?;
@@ -894,7 +894,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             _ = &mut shutdown => {
                 tracing::info!("stopping");
                 if let Some(a) = active.as_mut() {
-                    append(&mut outbox, &journal, &metrics, a.producer.flush(crate::now_ms()))?;
+                    append(&mut outbox, &journal, &metrics, a.producer.flush())?;
                 }
                 outbox.sync()?;
                 return Ok(());

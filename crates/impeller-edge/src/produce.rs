@@ -108,6 +108,8 @@ pub struct Producer {
     sketch_start: Option<i64>,
     sketch: Sketch,
     frame_count: u64,
+    /// The data time of the latest frame: where a flushed interval ends.
+    last_ts: Option<i64>,
     raw: Vec<FrameRecord>,
     history: VecDeque<FrameRecord>,
     alarm_since: Option<i64>,
@@ -145,6 +147,7 @@ impl Producer {
             sketch_start: None,
             sketch: Sketch::new(dim),
             frame_count: 0,
+            last_ts: None,
             raw: Vec::new(),
             history: VecDeque::new(),
             alarm_since: None,
@@ -161,6 +164,7 @@ impl Producer {
     pub fn push(&mut self, ts_ms: i64, frame: &[f64], verdict: &Verdict, features: &[f64]) -> Produced {
         let mut out = Produced::default();
         self.roll_intervals(ts_ms, &mut out);
+        self.last_ts = Some(ts_ms);
         let record = FrameRecord::new(ts_ms, frame);
 
         for (r, v) in self.running.iter_mut().zip(frame) {
@@ -307,9 +311,12 @@ impl Producer {
         ))
     }
 
-    /// Everything still accumulating (before a model switch or shutdown).
-    pub fn flush(&mut self, ts_ms: i64) -> Produced {
+    /// Everything still accumulating (before a model switch or shutdown). The partial intervals
+    /// end just after the latest frame, on the data clock like every other interval: a replay
+    /// or a backlog runs behind the wall clock, and the hub orders each device's sketches by end.
+    pub fn flush(&mut self) -> Produced {
         let mut out = Produced::default();
+        let ts_ms = self.last_ts.map_or(0, |t| t + 1);
         if let Some(start) = self.agg_start.take()
             && self.running.iter().any(|r| r.count > 0)
         {
@@ -382,6 +389,22 @@ mod tests {
         assert_eq!(agg.channels[0].max, Some(9.0));
         let score = ScoreStats { count: 10, mean: 0.1, min: 0.1, max: 0.1, threshold: 1.5 };
         assert_eq!(agg.score, Some(score), "the score of the scored frames and the threshold");
+    }
+
+    #[test]
+    fn a_flush_ends_the_partial_intervals_at_the_latest_frame() {
+        let mut p = producer();
+        assert!(p.flush().messages.is_empty(), "nothing pushed, nothing to flush");
+        for i in 0..25 {
+            p.push(i * 1000, &[i as f64], &scored(false), &[0.0]);
+        }
+        let out = p.flush();
+        let body = |c: Class| &out.messages.iter().find(|m| m.class == c).unwrap().body;
+        let agg: AggregateBody = serde_json::from_slice(body(Class::Aggregate)).unwrap();
+        assert_eq!((agg.start_ms, agg.end_ms, agg.channels[0].count), (20_000, 24_001, 5));
+        let sketch: SketchBody = serde_json::from_slice(body(Class::Sketch)).unwrap();
+        assert_eq!((sketch.start_ms, sketch.end_ms, sketch.sketch.count), (20_000, 24_001, 5));
+        assert!(p.flush().messages.is_empty(), "flushed once");
     }
 
     #[test]

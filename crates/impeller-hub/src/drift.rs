@@ -40,26 +40,36 @@ struct Latest {
 const MIN_CLASS_DEVICES: usize = 3;
 
 impl LatestSketches {
-    /// `devices` of `model` at `version`, pooled: the latest sketch of each, those older than
-    /// two intervals before the newest, or against another reference, left out. `None` when
-    /// too few are left.
+    /// `devices` of `model` at `version`, pooled: the latest sketch of each against the
+    /// reference most of them share, those older than two intervals before the median one left
+    /// out. `None` when too few are left.
     pub fn class_drift(&self, model: &str, version: &str, devices: &[&str]) -> Option<ClassDrift> {
         let map = self.0.lock().ok()?;
-        let mut latest: Vec<&Latest> = devices
-            .iter()
-            .filter_map(|d| map.get(&(model.to_string(), d.to_string())))
-            .filter(|l| l.version == version)
-            .collect();
-        let newest = latest.iter().max_by_key(|l| l.end_ms)?;
-        let (since, reference, features) =
-            (newest.end_ms - 2 * newest.span_ms.max(1), newest.reference.clone(), newest.features.clone());
-        // Packages of one version for several targets carry the same reference, each read once.
-        latest.retain(|l| l.end_ms >= since && *l.reference == *reference);
+        // Packages of one version for several targets carry the same reference, each read once:
+        // grouped by content.
+        let mut groups: Vec<Vec<&Latest>> = Vec::new();
+        for l in devices.iter().filter_map(|d| map.get(&(model.to_string(), d.to_string()))) {
+            if l.version != version {
+                continue;
+            }
+            match groups.iter_mut().find(|g| *g[0].reference == *l.reference) {
+                Some(group) => group.push(l),
+                None => groups.push(vec![l]),
+            }
+        }
+        let mut latest = groups.into_iter().max_by_key(Vec::len)?;
+        // Fresh means within two intervals of the median device, not of the newest: agents on a
+        // busy machine or a slow link lag unevenly, and one device ahead must not leave the rest
+        // of its class out of the pool.
+        latest.sort_by_key(|l| l.end_ms);
+        let median = latest[latest.len() / 2];
+        let since = median.end_ms - 2 * median.span_ms.max(1);
+        latest.retain(|l| l.end_ms >= since);
         if latest.len() < MIN_CLASS_DEVICES || latest.len() * 2 < devices.len() {
             return None;
         }
         let sketches: Vec<&Sketch> = latest.iter().map(|l| &l.sketch).collect();
-        class_drift(&reference, &features, &sketches)
+        class_drift(&median.reference, &median.features, &sketches)
     }
 
     fn put(&self, device: &str, model: &str, latest: Latest) {
@@ -285,19 +295,23 @@ mod tests {
         assert!((c.distance - 1.0).abs() < 1e-9, "four bins of 0.25 σ: {c:?}");
         assert!(latest.class_drift("gulf", "1", &devices).is_none(), "another version's sketches do not count");
         assert!(latest.class_drift("gulf", "2", &["a", "b", "c", "d", "e", "f", "g"]).is_none(), "fewer than half");
-        // An older sketch than the one kept is ignored; one more than two intervals behind the
-        // newest drops out of the pool.
+        // An older sketch than the one kept is ignored. Freshness is measured from the median
+        // device: one far ahead leaves nobody out, one more than two intervals behind drops out.
         put("a", "2", 9_000_000, mid);
         assert_eq!(latest.class_drift("gulf", "2", &devices).unwrap().devices, 3);
-        put("d", "2", 11_100_000, mid + 4);
-        assert_eq!(
-            latest.class_drift("gulf", "2", &devices).unwrap().devices,
-            4,
-            "a, b and c are 1.8 intervals behind"
-        );
         put("d", "2", 12_000_000, mid + 4);
-        assert!(latest.class_drift("gulf", "2", &devices).is_none(), "only d is fresh");
-        // Another package's copy of the same reference counts; another reference does not.
+        assert_eq!(latest.class_drift("gulf", "2", &devices).unwrap().devices, 4, "d is ahead, the rest fresh");
+        put("h", "2", 8_700_000, mid);
+        let five = ["a", "b", "c", "d", "h"];
+        assert_eq!(latest.class_drift("gulf", "2", &five).unwrap().devices, 4, "h is 2.2 intervals behind the median");
+        assert!((latest.class_drift("gulf", "2", &five).unwrap().distance - 1.0).abs() < 1e-9, "h not pooled");
+        put("h", "2", 8_900_000, mid);
+        assert_eq!(latest.class_drift("gulf", "2", &five).unwrap().devices, 5, "h is 1.8 intervals behind");
+        put("b", "2", 12_000_000, mid + 4);
+        put("c", "2", 12_000_000, mid + 4);
+        assert_eq!(latest.class_drift("gulf", "2", &five).unwrap().devices, 3, "a and h left behind the median");
+        // Another package's copy of the same reference counts; another reference does not, and
+        // the one most devices share is judged against, whichever device is the median.
         let (copy, other) = (Arc::new(at(mid)), Arc::new(at(mid + 1)));
         for (device, reference) in [("e", copy.clone()), ("f", other), ("g", copy)] {
             let features = vec!["motor_c".into()];

@@ -4,11 +4,17 @@
 //! ignored. Rewritten from scratch (write, fsync, rename) when it grows past `MAX_BYTES`.
 //!
 //! Losing the newest entries (power loss before a sync) is safe: the agent then re-sends a few
-//! records the hub already has, and the hub stores each (device, seq) once.
+//! records the hub already has, and the hub stores each (device, seq) once. So the ledger is
+//! fsynced at most every [`SYNC_EVERY`], not with every sync of the segments: on an edge device's
+//! flash that nearly halves the fsyncs of a steady stream.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The longest an acknowledgement waits for its fsync.
+pub const SYNC_EVERY: Duration = Duration::from_secs(10);
 
 const ENTRY: usize = 16;
 const MAX_BYTES: u64 = 64 * 1024;
@@ -20,6 +26,7 @@ pub struct Ledger {
     acked: u64,
     bytes: u64,
     dirty: bool,
+    synced_at: Instant,
 }
 
 fn entry(acked: u64) -> [u8; ENTRY] {
@@ -52,6 +59,7 @@ impl Ledger {
             acked,
             bytes: bytes.len() as u64,
             dirty: false,
+            synced_at: Instant::now(),
         };
         if bytes.len() % ENTRY != 0 || ledger.bytes > MAX_BYTES {
             ledger.rewrite()?;
@@ -79,12 +87,16 @@ impl Ledger {
         Ok(true)
     }
 
-    pub fn sync(&mut self) -> std::io::Result<()> {
-        if self.dirty {
-            self.file.sync_data()?;
-            self.dirty = false;
+    /// Fsyncs what was written since the last fsync if that was [`SYNC_EVERY`] before `now` or
+    /// longer; says whether it did.
+    pub fn sync_due(&mut self, now: Instant) -> std::io::Result<bool> {
+        if !self.dirty || now.saturating_duration_since(self.synced_at) < SYNC_EVERY {
+            return Ok(false);
         }
-        Ok(())
+        self.file.sync_data()?;
+        self.dirty = false;
+        self.synced_at = now;
+        Ok(true)
     }
 
     fn rewrite(&mut self) -> std::io::Result<()> {
@@ -119,6 +131,20 @@ mod tests {
         f.write_all(&entry(99)[..5]).unwrap();
         let l = Ledger::open(&p).unwrap();
         assert_eq!(l.acked(), 42);
+    }
+
+    #[test]
+    fn an_acknowledgement_waits_at_most_sync_every_for_its_fsync() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut l = Ledger::open(&dir.path().join("acked")).unwrap();
+        let t0 = l.synced_at;
+        assert!(!l.sync_due(t0 + SYNC_EVERY).unwrap(), "nothing written, nothing to sync");
+        l.advance(5).unwrap();
+        assert!(!l.sync_due(t0 + SYNC_EVERY / 2).unwrap(), "synced half an interval ago");
+        assert!(l.sync_due(t0 + SYNC_EVERY).unwrap());
+        l.advance(6).unwrap();
+        assert!(!l.sync_due(t0 + SYNC_EVERY * 3 / 2).unwrap(), "synced half an interval ago");
+        assert!(l.sync_due(t0 + SYNC_EVERY * 3).unwrap(), "an acknowledgement after a quiet spell, at once");
     }
 
     #[test]

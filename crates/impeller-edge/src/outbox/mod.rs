@@ -368,7 +368,8 @@ impl Outbox {
         Ok(Some(record.seq))
     }
 
-    /// Makes appended records and the acknowledgement durable against power loss.
+    /// Makes appended records durable against power loss, and the acknowledgement at most
+    /// [`ledger::SYNC_EVERY`] late.
     pub fn sync(&mut self) -> Result<(), OutboxError> {
         if self.unsynced {
             let path = self.active_path();
@@ -376,7 +377,7 @@ impl Outbox {
             self.unsynced = false;
         }
         self.durable = self.next_seq - 1;
-        io(&self.dir, self.ledger.sync())
+        io(&self.dir, self.ledger.sync_due(std::time::Instant::now())).map(drop)
     }
 
     fn active_path(&self) -> PathBuf {
