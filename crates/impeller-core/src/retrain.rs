@@ -247,6 +247,9 @@ pub struct PolicyState {
     pub drift_rounds: u32,
     /// When retrainings were started, the last 24 hours' worth.
     pub started_ms: Vec<i64>,
+    /// When the latest retraining started, however long ago: a schedule counts from it.
+    #[serde(default)]
+    pub last_started_ms: Option<i64>,
     /// A trigger holds but the budget is spent, and that was said already: said once, not at
     /// every check.
     #[serde(default)]
@@ -283,7 +286,7 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
     s.started_ms.retain(|&t| f.now_ms - t < DAY_MS);
     let verdicts = f.confirmed + f.false_alarms;
     let precision = (verdicts > 0).then(|| f.confirmed as f64 / verdicts as f64);
-    let last = s.started_ms.iter().max().copied();
+    let last = s.last_started_ms.max(s.started_ms.iter().max().copied());
     let aside = match f.set_aside {
         0 => String::new(),
         n => format!(" ({n} more set aside under a labelled incident)"),
@@ -341,6 +344,7 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
         };
     }
     s.started_ms.push(f.now_ms);
+    s.last_started_ms = Some(f.now_ms);
     s.drift_rounds = 0;
     let evidence = serde_json::json!({
         "devices": f.devices, "drifting": f.drifting, "set_aside": f.set_aside, "drift_share": share,
@@ -408,6 +412,30 @@ per_day = 2
         // A day after the first, there is budget again (the one at 10 still counts).
         assert!(matches!(decide(&p, &mut s, &facts(DAY_MS + 5, 5)), Decision::Retrain { .. }));
         assert_eq!(s.started_ms, [10, DAY_MS + 5]);
+    }
+
+    #[test]
+    fn a_schedule_counts_from_the_last_retraining_even_weeks_back() {
+        let weekly = POLICY.replace("min_precision = 0.5\nmin_verdicts = 4", "every_hours = 168");
+        let p = RetrainPolicy::parse(&weekly, "p").unwrap();
+        let mut s = PolicyState::default();
+        let hour = 3_600_000;
+        match decide(&p, &mut s, &facts(0, 0)) {
+            Decision::Retrain { reason, .. } => assert_eq!(reason, "scheduled every 168 h", "none before: at once"),
+            d => panic!("{d:?}"),
+        }
+        for h in [1, 25, 100, 167] {
+            assert_eq!(decide(&p, &mut s, &facts(h * hour, 0)), Decision::Wait, "{h} h after");
+        }
+        assert!(matches!(decide(&p, &mut s, &facts(168 * hour, 0)), Decision::Retrain { .. }));
+        // A retraining for another reason restarts the week.
+        let mut s = PolicyState::default();
+        let low_precision = Facts { confirmed: 1, false_alarms: 3, ..facts(10 * hour, 0) };
+        let p = RetrainPolicy::parse(&POLICY.replace("min_verdicts = 4", "min_verdicts = 4\nevery_hours = 168"), "p")
+            .unwrap();
+        assert!(matches!(decide(&p, &mut s, &low_precision), Decision::Retrain { .. }));
+        assert_eq!(decide(&p, &mut s, &facts(170 * hour, 0)), Decision::Wait, "160 h after the last");
+        assert!(matches!(decide(&p, &mut s, &facts(178 * hour, 0)), Decision::Retrain { .. }));
     }
 
     #[test]

@@ -348,6 +348,7 @@ impl Iterator for PumpSim {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::vendor::{KESTREL, NORDPUMP};
 
     fn spec() -> FleetSpec {
         FleetSpec {
@@ -408,6 +409,56 @@ mod tests {
             assert!(samples[first_faulty].onset && samples[first_faulty..].iter().all(|s| s.faulty));
             assert!(samples.iter().all(|s| s.values.iter().all(|v| v.is_finite())));
         }
+    }
+
+    /// A site's pump with `drift` from the first hour, and its twin without: the same seed
+    /// draws the same noise, so what differs is the drift alone.
+    fn with_and_without(drift: DriftKind, ramp_s: f64, manufacturer: &str) -> (Fleet, PumpPlan, PumpPlan) {
+        let spec =
+            FleetSpec { faulty_share: 0.0, site_drifts: vec![("permian".into(), drift, 3600, ramp_s)], ..spec() };
+        let f = Fleet::plan(&spec);
+        let drifted = f.pumps.iter().find(|p| p.site == "permian" && p.manufacturer == manufacturer).unwrap().clone();
+        assert_eq!(drifted.drifts.len(), 1);
+        let twin = PumpPlan { drifts: Vec::new(), ..drifted.clone() };
+        (f, drifted, twin)
+    }
+
+    #[test]
+    fn an_ageing_sensor_biases_its_own_reading_and_nothing_else() {
+        let ageing = DriftKind::SensorAgeing { signal: Signal::DischargePressure, per_hour: 0.05 };
+        let (f, aged, twin) = with_and_without(ageing, 0.0, "nordpump");
+        let column = NORDPUMP.signals.iter().position(|(s, _, _)| *s == Signal::DischargePressure).unwrap();
+        let (a, b) = (f.simulate(&aged, f.start_ms, f.end_ms), f.simulate(&twin, f.start_ms, f.end_ms));
+        for (x, y) in a.zip(b) {
+            let hours = (x.ts_ms - f.start_ms - 3_600_000).max(0) as f64 / 3_600_000.0;
+            for (i, (vx, vy)) in x.values.iter().zip(&y.values).enumerate() {
+                let bias = if i == column { 0.05 * hours } else { 0.0 };
+                assert!((vx - vy - bias).abs() < 1e-9, "column {i} at {} h: {vx} against {vy}", hours + 1.0);
+            }
+        }
+    }
+
+    #[test]
+    fn a_new_operating_point_follows_the_affinity_laws() {
+        let new_point = DriftKind::OperatingPoint { speed_rpm: 2650.0 };
+        let (f, moved, twin) = with_and_without(new_point, 600.0, "kestrel");
+        let mean = |p: &PumpPlan, from_h: f64, signal: Signal| {
+            let col = KESTREL.signals.iter().position(|(s, _, _)| *s == signal).unwrap();
+            let from = f.start_ms + (from_h * 3_600_000.0) as i64;
+            let v: Vec<f64> = f.simulate(p, from, from + 1_800_000).map(|s| s.values[col]).collect();
+            v.iter().sum::<f64>() / v.len() as f64
+        };
+        assert!((mean(&moved, 0.0, Signal::Speed) - mean(&twin, 0.0, Signal::Speed)).abs() < 1e-9, "before the onset");
+        let ratio = |s: Signal| mean(&moved, 2.0, s) / mean(&twin, 2.0, s);
+        // The speed read is the motor's, a little under the set speed (slip, which falls with the load).
+        let speed_ratio = ratio(Signal::Speed);
+        assert!((speed_ratio - 2650.0 / moved.speed_rpm).abs() < 0.01, "{speed_ratio} for {}", moved.speed_rpm);
+        // Against a system curve with static head, flow falls at least as fast as speed; head
+        // (and the pressure the pump adds) and shaft power fall faster still.
+        assert!(ratio(Signal::Flow) < speed_ratio + 0.01, "flow {} at speed {speed_ratio}", ratio(Signal::Flow));
+        let head = |p: &PumpPlan| mean(p, 2.0, Signal::DischargePressure) - mean(p, 2.0, Signal::SuctionPressure);
+        assert!(head(&moved) / head(&twin) < speed_ratio, "head {}", head(&moved) / head(&twin));
+        assert!(ratio(Signal::MotorPower) < speed_ratio * speed_ratio, "power {}", ratio(Signal::MotorPower));
     }
 
     #[test]

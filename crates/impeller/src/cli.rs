@@ -215,6 +215,15 @@ pub struct FleetArgs {
     /// not a fault.
     #[arg(long, value_name = "SITE")]
     pub heat_wave: Option<String>,
+    /// Ageing discharge-pressure transmitters at this site: each reads 0.05 bar more every hour
+    /// from the start of the faults' window, the pumps unchanged: drift, not a fault.
+    #[arg(long, value_name = "SITE")]
+    pub sensor_ageing: Option<String>,
+    /// A new operating point at this site: from the start of the faults' window the process
+    /// runs every pump at 2,650 rpm (reached over 10 minutes; the pumps run at 2,800 to 2,950
+    /// before): less flow and head, by the affinity laws; drift, not a fault.
+    #[arg(long, value_name = "SITE")]
+    pub operating_point: Option<String>,
 }
 
 #[derive(Debug, Args)]
@@ -246,8 +255,9 @@ pub struct DemoArgs {
     /// After the summary, keep the hub and its dashboard up until Ctrl-C.
     #[arg(long)]
     pub stay: bool,
-    /// No heat wave: by default the gulf site gets one (unless --heat-wave names another),
-    /// drift that is not a fault, which the models' retraining policies react to.
+    /// No heat wave: by default the gulf site gets one (unless --heat-wave names another, or
+    /// another site drift is asked for), drift that is not a fault, which the models'
+    /// retraining policies react to.
     #[arg(long)]
     pub no_drift: bool,
 }

@@ -15,7 +15,7 @@ use impeller_core::model::Model;
 use impeller_core::scorer::Verdict;
 use impeller_core::{Channel, Frame, Scorer, TrainConfig, train};
 use impeller_sim::{
-    DriftKind, FaultKind, Fleet, FleetSpec, MANUFACTURERS, Manufacturer, PumpPlan, SITES, csv_header, csv_line,
+    DriftKind, FaultKind, Fleet, FleetSpec, MANUFACTURERS, Manufacturer, PumpPlan, SITES, Signal, csv_header, csv_line,
 };
 use serde::Serialize;
 
@@ -339,6 +339,10 @@ pub fn write_summary(out: &mut dyn Write, s: &Summary) -> std::io::Result<()> {
     writeln!(out, "false alarms per pump-day by device class: {}", per_class.join(", "))
 }
 
+/// `--sensor-ageing`: a pressure transmitter's zero creeping up, the classic slow drift of a
+/// process instrument (its ramp is unused: ageing grows for as long as the run).
+const SENSOR_AGEING: DriftKind = DriftKind::SensorAgeing { signal: Signal::DischargePressure, per_hour: 0.05 };
+
 /// The fleet plan for these flags: readings from `start_ms` for `hours`, faults between the
 /// given fractions of that span.
 pub fn plan(args: &FleetArgs, start_ms: i64, hours: f64, faults_between: (f64, f64)) -> anyhow::Result<Fleet> {
@@ -354,12 +358,17 @@ pub fn plan(args: &FleetArgs, start_ms: i64, hours: f64, faults_between: (f64, f
     let duration_s = (hours * 3600.0) as u64;
     let at = |f: f64| (duration_s as f64 * f) as u64;
     let mut site_drifts = Vec::new();
-    if let Some(site) = &args.heat_wave {
+    for (flag, site, kind, ramp_s) in [
+        ("--heat-wave", &args.heat_wave, DriftKind::AmbientShift { delta_c: 10.0 }, 3600.0),
+        ("--sensor-ageing", &args.sensor_ageing, SENSOR_AGEING, 0.0),
+        ("--operating-point", &args.operating_point, DriftKind::OperatingPoint { speed_rpm: 2650.0 }, 600.0),
+    ] {
+        let Some(site) = site else { continue };
         if !SITES.iter().any(|s| s.name == site) {
             let names: Vec<&str> = SITES.iter().map(|s| s.name).collect();
-            return Err(InputError(format!("--heat-wave {site}: no such site (sites: {})", names.join(", "))).into());
+            return Err(InputError(format!("{flag} {site}: no such site (sites: {})", names.join(", "))).into());
         }
-        site_drifts.push((site.clone(), DriftKind::AmbientShift { delta_c: 10.0 }, at(faults_between.0), 3600.0));
+        site_drifts.push((site.clone(), kind, at(faults_between.0), ramp_s));
     }
     Ok(Fleet::plan(&FleetSpec {
         pumps: args.pumps,
@@ -537,7 +546,14 @@ mod tests {
     use super::*;
 
     fn fleet(pumps: usize) -> Fleet {
-        let args = FleetArgs { pumps, seed: 7, faulty_share: 0.5, heat_wave: None };
+        let args = FleetArgs {
+            pumps,
+            seed: 7,
+            faulty_share: 0.5,
+            heat_wave: None,
+            sensor_ageing: None,
+            operating_point: None,
+        };
         plan(&args, 0, 6.0, (0.3, 0.7)).unwrap()
     }
 

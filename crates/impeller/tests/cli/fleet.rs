@@ -26,6 +26,42 @@ fn sim_writes_replayable_skab_files_and_the_ground_truth() {
 }
 
 #[test]
+fn each_site_drift_lands_in_the_ground_truth_at_its_own_site() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fleet");
+    let o = impeller(&[
+        "sim",
+        "--pumps",
+        "9",
+        "--hours",
+        "1",
+        "--faulty-share",
+        "0",
+        "--heat-wave",
+        "gulf",
+        "--sensor-ageing",
+        "permian",
+        "--operating-point",
+        "north-sea",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let truth: Value = serde_json::from_slice(&std::fs::read(out.join("fleet.json")).unwrap()).unwrap();
+    for p in truth["pumps"].as_array().unwrap() {
+        let drifts = p["drifts"].as_array().unwrap();
+        let kinds: Vec<&str> = drifts.iter().map(|d| d["kind"].as_str().unwrap()).collect();
+        let expected = match p["site"].as_str().unwrap() {
+            "gulf" => "ambient_shift",
+            "permian" => "sensor_ageing",
+            _ => "operating_point",
+        };
+        assert_eq!(kinds, [expected], "{p}");
+        assert_eq!(drifts[0]["onset_ms"].as_i64().unwrap() - truth["start_ms"].as_i64().unwrap(), 900_000, "{p}");
+    }
+}
+
+#[test]
 fn the_fleet_benchmark_catches_faults_that_show_in_a_manufacturers_sensors() {
     // Six pumps, one per fault kind, twelve hours of history per pump (four are too few to
     // learn the process's slow wander: false alarms follow). Acme pumps have no motor temperature sensor, so motor
@@ -59,6 +95,8 @@ fn bad_fleet_flags_are_refused_with_the_flag_named() {
     for (args, says) in [
         (vec!["--faulty-share", "1.5"], "--faulty-share 1.5"),
         (vec!["--heat-wave", "atlantis"], "no such site"),
+        (vec!["--sensor-ageing", "atlantis"], "--sensor-ageing atlantis: no such site"),
+        (vec!["--operating-point", "gulf", "--heat-wave", "moon"], "--heat-wave moon: no such site"),
         (vec!["--faults-between", "0.8,0.2"], "--faults-between 0.8,0.2"),
         (vec!["--hours", "0"], "--hours 0"),
     ] {
