@@ -60,6 +60,8 @@ pub struct ApiState {
     /// How long raw samples are kept (`[retention] samples_days`); `None`: for ever. A
     /// retraining policy may not ask for a longer window of them.
     pub samples_kept: Option<std::time::Duration>,
+    /// The drift monitor's thresholds, drawn on the fleet's drift chart.
+    pub drift: impeller_core::drift::DriftPolicy,
 }
 
 /// The closed set of error codes; each maps to one HTTP status.

@@ -94,11 +94,12 @@ impl Retention {
 pub struct Monitors {
     pub alert_rate_check_secs: u64,
     pub alert_rate: impeller_core::alert_rate::AlertRatePolicy,
+    pub drift: impeller_core::drift::DriftPolicy,
 }
 
 impl Default for Monitors {
     fn default() -> Monitors {
-        Monitors { alert_rate_check_secs: 10, alert_rate: Default::default() }
+        Monitors { alert_rate_check_secs: 10, alert_rate: Default::default(), drift: Default::default() }
     }
 }
 
@@ -245,6 +246,20 @@ impl FileConfig {
                     .into(),
             ));
         }
+        let d = &c.monitors.drift;
+        let valid = d.warn > 0.0
+            && d.alarm >= d.warn
+            && d.alarm.is_finite()
+            && d.ph_delta >= 0.0
+            && d.ph_lambda > 0.0
+            && d.ph_lambda.is_finite()
+            && d.clear_after > 0;
+        if !valid {
+            return Err(err(
+                "monitors.drift: 0 < warn <= alarm, ph_delta at least 0, ph_lambda positive and clear_after at least 1"
+                    .into(),
+            ));
+        }
         c.retention.check().map_err(err)?;
         if c.audit.checkpoint_secs == 0 {
             return Err(err("audit.checkpoint_secs must be positive".into()));
@@ -326,6 +341,7 @@ impl FileConfig {
             pipeline_key: (!self.pipelines.signing_key.as_os_str().is_empty())
                 .then(|| self.pipelines.signing_key.clone()),
             retrain_every: std::time::Duration::from_secs(self.pipelines.retrain_check_secs),
+            drift: self.monitors.drift.clone(),
             alert_rate: self.monitors.alert_rate.clone(),
             alert_rate_every: std::time::Duration::from_secs(self.monitors.alert_rate_check_secs),
             retention: self.retention.keep(),
@@ -351,6 +367,7 @@ mod tests {
         assert_eq!(h.audit_key.as_deref(), Some(Path::new("impeller-hub-data/audit.secret.json")));
         assert_eq!(h.checkpoint_every, std::time::Duration::from_secs(60));
         assert_eq!(h.alert_rate, impeller_core::alert_rate::AlertRatePolicy::default());
+        assert_eq!(h.drift, impeller_core::drift::DriftPolicy::default());
         assert_eq!(h.alert_rate_every, std::time::Duration::from_secs(10));
         let day = 86_400;
         let keep: Vec<(&str, u64)> = h.retention.iter().map(|(k, d)| (k.as_str(), d.as_secs() / day)).collect();
@@ -369,6 +386,13 @@ mod tests {
         assert!(FileConfig::parse(&db, "x").unwrap_err().to_string().contains("mysql"));
         let alpha = DEFAULT.replace("clear_alpha = 0.05", "clear_alpha = 0.0001");
         assert!(FileConfig::parse(&alpha, "x").unwrap_err().to_string().contains("clear_alpha"));
+        let drift = DEFAULT.replace("alarm = 3.5", "alarm = 1.5");
+        assert!(FileConfig::parse(&drift, "x").unwrap_err().to_string().contains("monitors.drift: 0 < warn <= alarm"));
+        let drift = DEFAULT.replace("clear_after = 3", "clear_after = 0");
+        assert!(FileConfig::parse(&drift, "x").unwrap_err().to_string().contains("clear_after at least 1"));
+        let drift = DEFAULT.replace("alarm = 3.5", "alarm = 5.0").replace("clear_after = 3", "clear_after = 6");
+        let h = FileConfig::parse(&drift, "x").unwrap().hub_config();
+        assert_eq!((h.drift.alarm, h.drift.clear_after, h.drift.warn), (5.0, 6, 2.0), "set and defaults kept");
         let forever = DEFAULT.replace("samples_days = 30", "samples_days = -1");
         assert!(FileConfig::parse(&forever, "x").unwrap_err().to_string().contains("retention.samples_days = -1"));
         let nan = DEFAULT.replace("events_days = 0", "events_days = nan");

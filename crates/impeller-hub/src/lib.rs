@@ -76,6 +76,8 @@ pub struct HubConfig {
     pub audit_key: Option<PathBuf>,
     /// How often to sign a checkpoint when something was recorded since (zero: every minute).
     pub checkpoint_every: Duration,
+    /// How each device's sketches are judged against its model's reference.
+    pub drift: impeller_core::drift::DriftPolicy,
     /// How each device's alert rate is held to its model's validation rate.
     pub alert_rate: impeller_core::alert_rate::AlertRatePolicy,
     /// How often the alert rates are judged (zero: every 10 s).
@@ -164,7 +166,7 @@ impl Hub {
             store.clone(),
             artifacts.clone(),
             trust.clone(),
-            impeller_core::drift::DriftPolicy::default(),
+            cfg.drift.clone(),
             Duration::from_secs(2),
             latest_sketches.clone(),
         ));
@@ -212,6 +214,7 @@ impl Hub {
                 let state = api::ApiState {
                     stats: stats.clone(),
                     samples_kept: retention::samples_kept(&cfg.retention),
+                    drift: cfg.drift.clone(),
                     runs: runs.clone(),
                     retrainer,
                     store: store.clone(),

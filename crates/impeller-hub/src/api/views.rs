@@ -139,9 +139,8 @@ pub async fn drift_fleet(
     {
         return Err(Problem::new(Code::InvalidRequest, "since_ms must be before until_ms"));
     }
-    let policy = impeller_core::drift::DriftPolicy::default();
     let buckets = s.store.drift_over_time(q.since_ms, q.until_ms, points).await?;
-    Ok(Json(DriftFleet { warn_sigma: policy.warn, alarm_sigma: policy.alarm, buckets }))
+    Ok(Json(DriftFleet { warn_sigma: s.drift.warn, alarm_sigma: s.drift.alarm, buckets }))
 }
 
 /// `GET /devices/{id}/series?last=&points=`.
