@@ -94,7 +94,7 @@ pub enum Command {
     Demo(DemoArgs),
     /// Simulate a fleet of pumps (physics, three manufacturers, faults, drift) and write each
     /// pump's readings as a SKAB-layout CSV file, or serve them live over MQTT or as Modbus TCP
-    /// controllers; the ground truth in fleet.json.
+    /// controllers; the ground truth in fleet.json. With --skab, replay SKAB files live instead.
     Sim(SimArgs),
 }
 
@@ -291,6 +291,14 @@ pub struct SimArgs {
     /// real time: at 1, agents see the pumps as the models were trained to).
     #[arg(long, default_value_t = 1.0)]
     pub speed: f64,
+    /// Replay SKAB files live instead of simulating pumps (with --mqtt or --modbus): every CSV
+    /// under this folder but anomaly-free, or this one file, each a device of its own, all
+    /// starting now and keeping their rows' spacing; their labels are the ground truth
+    /// (skab.json). Modbus controllers hold the testbed's sensors as f32 input registers.
+    #[arg(long, value_name = "PATH", conflicts_with_all = [
+        "pumps", "seed", "faulty_share", "heat_wave", "sensor_ageing", "operating_point", "hours", "faults_between",
+    ])]
+    pub skab: Option<PathBuf>,
 }
 
 /// Which hub's API, and the operator's token.

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
-use std::time::Instant;
 
 use anyhow::Context;
 use impeller_core::adapter::Adapter;
@@ -22,6 +21,7 @@ use serde::Serialize;
 use crate::InputError;
 use crate::cli::{FleetArgs, FleetBenchArgs, SimArgs};
 use crate::commands::{emit, emit_json};
+use crate::simfeed;
 
 pub const HOUR_MS: i64 = 3_600_000;
 /// At most this many pumps of a class train its model ([`Class::training_pumps`]).
@@ -398,6 +398,16 @@ fn this_hour_ms() -> i64 {
 }
 
 pub fn sim(args: SimArgs) -> anyhow::Result<()> {
+    if let Some(path) = args.skab.clone() {
+        if args.mqtt.is_none() && args.modbus.is_none() {
+            return Err(InputError(
+                "--skab replays the files live: add --mqtt URL or --modbus HOST:PORT (the files themselves are the CSV)"
+                    .into(),
+            )
+            .into());
+        }
+        return sim_skab(args, &path);
+    }
     let between = parse_fractions(&args.faults_between)?;
     if args.mqtt.is_some() || args.modbus.is_some() {
         return sim_live(args, between);
@@ -423,81 +433,22 @@ pub fn sim(args: SimArgs) -> anyhow::Result<()> {
 
 /// `impeller sim --mqtt | --modbus`: the fleet from now, served live until its end or Ctrl-C.
 fn sim_live(args: SimArgs, between: (f64, f64)) -> anyhow::Result<()> {
-    use crate::simfeed::{ModbusFleet, Pumps, SimClock, publish_mqtt, write_sources};
-    if !(args.speed >= 0.01 && args.speed <= 10_000.0) {
-        return Err(InputError(format!("--speed {}: must be 0.01 to 10000", args.speed)).into());
-    }
     let start_ms = impeller_hub::store::now_ms();
     let fleet = plan(&args.fleet, start_ms, args.hours, between)?;
-    std::fs::create_dir_all(&args.out).with_context(|| format!("creating {}", args.out.display()))?;
-    let truth = serde_json::to_vec_pretty(&fleet)?;
-    std::fs::write(args.out.join("fleet.json"), truth)
-        .with_context(|| format!("writing {}/fleet.json", args.out.display()))?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    rt.block_on(async {
-        let modbus = match args.modbus {
-            Some(first) => Some(ModbusFleet::serve(&fleet, first).await?),
-            None => None,
-        };
-        let mqtt = args.mqtt.as_deref().map(|b| (b, args.topic.as_str()));
-        write_sources(&fleet, &args.out, mqtt, modbus.as_ref())?;
-        let clock = SimClock { start_ms, started: Instant::now(), speed: args.speed };
-        let wall_s = args.hours * 3600.0 / args.speed;
-        emit(|out| {
-            writeln!(
-                out,
-                "serving {} pumps live at {}× for {:.0} s ({} simulated hours); ground truth and each agent's \
-                 source in {}",
-                fleet.pumps.len(),
-                args.speed,
-                wall_s,
-                args.hours,
-                args.out.display()
-            )?;
-            if let Some((broker, topic)) = mqtt {
-                writeln!(out, "  MQTT: {broker}, topics {topic}")?;
-            }
-            if let Some(m) = &modbus {
-                let (first, last) = (m.addresses[0], m.addresses[m.addresses.len() - 1]);
-                writeln!(out, "  Modbus TCP: {} pumps from {first} to {last}, unit 1", m.addresses.len())?;
-            }
-            Ok(())
-        })?;
-        let registers = async {
-            let Some(m) = &modbus else { return std::future::pending::<()>().await };
-            let makers: Vec<Manufacturer> = fleet
-                .pumps
-                .iter()
-                .map(|p| Manufacturer::by_name(&p.manufacturer).unwrap_or(MANUFACTURERS[0]))
-                .collect();
-            let mut pumps = Pumps::new(&fleet);
-            let mut tick = tokio::time::interval(std::time::Duration::from_millis(100));
-            while !pumps.finished() {
-                tick.tick().await;
-                let mut latest: Vec<Option<impeller_sim::Sample>> = vec![None; makers.len()];
-                pumps.advance(clock.now_ms(), |i, s| latest[i] = Some(s));
-                for (i, s) in latest.iter().enumerate() {
-                    if let Some(s) = s {
-                        m.set(i, &makers[i], s);
-                    }
-                }
-            }
-        };
-        let published = async {
-            match mqtt {
-                Some((broker, topic)) => {
-                    publish_mqtt(&fleet, clock, broker, topic, std::future::pending()).await.map(Some)
-                }
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            () = registers => {}
-            sent = published => { sent?; }
-        }
-        Ok::<(), anyhow::Error>(())
-    })
+    let live = simfeed::Live::from_args(&args, start_ms)?;
+    live.write_truth("fleet.json", &fleet)?;
+    let about = format!("{} pumps ({} simulated hours)", fleet.pumps.len(), args.hours);
+    live.serve(&simfeed::fleet_devices(&fleet)?, || simfeed::fleet_streams(&fleet), args.hours * 3600.0, &about)
+}
+
+/// `impeller sim --skab PATH --mqtt | --modbus`: SKAB files replayed live from now.
+fn sim_skab(args: SimArgs, path: &Path) -> anyhow::Result<()> {
+    let start_ms = impeller_hub::store::now_ms();
+    let replay = crate::skabfeed::SkabReplay::load(path, start_ms)?;
+    let live = simfeed::Live::from_args(&args, start_ms)?;
+    live.write_truth("skab.json", &replay.truth(args.speed))?;
+    let about = format!("{} SKAB files from {}", replay.devices.len(), path.display());
+    live.serve(&replay.devices, || replay.streams(), replay.duration_s(), &about)
 }
 
 #[derive(Debug, Serialize)]

@@ -15,6 +15,7 @@ pub mod progress;
 pub mod remote;
 pub mod simfeed;
 pub mod skab;
+pub mod skabfeed;
 
 use impeller_core::package::PackageError;
 use impeller_core::table::TableError;

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use impeller::simfeed::{ModbusFleet, register_map};
+use impeller::simfeed::{ModbusFleet, fleet_devices, register_map};
 use impeller_core::registers::DataType;
 use impeller_edge::metrics::Metrics;
 use impeller_edge::source::{ModbusSource, Reading, poll_modbus, subscribe_mqtt};
@@ -70,11 +70,12 @@ async fn first_reading(address: String, m: &Manufacturer) -> Reading {
 fn each_pump_is_a_modbus_controller_holding_its_reading_in_its_register_map() {
     let fleet = fleet(3, 1_700_000_000_000);
     runtime().block_on(async {
-        let controllers = ModbusFleet::serve(&fleet, "127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let controllers =
+            ModbusFleet::serve(&fleet_devices(&fleet).unwrap(), "127.0.0.1:0".parse().unwrap()).await.unwrap();
         for (i, p) in fleet.pumps.iter().enumerate() {
             let m = Manufacturer::by_name(&p.manufacturer).unwrap();
             let sample = fleet.simulate(p, fleet.start_ms, fleet.end_ms).nth(100).unwrap();
-            controllers.set(i, &m, &sample);
+            controllers.set(i, &sample);
             let reading = first_reading(controllers.addresses[i].to_string(), &m).await;
             matches(&m, &reading, &sample).unwrap_or_else(|e| panic!("{} ({}): {e}", p.id, m.name));
         }
@@ -274,4 +275,175 @@ fn sim_publishes_each_pumps_readings_over_mqtt_as_the_agents_mqtt_source_reads_t
             }
         }
     });
+}
+
+/// What `impeller sim --skab` wrote as ground truth.
+fn skab_truth(out: &Path) -> impeller::skabfeed::Truth {
+    serde_json::from_slice(&std::fs::read(out.join("skab.json")).unwrap()).unwrap()
+}
+
+/// One real SKAB file, read here on its own: (timestamps, rows, labels).
+fn skab_file(path: &Path) -> impeller_core::table::Table {
+    let bytes = std::fs::read(path).unwrap();
+    impeller_core::table::parse_csv(&bytes, "skab", &impeller_core::table::CsvFormat::SKAB).unwrap()
+}
+
+#[test]
+fn sim_replays_a_skab_file_over_mqtt_row_for_row_with_its_labels_as_ground_truth() {
+    let Ok(broker) = std::env::var("IMPELLER_TEST_MQTT") else {
+        eprintln!(
+            "sim_replays_a_skab_file_over_mqtt: SKIPPED, needs an MQTT broker: set IMPELLER_TEST_MQTT=mqtt://host:port"
+        );
+        return;
+    };
+    let Some(skab) = crate::util::skab_dir("sim_replays_a_skab_file_over_mqtt") else { return };
+    let file = skab.join("valve1/1.csv");
+    let table = skab_file(&file);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("live");
+    let prefix = format!("impeller-test/skab-{}-{}", std::process::id(), free_port());
+    runtime().block_on(async {
+        let (tx, mut rx) = tokio::sync::mpsc::channel(100_000);
+        let source = tokio::spawn(subscribe_mqtt(
+            format!("skab-{}", free_port()),
+            broker.clone(),
+            format!("{prefix}/valve1-1"),
+            tx,
+            Arc::new(Metrics::default()),
+        ));
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // About 19 minutes of the testbed at 1000×: about a second.
+        let mut sim = Sim::start(&[
+            "--skab",
+            file.to_str().unwrap(),
+            "--speed",
+            "1000",
+            "--mqtt",
+            &broker,
+            "--topic",
+            &format!("{prefix}/{{pump}}"),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        let status = tokio::task::spawn_blocking(move || {
+            let status = sim.0.wait();
+            (sim, status)
+        });
+        let (_sim, status) = tokio::time::timeout(Duration::from_secs(60), status).await.unwrap().unwrap();
+        assert!(status.unwrap().success(), "impeller sim --skab failed");
+        let mut got: Vec<Reading> = Vec::new();
+        while let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
+            got.push(r);
+        }
+        source.abort();
+        let truth = skab_truth(&out);
+        assert_eq!(truth.devices.len(), 1);
+        let d = &truth.devices[0];
+        assert_eq!((d.id.as_str(), d.file.as_str(), d.rows), ("valve1-1", "1.csv", table.len()));
+        // Every row once, in order, stamped from the replay's start with the file's spacing.
+        let t0 = table.timestamps[0];
+        let want: Vec<i64> = table.timestamps.iter().map(|t| d.first_ms + t - t0).collect();
+        assert_eq!(got.iter().map(|r| r.ts_ms).collect::<Vec<_>>(), want);
+        for (r, row) in got.iter().zip(&table.rows) {
+            for (c, v) in table.channels.iter().zip(row) {
+                let read = r.values.iter().find(|(n, _)| n.as_ref() == c.name).map(|(_, v)| *v);
+                assert_eq!(read, Some(*v), "{} at {}", c.name, r.ts_ms);
+            }
+        }
+        // The labels, as intervals in the replay's time: a row is in one exactly when labelled.
+        let labels = table.labels.as_ref().unwrap();
+        assert!(labels.iter().any(|&l| l));
+        for (at, labelled) in want.iter().zip(labels) {
+            let inside = d.anomalies.iter().any(|a| (a.from_ms..=a.to_ms).contains(at));
+            assert_eq!(inside, *labelled, "row at +{} ms", at - d.first_ms);
+        }
+    });
+}
+
+#[test]
+fn sim_serves_a_skab_file_as_a_modbus_controller_in_the_testbed_map() {
+    let Some(skab) = crate::util::skab_dir("sim_serves_a_skab_file_as_a_modbus_controller") else { return };
+    let file = skab.join("valve2/0.csv");
+    let table = skab_file(&file);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("live");
+    let sources = out.join("sources/valve2-0.toml");
+    let mut attempts = 0;
+    let _sim = loop {
+        let first = format!("127.0.0.1:{}", free_port());
+        let mut sim =
+            Sim::start(&["--skab", file.to_str().unwrap(), "--modbus", &first, "--out", out.to_str().unwrap()]);
+        let until = Instant::now() + Duration::from_secs(20);
+        while !sources.exists() && sim.0.try_wait().unwrap().is_none() && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        attempts += 1;
+        if sim.0.try_wait().unwrap().is_none() || attempts == 3 {
+            break sim;
+        }
+    };
+    wait_for(&sources);
+    let text = std::fs::read_to_string(&sources).unwrap();
+    let settings: AgentSource = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    // The agent's adapter takes the testbed's columns as they are.
+    assert!(settings.adapter.channels.iter().all(|c| c.source == c.channel));
+    let impeller_edge::config::Source::Modbus { address, register_map: map_file, .. } = settings.source else {
+        panic!("not a Modbus source:\n{text}")
+    };
+    let map =
+        impeller_core::registers::RegisterMap::parse(&std::fs::read_to_string(&map_file).unwrap(), "map").unwrap();
+    let truth = skab_truth(&out);
+    let reading = runtime().block_on(async {
+        let src =
+            ModbusSource { address, unit: 1, map, poll: Duration::from_millis(100), timeout: Duration::from_secs(1) };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let poller = tokio::spawn(poll_modbus(src, tx, Arc::new(Metrics::default())));
+        let reading = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await.unwrap().unwrap();
+        poller.abort();
+        reading
+    });
+    // At real time the controller holds one of the first rows, as f32.
+    let elapsed = reading.ts_ms - truth.devices[0].first_ms;
+    let t0 = table.timestamps[0];
+    let recent: Vec<&Vec<f64>> = table
+        .timestamps
+        .iter()
+        .zip(&table.rows)
+        .filter(|(t, _)| (*t - t0 - elapsed).abs() <= 5000)
+        .map(|(_, row)| row)
+        .collect();
+    assert!(!recent.is_empty(), "the reading at +{elapsed} ms is past the file");
+    let matches = |row: &Vec<f64>| {
+        table.channels.iter().zip(row).all(|(c, truth)| {
+            let got = reading.values.iter().find(|(n, _)| n.as_ref() == c.name).map_or(f64::NAN, |(_, v)| *v);
+            (got - truth).abs() <= truth.abs() * 1e-6 + 1e-9
+        })
+    };
+    assert!(recent.iter().any(|row| matches(row)), "{:?} matches no row near +{elapsed} ms", reading.values);
+}
+
+#[test]
+fn sim_skab_says_what_is_wrong_with_its_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("x");
+    let o = crate::util::impeller(&["sim", "--skab", "nowhere", "--out", out.to_str().unwrap()]);
+    assert!(
+        crate::util::stderr(&o).contains("--skab replays the files live: add --mqtt"),
+        "{}",
+        crate::util::stderr(&o)
+    );
+    let o = crate::util::impeller(&["sim", "--skab", "x", "--pumps", "3", "--modbus", "127.0.0.1:0", "--out", "y"]);
+    assert!(!o.status.success());
+    assert!(crate::util::stderr(&o).contains("--pumps"), "{}", crate::util::stderr(&o));
+    let o = crate::util::impeller(&[
+        "sim",
+        "--skab",
+        "/nonexistent/skab",
+        "--modbus",
+        "127.0.0.1:0",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let e = crate::util::stderr(&o);
+    assert!(!o.status.success() && e.contains("/nonexistent/skab"), "{e}");
 }
