@@ -15,6 +15,12 @@
 //!
 //! A trigger fires only when no retraining is running and the budget (`per_day` in any 24 h)
 //! allows; a trigger held back by the budget is reported as such, once per round.
+//!
+//! A drift that a drift-triggered retraining could not absorb does not set off another: once
+//! the version it trained is champion, drift triggers nothing until a check sees the class clear
+//! of it (reported once, as [`Decision::DriftHeld`]). A retraining on a reference that is still
+//! mostly the old regime would only chase the drift, a day's budget at a time; whether the drift
+//! is the process's new normal or a sensor to recalibrate is for a person to say.
 
 use serde::{Deserialize, Serialize};
 
@@ -238,6 +244,8 @@ pub struct Facts {
     pub false_alarms: u64,
     /// A retraining of this model is under way (snapshot, run, approval or rollout).
     pub busy: bool,
+    /// The champion's version, if there is one.
+    pub champion: Option<u64>,
 }
 
 /// What the policy remembers between checks (kept by the hub, with the policy).
@@ -254,6 +262,13 @@ pub struct PolicyState {
     /// every check.
     #[serde(default)]
     pub over_budget: bool,
+    /// The champion the latest drift-triggered retraining replaced, until a check sees the
+    /// class clear of drift: while a later version is champion, drift triggers nothing.
+    #[serde(default)]
+    pub drift_retrained_from: Option<u64>,
+    /// The drift held back that way was said already.
+    #[serde(default)]
+    pub drift_held: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -269,6 +284,11 @@ pub enum Decision {
     OverBudget {
         reason: String,
     },
+    /// Drift persists against the version a drift-triggered retraining made: not retrained
+    /// again until it clears.
+    DriftHeld {
+        reason: String,
+    },
 }
 
 /// One check: updates the state and says what to do.
@@ -279,7 +299,15 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
         (Some(t), Some(c)) if c.distance >= t => Some(c),
         _ => None,
     };
-    let drifting = by_share || as_class.is_some();
+    let drift_seen = by_share || as_class.is_some();
+    // Clear of drift takes evidence: devices to count and, with `class_drift`, a pool to judge.
+    let clear = !drift_seen && f.devices > 0 && (p.triggers.class_drift.is_none() || f.class.is_some());
+    if clear && !f.busy {
+        s.drift_retrained_from = None;
+        s.drift_held = false;
+    }
+    let held = s.drift_retrained_from.is_some_and(|from| f.champion.is_some_and(|c| c != from));
+    let drifting = drift_seen && !held;
     // Drift seen while a retraining is under way is the old model's; the new one must show its
     // own for the full count before it is retrained in turn.
     s.drift_rounds = if drifting && !f.busy { s.drift_rounds.saturating_add(1) } else { 0 };
@@ -291,7 +319,8 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
         0 => String::new(),
         n => format!(" ({n} more set aside under a labelled incident)"),
     };
-    let reason = if drifting && s.drift_rounds >= p.triggers.drift_rounds {
+    let on_drift = drifting && s.drift_rounds >= p.triggers.drift_rounds;
+    let reason = if on_drift {
         Some(match as_class {
             Some(c) if !by_share => format!(
                 "class drift: the latest sketches of {} of {} devices{aside} pooled ({} nearest kept) are {:.2} σ \
@@ -330,6 +359,20 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
     };
     let Some(reason) = reason else {
         s.over_budget = false;
+        if held && drift_seen && !f.busy && !std::mem::replace(&mut s.drift_held, true) {
+            let how = match as_class {
+                Some(c) => format!("its devices pooled stand {:.2} σ from the reference on {}", c.distance, c.feature),
+                None => format!("{} of {} devices are in drift", f.drifting, f.devices),
+            };
+            return Decision::DriftHeld {
+                reason: format!(
+                    "drift persists against version {}, retrained on drift from version {}: {how}; not retrained \
+                     on drift again until it clears",
+                    f.champion.unwrap_or_default(),
+                    s.drift_retrained_from.unwrap_or_default()
+                ),
+            };
+        }
         return Decision::Wait;
     };
     if f.busy {
@@ -346,6 +389,10 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
     s.started_ms.push(f.now_ms);
     s.last_started_ms = Some(f.now_ms);
     s.drift_rounds = 0;
+    if on_drift {
+        s.drift_retrained_from = f.champion;
+        s.drift_held = false;
+    }
     let evidence = serde_json::json!({
         "devices": f.devices, "drifting": f.drifting, "set_aside": f.set_aside, "drift_share": share,
         "class_drift": f.class,
@@ -384,6 +431,7 @@ per_day = 2
             confirmed: 0,
             false_alarms: 0,
             busy: false,
+            champion: None,
         }
     }
 
@@ -436,6 +484,58 @@ per_day = 2
         assert!(matches!(decide(&p, &mut s, &low_precision), Decision::Retrain { .. }));
         assert_eq!(decide(&p, &mut s, &facts(170 * hour, 0)), Decision::Wait, "160 h after the last");
         assert!(matches!(decide(&p, &mut s, &facts(178 * hour, 0)), Decision::Retrain { .. }));
+    }
+
+    #[test]
+    fn a_drift_the_retrained_version_did_not_absorb_waits_until_it_clears() {
+        let p = RetrainPolicy::parse(&POLICY.replace("drift_share = 0.3", "class_drift = 2.0"), "p").unwrap();
+        let class = |distance| crate::drift::ClassDrift { devices: 9, pooled: 8, feature: "motor_c".into(), distance };
+        let f = |t, champion, distance: Option<f64>| Facts {
+            champion: Some(champion),
+            class: distance.map(class),
+            ..facts(t, 0)
+        };
+        let mut s = PolicyState::default();
+        for t in 0..2 {
+            assert_eq!(decide(&p, &mut s, &f(t, 1, Some(2.5))), Decision::Wait);
+        }
+        assert!(matches!(decide(&p, &mut s, &f(2, 1, Some(2.5))), Decision::Retrain { .. }));
+        // Version 2, trained on it, is champion; its devices still stand 2.3 σ from its
+        // reference: said once, then quiet, however long it lasts.
+        match decide(&p, &mut s, &f(3, 2, Some(2.3))) {
+            Decision::DriftHeld { reason } => assert_eq!(
+                reason,
+                "drift persists against version 2, retrained on drift from version 1: its devices pooled stand 2.30 σ \
+                 from the reference on motor_c; not retrained on drift again until it clears"
+            ),
+            d => panic!("{d:?}"),
+        }
+        for t in 4..10 {
+            assert_eq!(decide(&p, &mut s, &f(t, 2, Some(2.3))), Decision::Wait);
+        }
+        // Feedback still counts while the drift is held.
+        let low_precision = Facts { confirmed: 1, false_alarms: 3, ..f(10, 2, Some(2.3)) };
+        assert!(matches!(decide(&p, &mut s, &low_precision), Decision::Retrain { .. }));
+        // No pool is no evidence that it cleared.
+        for t in 11..14 {
+            assert_eq!(decide(&p, &mut s, &f(t, 3, None)), Decision::Wait);
+        }
+        assert_eq!(decide(&p, &mut s, &f(14, 3, Some(2.3))), Decision::Wait);
+        assert_eq!(s.drift_retrained_from, Some(1));
+        // Cleared once: a new drift counts again (the budget of two a day is spent by now).
+        assert_eq!(decide(&p, &mut s, &f(15, 3, Some(1.2))), Decision::Wait);
+        assert_eq!(s.drift_retrained_from, None);
+        for t in 16..18 {
+            assert_eq!(decide(&p, &mut s, &f(t, 3, Some(2.4))), Decision::Wait);
+        }
+        assert!(matches!(decide(&p, &mut s, &f(18, 3, Some(2.4))), Decision::OverBudget { .. }));
+        // A version refused by its fleet sends the champion back to the one drifted from: its
+        // drift counts (a retraining may try again).
+        let mut s = PolicyState { drift_retrained_from: Some(1), ..PolicyState::default() };
+        for t in 0..2 {
+            assert_eq!(decide(&p, &mut s, &f(t, 1, Some(2.5))), Decision::Wait);
+        }
+        assert!(matches!(decide(&p, &mut s, &f(2, 1, Some(2.5))), Decision::Retrain { .. }));
     }
 
     #[test]

@@ -222,12 +222,15 @@ impl Retrainer {
                     confirmed: current.map_or(0, |p| p.confirmed),
                     false_alarms: current.map_or(0, |p| p.false_alarms),
                     busy: state.stage != Stage::Idle || rolling_out,
+                    champion,
                 };
                 decision = decide(&policy, &mut state.policy, &facts);
                 state.class_drift = facts.class;
                 match &decision {
                     Decision::Wait => {}
-                    Decision::OverBudget { reason } => state.note = Some(reason.clone()),
+                    Decision::OverBudget { reason } | Decision::DriftHeld { reason } => {
+                        state.note = Some(reason.clone())
+                    }
                     Decision::Retrain { reason, .. } => {
                         state.stage = Stage::Running;
                         state.reason = Some(reason.clone());
@@ -241,6 +244,10 @@ impl Retrainer {
                 Decision::Wait => {}
                 Decision::OverBudget { reason } => {
                     self.audit("retrain.over_budget", &rec.model, serde_json::json!({ "reason": reason }), &[]).await;
+                }
+                Decision::DriftHeld { reason } => {
+                    tracing::info!(model = %rec.model, %reason, "drift held");
+                    self.audit("retrain.drift_held", &rec.model, serde_json::json!({ "reason": reason }), &[]).await;
                 }
                 Decision::Retrain { reason, evidence } => {
                     self.audit(

@@ -192,11 +192,14 @@ pub async fn publish_mqtt(
         }
     }
     let driver = tokio::spawn(async move {
+        let mut disconnecting = false;
         loop {
             match eventloop.poll().await {
-                // Our own disconnect: what was queued before it has gone out.
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => disconnecting = true,
                 Ok(_) => {}
+                // The broker closes the connection on our DISCONNECT, once it has read what
+                // was sent before it.
+                Err(_) if disconnecting => return,
                 Err(error) => {
                     tracing::warn!(%error, "MQTT broker unreachable; retrying");
                     tokio::time::sleep(Duration::from_secs(1)).await;
