@@ -17,8 +17,9 @@
 //! allows; a trigger held back by the budget is reported as such, once per round.
 //!
 //! A drift that a drift-triggered retraining could not absorb does not set off another: once
-//! the version it trained is champion, drift triggers nothing until a check sees the class clear
-//! of it (reported once, as [`Decision::DriftHeld`]). A retraining on a reference that is still
+//! the version it trained is champion, drift triggers nothing until a check sees the class well
+//! clear of it, below three quarters of each trigger's level (reported once, as
+//! [`Decision::DriftHeld`]). A retraining on a reference that is still
 //! mostly the old regime would only chase the drift, a day's budget at a time; whether the drift
 //! is the process's new normal or a sensor to recalibrate is for a person to say.
 
@@ -26,6 +27,10 @@ use serde::{Deserialize, Serialize};
 
 pub const POLICY_VERSION: u32 = 1;
 const DAY_MS: i64 = 86_400_000;
+/// A held drift clears once the class is below this share of each trigger's level: hysteresis,
+/// so that a pool hovering about the level (one check under it while the devices switch
+/// versions, a drift still coming on) does not clear the hold on its way up.
+const CLEAR_BELOW: f64 = 0.75;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -300,8 +305,15 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
         _ => None,
     };
     let drift_seen = by_share || as_class.is_some();
-    // Clear of drift takes evidence: devices to count and, with `class_drift`, a pool to judge.
-    let clear = !drift_seen && f.devices > 0 && (p.triggers.class_drift.is_none() || f.class.is_some());
+    // Clear of drift takes evidence, well inside each trigger: devices to count and, with
+    // `class_drift`, a pool to judge.
+    let calm_share = p.triggers.drift_share.is_none_or(|t| share < t * CLEAR_BELOW);
+    let calm_class = match (p.triggers.class_drift, &f.class) {
+        (None, _) => true,
+        (Some(t), Some(c)) => c.distance < t * CLEAR_BELOW,
+        (Some(_), None) => false,
+    };
+    let clear = f.devices > 0 && calm_share && calm_class;
     if clear && !f.busy {
         s.drift_retrained_from = None;
         s.drift_held = false;
@@ -522,13 +534,18 @@ per_day = 2
         }
         assert_eq!(decide(&p, &mut s, &f(14, 3, Some(2.3))), Decision::Wait);
         assert_eq!(s.drift_retrained_from, Some(1));
-        // Cleared once: a new drift counts again (the budget of two a day is spent by now).
-        assert_eq!(decide(&p, &mut s, &f(15, 3, Some(1.2))), Decision::Wait);
+        // Under the trigger but not well inside it: still held.
+        assert_eq!(decide(&p, &mut s, &f(15, 3, Some(1.8))), Decision::Wait);
+        assert_eq!(decide(&p, &mut s, &f(16, 3, Some(2.3))), Decision::Wait);
+        assert_eq!(s.drift_retrained_from, Some(1));
+        // Cleared once below three quarters of it: a new drift counts again (the budget of two
+        // a day is spent by now).
+        assert_eq!(decide(&p, &mut s, &f(17, 3, Some(1.4))), Decision::Wait);
         assert_eq!(s.drift_retrained_from, None);
-        for t in 16..18 {
+        for t in 18..20 {
             assert_eq!(decide(&p, &mut s, &f(t, 3, Some(2.4))), Decision::Wait);
         }
-        assert!(matches!(decide(&p, &mut s, &f(18, 3, Some(2.4))), Decision::OverBudget { .. }));
+        assert!(matches!(decide(&p, &mut s, &f(20, 3, Some(2.4))), Decision::OverBudget { .. }));
         // A version refused by its fleet sends the champion back to the one drifted from: its
         // drift counts (a retraining may try again).
         let mut s = PolicyState { drift_retrained_from: Some(1), ..PolicyState::default() };

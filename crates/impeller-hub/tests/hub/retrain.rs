@@ -322,7 +322,7 @@ async fn stopping_lets_the_run_in_progress_finish_and_takes_no_more() {
 async fn a_class_shifted_as_a_whole_retrains() {
     let dir = tempfile::tempdir().unwrap();
     let policy = POLICY.replace("drift_share = 0.5", "class_drift = 1.5");
-    let (hub, _) = gulf_on_r1(dir.path(), &policy).await;
+    let (hub, token) = gulf_on_r1(dir.path(), &policy).await;
     let store = hub.store.clone();
     let t0 = impeller_hub::store::now_ms() - 3_600_000;
     let (frames, model) = gulf_v1(t0);
@@ -338,13 +338,14 @@ async fn a_class_shifted_as_a_whole_retrains() {
         row[..7].fill(0);
         row[inner] = tail;
     }
-    let sketch = |device: &str, seq: u64| {
+    let sketch_of = |v: &impeller_hub::store::ModelVersion, device: &str, seq: u64| {
         let body = serde_json::json!({
-            "model": {"name": "gulf", "version": "1", "release": v1.release}, "start_ms": t0,
+            "model": {"name": "gulf", "version": v.version.to_string(), "release": v.release}, "start_ms": t0,
             "end_ms": t0 + 600_000, "features": model.feature_names(), "sketch": shifted,
         });
         incoming(device, seq, t0 + 700_000, "sketches", body)
     };
+    let sketch = |device: &str, seq: u64| sketch_of(&v1, device, seq);
     let active = serde_json::json!({"event": "update", "detail": {"deployment": "d1", "sha256": v1.packages[0].sha256, "state": "active"}});
     let stage = || {
         let store = store.clone();
@@ -371,6 +372,56 @@ async fn a_class_shifted_as_a_whole_retrains() {
         store.drift_reports(&impeller_hub::store::FleetFilter { limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!(reports.len(), 3);
     assert!(reports.iter().all(|r| r.state != "drift"), "no device in drift on its own: {reports:?}");
+
+    // Version 2 (trained on the same samples, so on the same reference) is approved and rolls
+    // out; the class stands as far from it: the drift is held, said once, not retrained again.
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/models/gulf/policy/approve", hub.http_addr.unwrap()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let v2 = store.version("gulf", 2).await.unwrap().unwrap();
+    let active = serde_json::json!({"event": "update", "detail": {"deployment": "gulf-v2-gw", "sha256": v2.packages[0].sha256, "state": "active"}});
+    let mut batch = Vec::new();
+    let mut acked = std::collections::BTreeMap::new();
+    for (device, seq) in [("r1", 14), ("r2", 3), ("r3", 3)] {
+        batch.push(incoming(device, seq, t0 + 800_000, "events", active.clone()));
+        batch.push(sketch_of(&v2, device, seq + 1));
+        acked.insert(device.to_string(), seq + 1);
+    }
+    store.commit(&batch, &acked).await.unwrap();
+    let held = || {
+        let store = store.clone();
+        async move {
+            store
+                .audit_records(&AuditFilter {
+                    action: Some("retrain.drift_held".into()),
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    while held().await.is_empty() {
+        assert!(Instant::now() < until, "no drift held: {}", stage().await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(store.versions("gulf").await.unwrap().len(), 2, "retrained again: {}", stage().await);
+    let records = held().await;
+    assert_eq!(records.len(), 1, "said once");
+    let reason = records[0].details["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(
+            "drift persists against version 2, retrained on drift from version 1: its devices pooled stand 1.7"
+        ),
+        "{reason}"
+    );
+    assert_eq!(stage().await["note"], reason);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
