@@ -164,6 +164,17 @@ async fn awaiting_promotion(store: &impeller_hub::store::Store) -> serde_json::V
     }
 }
 
+/// An operator approves the retraining that awaits it.
+async fn approve(hub: &impeller_hub::Hub, token: &str) {
+    let r = reqwest::Client::new()
+        .post(format!("http://{}/api/v1/models/gulf/policy/approve", hub.http_addr.unwrap()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drift_retrains_awaits_approval_rolls_out_and_follows_a_refusal() {
     let dir = tempfile::tempdir().unwrap();
@@ -206,13 +217,7 @@ async fn drift_retrains_awaits_approval_rolls_out_and_follows_a_refusal() {
     assert_eq!(store.alias("gulf", "champion").await.unwrap().unwrap().version, 1, "not promoted without approval");
     assert!(state().await["reason"].as_str().unwrap().contains("drift on 1 of 1 devices"));
 
-    let r = reqwest::Client::new()
-        .post(format!("http://{}/api/v1/models/gulf/policy/approve", hub.http_addr.unwrap()))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    approve(&hub, &token).await;
     assert_eq!(store.alias("gulf", "champion").await.unwrap().unwrap().version, 2);
     let deployments = store.deployments().await.unwrap();
     let d = deployments.iter().find(|d| d.name == "gulf-v2-gw").expect("the new champion rolls out");
@@ -375,13 +380,7 @@ async fn a_class_shifted_as_a_whole_retrains() {
 
     // Version 2 (trained on the same samples, so on the same reference) is approved and rolls
     // out; the class stands as far from it: the drift is held, said once, not retrained again.
-    let r = reqwest::Client::new()
-        .post(format!("http://{}/api/v1/models/gulf/policy/approve", hub.http_addr.unwrap()))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    approve(&hub, &token).await;
     let v2 = store.version("gulf", 2).await.unwrap().unwrap();
     let active = serde_json::json!({"event": "update", "detail": {"deployment": "gulf-v2-gw", "sha256": v2.packages[0].sha256, "state": "active"}});
     let mut batch = Vec::new();

@@ -106,6 +106,18 @@ impl Sim {
     }
 }
 
+impl Sim {
+    /// Waits (a minute at most) for the simulator to reach its end, which must be a success.
+    async fn finish(mut self) {
+        let status = tokio::task::spawn_blocking(move || {
+            let status = self.0.wait();
+            (self, status)
+        });
+        let (_sim, status) = tokio::time::timeout(Duration::from_secs(60), status).await.unwrap().unwrap();
+        assert!(status.unwrap().success(), "impeller sim failed");
+    }
+}
+
 impl Drop for Sim {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -224,7 +236,7 @@ fn sim_publishes_each_pumps_readings_over_mqtt_as_the_agents_mqtt_source_reads_t
         }
         tokio::time::sleep(Duration::from_millis(1500)).await;
         // Half an hour of readings at 600×: three seconds.
-        let mut sim = Sim::start(&[
+        Sim::start(&[
             "--pumps",
             "3",
             "--hours",
@@ -237,13 +249,9 @@ fn sim_publishes_each_pumps_readings_over_mqtt_as_the_agents_mqtt_source_reads_t
             &topic,
             "--out",
             out.to_str().unwrap(),
-        ]);
-        let status = tokio::task::spawn_blocking(move || {
-            let status = sim.0.wait();
-            (sim, status)
-        });
-        let (_sim, status) = tokio::time::timeout(Duration::from_secs(60), status).await.unwrap().unwrap();
-        assert!(status.unwrap().success(), "impeller sim failed");
+        ])
+        .finish()
+        .await;
         let fleet = truth(&out);
         let mut got: Vec<Vec<Reading>> = vec![Vec::new(); 3];
         while let Ok(Some((i, r))) = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
@@ -313,7 +321,7 @@ fn sim_replays_a_skab_file_over_mqtt_row_for_row_with_its_labels_as_ground_truth
         ));
         tokio::time::sleep(Duration::from_millis(1500)).await;
         // About 19 minutes of the testbed at 1000×: about a second.
-        let mut sim = Sim::start(&[
+        Sim::start(&[
             "--skab",
             file.to_str().unwrap(),
             "--speed",
@@ -324,13 +332,9 @@ fn sim_replays_a_skab_file_over_mqtt_row_for_row_with_its_labels_as_ground_truth
             &format!("{prefix}/{{pump}}"),
             "--out",
             out.to_str().unwrap(),
-        ]);
-        let status = tokio::task::spawn_blocking(move || {
-            let status = sim.0.wait();
-            (sim, status)
-        });
-        let (_sim, status) = tokio::time::timeout(Duration::from_secs(60), status).await.unwrap().unwrap();
-        assert!(status.unwrap().success(), "impeller sim --skab failed");
+        ])
+        .finish()
+        .await;
         let mut got: Vec<Reading> = Vec::new();
         while let Ok(Some(r)) = tokio::time::timeout(Duration::from_secs(2), rx.recv()).await {
             got.push(r);
