@@ -160,6 +160,9 @@ pub struct ClassDrift {
     pub distance: f64,
 }
 
+/// Fewer fresh sketches than this (or than half the class's devices) say nothing of a class.
+pub const MIN_CLASS_DEVICES: usize = 3;
+
 /// Pools `sketches`, one a device, leaving out the `CLASS_TRIM` share farthest from the pool of
 /// them all, and compares the pool with the reference. Trimmed by distance from the class, not
 /// from the reference: when every device moves, the ones that moved most are not outliers, and

@@ -306,12 +306,12 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
     };
     let drift_seen = by_share || as_class.is_some();
     // Clear of drift takes evidence, well inside each trigger: devices to count and, with
-    // `class_drift`, a pool to judge.
+    // `class_drift`, a pool to judge (unless the class is too small ever to make one).
     let calm_share = p.triggers.drift_share.is_none_or(|t| share < t * CLEAR_BELOW);
     let calm_class = match (p.triggers.class_drift, &f.class) {
         (None, _) => true,
         (Some(t), Some(c)) => c.distance < t * CLEAR_BELOW,
-        (Some(_), None) => false,
+        (Some(_), None) => f.devices < crate::drift::MIN_CLASS_DEVICES as u64,
     };
     let clear = f.devices > 0 && calm_share && calm_class;
     if clear && !f.busy {
@@ -546,6 +546,16 @@ per_day = 2
             assert_eq!(decide(&p, &mut s, &f(t, 3, Some(2.4))), Decision::Wait);
         }
         assert!(matches!(decide(&p, &mut s, &f(20, 3, Some(2.4))), Decision::OverBudget { .. }));
+        // A class too small to pool clears on its devices' own drift alone.
+        let both =
+            RetrainPolicy::parse(&POLICY.replace("drift_share = 0.3", "drift_share = 0.3\nclass_drift = 2.0"), "p")
+                .unwrap();
+        let mut s = PolicyState { drift_retrained_from: Some(1), ..PolicyState::default() };
+        let pair = |drifting| Facts { devices: 2, drifting, ..f(0, 2, None) };
+        assert!(matches!(decide(&both, &mut s, &pair(1)), Decision::DriftHeld { .. }), "one of two in drift");
+        assert_eq!(s.drift_retrained_from, Some(1));
+        assert_eq!(decide(&both, &mut s, &pair(0)), Decision::Wait);
+        assert_eq!(s.drift_retrained_from, None);
         // A version refused by its fleet sends the champion back to the one drifted from: its
         // drift counts (a retraining may try again).
         let mut s = PolicyState { drift_retrained_from: Some(1), ..PolicyState::default() };

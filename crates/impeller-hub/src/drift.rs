@@ -36,9 +36,6 @@ struct Latest {
     reference: Arc<Sketch>,
 }
 
-/// Fewer fresh sketches than this, or than half the class's devices, say nothing of a class.
-const MIN_CLASS_DEVICES: usize = 3;
-
 impl LatestSketches {
     /// `devices` of `model` at `version`, pooled: the latest sketch of each against the
     /// reference most of them share, those older than two intervals before the median one left
@@ -65,7 +62,7 @@ impl LatestSketches {
         let median = latest[latest.len() / 2];
         let since = median.end_ms - 2 * median.span_ms.max(1);
         latest.retain(|l| l.end_ms >= since);
-        if latest.len() < MIN_CLASS_DEVICES || latest.len() * 2 < devices.len() {
+        if latest.len() < impeller_core::drift::MIN_CLASS_DEVICES || latest.len() * 2 < devices.len() {
             return None;
         }
         let sketches: Vec<&Sketch> = latest.iter().map(|l| &l.sketch).collect();

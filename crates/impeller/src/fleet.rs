@@ -447,7 +447,8 @@ fn sim_skab(args: SimArgs, path: &Path) -> anyhow::Result<()> {
     let replay = crate::skabfeed::SkabReplay::load(path, start_ms)?;
     let live = simfeed::Live::from_args(&args, start_ms)?;
     live.write_truth("skab.json", &replay.truth(args.speed))?;
-    let about = format!("{} SKAB files from {}", replay.devices.len(), path.display());
+    let n = replay.devices.len();
+    let about = format!("{n} SKAB file{} from {}", if n == 1 { "" } else { "s" }, path.display());
     live.serve(&replay.devices, || replay.streams(), replay.duration_s(), &about)
 }
 

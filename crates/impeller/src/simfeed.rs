@@ -1,5 +1,6 @@
 //! The simulated fleet live, as edge agents meet real pumps (`impeller sim --mqtt | --modbus`):
-//! the simulated clock starts now and runs `speed` times real time.
+//! the simulated clock starts now and runs `speed` times real time. Any list of [`Device`]s is
+//! served the same way (SKAB files too, `crate::skabfeed`).
 //!
 //! - Over MQTT, each pump's readings are published to its own topic in the form the agent's
 //!   MQTT source reads (`impeller_core::wire::Readings`): the manufacturer's names and units, an
@@ -9,7 +10,8 @@
 //!   Modbus source polls it. A controller is polled in real time, so agents see the pump as the
 //!   model was trained to only at `--speed 1`; faster runs compress time.
 //!
-//! The ground truth (fault intervals, drift onsets) is the fleet plan, written beside.
+//! The ground truth (fault intervals, drift onsets) is the fleet plan, written beside
+//! (`fleet.json`; a SKAB replay's labels in `skab.json`).
 
 use std::future::Future;
 use std::io::Write as _;
@@ -23,9 +25,9 @@ use impeller_core::adapter::AdapterConfig;
 use impeller_core::registers::{RegisterMap, Table, encode_value};
 use impeller_core::wire;
 use impeller_sim::{Fleet, Manufacturer, Sample};
+use tokio_modbus::{ExceptionCode, Request, Response};
 
 use crate::cli::SimArgs;
-use tokio_modbus::{ExceptionCode, Request, Response};
 
 /// Each controller model's register map: (manufacturer, file name, TOML).
 pub const REGISTER_MAPS: [(&str, &str, &str); 4] = [
@@ -42,7 +44,7 @@ pub fn register_map(m: &Manufacturer) -> anyhow::Result<(RegisterMap, &'static s
 }
 
 /// The file name and TOML of a manufacturer's register map.
-fn map_text(manufacturer: &str) -> anyhow::Result<(&'static str, &'static str)> {
+pub(crate) fn map_text(manufacturer: &str) -> anyhow::Result<(&'static str, &'static str)> {
     REGISTER_MAPS
         .iter()
         .find(|(name, _, _)| *name == manufacturer)

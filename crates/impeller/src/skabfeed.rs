@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::InputError;
 use crate::data::{read_table, skab_files};
-use crate::simfeed::{Device, Pumps, REGISTER_MAPS, Stream};
+use crate::simfeed::{Device, Pumps, Stream, map_text};
 
 /// The testbed's sensor columns, in file order.
 const COLUMNS: [&str; 8] = {
@@ -111,7 +111,7 @@ impl SkabReplay {
                 about: format!("SKAB {name}"),
                 columns: COLUMNS.iter().map(|c| (*c).to_string()).collect(),
                 sample_ms: SAMPLE_MS,
-                register_map: REGISTER_MAPS.iter().find(|m| m.0 == "skab").map(|m| (m.1, m.2)).unwrap_or(("", "")),
+                register_map: map_text("skab")?,
                 adapter: AdapterConfig {
                     name: "skab-testbed".into(),
                     sample_ms: None,

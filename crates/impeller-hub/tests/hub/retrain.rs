@@ -448,3 +448,59 @@ async fn a_policy_may_not_ask_for_more_samples_than_the_hub_keeps() {
     assert!(detail.contains("data.hours = 24") && detail.contains("(12 h, `[retention] samples_days`)"), "{detail}");
     assert_eq!(put(12).await.unwrap().status().as_u16(), 204, "a window as long as what is kept is allowed");
 }
+
+/// Technicians calling the champion's alert a false alarm retrain it; once the day's budget is
+/// spent, the next trigger (the new version's alert rate) is reported over budget, once, and
+/// retrains nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_precision_retrains_and_the_days_budget_holds_the_next_trigger() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = POLICY.replace("drift_share = 0.5", "min_precision = 0.5\nmin_verdicts = 1\nalert_rate_share = 1.0")
+        + "[budget]\nper_day = 1\n";
+    let (hub, token) = gulf_on_r1(dir.path(), &policy).await;
+    let store = hub.store.clone();
+    let t0 = impeller_hub::store::now_ms() - 3_600_000;
+    store.put_feedback("r1", 12, Verdict::FalseAlarm, "WO-7", "", "test").await.unwrap();
+    let state = awaiting_promotion(&store).await;
+    assert_eq!(state["reason"], "alert precision 0.00 from 1 verdicts is below 0.50");
+    approve(&hub, &token).await;
+
+    // r1 takes version 2, which alarms too often on it: a trigger, but the day's one retraining
+    // is spent.
+    let v2 = store.version("gulf", 2).await.unwrap().unwrap();
+    let active = serde_json::json!({"event": "update", "detail": {"deployment": "gulf-v2-gw", "sha256": v2.packages[0].sha256, "state": "active"}});
+    store
+        .commit(&[incoming("r1", 13, t0 + 900_000, "events", active)], &[("r1".to_string(), 13)].into_iter().collect())
+        .await
+        .unwrap();
+    store.put_alert_rate(&elevated(2), |_| None).await.unwrap();
+    let over_budget = || {
+        let store = store.clone();
+        async move {
+            store
+                .audit_records(&AuditFilter {
+                    action: Some("retrain.over_budget".into()),
+                    limit: 10,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    while over_budget().await.is_empty() {
+        let state = store.policy("gulf").await.unwrap().unwrap().state;
+        assert!(Instant::now() < until, "never over budget: {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let records = over_budget().await;
+    assert_eq!(records.len(), 1, "said once while it holds");
+    assert_eq!(
+        records[0].details["reason"],
+        "alert rate elevated on 1 of 1 devices (100 %); 1 retrainings in the last 24 h already"
+    );
+    assert_eq!(store.versions("gulf").await.unwrap().len(), 2, "no retraining beyond the budget");
+    let state = store.policy("gulf").await.unwrap().unwrap().state;
+    assert_eq!(state["note"], records[0].details["reason"]);
+}
