@@ -164,6 +164,25 @@ async fn awaiting_promotion(store: &impeller_hub::store::Store) -> serde_json::V
     }
 }
 
+/// The audit records of `action`, once there are some (within 30 s) and a second more has added
+/// none: said once.
+async fn audited_once(store: &impeller_hub::store::Store, action: &str) -> Vec<impeller_core::audit::AuditRecord> {
+    let records = || async {
+        let filter = AuditFilter { action: Some(action.into()), limit: 10, ..Default::default() };
+        store.audit_records(&filter).await.unwrap()
+    };
+    let until = Instant::now() + Duration::from_secs(30);
+    while records().await.is_empty() {
+        let state = store.policy("gulf").await.unwrap().unwrap().state;
+        assert!(Instant::now() < until, "no {action}: {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let all = records().await;
+    assert_eq!(all.len(), 1, "{action} said once: {all:?}");
+    all
+}
+
 /// An operator approves the retraining that awaits it.
 async fn approve(hub: &impeller_hub::Hub, token: &str) {
     let r = reqwest::Client::new()
@@ -391,28 +410,8 @@ async fn a_class_shifted_as_a_whole_retrains() {
         acked.insert(device.to_string(), seq + 1);
     }
     store.commit(&batch, &acked).await.unwrap();
-    let held = || {
-        let store = store.clone();
-        async move {
-            store
-                .audit_records(&AuditFilter {
-                    action: Some("retrain.drift_held".into()),
-                    limit: 10,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-        }
-    };
-    let until = Instant::now() + Duration::from_secs(30);
-    while held().await.is_empty() {
-        assert!(Instant::now() < until, "no drift held: {}", stage().await);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let records = audited_once(&store, "retrain.drift_held").await;
     assert_eq!(store.versions("gulf").await.unwrap().len(), 2, "retrained again: {}", stage().await);
-    let records = held().await;
-    assert_eq!(records.len(), 1, "said once");
     let reason = records[0].details["reason"].as_str().unwrap();
     assert!(
         reason.starts_with(
@@ -474,28 +473,7 @@ async fn low_precision_retrains_and_the_days_budget_holds_the_next_trigger() {
         .await
         .unwrap();
     store.put_alert_rate(&elevated(2), |_| None).await.unwrap();
-    let over_budget = || {
-        let store = store.clone();
-        async move {
-            store
-                .audit_records(&AuditFilter {
-                    action: Some("retrain.over_budget".into()),
-                    limit: 10,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-        }
-    };
-    let until = Instant::now() + Duration::from_secs(30);
-    while over_budget().await.is_empty() {
-        let state = store.policy("gulf").await.unwrap().unwrap().state;
-        assert!(Instant::now() < until, "never over budget: {state}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let records = over_budget().await;
-    assert_eq!(records.len(), 1, "said once while it holds");
+    let records = audited_once(&store, "retrain.over_budget").await;
     assert_eq!(
         records[0].details["reason"],
         "alert rate elevated on 1 of 1 devices (100 %); 1 retrainings in the last 24 h already"
