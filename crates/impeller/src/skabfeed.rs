@@ -76,6 +76,11 @@ fn device_id(name: &str) -> String {
     id.chars().take(64).collect()
 }
 
+/// Whether row `r` carries the label (a file without the label column carries none).
+fn labelled(labels: &Option<Vec<bool>>, r: usize) -> bool {
+    labels.as_ref().is_some_and(|l| l[r])
+}
+
 impl SkabReplay {
     /// Every SKAB file under folder `path` (all but anomaly-free, as the leaderboard does), or
     /// the one file `path`. A device is named after its folder and file (`skab-valve1-0` for
@@ -145,12 +150,11 @@ impl SkabReplay {
             self.files
                 .iter()
                 .map(|(_, t)| {
-                    let label = |labels: &Option<Vec<bool>>, r: usize| labels.as_ref().is_some_and(|l| l[r]);
                     Box::new((0..t.len()).map(move |r| Sample {
                         ts_ms: self.replay_ms(t, r),
                         values: t.rows[r].clone(),
-                        faulty: label(&t.labels, r),
-                        onset: label(&t.changepoints, r),
+                        faulty: labelled(&t.labels, r),
+                        onset: labelled(&t.changepoints, r),
                     })) as Stream<'_>
                 })
                 .collect(),
@@ -165,9 +169,8 @@ impl SkabReplay {
             .zip(&self.files)
             .map(|(d, (name, t))| {
                 let at = |r| self.replay_ms(t, r);
-                let labelled =
-                    |l: &Option<Vec<bool>>| (0..t.len()).filter(|&r| l.as_ref().is_some_and(|l| l[r])).collect();
-                let rows: Vec<usize> = labelled(&t.labels);
+                let rows_of = |l: &Option<Vec<bool>>| (0..t.len()).filter(|&r| labelled(l, r)).collect();
+                let rows: Vec<usize> = rows_of(&t.labels);
                 let mut anomalies: Vec<Interval> = Vec::new();
                 for (k, &r) in rows.iter().enumerate() {
                     match anomalies.last_mut() {
@@ -175,7 +178,7 @@ impl SkabReplay {
                         _ => anomalies.push(Interval { from_ms: at(r), to_ms: at(r) }),
                     }
                 }
-                let changepoints: Vec<usize> = labelled(&t.changepoints);
+                let changepoints: Vec<usize> = rows_of(&t.changepoints);
                 DeviceTruth {
                     id: d.id.clone(),
                     file: name.clone(),
