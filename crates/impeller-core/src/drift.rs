@@ -11,6 +11,8 @@
 //! Page–Hinkley test on that distance, so a drift that stays below the alarm in every interval
 //! is still caught, with hysteresis so that the state does not flap.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::sketch::Sketch;
@@ -158,6 +160,10 @@ pub struct ClassDrift {
     /// The pool's worst feature and its Wasserstein distance, in training standard deviations.
     pub feature: String,
     pub distance: f64,
+    /// Every feature's distance: what a held drift is measured against (see
+    /// [`crate::retrain`]), since a new drift may move another feature than the worst.
+    #[serde(default)]
+    pub features: BTreeMap<String, f64>,
 }
 
 /// Fewer fresh sketches than this (or than half the class's devices) say nothing of a class.
@@ -192,6 +198,7 @@ pub fn class_drift(reference: &Sketch, names: &[String], sketches: &[&Sketch]) -
         pooled: keep as u64,
         feature: worst.feature.clone(),
         distance: worst.wasserstein,
+        features: c.features.iter().map(|f| (f.feature.clone(), f.wasserstein)).collect(),
     })
 }
 
@@ -321,6 +328,9 @@ mod tests {
         assert!(calm.distance < 0.3, "{calm:?}");
         let shifted = judged(&devices(1.0)).unwrap();
         assert!(shifted.distance > 0.8 && shifted.feature == "b", "{shifted:?}");
+        assert_eq!(shifted.features.len(), 2, "every feature, not only the worst");
+        assert_eq!(shifted.features["b"], shifted.distance);
+        assert!(shifted.features["a"] < 0.3, "{shifted:?}");
         let mut one_faulty = healthy.clone();
         one_faulty[4] = sketch(99, 600, 20.0, 0.3);
         let faulty = judged(&one_faulty).unwrap();

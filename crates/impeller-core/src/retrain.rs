@@ -21,7 +21,12 @@
 //! clear of it, below three quarters of each trigger's level (reported once, as
 //! [`Decision::DriftHeld`]). A retraining on a reference that is still
 //! mostly the old regime would only chase the drift, a day's budget at a time; whether the drift
-//! is the process's new normal or a sensor to recalibrate is for a person to say.
+//! is the process's new normal or a sensor to recalibrate is for a person to say. The hold does
+//! not blind the monitor: with `class_drift`, the class's pool at the first check after the
+//! rollout is where the held drift stands, and a feature that moves `class_drift` beyond where it
+//! stood then, for `drift_rounds` checks, is a new drift and retrains.
+
+use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -274,6 +279,18 @@ pub struct PolicyState {
     /// The drift held back that way was said already.
     #[serde(default)]
     pub drift_held: bool,
+    /// Where the held drift stands: the class's pool at the first check of the hold that was
+    /// not busy (the champion's rollout done), against that champion's reference.
+    #[serde(default)]
+    pub held_at: Option<HeldAt>,
+}
+
+/// A held drift's class, feature by feature, under the champion that holds it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldAt {
+    pub champion: u64,
+    /// Each feature's distance from the champion's reference, in training standard deviations.
+    pub features: BTreeMap<String, f64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -319,7 +336,24 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
         s.drift_held = false;
     }
     let held = s.drift_retrained_from.is_some_and(|from| f.champion.is_some_and(|c| c != from));
-    let drifting = drift_seen && !held;
+    if !held {
+        s.held_at = None;
+    } else if let (Some(c), Some(champion), false) = (&f.class, f.champion, f.busy)
+        && s.held_at.as_ref().is_none_or(|h| h.champion != champion)
+    {
+        s.held_at = Some(HeldAt { champion, features: c.features.clone() });
+    }
+    // While held, a feature moved a whole trigger's level beyond where the held drift stood.
+    let further = match (p.triggers.class_drift, &f.class, &s.held_at) {
+        (Some(t), Some(c), Some(h)) if held => c
+            .features
+            .iter()
+            .filter_map(|(name, &now)| Some((name, now, now - h.features.get(name)?)))
+            .filter(|(_, _, moved)| *moved >= t)
+            .max_by(|a, b| a.2.total_cmp(&b.2)),
+        _ => None,
+    };
+    let drifting = (drift_seen && !held) || further.is_some();
     // Drift seen while a retraining is under way is the old model's; the new one must show its
     // own for the full count before it is retrained in turn.
     s.drift_rounds = if drifting && !f.busy { s.drift_rounds.saturating_add(1) } else { 0 };
@@ -333,8 +367,14 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
     };
     let on_drift = drifting && s.drift_rounds >= p.triggers.drift_rounds;
     let reason = if on_drift {
-        Some(match as_class {
-            Some(c) if !by_share => format!(
+        Some(match (further, as_class) {
+            (Some((feature, now, moved)), _) => format!(
+                "a further drift while the last is held: the class's pool stands {now:.2} σ from version {}'s \
+                 reference on {feature}, {moved:.2} σ beyond where it stood when held, for {} checks in a row",
+                f.champion.unwrap_or_default(),
+                s.drift_rounds
+            ),
+            (None, Some(c)) if !by_share => format!(
                 "class drift: the latest sketches of {} of {} devices{aside} pooled ({} nearest kept) are {:.2} σ \
                  from the reference on {} for {} checks in a row",
                 c.devices, f.devices, c.pooled, c.distance, c.feature, s.drift_rounds
@@ -401,13 +441,14 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
     s.started_ms.push(f.now_ms);
     s.last_started_ms = Some(f.now_ms);
     s.drift_rounds = 0;
+    let held_at = s.held_at.take().filter(|_| further.is_some());
     if on_drift {
         s.drift_retrained_from = f.champion;
         s.drift_held = false;
     }
     let evidence = serde_json::json!({
         "devices": f.devices, "drifting": f.drifting, "set_aside": f.set_aside, "drift_share": share,
-        "class_drift": f.class,
+        "class_drift": f.class, "held_at": held_at,
         "elevated": f.elevated,
         "confirmed": f.confirmed, "false_alarms": f.false_alarms, "precision": precision,
     });
@@ -501,7 +542,13 @@ per_day = 2
     #[test]
     fn a_drift_the_retrained_version_did_not_absorb_waits_until_it_clears() {
         let p = RetrainPolicy::parse(&POLICY.replace("drift_share = 0.3", "class_drift = 2.0"), "p").unwrap();
-        let class = |distance| crate::drift::ClassDrift { devices: 9, pooled: 8, feature: "motor_c".into(), distance };
+        let class = |distance| crate::drift::ClassDrift {
+            devices: 9,
+            pooled: 8,
+            feature: "motor_c".into(),
+            distance,
+            features: [("motor_c".into(), distance)].into(),
+        };
         let f = |t, champion, distance: Option<f64>| Facts {
             champion: Some(champion),
             class: distance.map(class),
@@ -566,6 +613,62 @@ per_day = 2
     }
 
     #[test]
+    fn a_further_drift_while_one_is_held_retrains() {
+        let p = RetrainPolicy::parse(&POLICY.replace("drift_share = 0.3", "class_drift = 2.0"), "p").unwrap();
+        // The pool's distance on two features; the worst of them is the class's distance.
+        let f = |t, champion, busy, motor: f64, bearing: f64| {
+            let features: BTreeMap<String, f64> =
+                [("motor_c".to_string(), motor), ("bearing_t".to_string(), bearing)].into();
+            let (feature, distance) = if motor >= bearing { ("motor_c", motor) } else { ("bearing_t", bearing) };
+            let class = crate::drift::ClassDrift { devices: 9, pooled: 8, feature: feature.into(), distance, features };
+            Facts { champion: Some(champion), class: Some(class), busy, ..facts(t, 0) }
+        };
+        let mut s = PolicyState { drift_retrained_from: Some(1), ..PolicyState::default() };
+        // Version 2 rolling out: its devices' pool is not yet where the hold stands.
+        assert_eq!(decide(&p, &mut s, &f(0, 2, true, 1.0, 0.4)), Decision::Wait);
+        assert_eq!(s.held_at, None);
+        assert!(matches!(decide(&p, &mut s, &f(1, 2, false, 3.4, 0.4)), Decision::DriftHeld { .. }));
+        let at = |motor: f64, bearing: f64| {
+            Some(HeldAt { champion: 2, features: [("motor_c".into(), motor), ("bearing_t".into(), bearing)].into() })
+        };
+        assert_eq!(s.held_at, at(3.4, 0.4), "taken at the first check after the rollout");
+        // The held drift going on as it was, or another feature moving less than a trigger's
+        // level: still held.
+        for t in 2..8 {
+            assert_eq!(decide(&p, &mut s, &f(t, 2, false, 4.9, 2.3)), Decision::Wait, "check {t}");
+        }
+        assert_eq!(s.held_at, at(3.4, 0.4), "where it stood when held, not where it went since");
+        // Bearing temperature moves 2.1 σ beyond where it stood, though the worst feature is still
+        // the held one: three checks in a row retrain, from version 2.
+        assert_eq!(decide(&p, &mut s, &f(8, 2, false, 3.5, 2.5)), Decision::Wait);
+        assert_eq!(decide(&p, &mut s, &f(9, 2, false, 3.5, 1.0)), Decision::Wait, "one check under: count again");
+        assert_eq!(decide(&p, &mut s, &f(10, 2, false, 3.5, 2.5)), Decision::Wait);
+        assert_eq!(decide(&p, &mut s, &f(11, 2, false, 3.5, 2.6)), Decision::Wait);
+        match decide(&p, &mut s, &f(12, 2, false, 3.5, 2.6)) {
+            Decision::Retrain { reason, evidence } => {
+                assert_eq!(
+                    reason,
+                    "a further drift while the last is held: the class's pool stands 2.60 σ from version 2's \
+                     reference on bearing_t, 2.20 σ beyond where it stood when held, for 3 checks in a row"
+                );
+                assert_eq!(evidence["held_at"]["features"]["bearing_t"], 0.4);
+            }
+            d => panic!("{d:?}"),
+        }
+        assert_eq!((s.drift_retrained_from, s.held_at.clone()), (Some(2), None));
+        // Version 3 takes over the hold, measured afresh against its own reference.
+        assert!(matches!(decide(&p, &mut s, &f(13, 3, false, 3.0, 2.5)), Decision::DriftHeld { .. }));
+        assert_eq!(s.held_at.as_ref().map(|h| h.champion), Some(3));
+        // Without class_drift in the policy there is no pool to measure a further drift by.
+        let share_only = RetrainPolicy::parse(POLICY, "p").unwrap();
+        let mut s = PolicyState { drift_retrained_from: Some(1), ..PolicyState::default() };
+        for t in 0..6 {
+            let d = decide(&share_only, &mut s, &Facts { drifting: 5, ..f(t, 2, false, 0.5, 9.0) });
+            assert!(matches!(d, Decision::Wait | Decision::DriftHeld { .. }), "{d:?}");
+        }
+    }
+
+    #[test]
     fn low_precision_triggers_once_enough_verdicts_are_in() {
         let p = RetrainPolicy::parse(POLICY, "p").unwrap();
         let mut s = PolicyState::default();
@@ -600,7 +703,13 @@ per_day = 2
     #[test]
     fn a_class_pooled_far_from_its_reference_for_enough_checks_triggers() {
         let on = RetrainPolicy::parse(&POLICY.replace("drift_share = 0.3", "class_drift = 0.8"), "p").unwrap();
-        let class = |distance| crate::drift::ClassDrift { devices: 9, pooled: 8, feature: "motor_c".into(), distance };
+        let class = |distance| crate::drift::ClassDrift {
+            devices: 9,
+            pooled: 8,
+            feature: "motor_c".into(),
+            distance,
+            features: [("motor_c".into(), distance)].into(),
+        };
         let f = |distance| Facts { set_aside: 1, class: Some(class(distance)), ..facts(0, 0) };
         let mut s = PolicyState::default();
         // Three checks in a row at or over 0.8; one below starts the count afresh.

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use impeller_core::drift::{DriftMonitor, DriftState};
 use impeller_core::package::build;
+use impeller_core::sketch::Sketch;
 use impeller_core::{Channel, Frame, TrainConfig, detector::DetectorConfig, train};
 use impeller_hub::store::{
     AlertRate, AuditFilter, AuditStore, DeploymentStore, DriftReport, FeedbackStore, FleetStore, JobStore,
@@ -362,14 +363,14 @@ async fn a_class_shifted_as_a_whole_retrains() {
         row[..7].fill(0);
         row[inner] = tail;
     }
-    let sketch_of = |v: &impeller_hub::store::ModelVersion, device: &str, seq: u64| {
+    let sketch_of = |v: &impeller_hub::store::ModelVersion, device: &str, seq: u64, sketch: &Sketch| {
         let body = serde_json::json!({
             "model": {"name": "gulf", "version": v.version.to_string(), "release": v.release}, "start_ms": t0,
-            "end_ms": t0 + 600_000, "features": model.feature_names(), "sketch": shifted,
+            "end_ms": t0 + 600_000, "features": model.feature_names(), "sketch": sketch,
         });
         incoming(device, seq, t0 + 700_000, "sketches", body)
     };
-    let sketch = |device: &str, seq: u64| sketch_of(&v1, device, seq);
+    let sketch = |device: &str, seq: u64| sketch_of(&v1, device, seq, &shifted);
     let active = serde_json::json!({"event": "update", "detail": {"deployment": "d1", "sha256": v1.packages[0].sha256, "state": "active"}});
     let stage = || {
         let store = store.clone();
@@ -406,7 +407,7 @@ async fn a_class_shifted_as_a_whole_retrains() {
     let mut acked = std::collections::BTreeMap::new();
     for (device, seq) in [("r1", 14), ("r2", 3), ("r3", 3)] {
         batch.push(incoming(device, seq, t0 + 800_000, "events", active.clone()));
-        batch.push(sketch_of(&v2, device, seq + 1));
+        batch.push(sketch_of(&v2, device, seq + 1, &shifted));
         acked.insert(device.to_string(), seq + 1);
     }
     store.commit(&batch, &acked).await.unwrap();
@@ -420,6 +421,43 @@ async fn a_class_shifted_as_a_whole_retrains() {
         "{reason}"
     );
     assert_eq!(stage().await["note"], reason);
+
+    // The first feature moves another 1.75 σ while the rest stay where the drift was held: a
+    // new drift, not the held one, and retrained from version 2 (on r1's samples of it too).
+    let mut further = shifted.clone();
+    let (row, inner) = (&mut further.bins[0], shifted.bins[0].len() - 1);
+    row[inner] += row[inner - 7..inner].iter().sum::<u64>();
+    row.copy_within(0..inner - 7, 7);
+    row[..7].fill(0);
+    let samples: Vec<_> = frames[..60]
+        .iter()
+        .map(|f| serde_json::json!({"ts_ms": f.ts_ms + 900_000, "values": [f.values[0] + 5.0, f.values[1]]}))
+        .collect();
+    let samples = serde_json::json!({"channels": ["flow", "pressure"], "frames": samples});
+    let mut batch = vec![incoming("r1", 16, t0 + 960_000, "samples", samples)];
+    batch.extend([("r1", 17), ("r2", 5), ("r3", 5)].map(|(d, seq)| sketch_of(&v2, d, seq, &further)));
+    let acked = [("r1".to_string(), 17), ("r2".to_string(), 5), ("r3".to_string(), 5)].into_iter().collect();
+    store.commit(&batch, &acked).await.unwrap();
+    let state = awaiting_promotion(&store).await;
+    let reason = state["reason"].as_str().unwrap();
+    let names = model.feature_names();
+    let feature = &names[0];
+    assert!(reason.starts_with("a further drift while the last is held: the class's pool stands "), "{reason}");
+    assert!(reason.contains(&format!("from version 2's reference on {feature}, ")), "{reason}");
+    assert!(reason.ends_with("beyond where it stood when held, for 2 checks in a row"), "{reason}");
+    let triggered = store
+        .audit_records(&AuditFilter { action: Some("retrain.triggered".into()), limit: 10, ..Default::default() })
+        .await
+        .unwrap();
+    let record = triggered.iter().find(|r| r.details["reason"] == reason).expect("audited with its evidence");
+    let evidence = &record.details["evidence"];
+    assert_eq!(evidence["held_at"]["champion"], 2, "{evidence}");
+    for f in &names {
+        let (now, held) = (&evidence["class_drift"]["features"][f], &evidence["held_at"]["features"][f]);
+        let (now, held) = (now.as_f64().unwrap(), held.as_f64().unwrap());
+        assert!((1.7..1.8).contains(&held), "{f} held where the first shift put it: {evidence}");
+        assert_eq!(now - held >= 1.5, f == feature, "only {feature} moved a trigger's level further: {evidence}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
