@@ -354,9 +354,16 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
         _ => None,
     };
     let drifting = (drift_seen && !held) || further.is_some();
+    // A check with no pool to judge (too few fresh sketches: agents lagging on a busy machine or
+    // a slow link) is no evidence either way: it neither counts nor starts the count afresh.
+    let no_evidence = !drifting && !by_share && p.triggers.class_drift.is_some() && f.class.is_none();
     // Drift seen while a retraining is under way is the old model's; the new one must show its
     // own for the full count before it is retrained in turn.
-    s.drift_rounds = if drifting && !f.busy { s.drift_rounds.saturating_add(1) } else { 0 };
+    s.drift_rounds = match (f.busy, drifting, no_evidence) {
+        (false, true, _) => s.drift_rounds.saturating_add(1),
+        (false, false, true) => s.drift_rounds,
+        _ => 0,
+    };
     s.started_ms.retain(|&t| f.now_ms - t < DAY_MS);
     let verdicts = f.confirmed + f.false_alarms;
     let precision = (verdicts > 0).then(|| f.confirmed as f64 / verdicts as f64);
@@ -737,6 +744,13 @@ per_day = 2
         for _ in 0..5 {
             assert_eq!(decide(&on, &mut s, &Facts { class: None, ..f(0.0) }), Decision::Wait, "no pool, no evidence");
         }
+        // A check without a pool between two with one neither counts nor starts the count again.
+        let mut s = PolicyState::default();
+        assert_eq!(decide(&on, &mut s, &f(0.9)), Decision::Wait);
+        assert_eq!(decide(&on, &mut s, &Facts { class: None, ..f(0.0) }), Decision::Wait);
+        assert_eq!(s.drift_rounds, 1);
+        assert_eq!(decide(&on, &mut s, &f(0.9)), Decision::Wait);
+        assert!(matches!(decide(&on, &mut s, &f(0.9)), Decision::Retrain { .. }), "the third check with a pool");
     }
 
     #[test]
