@@ -495,6 +495,17 @@ per_day = 2
         }
     }
 
+    /// Nine devices pooled (eight kept), `distance` from the reference on their one feature.
+    fn pool_of_nine(distance: f64) -> crate::drift::ClassDrift {
+        crate::drift::ClassDrift {
+            devices: 9,
+            pooled: 8,
+            feature: "motor_c".into(),
+            distance,
+            features: [("motor_c".into(), distance)].into(),
+        }
+    }
+
     #[test]
     fn drift_must_last_and_the_budget_holds() {
         let p = RetrainPolicy::parse(POLICY, "p").unwrap();
@@ -549,13 +560,7 @@ per_day = 2
     #[test]
     fn a_drift_the_retrained_version_did_not_absorb_waits_until_it_clears() {
         let p = RetrainPolicy::parse(&POLICY.replace("drift_share = 0.3", "class_drift = 2.0"), "p").unwrap();
-        let class = |distance| crate::drift::ClassDrift {
-            devices: 9,
-            pooled: 8,
-            feature: "motor_c".into(),
-            distance,
-            features: [("motor_c".into(), distance)].into(),
-        };
+        let class = pool_of_nine;
         let f = |t, champion, distance: Option<f64>| Facts {
             champion: Some(champion),
             class: distance.map(class),
@@ -710,13 +715,7 @@ per_day = 2
     #[test]
     fn a_class_pooled_far_from_its_reference_for_enough_checks_triggers() {
         let on = RetrainPolicy::parse(&POLICY.replace("drift_share = 0.3", "class_drift = 0.8"), "p").unwrap();
-        let class = |distance| crate::drift::ClassDrift {
-            devices: 9,
-            pooled: 8,
-            feature: "motor_c".into(),
-            distance,
-            features: [("motor_c".into(), distance)].into(),
-        };
+        let class = pool_of_nine;
         let f = |distance| Facts { set_aside: 1, class: Some(class(distance)), ..facts(0, 0) };
         let mut s = PolicyState::default();
         // Three checks in a row at or over 0.8; one below starts the count afresh.

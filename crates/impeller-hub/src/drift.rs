@@ -122,8 +122,17 @@ impl Monitor {
             if batch.is_empty() {
                 return Ok(());
             }
+            // What was judged is written even when a later sketch cannot be: the monitors in
+            // memory have moved on with it.
+            let (mut judged, mut failed) = (Vec::with_capacity(batch.len()), None);
             for (device, seq, body) in batch {
-                let (report, entered) = self.judge(&device, seq.max(0) as u64, &body).await?;
+                let (report, entered) = match self.judge(&device, seq.max(0) as u64, &body).await {
+                    Ok(judged) => judged,
+                    Err(error) => {
+                        failed = Some(error);
+                        break;
+                    }
+                };
                 if report.state == "drift" {
                     tracing::warn!(%device, model = %report.model, wasserstein = report.max_wasserstein,
                         feature = report.features.first().map_or("", |f| f.feature.as_str()), "drift");
@@ -135,7 +144,11 @@ impl Monitor {
                         "feature": report.features.first().map(|f| &f.feature),
                     }))
                 });
-                self.store.put_drift(&report, event).await?;
+                judged.push((report, event));
+            }
+            self.store.put_drifts(&judged).await?;
+            if let Some(error) = failed {
+                return Err(error);
             }
         }
     }

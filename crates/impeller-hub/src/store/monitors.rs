@@ -95,6 +95,14 @@ pub trait MonitorStore {
         event: Option<AuditEvent>,
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// [`MonitorStore::put_drift`] for each report in turn, in one transaction: the drift
+    /// monitor's pass writes what it judged at once, not a commit (and a wait for the single
+    /// SQLite writer beside ingestion) per sketch.
+    fn put_drifts(
+        &self,
+        reports: &[(DriftReport, Option<AuditEvent>)],
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Sketch messages after each device's last drift report, up to its acknowledged prefix
     /// (so a gap filled late is judged in order), oldest first per device: (device, seq, body).
     /// Each device's range is read from the sketches' own index (migration 0014), so a pass
@@ -139,6 +147,10 @@ pub trait MonitorStore {
 
 impl MonitorStore for Store {
     async fn put_drift(&self, r: &DriftReport, event: Option<AuditEvent>) -> Result<(), StoreError> {
+        self.put_drifts(&[(r.clone(), event)]).await
+    }
+
+    async fn put_drifts(&self, reports: &[(DriftReport, Option<AuditEvent>)]) -> Result<(), StoreError> {
         let sql = "INSERT INTO drift_reports (device, seq, start_ms, end_ms, model, model_version, count, \
                    max_wasserstein, max_psi, page_hinkley, state, features, monitor) \
                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) ON CONFLICT (device, seq) DO NOTHING";
@@ -147,39 +159,50 @@ impl MonitorStore for Store {
                            VALUES ($1, $2, $3, $4, $5) ON CONFLICT (device, model) DO UPDATE SET \
                            model_version = excluded.model_version, seq = excluded.seq, monitor = excluded.monitor \
                            WHERE drift_monitors.seq < excluded.seq";
-        let features = serde_json::to_string(&r.features).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let monitor = serde_json::to_string(&r.monitor).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut rows = Vec::with_capacity(reports.len());
+        for (r, event) in reports {
+            let features = serde_json::to_string(&r.features).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let monitor = serde_json::to_string(&r.monitor).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            rows.push((r, event, features, monitor));
+        }
+        if rows.is_empty() {
+            return Ok(());
+        }
         on_pool!(self, |p| {
             let mut tx = p.begin().await?;
-            let n = sqlx::query(sql)
-                .bind(&r.device)
-                .bind(r.seq.min(i64::MAX as u64) as i64)
-                .bind(r.start_ms)
-                .bind(r.end_ms)
-                .bind(&r.model)
-                .bind(&r.model_version)
-                .bind(r.count.min(i64::MAX as u64) as i64)
-                .bind(r.max_wasserstein)
-                .bind(r.max_psi)
-                .bind(r.page_hinkley)
-                .bind(&r.state)
-                .bind(features)
-                .bind(&monitor)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-            if n > 0 {
+            for (r, event, features, monitor) in &rows {
+                let seq = r.seq.min(i64::MAX as u64) as i64;
+                let n = sqlx::query(sql)
+                    .bind(&r.device)
+                    .bind(seq)
+                    .bind(r.start_ms)
+                    .bind(r.end_ms)
+                    .bind(&r.model)
+                    .bind(&r.model_version)
+                    .bind(r.count.min(i64::MAX as u64) as i64)
+                    .bind(r.max_wasserstein)
+                    .bind(r.max_psi)
+                    .bind(r.page_hinkley)
+                    .bind(&r.state)
+                    .bind(features)
+                    .bind(monitor)
+                    .execute(&mut *tx)
+                    .await?
+                    .rows_affected();
+                if n == 0 {
+                    continue;
+                }
                 sqlx::query(monitor_sql)
                     .bind(&r.device)
                     .bind(&r.model)
                     .bind(&r.model_version)
-                    .bind(r.seq.min(i64::MAX as u64) as i64)
-                    .bind(&monitor)
+                    .bind(seq)
+                    .bind(monitor)
                     .execute(&mut *tx)
                     .await?;
-            }
-            if let Some(event) = event.filter(|_| n > 0) {
-                append_audit!(tx, event event);
+                if let Some(event) = event {
+                    append_audit!(tx, event event.clone());
+                }
             }
             tx.commit().await?
         });

@@ -703,10 +703,12 @@ async fn drift_records(url: &str) {
         features: vec![FeatureDrift { feature: "flow.mean".into(), psi: 3.5, ks: 0.4, wasserstein: 1.25 }],
         monitor: monitor.clone(),
     };
-    // The monitor's change of state goes to the audit trail with the report, once.
+    // The monitor's change of state goes to the audit trail with the report, once: here the
+    // same report twice in one pass's transaction.
     let event = || Some(impeller_core::audit::AuditEvent::new(1, "hub", "drift.detected", &device));
-    store.put_drift(&report, event()).await.unwrap();
-    store.put_drift(&DriftReport { state: "drift".into(), ..report.clone() }, event()).await.unwrap();
+    let twice = [(report.clone(), event()), (DriftReport { state: "drift".into(), ..report.clone() }, event())];
+    store.put_drifts(&twice).await.unwrap();
+    store.put_drifts(&[]).await.unwrap();
     let audited = store
         .audit_records(&impeller_hub::store::AuditFilter {
             subject: Some(device.clone()),
