@@ -87,24 +87,18 @@ pub struct AlertRate {
 
 /// Drift reports and monitors, and alert-rate judgements, per device.
 pub trait MonitorStore {
-    /// Stores a drift report, and with it `event` in the audit trail (a monitor entering or
-    /// leaving the drift state), once: a report already stored adds nothing.
-    fn put_drift(
-        &self,
-        r: &DriftReport,
-        event: Option<AuditEvent>,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// [`MonitorStore::put_drift`] for each report in turn, in one transaction: the drift
-    /// monitor's pass writes what it judged at once, not a commit (and a wait for the single
-    /// SQLite writer beside ingestion) per sketch.
+    /// Stores each drift report, and with it its event in the audit trail (a monitor entering
+    /// or leaving the drift state), once: a report already stored adds nothing. One
+    /// transaction: the drift monitor's pass writes what it judged at once, not a commit (and a
+    /// wait for the single SQLite writer beside ingestion) per sketch.
     fn put_drifts(
         &self,
         reports: &[(DriftReport, Option<AuditEvent>)],
     ) -> impl Future<Output = Result<(), StoreError>> + Send;
 
     /// Sketch messages after each device's last drift report, up to its acknowledged prefix
-    /// (so a gap filled late is judged in order), oldest first per device: (device, seq, body).
+    /// (so a gap filled late is judged in order), oldest first per device and taken in turns
+    /// across devices (every device's first before any device's second): (device, seq, body).
     /// Each device's range is read from the sketches' own index (migration 0014), so a pass
     /// costs what arrived since, not every sketch ever stored.
     fn unjudged_sketches(
@@ -146,10 +140,6 @@ pub trait MonitorStore {
 }
 
 impl MonitorStore for Store {
-    async fn put_drift(&self, r: &DriftReport, event: Option<AuditEvent>) -> Result<(), StoreError> {
-        self.put_drifts(&[(r.clone(), event)]).await
-    }
-
     async fn put_drifts(&self, reports: &[(DriftReport, Option<AuditEvent>)]) -> Result<(), StoreError> {
         let sql = "INSERT INTO drift_reports (device, seq, start_ms, end_ms, model, model_version, count, \
                    max_wasserstein, max_psi, page_hinkley, state, features, monitor) \
@@ -210,9 +200,13 @@ impl MonitorStore for Store {
     }
 
     async fn unjudged_sketches(&self, limit: i64) -> Result<Vec<(String, i64, String)>, StoreError> {
-        let sql = "SELECT m.device, m.seq, m.body FROM device_streams s JOIN messages m ON m.device = s.device \
+        // Each device's oldest first, then each one's second, …: under a backlog the limit
+        // is shared fairly, not spent on the devices first in the alphabet.
+        let sql = "SELECT device, seq, body FROM (SELECT m.device, m.seq, m.body, \
+                   ROW_NUMBER() OVER (PARTITION BY m.device ORDER BY m.seq) AS turn \
+                   FROM device_streams s JOIN messages m ON m.device = s.device \
                    AND m.seq > COALESCE((SELECT MAX(d.seq) FROM drift_reports d WHERE d.device = s.device), 0) \
-                   AND m.seq <= s.acked WHERE m.kind = 'sketches' ORDER BY m.device, m.seq LIMIT $1";
+                   AND m.seq <= s.acked WHERE m.kind = 'sketches') AS pending ORDER BY turn, device, seq LIMIT $1";
         Ok(on_pool!(self, |p| sqlx::query_as(sql).bind(limit).fetch_all(p).await?))
     }
 

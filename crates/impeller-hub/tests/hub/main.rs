@@ -686,6 +686,15 @@ async fn drift_records(url: &str) {
     let ours =
         |all: Vec<(String, i64, String)>| all.into_iter().filter(|s| s.0 == device).map(|s| s.1).collect::<Vec<_>>();
     assert_eq!(ours(store.unjudged_sketches(100_000).await.unwrap()), [1, 2]);
+    // Taken in turns: a device later in the alphabet has its first sketch before the
+    // earlier device's second, so a limit under a backlog does not starve it.
+    let later_device = format!("{device}~");
+    let batch = [1u64, 2]
+        .map(|seq| incoming(&later_device, seq, 100 * seq as i64, "sketches", serde_json::json!({"any": seq})));
+    store.commit(&batch, &[(later_device.clone(), 2)].into_iter().collect()).await.unwrap();
+    let pending = store.unjudged_sketches(100_000).await.unwrap();
+    let at = |d: &str, seq: i64| pending.iter().position(|s| s.0 == d && s.1 == seq).unwrap();
+    assert!(at(&later_device, 1) < at(&device, 2), "{:?}", (at(&later_device, 1), at(&device, 2)));
 
     let monitor = DriftMonitor { n: 1, sum: 0.5, ..DriftMonitor::default() };
     let report = DriftReport {
@@ -737,8 +746,8 @@ async fn drift_records(url: &str) {
         model_version: "2".into(),
         ..report.clone()
     };
-    store.put_drift(&newer_report, None).await.unwrap();
-    store.put_drift(&DriftReport { device: other.clone(), seq: 1, ..report.clone() }, None).await.unwrap();
+    store.put_drifts(&[(newer_report, None)]).await.unwrap();
+    store.put_drifts(&[(DriftReport { device: other.clone(), seq: 1, ..report.clone() }, None)]).await.unwrap();
     let kept = &store.drift_monitors().await.unwrap()[&(other, "m".to_string())];
     assert_eq!((kept.0.as_str(), &kept.1), ("2", &newer));
     let filter = FleetFilter { devices: Some(vec![device.clone()]), limit: 10, ..Default::default() };
@@ -758,7 +767,7 @@ async fn drift_records(url: &str) {
         state: "drift".into(),
         ..report
     };
-    store.put_drift(&later, None).await.unwrap();
+    store.put_drifts(&[(later, None)]).await.unwrap();
     let buckets = store.drift_over_time(Some(100), Some(201), 2).await.unwrap();
     let ours: Vec<_> = buckets.into_iter().filter(|b| b.model == model).collect();
     let expected = impeller_hub::store::DriftBucket {

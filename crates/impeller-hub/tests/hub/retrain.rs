@@ -222,7 +222,7 @@ async fn drift_retrains_awaits_approval_rolls_out_and_follows_a_refusal() {
         features: vec![],
         monitor: DriftMonitor { state: DriftState::Drift, n: 5, ..DriftMonitor::default() },
     };
-    store.put_drift(&drift, None).await.unwrap();
+    store.put_drifts(&[(drift, None)]).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(store.versions("gulf").await.unwrap().len(), 1, "a device under a confirmed fault is set aside");
     // The verdict turns to false alarm: the incident is withdrawn, and the drift counts.
