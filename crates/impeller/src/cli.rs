@@ -215,6 +215,10 @@ pub struct FleetArgs {
     /// not a fault.
     #[arg(long, value_name = "SITE")]
     pub heat_wave: Option<String>,
+    /// The season turning at this site: the ambient climbs 8 °C, evenly from the start of the
+    /// faults' window to the end of the run, however long it is: a slow drift, not a fault.
+    #[arg(long, value_name = "SITE")]
+    pub season: Option<String>,
     /// Ageing discharge-pressure transmitters at this site: each reads 0.05 bar more every hour
     /// from the start of the faults' window, the pumps unchanged: drift, not a fault.
     #[arg(long, value_name = "SITE")]
@@ -296,7 +300,7 @@ pub struct SimArgs {
     /// starting now and keeping their rows' spacing; their labels are the ground truth
     /// (skab.json). Modbus controllers hold the testbed's sensors as f32 input registers.
     #[arg(long, value_name = "PATH", conflicts_with_all = [
-        "pumps", "seed", "faulty_share", "heat_wave", "sensor_ageing", "operating_point", "hours", "faults_between",
+        "pumps", "seed", "faulty_share", "heat_wave", "season", "sensor_ageing", "operating_point", "hours", "faults_between",
     ])]
     pub skab: Option<PathBuf>,
 }

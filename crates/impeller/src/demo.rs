@@ -44,7 +44,8 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
 }
 
 pub fn run(mut args: DemoArgs) -> anyhow::Result<()> {
-    let site_drift = [&args.fleet.heat_wave, &args.fleet.sensor_ageing, &args.fleet.operating_point];
+    let site_drift =
+        [&args.fleet.heat_wave, &args.fleet.season, &args.fleet.sensor_ageing, &args.fleet.operating_point];
     if site_drift.iter().all(|d| d.is_none()) && !args.no_drift {
         args.fleet.heat_wave = Some(DRIFT_SITE.to_string());
     }

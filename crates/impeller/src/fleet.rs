@@ -360,6 +360,12 @@ pub fn plan(args: &FleetArgs, start_ms: i64, hours: f64, faults_between: (f64, f
     let mut site_drifts = Vec::new();
     for (flag, site, kind, ramp_s) in [
         ("--heat-wave", &args.heat_wave, DriftKind::AmbientShift { delta_c: 10.0 }, 3600.0),
+        (
+            "--season",
+            &args.season,
+            DriftKind::AmbientShift { delta_c: 8.0 },
+            duration_s.saturating_sub(at(faults_between.0)) as f64,
+        ),
         ("--sensor-ageing", &args.sensor_ageing, SENSOR_AGEING, 0.0),
         ("--operating-point", &args.operating_point, DriftKind::OperatingPoint { speed_rpm: 2650.0 }, 600.0),
     ] {
@@ -497,16 +503,50 @@ pub fn bench(args: FleetBenchArgs) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
-    fn fleet(pumps: usize) -> Fleet {
-        let args = FleetArgs {
+    fn args(pumps: usize) -> FleetArgs {
+        FleetArgs {
             pumps,
             seed: 7,
             faulty_share: 0.5,
             heat_wave: None,
+            season: None,
             sensor_ageing: None,
             operating_point: None,
+        }
+    }
+
+    fn fleet(pumps: usize) -> Fleet {
+        plan(&args(pumps), 0, 6.0, (0.3, 0.7)).unwrap()
+    }
+
+    #[test]
+    fn the_season_warms_a_site_evenly_over_the_rest_of_the_run() {
+        let with = plan(&FleetArgs { season: Some("gulf".into()), ..args(12) }, 0, 6.0, (0.5, 1.0)).unwrap();
+        let without = plan(&args(12), 0, 6.0, (0.5, 1.0)).unwrap();
+        let pump = with.pumps.iter().find(|p| p.site == "gulf" && p.manufacturer == "kestrel").unwrap();
+        let twin = without.pumps.iter().find(|p| p.id == pump.id).unwrap();
+        // Kestrel's bearing temperature: it follows the air (and the motor, which the air cools)
+        // within minutes; half the run in, the season has not begun to turn.
+        let column = Manufacturer::by_name(&pump.manufacturer).unwrap().columns().iter().position(|c| *c == "BearingT");
+        let column = column.unwrap();
+        // One run each from the second hour, so that the temperatures carry their history.
+        let run = |f: &Fleet, p: &PumpPlan| -> Vec<(i64, f64)> {
+            f.simulate(p, 2 * 3_600_000, 6 * 3_600_000).map(|s| (s.ts_ms, s.values[column])).collect()
         };
-        plan(&args, 0, 6.0, (0.3, 0.7)).unwrap()
+        let (hot, plain) = (run(&with, pump), run(&without, twin));
+        let warmer = |h: f64| {
+            let near = |t: i64| ((t as f64 / 3_600_000.0) - h).abs() < 0.1;
+            let mean = |r: &[(i64, f64)]| {
+                let v: Vec<f64> = r.iter().filter(|(t, _)| near(*t)).map(|(_, v)| *v).collect();
+                v.iter().sum::<f64>() / v.len() as f64
+            };
+            mean(&hot) - mean(&plain)
+        };
+        assert!(warmer(2.5).abs() < 0.05, "{}", warmer(2.5));
+        // 8 °C over the three hours left (the bearing takes a tenth more, through the motor's
+        // cooling air): about a third an hour in, nearly all at the end.
+        let (mid, end) = (warmer(4.0), warmer(5.8));
+        assert!((1.5..3.5).contains(&mid) && (6.5..9.0).contains(&end), "{mid} then {end}");
     }
 
     #[test]
