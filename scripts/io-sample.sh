@@ -22,8 +22,8 @@ while sleep "$interval"; do
   if [ -n "$wal" ] && [ -f "$wal" ]; then
     sizes="$(( $(stat -c %s "$wal") >> 20 )) $(( $(stat -c %s "${wal%-wal}") >> 20 ))"
   fi
-  awk -v t="$(echo "$(date +%s.%N) - $start" | bc)" -v s=$(( sectors_now - sectors )) \
+  awk -v t="$(date +%s.%N)" -v t0="$start" -v s=$(( sectors_now - sectors )) \
       -v r=$(( requests_now - requests )) -v i="$interval" -v d="$dirty_kb" -v z="$sizes" \
-      'BEGIN { printf "%6.1f %6.0f %7.0f %6.0f %s\n", t, s * 512 / i / 1e6, r / i, d / 1024, z }'
+      'BEGIN { printf "%6.1f %6.0f %7.0f %6.0f %s\n", t - t0, s * 512 / i / 1e6, r / i, d / 1024, z }'
   sectors=$sectors_now requests=$requests_now
 done
