@@ -560,10 +560,9 @@ per_day = 2
     #[test]
     fn a_drift_the_retrained_version_did_not_absorb_waits_until_it_clears() {
         let p = RetrainPolicy::parse(&POLICY.replace("drift_share = 0.3", "class_drift = 2.0"), "p").unwrap();
-        let class = pool_of_nine;
         let f = |t, champion, distance: Option<f64>| Facts {
             champion: Some(champion),
-            class: distance.map(class),
+            class: distance.map(pool_of_nine),
             ..facts(t, 0)
         };
         let mut s = PolicyState::default();
@@ -715,8 +714,7 @@ per_day = 2
     #[test]
     fn a_class_pooled_far_from_its_reference_for_enough_checks_triggers() {
         let on = RetrainPolicy::parse(&POLICY.replace("drift_share = 0.3", "class_drift = 0.8"), "p").unwrap();
-        let class = pool_of_nine;
-        let f = |distance| Facts { set_aside: 1, class: Some(class(distance)), ..facts(0, 0) };
+        let f = |distance| Facts { set_aside: 1, class: Some(pool_of_nine(distance)), ..facts(0, 0) };
         let mut s = PolicyState::default();
         // Three checks in a row at or over 0.8; one below starts the count afresh.
         assert_eq!(decide(&on, &mut s, &f(0.9)), Decision::Wait);

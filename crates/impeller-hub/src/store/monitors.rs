@@ -201,12 +201,15 @@ impl MonitorStore for Store {
 
     async fn unjudged_sketches(&self, limit: i64) -> Result<Vec<(String, i64, String)>, StoreError> {
         // Each device's oldest first, then each one's second, …: under a backlog the limit
-        // is shared fairly, not spent on the devices first in the alphabet.
-        let sql = "SELECT device, seq, body FROM (SELECT m.device, m.seq, m.body, \
+        // is shared fairly, not spent on the devices first in the alphabet. The turns are
+        // ranked on the sketches' index alone; only the chosen ones' bodies are read.
+        let sql = "SELECT m.device, m.seq, m.body FROM (SELECT device, seq, turn FROM (SELECT m.device, m.seq, \
                    ROW_NUMBER() OVER (PARTITION BY m.device ORDER BY m.seq) AS turn \
                    FROM device_streams s JOIN messages m ON m.device = s.device \
                    AND m.seq > COALESCE((SELECT MAX(d.seq) FROM drift_reports d WHERE d.device = s.device), 0) \
-                   AND m.seq <= s.acked WHERE m.kind = 'sketches') AS pending ORDER BY turn, device, seq LIMIT $1";
+                   AND m.seq <= s.acked WHERE m.kind = 'sketches') AS pending ORDER BY turn, device, seq LIMIT $1) \
+                   AS chosen JOIN messages m ON m.device = chosen.device AND m.seq = chosen.seq AND m.kind = 'sketches' \
+                   ORDER BY chosen.turn, chosen.device, chosen.seq";
         Ok(on_pool!(self, |p| sqlx::query_as(sql).bind(limit).fetch_all(p).await?))
     }
 
