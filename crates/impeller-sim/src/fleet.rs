@@ -98,7 +98,23 @@ impl Drift {
     fn level(&self, t_ms: i64) -> f64 {
         ramp(t_ms, self.onset_ms, self.ramp_s)
     }
+
+    /// How far a first-order lag with time constant `tau_s` has followed the drift: the ramp's
+    /// response is the difference of two responses to an unending ramp, r(u) = u − τ(1 − e^(−u/τ)),
+    /// one from the onset and one from the ramp's end.
+    fn lagged_level(&self, t_ms: i64, tau_s: f64) -> f64 {
+        let u = (t_ms - self.onset_ms) as f64 / 1000.0;
+        let from_onset = |u: f64| if u <= 0.0 { 0.0 } else { u - tau_s * (1.0 - libm::exp(-u / tau_s)) };
+        if self.ramp_s < 1.0 {
+            // A step: the ramps' difference would lose its digits.
+            return if u <= 0.0 { 0.0 } else { 1.0 - libm::exp(-u / tau_s) };
+        }
+        (from_onset(u) - from_onset(u - self.ramp_s)) / self.ramp_s
+    }
 }
+
+/// How slowly a site's suction tank follows the air, in seconds.
+const TANK_TAU_S: f64 = 3.0 * 3600.0;
 
 fn ramp(t_ms: i64, onset_ms: i64, ramp_s: f64) -> f64 {
     if t_ms < onset_ms { 0.0 } else { ((t_ms - onset_ms) as f64 / 1000.0 / ramp_s.max(1e-3)).min(1.0) }
@@ -292,12 +308,22 @@ impl PumpSim {
         }
         // The fleet starts at 06:00 local time: coolest before dawn, warmest mid-afternoon.
         let day = (t_ms - self.origin_ms + 6 * 3_600_000).rem_euclid(86_400_000) as f64 / 86_400_000.0;
-        let mut ambient =
-            self.site.ambient_c + self.site.daily_swing_c * libm::sin(std::f64::consts::TAU * (day - 0.375));
+        let phase = std::f64::consts::TAU * (day - 0.375);
+        let mut ambient = self.site.ambient_c + self.site.daily_swing_c * libm::sin(phase);
+        // The suction tank's water follows the air as a first-order lag. Its temperature is the
+        // lag's settled response, computed rather than stepped, so it does not depend on where a
+        // simulation window starts: the daily cycle damped and delayed, each shift in the air
+        // followed over hours.
+        let wt = std::f64::consts::TAU * TANK_TAU_S / 86_400.0;
+        let mut inlet =
+            self.site.ambient_c + self.site.daily_swing_c / libm::sqrt(1.0 + wt * wt) * libm::sin(phase - libm::atan(wt));
         let mut speed = self.plan.speed_rpm;
         for d in &self.plan.drifts {
             match d.kind {
-                DriftKind::AmbientShift { delta_c } => ambient += delta_c * d.level(t_ms),
+                DriftKind::AmbientShift { delta_c } => {
+                    ambient += delta_c * d.level(t_ms);
+                    inlet += delta_c * d.lagged_level(t_ms, TANK_TAU_S);
+                }
                 DriftKind::OperatingPoint { speed_rpm } => {
                     speed += (speed_rpm - self.plan.speed_rpm) * d.level(t_ms);
                 }
@@ -310,6 +336,7 @@ impl PumpSim {
             valve_opening: self.valve.step(dt_s, z1).clamp(0.3, 1.2),
             tank_level_m: self.tank.step(dt_s, z2),
             ambient_c: ambient,
+            inlet_c: inlet,
         };
         self.pump.step(dt_s, &conditions, &deg, z3)
     }
@@ -459,6 +486,29 @@ mod tests {
         let head = |p: &PumpPlan| mean(p, 2.0, Signal::DischargePressure) - mean(p, 2.0, Signal::SuctionPressure);
         assert!(head(&moved) / head(&twin) < speed_ratio, "head {}", head(&moved) / head(&twin));
         assert!(ratio(Signal::MotorPower) < speed_ratio * speed_ratio, "power {}", ratio(Signal::MotorPower));
+    }
+
+    #[test]
+    fn the_tank_follows_the_air_over_hours_whatever_the_window() {
+        let (f, warmed, twin) = with_and_without(DriftKind::AmbientShift { delta_c: 10.0 }, 0.0, "kestrel");
+        let col = |signal: Signal| KESTREL.signals.iter().position(|(s, _, _)| *s == signal).unwrap();
+        let (fluid, bearing) = (col(Signal::FluidTemp), col(Signal::BearingTemp));
+        let onset = f.start_ms + 3_600_000;
+        let whole: Vec<(Sample, Sample)> =
+            f.simulate(&warmed, f.start_ms, f.end_ms).zip(f.simulate(&twin, f.start_ms, f.end_ms)).collect();
+        for hours in [1.0, 4.0] {
+            let t = onset + (hours * 3_600_000.0) as i64;
+            let (a, b) = whole.iter().find(|(a, _)| a.ts_ms == t).unwrap();
+            // The same noise in both: what differs is the air, and the tank's lagged answer to it.
+            let want = 10.0 * (1.0 - (-hours / 3.0f64).exp());
+            let got = a.values[fluid] - b.values[fluid];
+            assert!((got - want).abs() < 1e-6, "{hours} h after the step: fluid +{got}, want +{want}");
+            let bearing_rise = a.values[bearing] - b.values[bearing];
+            assert!(bearing_rise > 9.9, "the bearing follows within minutes: +{bearing_rise}");
+            // A window that starts here reads the same fluid temperature.
+            let alone = |p: &PumpPlan| f.simulate(p, t, t + 2000).next().unwrap().values[fluid];
+            assert!((alone(&warmed) - alone(&twin) - got).abs() < 1e-6, "window from {hours} h");
+        }
     }
 
     #[test]

@@ -1,13 +1,16 @@
 //! One centrifugal pump driven by a motor, from first principles: the pump curve scaled by the
 //! affinity laws meets the system curve at the operating point; hydraulic power over efficiency
-//! gives the motor's load and current; temperatures follow first-order lags; vibration grows
-//! with speed, distance from the best efficiency point, imbalance, bearing wear and cavitation.
+//! gives the motor's load and current; the impeller's losses warm the pumped fluid; motor and
+//! bearing temperatures follow first-order lags; vibration grows with speed, distance from the
+//! best efficiency point, imbalance, bearing wear and cavitation.
 //! Faults act through [`Degradation`], not by painting numbers onto the outputs.
 
 use serde::{Deserialize, Serialize};
 
 /// ρ·g for water, in Pa per metre of head.
 const RHO_G: f64 = 1000.0 * 9.806_65;
+/// ρ·c_p for water: the heat that warms a cubic metre by one kelvin, in kJ.
+const RHO_CP: f64 = 4180.0;
 /// Atmospheric pressure and water's vapour pressure at ~25 °C, in metres of head.
 const ATMOSPHERE_M: f64 = 10.33;
 const VAPOUR_M: f64 = 0.32;
@@ -77,6 +80,8 @@ pub struct Conditions {
     pub valve_opening: f64,
     pub tank_level_m: f64,
     pub ambient_c: f64,
+    /// The fluid's temperature at the suction (the tank's water, which follows the air slowly).
+    pub inlet_c: f64,
 }
 
 /// True physical values (before sensors add noise and bias), SI units.
@@ -90,6 +95,8 @@ pub struct Physical {
     pub voltage_v: f64,
     pub bearing_c: f64,
     pub motor_c: f64,
+    /// At the discharge: the inlet's temperature plus the impeller's losses.
+    pub fluid_c: f64,
     pub vibration_mms: f64,
     pub speed_rpm: f64,
     /// Cavitation intensity, 0 to 1 (not a sensor: for ground truth and tests).
@@ -147,6 +154,11 @@ impl Pump {
         let hydraulic_kw = RHO_G * (q / 3600.0) * head.max(0.0) / 1000.0;
         let friction_kw = 0.25 * s + 1.2 * deg.bearing_wear;
         let shaft_kw = hydraulic_kw / efficiency + friction_kw;
+        // What the impeller does not turn into head heats the water passing through: hundredths
+        // of a kelvin at the BEP, more as a closing valve starves the pump of flow (the floor
+        // keeps a dead-headed pump finite).
+        let losses_kw = hydraulic_kw / efficiency - hydraulic_kw;
+        let fluid_c = c.inlet_c + losses_kw / (RHO_CP * q.max(1.0) / 3600.0);
         // Hot windings lose efficiency: more current for the same shaft power.
         let motor_eff = d.motor_efficiency - 0.04 * deg.cooling_loss;
         let power_kw = shaft_kw / motor_eff;
@@ -175,6 +187,7 @@ impl Pump {
             voltage_v: d.supply_voltage_v,
             bearing_c,
             motor_c,
+            fluid_c,
             vibration_mms,
             speed_rpm: c.speed_rpm * (1.0 - slip),
             cavitation,
@@ -209,7 +222,7 @@ mod tests {
     use super::*;
 
     fn at(speed: f64, valve: f64) -> Conditions {
-        Conditions { speed_rpm: speed, valve_opening: valve, tank_level_m: 3.0, ambient_c: 20.0 }
+        Conditions { speed_rpm: speed, valve_opening: valve, tank_level_m: 3.0, ambient_c: 20.0, inlet_c: 15.0 }
     }
 
     fn run(c: &Conditions, deg: &Degradation) -> Physical {
@@ -271,6 +284,15 @@ mod tests {
 
         let hot = with(Degradation { cooling_loss: 1.0, ..Default::default() });
         assert!(hot.motor_c > base.motor_c + 30.0 && hot.current_a > base.current_a, "{hot:?}");
+    }
+
+    #[test]
+    fn a_throttled_pump_warms_its_fluid_more() {
+        let rise = |valve: f64| run(&at(2950.0, valve), &Degradation::default()).fluid_c - 15.0;
+        // At the BEP the losses (~3.8 kW on 100 m³/h) warm the water by ~0.03 K.
+        assert!(rise(1.0) > 0.01 && rise(1.0) < 0.1, "{}", rise(1.0));
+        // Throttled to a tenth of the opening: less flow, worse efficiency, a warmer discharge.
+        assert!(rise(0.1) > 5.0 * rise(1.0), "{} against {}", rise(0.1), rise(1.0));
     }
 
     #[test]

@@ -21,6 +21,7 @@ pub enum Signal {
     Voltage,
     BearingTemp,
     MotorTemp,
+    FluidTemp,
     Vibration,
     Speed,
 }
@@ -37,6 +38,7 @@ impl Signal {
             Signal::Voltage => ("voltage", "V"),
             Signal::BearingTemp => ("bearing_temp", "°C"),
             Signal::MotorTemp => ("motor_temp", "°C"),
+            Signal::FluidTemp => ("fluid_temp", "°C"),
             Signal::Vibration => ("vibration", "mm/s"),
             Signal::Speed => ("speed", "rpm"),
         }
@@ -53,6 +55,7 @@ impl Signal {
             Signal::Voltage => p.voltage_v,
             Signal::BearingTemp => p.bearing_c,
             Signal::MotorTemp => p.motor_c,
+            Signal::FluidTemp => p.fluid_c,
             Signal::Vibration => p.vibration_mms,
             Signal::Speed => p.speed_rpm,
         }
@@ -66,7 +69,7 @@ impl Signal {
             Signal::MotorCurrent => 0.15,
             Signal::MotorPower => 0.08,
             Signal::Voltage => 1.5,
-            Signal::BearingTemp | Signal::MotorTemp => 0.1,
+            Signal::BearingTemp | Signal::MotorTemp | Signal::FluidTemp => 0.1,
             Signal::Vibration => 0.05,
             Signal::Speed => 1.0,
         }
@@ -117,7 +120,8 @@ pub const NORDPUMP: Manufacturer = Manufacturer {
     ],
 };
 
-/// Pressures in kPa, flow in L/s, slow sampling, every signal.
+/// Pressures in kPa, flow in L/s, slow sampling, every signal and the only one that reads the
+/// pumped fluid's temperature.
 pub const KESTREL: Manufacturer = Manufacturer {
     name: "kestrel",
     model: "K9",
@@ -133,6 +137,7 @@ pub const KESTREL: Manufacturer = Manufacturer {
         (Signal::MotorTemp, "WindingT", "°C"),
         (Signal::Vibration, "VibVel", "mm/s"),
         (Signal::Speed, "Speed", "rpm"),
+        (Signal::FluidTemp, "FluidT", "°C"),
     ],
 };
 

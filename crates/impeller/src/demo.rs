@@ -44,9 +44,7 @@ pub(crate) fn free_port() -> anyhow::Result<u16> {
 }
 
 pub fn run(mut args: DemoArgs) -> anyhow::Result<()> {
-    let site_drift =
-        [&args.fleet.heat_wave, &args.fleet.season, &args.fleet.sensor_ageing, &args.fleet.operating_point];
-    if site_drift.iter().all(|d| d.is_none()) && !args.no_drift {
+    if args.fleet.site_drifts().is_empty() && !args.no_drift {
         args.fleet.heat_wave = Some(DRIFT_SITE.to_string());
     }
     if !(args.speed >= 1.0 && args.speed <= 10_000.0) {
@@ -270,8 +268,12 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     // The technician's verdicts: confirmed faults, false alarms.
     let mut verdicts = (0usize, 0usize);
     let mut retraining = RetrainWatch::default();
-    // When the heat wave began, on the wall clock.
-    let drift_onset = args.fleet.heat_wave.as_ref().map(|_| {
+    // The drift asked for (a heat wave by default), its sites, and when it began on the wall
+    // clock: every site drift sets in as the faults' window opens.
+    let drifts = args.fleet.site_drifts();
+    let drift_name = format!("the {}", drifts.iter().map(|(name, _)| *name).collect::<Vec<_>>().join(" and "));
+    let drift_sites: Vec<&str> = drifts.iter().map(|(_, site)| *site).collect();
+    let drift_onset = (!drifts.is_empty()).then(|| {
         let onset_s = ((args.hours * 3600.0) as u64 as f64 * FAULTS_BETWEEN.0).floor();
         (replay_started + Duration::from_secs_f64(onset_s / args.speed), (onset_s * 1000.0) as i64)
     });
@@ -426,9 +428,9 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
         api.call("GET", "/audit?action=retrain.triggered&limit=1000", None).await?,
     );
     let precision = precision_line(&items(&per_version), &items(&triggered));
-    // The retrainings' timelines, from the heat wave's onset (or the replay's start without one).
+    // The retrainings' timelines, from the drift's onset (or the replay's start without one).
     let (origin, origin_name) = match drift_onset {
-        Some((at, sim_ms)) => (at, format!("the heat wave began at sim {}", sim_clock(sim_ms))),
+        Some((at, sim_ms)) => (at, format!("{drift_name} began at sim {}", sim_clock(sim_ms))),
         None => (replay_started, "the replay began".to_string()),
     };
     let origin_ms = now_ms() - origin.elapsed().as_millis().min(i64::MAX as u128) as i64;
@@ -439,7 +441,7 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     }
     let timelines = timeline_lines(&records, origin_ms);
     // When each rollout begun since the onset completed (a version rolled out before it, say on
-    // feedback, says nothing of how fast the heat wave was answered).
+    // feedback, says nothing of how fast the drift was answered).
     let begun: HashSet<&str> =
         records.iter().filter(|r| r["action"] == "deployment.created").filter_map(|r| r["subject"].as_str()).collect();
     let completed_ms: BTreeMap<String, i64> = records
@@ -510,13 +512,13 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
             )?,
             Err(e) => writeln!(out, "audit trail: BROKEN: {e}")?,
         }
-        let site = args.fleet.heat_wave.as_deref();
         let aborted = deployments[first_rollouts..]
             .iter()
             .filter(|d| waves.get(*d).is_some_and(|(phase, _, _)| phase == "aborted"))
             .count();
         let onset = drift_onset.map(|(_, sim_ms)| (origin_ms, sim_ms));
-        let line = retrain_line(&deployments[first_rollouts..], &waves, &completed_ms, aborted, onset, site);
+        let drift = (!drift_sites.is_empty()).then_some((drift_name.as_str(), drift_sites.as_slice()));
+        let line = retrain_line(&deployments[first_rollouts..], &waves, &completed_ms, aborted, onset, drift);
         writeln!(out, "{line}")?;
         if !timelines.is_empty() {
             writeln!(out, "retraining timelines (seconds after {origin_name}; from the audit trail):")?;
@@ -557,10 +559,10 @@ async fn demo(args: &DemoArgs, dir: &Path) -> anyhow::Result<()> {
     if let Err(e) = audit {
         anyhow::bail!("the audit trail does not verify: {e}");
     }
-    if let Some(site) = &args.fleet.heat_wave
-        && !deployments[first_rollouts..].iter().any(|d| d.contains(&format!("-{site}-v")) && complete(&waves, d))
+    if !drift_sites.is_empty()
+        && !deployments[first_rollouts..].iter().any(|d| at_site(d, &drift_sites) && complete(&waves, d))
     {
-        anyhow::bail!("the heat wave at {site} set off no retraining that reached its devices");
+        anyhow::bail!("{drift_name} at {} set off no retraining that reached its devices", drift_sites.join(", "));
     }
     if faulty > 0 && summary.classes.iter().all(|c| c.detected == 0) {
         anyhow::bail!("no fault was detected: the models or the uplink are not working");
@@ -875,9 +877,16 @@ fn precision_line(per_version: &[serde_json::Value], triggered: &[serde_json::Va
     line
 }
 
-/// The summary's line on retraining: which versions the hub made and rolled out, at the heat
-/// wave's site or elsewhere, and how long after the heat wave began (`onset`: wall clock in ms,
-/// sim time) each of its site's versions rolled out since then was active on all its devices —
+/// Whether a deployment (`CLASS-SITE-vN`, a class being a manufacturer at a site) is at one of
+/// these sites.
+fn at_site(deployment: &str, sites: &[&str]) -> bool {
+    sites.iter().any(|s| deployment.contains(&format!("-{s}-v")))
+}
+
+/// The summary's line on retraining: which versions the hub made and rolled out, at the
+/// drift's sites (`drift`: its name, "the heat wave", and sites) or elsewhere, and how long
+/// after the drift began (`onset`: wall clock in ms, sim time) each of its sites' versions
+/// rolled out since then was active on all its devices —
 /// when the hub recorded its rollout complete (`completed_ms`, from the audit trail), not when
 /// the demo's loop, busy with a thousand pumps' alerts, next looked (seen 30 s later). What set
 /// each off, and why one aborted: the timelines.
@@ -887,23 +896,24 @@ fn retrain_line(
     completed_ms: &BTreeMap<String, i64>,
     aborted: usize,
     onset: Option<(i64, i64)>,
-    heat_wave_site: Option<&str>,
+    drift: Option<(&str, &[&str])>,
 ) -> String {
     if retrained.is_empty() {
         return "retraining: none triggered".into();
     }
-    let (by_heat, by_faults): (Vec<&String>, Vec<&String>) =
-        retrained.iter().partition(|d| heat_wave_site.is_some_and(|s| d.contains(&format!("-{s}-v"))));
+    let (by_drift, by_faults): (Vec<&String>, Vec<&String>) =
+        retrained.iter().partition(|d| drift.is_some_and(|(_, sites)| at_site(d, sites)));
     let done = |ds: &[&String]| ds.iter().filter(|d| complete(waves, d)).count();
     let refused = if aborted > 0 { format!(", {aborted} aborted") } else { String::new() };
     let mut line = format!(
-        "retraining: {} versions retrained and rolled out, {} complete{refused}: {} at the heat wave's site",
+        "retraining: {} versions retrained and rolled out, {} complete{refused}: {} at {}'s site",
         retrained.len(),
-        done(&by_heat) + done(&by_faults),
-        by_heat.len()
+        done(&by_drift) + done(&by_faults),
+        by_drift.len(),
+        drift.map_or("the drift", |(name, _)| name),
     );
     let delays: Vec<f64> =
-        by_heat.iter().filter_map(|d| Some((completed_ms.get(*d)? - onset?.0) as f64 / 1000.0)).collect();
+        by_drift.iter().filter_map(|d| Some((completed_ms.get(*d)? - onset?.0) as f64 / 1000.0)).collect();
     if let (Some(lo), Some(hi), Some((_, sim_ms))) =
         (delays.iter().copied().reduce(f64::min), delays.iter().copied().reduce(f64::max), onset)
     {
@@ -948,7 +958,7 @@ const TIMELINE_ACTIONS: [&str; 7] = [
 ];
 
 /// One line per retraining triggered at or after `since_ms`, read from the audit trail's
-/// records of [`TIMELINE_ACTIONS`]: seconds from `since_ms` (the heat wave's onset) to the
+/// records of [`TIMELINE_ACTIONS`]: seconds from `since_ms` (the drift's onset) to the
 /// model's first device in drift, the trigger, the snapshot, the trained version, the rollout's
 /// start and its completion (or its abort, and why). Where the time of a drift-triggered
 /// retraining goes.
@@ -1180,6 +1190,23 @@ mod tests {
         let mut aborted = records[..10].to_vec();
         aborted.push(rec(45_000, "deployment.aborted", "hub", "a-v2-x86", json!({"reason": "1 of 5 rolled back"})));
         assert!(timeline_lines(&aborted, 1_000)[0].ends_with("rollout +20 s, aborted +44 s (1 of 5 rolled back)"));
+    }
+
+    #[test]
+    fn the_retraining_line_counts_any_site_drift_as_the_drift_not_as_elsewhere() {
+        let retrained = ["acme-gulf-v2-x86".to_string(), "kestrel-permian-v3-x86".to_string()];
+        let waves: BTreeMap<String, (String, u64, u64)> =
+            retrained.iter().map(|d| (d.clone(), ("complete".to_string(), 2, 2))).collect();
+        let completed: BTreeMap<String, i64> = [("acme-gulf-v2-x86".to_string(), 70_000)].into();
+        let season = Some(("the warming season", &["gulf"][..]));
+        assert_eq!(
+            retrain_line(&retrained, &waves, &completed, 0, Some((4_000, 6_480_000)), season),
+            "retraining: 2 versions retrained and rolled out, 2 complete: 1 at the warming season's site (those \
+             rolled out since it began at sim +1h48m: active on all their devices 66 s after it), 1 elsewhere \
+             (kestrel-permian)"
+        );
+        let none = retrain_line(&retrained, &waves, &completed, 0, None, None);
+        assert!(none.ends_with("0 at the drift's site, 2 elsewhere (acme-gulf, kestrel-permian)"), "{none}");
     }
 
     #[test]

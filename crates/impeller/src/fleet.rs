@@ -343,6 +343,21 @@ pub fn write_summary(out: &mut dyn Write, s: &Summary) -> std::io::Result<()> {
 /// process instrument (its ramp is unused: ageing grows for as long as the run).
 const SENSOR_AGEING: DriftKind = DriftKind::SensorAgeing { signal: Signal::DischargePressure, per_hour: 0.05 };
 
+impl FleetArgs {
+    /// The drifts asked for, each named as a summary speaks of it ("heat wave") with its site.
+    pub fn site_drifts(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("heat wave", &self.heat_wave),
+            ("warming season", &self.season),
+            ("sensor ageing", &self.sensor_ageing),
+            ("new operating point", &self.operating_point),
+        ]
+        .into_iter()
+        .filter_map(|(name, site)| Some((name, site.as_deref()?)))
+        .collect()
+    }
+}
+
 /// The fleet plan for these flags: readings from `start_ms` for `hours`, faults between the
 /// given fractions of that span.
 pub fn plan(args: &FleetArgs, start_ms: i64, hours: f64, faults_between: (f64, f64)) -> anyhow::Result<Fleet> {
