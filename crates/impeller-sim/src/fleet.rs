@@ -315,8 +315,8 @@ impl PumpSim {
         // simulation window starts: the daily cycle damped and delayed, each shift in the air
         // followed over hours.
         let wt = std::f64::consts::TAU * TANK_TAU_S / 86_400.0;
-        let mut inlet =
-            self.site.ambient_c + self.site.daily_swing_c / libm::sqrt(1.0 + wt * wt) * libm::sin(phase - libm::atan(wt));
+        let mut inlet = self.site.ambient_c
+            + self.site.daily_swing_c / libm::sqrt(1.0 + wt * wt) * libm::sin(phase - libm::atan(wt));
         let mut speed = self.plan.speed_rpm;
         for d in &self.plan.drifts {
             match d.kind {

@@ -11,6 +11,21 @@ use sqlx::Row;
 
 use super::{FleetFilter, Store, StoreError, i64_of, u64_of};
 
+/// [`MonitorStore::unjudged_sketches`]. Each device's range (after its last report, up to its
+/// acknowledged prefix) is searched in the sketches' index: the devices drive the join (SQLite
+/// keeps a CROSS JOIN's order; without it, it scanned every sketch ever stored). Each device's
+/// oldest first, then each one's second, …: under a backlog the limit is shared fairly, not
+/// spent on the devices first in the alphabet. The turns are ranked on the index alone; only the
+/// chosen ones' bodies are read.
+const UNJUDGED_SKETCHES: &str = "SELECT m.device, m.seq, m.body FROM (SELECT device, seq, turn FROM \
+    (SELECT m.device, m.seq, ROW_NUMBER() OVER (PARTITION BY m.device ORDER BY m.seq) AS turn \
+    FROM (SELECT s.device, s.acked, COALESCE((SELECT MAX(d.seq) FROM drift_reports d WHERE d.device = s.device), 0) \
+    AS judged FROM device_streams s) AS since CROSS JOIN messages m \
+    WHERE m.device = since.device AND m.seq > since.judged AND m.seq <= since.acked AND m.kind = 'sketches') \
+    AS pending ORDER BY turn, device, seq LIMIT $1) AS chosen \
+    JOIN messages m ON m.device = chosen.device AND m.seq = chosen.seq AND m.kind = 'sketches' \
+    ORDER BY chosen.turn, chosen.device, chosen.seq";
+
 /// One sketch judged against its reference, and the device's monitor state after it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DriftReport {
@@ -99,8 +114,8 @@ pub trait MonitorStore {
     /// Sketch messages after each device's last drift report, up to its acknowledged prefix
     /// (so a gap filled late is judged in order), oldest first per device and taken in turns
     /// across devices (every device's first before any device's second): (device, seq, body).
-    /// Each device's range is read from the sketches' own index (migration 0014), so a pass
-    /// costs what arrived since, not every sketch ever stored.
+    /// Each device's range is searched in the sketches' own index (migration 0014), so a pass
+    /// costs a look per device and what arrived since, not every sketch ever stored.
     fn unjudged_sketches(
         &self,
         limit: i64,
@@ -200,17 +215,7 @@ impl MonitorStore for Store {
     }
 
     async fn unjudged_sketches(&self, limit: i64) -> Result<Vec<(String, i64, String)>, StoreError> {
-        // Each device's oldest first, then each one's second, …: under a backlog the limit
-        // is shared fairly, not spent on the devices first in the alphabet. The turns are
-        // ranked on the sketches' index alone; only the chosen ones' bodies are read.
-        let sql = "SELECT m.device, m.seq, m.body FROM (SELECT device, seq, turn FROM (SELECT m.device, m.seq, \
-                   ROW_NUMBER() OVER (PARTITION BY m.device ORDER BY m.seq) AS turn \
-                   FROM device_streams s JOIN messages m ON m.device = s.device \
-                   AND m.seq > COALESCE((SELECT MAX(d.seq) FROM drift_reports d WHERE d.device = s.device), 0) \
-                   AND m.seq <= s.acked WHERE m.kind = 'sketches') AS pending ORDER BY turn, device, seq LIMIT $1) \
-                   AS chosen JOIN messages m ON m.device = chosen.device AND m.seq = chosen.seq AND m.kind = 'sketches' \
-                   ORDER BY chosen.turn, chosen.device, chosen.seq";
-        Ok(on_pool!(self, |p| sqlx::query_as(sql).bind(limit).fetch_all(p).await?))
+        Ok(on_pool!(self, |p| sqlx::query_as(UNJUDGED_SKETCHES).bind(limit).fetch_all(p).await?))
     }
 
     async fn drift_monitors(&self) -> Result<DriftMonitors, StoreError> {
@@ -400,5 +405,29 @@ impl MonitorStore for Store {
             }
             out
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn sqlite_searches_each_devices_unjudged_range_instead_of_scanning_every_sketch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite:{}", dir.path().join("hub.db").display())).await.unwrap();
+        let Store::Sqlite { pool, .. } = &store else { unreachable!("opened as SQLite") };
+        let plan: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(sqlx::AssertSqlSafe(format!("EXPLAIN QUERY PLAN {UNJUDGED_SKETCHES}")))
+                .bind(500)
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        let steps: Vec<&str> = plan.iter().map(|(_, _, _, detail)| detail.as_str()).collect();
+        let ranged = |s: &&str| {
+            s.starts_with("SEARCH m USING ") && s.ends_with("messages_sketches (device=? AND seq>? AND seq<?)")
+        };
+        assert!(steps.iter().any(ranged), "{steps:#?}");
+        assert!(!steps.iter().any(|s| s.starts_with("SCAN m")), "{steps:#?}");
     }
 }
