@@ -344,17 +344,27 @@ pub fn write_summary(out: &mut dyn Write, s: &Summary) -> std::io::Result<()> {
 const SENSOR_AGEING: DriftKind = DriftKind::SensorAgeing { signal: Signal::DischargePressure, per_hour: 0.05 };
 
 impl FleetArgs {
+    /// Every site drift flag, given or not: (flag, its name in a summary, its site, the drift,
+    /// its ramp in seconds). `rest_s`: the run's time from the drifts' onset to its end, over
+    /// which the season turns.
+    fn drift_flags(&self, rest_s: f64) -> [(&'static str, &'static str, Option<&str>, DriftKind, f64); 4] {
+        [
+            ("--heat-wave", "heat wave", self.heat_wave.as_deref(), DriftKind::AmbientShift { delta_c: 10.0 }, 3600.0),
+            ("--season", "warming season", self.season.as_deref(), DriftKind::AmbientShift { delta_c: 8.0 }, rest_s),
+            ("--sensor-ageing", "sensor ageing", self.sensor_ageing.as_deref(), SENSOR_AGEING, 0.0),
+            (
+                "--operating-point",
+                "new operating point",
+                self.operating_point.as_deref(),
+                DriftKind::OperatingPoint { speed_rpm: 2650.0 },
+                600.0,
+            ),
+        ]
+    }
+
     /// The drifts asked for, each named as a summary speaks of it ("heat wave") with its site.
     pub fn site_drifts(&self) -> Vec<(&'static str, &str)> {
-        [
-            ("heat wave", &self.heat_wave),
-            ("warming season", &self.season),
-            ("sensor ageing", &self.sensor_ageing),
-            ("new operating point", &self.operating_point),
-        ]
-        .into_iter()
-        .filter_map(|(name, site)| Some((name, site.as_deref()?)))
-        .collect()
+        self.drift_flags(0.0).into_iter().filter_map(|(_, name, site, _, _)| Some((name, site?))).collect()
     }
 }
 
@@ -373,23 +383,13 @@ pub fn plan(args: &FleetArgs, start_ms: i64, hours: f64, faults_between: (f64, f
     let duration_s = (hours * 3600.0) as u64;
     let at = |f: f64| (duration_s as f64 * f) as u64;
     let mut site_drifts = Vec::new();
-    for (flag, site, kind, ramp_s) in [
-        ("--heat-wave", &args.heat_wave, DriftKind::AmbientShift { delta_c: 10.0 }, 3600.0),
-        (
-            "--season",
-            &args.season,
-            DriftKind::AmbientShift { delta_c: 8.0 },
-            duration_s.saturating_sub(at(faults_between.0)) as f64,
-        ),
-        ("--sensor-ageing", &args.sensor_ageing, SENSOR_AGEING, 0.0),
-        ("--operating-point", &args.operating_point, DriftKind::OperatingPoint { speed_rpm: 2650.0 }, 600.0),
-    ] {
+    for (flag, _, site, kind, ramp_s) in args.drift_flags(duration_s.saturating_sub(at(faults_between.0)) as f64) {
         let Some(site) = site else { continue };
         if !SITES.iter().any(|s| s.name == site) {
             let names: Vec<&str> = SITES.iter().map(|s| s.name).collect();
             return Err(InputError(format!("{flag} {site}: no such site (sites: {})", names.join(", "))).into());
         }
-        site_drifts.push((site.clone(), kind, at(faults_between.0), ramp_s));
+        site_drifts.push((site.to_string(), kind, at(faults_between.0), ramp_s));
     }
     Ok(Fleet::plan(&FleetSpec {
         pumps: args.pumps,
