@@ -9,8 +9,10 @@
 //! - alert rate: at least `alert_rate_share` of the model's devices alarm more often than the
 //!   version's validation rate allows (the hub's alert-rate monitor), before any technician
 //!   has judged an alert;
-//! - precision: technicians' verdicts on its alerts give a precision below `min_precision`,
-//!   once `min_verdicts` verdicts are in;
+//! - precision: technicians' verdicts on its alerts put its precision below `min_precision`
+//!   with `precision_confidence` (the upper end of their Wilson interval below it), once
+//!   `min_verdicts` verdicts are in: a few early false alarms, within the rate the version was
+//!   validated at, do not retrain it;
 //! - schedule: `every_hours` since the last retraining.
 //!
 //! A trigger fires only when no retraining is running and the budget (`per_day` in any 24 h)
@@ -78,6 +80,12 @@ pub struct Triggers {
     /// Verdicts needed before precision counts.
     #[serde(default = "Triggers::default_verdicts")]
     pub min_verdicts: u64,
+    /// How sure the verdicts must make it that precision is below `min_precision` (0.5 to
+    /// 1): the upper end of their Wilson interval at this one-sided confidence must be below it.
+    /// Two false alarms in five verdicts do not show a model worse than one in two; none right
+    /// in five do. 0.5 judges the verdicts' own share.
+    #[serde(default = "Triggers::default_precision_confidence")]
+    pub precision_confidence: f64,
     /// Retrain on a schedule, every this many hours; absent: off.
     pub every_hours: Option<f64>,
 }
@@ -88,6 +96,9 @@ impl Triggers {
     }
     fn default_verdicts() -> u64 {
         10
+    }
+    fn default_precision_confidence() -> f64 {
+        0.95
     }
 }
 
@@ -208,6 +219,9 @@ impl RetrainPolicy {
             if v.is_some_and(|v| !(0.0..=1.0).contains(&v)) {
                 return bad(&format!("triggers.{name} must be 0 to 1"));
             }
+        }
+        if !(0.5..1.0).contains(&t.precision_confidence) {
+            return bad("triggers.precision_confidence must be at least 0.5 and below 1");
         }
         if t.class_drift.is_some_and(|d| !(d.is_finite() && d > 0.0)) {
             return bad("triggers.class_drift must be a positive distance");
@@ -367,6 +381,7 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
     s.started_ms.retain(|&t| f.now_ms - t < DAY_MS);
     let verdicts = f.confirmed + f.false_alarms;
     let precision = (verdicts > 0).then(|| f.confirmed as f64 / verdicts as f64);
+    let precision_at_most = crate::stats::wilson_upper(f.confirmed, verdicts, p.triggers.precision_confidence);
     let last = s.last_started_ms.max(s.started_ms.iter().max().copied());
     let aside = match f.set_aside {
         0 => String::new(),
@@ -406,9 +421,14 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
         ))
     } else if let (Some(min), Some(prec)) = (p.triggers.min_precision, precision)
         && verdicts >= p.triggers.min_verdicts
-        && prec < min
+        && precision_at_most < min
     {
-        Some(format!("alert precision {prec:.2} from {verdicts} verdicts is below {min:.2}"))
+        let confidence = p.triggers.precision_confidence;
+        let bound = match confidence > 0.5 {
+            true => format!(" (at most {precision_at_most:.2} at {:.0} % confidence)", confidence * 100.0),
+            false => String::new(),
+        };
+        Some(format!("alert precision {prec:.2} from {verdicts} verdicts is below {min:.2}{bound}"))
     } else if let Some(h) = p.triggers.every_hours
         && last.is_none_or(|t| (f.now_ms - t) as f64 >= h * 3_600_000.0)
     {
@@ -458,6 +478,7 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
         "class_drift": f.class, "held_at": held_at,
         "elevated": f.elevated,
         "confirmed": f.confirmed, "false_alarms": f.false_alarms, "precision": precision,
+        "precision_at_most": (verdicts > 0).then_some(precision_at_most),
     });
     Decision::Retrain { reason, evidence }
 }
@@ -549,7 +570,7 @@ per_day = 2
         assert!(matches!(decide(&p, &mut s, &facts(168 * hour, 0)), Decision::Retrain { .. }));
         // A retraining for another reason restarts the week.
         let mut s = PolicyState::default();
-        let low_precision = Facts { confirmed: 1, false_alarms: 3, ..facts(10 * hour, 0) };
+        let low_precision = Facts { confirmed: 0, false_alarms: 5, ..facts(10 * hour, 0) };
         let p = RetrainPolicy::parse(&POLICY.replace("min_verdicts = 4", "min_verdicts = 4\nevery_hours = 168"), "p")
             .unwrap();
         assert!(matches!(decide(&p, &mut s, &low_precision), Decision::Retrain { .. }));
@@ -584,7 +605,7 @@ per_day = 2
             assert_eq!(decide(&p, &mut s, &f(t, 2, Some(2.3))), Decision::Wait);
         }
         // Feedback still counts while the drift is held.
-        let low_precision = Facts { confirmed: 1, false_alarms: 3, ..f(10, 2, Some(2.3)) };
+        let low_precision = Facts { confirmed: 0, false_alarms: 5, ..f(10, 2, Some(2.3)) };
         assert!(matches!(decide(&p, &mut s, &low_precision), Decision::Retrain { .. }));
         // No pool is no evidence that it cleared.
         for t in 11..14 {
@@ -686,9 +707,32 @@ per_day = 2
         let f = |c, fa| Facts { confirmed: c, false_alarms: fa, ..facts(0, 0) };
         assert_eq!(decide(&p, &mut s, &f(0, 3)), Decision::Wait, "3 verdicts are not enough");
         assert_eq!(decide(&p, &mut s, &f(3, 1)), Decision::Wait, "precision 0.75");
-        match decide(&p, &mut s, &f(1, 3)) {
-            Decision::Retrain { reason, .. } => assert!(reason.contains("0.25"), "{reason}"),
+        assert_eq!(decide(&p, &mut s, &f(2, 3)), Decision::Wait, "0.40 of 5 leaves 0.73 plausible");
+        match decide(&p, &mut s, &f(1, 7)) {
+            Decision::Retrain { reason, evidence } => {
+                assert!(reason.contains("0.12 from 8 verdicts") && reason.contains("at most 0.41 at 95 %"), "{reason}");
+                assert_eq!(evidence["precision"], 0.125);
+            }
             d => panic!("{d:?}"),
+        }
+    }
+
+    #[test]
+    fn a_precision_confidence_of_one_half_judges_the_verdicts_share_itself() {
+        let p = RetrainPolicy::parse(&POLICY.replace("min_verdicts = 4", "min_verdicts = 4\nprecision_confidence = 0.5"), "p")
+            .unwrap();
+        let f = |c, fa| Facts { confirmed: c, false_alarms: fa, ..facts(0, 0) };
+        match decide(&p, &mut PolicyState::default(), &f(2, 3)) {
+            Decision::Retrain { reason, .. } => {
+                assert_eq!(reason, "alert precision 0.40 from 5 verdicts is below 0.50")
+            }
+            d => panic!("{d:?}"),
+        }
+        assert_eq!(decide(&p, &mut PolicyState::default(), &f(3, 2)), Decision::Wait);
+        for bad in ["0.4", "1.0"] {
+            let text = POLICY.replace("min_verdicts = 4", &format!("min_verdicts = 4\nprecision_confidence = {bad}"));
+            let error = RetrainPolicy::parse(&text, "p").unwrap_err();
+            assert!(error.contains("precision_confidence"), "{error}");
         }
     }
 

@@ -243,6 +243,21 @@ fn beta_continued_fraction(x: f64, a: f64, b: f64) -> f64 {
     h
 }
 
+/// Upper end of the Wilson score interval for a proportion: the largest share that `successes`
+/// of `trials` leave plausible at one-sided `confidence` (0.5: the observed share itself). With
+/// few trials it stays well above the observed share, as a decision on a handful of cases should.
+pub fn wilson_upper(successes: u64, trials: u64, confidence: f64) -> f64 {
+    if trials == 0 {
+        return 1.0;
+    }
+    let (n, z) = (trials as f64, normal_quantile(confidence));
+    let p = successes.min(trials) as f64 / n;
+    let z2 = z * z;
+    let centre = p + z2 / (2.0 * n);
+    let spread = z * (p * (1.0 - p) / n + z2 / (4.0 * n * n)).sqrt();
+    ((centre + spread) / (1.0 + z2 / n)).min(1.0)
+}
+
 /// Quantile of the F distribution with `d1` and `d2` degrees of freedom, by bisection on the
 /// regularised incomplete beta function (200 halvings: exact to the last bit or two).
 pub fn f_quantile(p: f64, d1: f64, d2: f64) -> f64 {
@@ -291,6 +306,24 @@ mod tests {
         assert!(close(normal_quantile(1e-10), -6.361_340_902_404_056, 1e-13));
         assert_eq!(normal_quantile(0.5), 0.0);
         assert!(normal_quantile(1.5).is_nan());
+    }
+
+    #[test]
+    fn wilson_upper_matches_statsmodels() {
+        // statsmodels.stats.proportion.proportion_confint(k, n, alpha, method="wilson")[1]: a
+        // two-sided interval at 1 - alpha is one-sided at 1 - alpha / 2.
+        for (k, n, at_95, at_99) in [
+            (2, 5, 0.727_516_828_133_807_2, 0.808_977_874_990_695_5),
+            (0, 5, 0.351_116_500_765_101_4, 0.519_779_994_590_844_5),
+            (1, 8, 0.411_143_374_330_012_3, 0.535_222_425_535_245_6),
+            (45, 100, 0.532_073_301_383_863_6, 0.565_320_522_686_134),
+            (0, 1, 0.730_134_051_215_946, 0.844_039_852_690_530_8),
+        ] {
+            assert!(close(wilson_upper(k, n, 0.95), at_95, 1e-12), "{k} of {n}");
+            assert!(close(wilson_upper(k, n, 0.99), at_99, 1e-12), "{k} of {n}");
+        }
+        assert_eq!(wilson_upper(2, 5, 0.5), 0.4, "at 0.5 the observed share");
+        assert_eq!(wilson_upper(0, 0, 0.95), 1.0, "nothing observed rules nothing out");
     }
 
     #[test]

@@ -486,13 +486,14 @@ async fn a_policy_may_not_ask_for_more_samples_than_the_hub_keeps() {
     assert_eq!(put(12).await.unwrap().status().as_u16(), 204, "a window as long as what is kept is allowed");
 }
 
-/// Technicians calling the champion's alert a false alarm retrain it; once the day's budget is
+/// Technicians calling the champion's alert a false alarm retrain it (the policy judging the
+/// verdicts' own share, so that one verdict can); once the day's budget is
 /// spent, the next trigger (the new version's alert rate) is reported over budget, once, and
 /// retrains nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn low_precision_retrains_and_the_days_budget_holds_the_next_trigger() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = POLICY.replace("drift_share = 0.5", "min_precision = 0.5\nmin_verdicts = 1\nalert_rate_share = 1.0")
+    let policy = POLICY.replace("drift_share = 0.5", "min_precision = 0.5\nmin_verdicts = 1\nprecision_confidence = 0.5\nalert_rate_share = 1.0")
         + "[budget]\nper_day = 1\n";
     let (hub, token) = gulf_on_r1(dir.path(), &policy).await;
     let store = hub.store.clone();
