@@ -198,6 +198,60 @@ pub struct Ack {
 /// `acked`): the records it sent may still be on their way to a hub that is behind.
 pub const GAP_RESEND_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// How long a device waits for an acknowledgement before it sends again everything the hub
+/// has not acknowledged: four deviations beyond the acknowledgements' usual latency, smoothed as
+/// TCP's retransmission timer smooths round trips (RFC 6298), within `[floor, ceiling]`; the
+/// ceiling until a first latency is known. Each expiry without an acknowledgement doubles the
+/// wait, up to the ceiling, so a hub that is only slow is not flooded. A broker that drops the
+/// last records a device sent (nothing after them reaches the hub to show the gap) then costs a
+/// few seconds, not the ceiling.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResendTimer {
+    floor: std::time::Duration,
+    ceiling: std::time::Duration,
+    /// Smoothed latency and its mean deviation, in seconds.
+    smoothed: Option<(f64, f64)>,
+    doublings: u32,
+}
+
+impl ResendTimer {
+    /// `floor` above `ceiling` counts as `ceiling`: a fixed timeout.
+    pub fn new(floor: std::time::Duration, ceiling: std::time::Duration) -> ResendTimer {
+        ResendTimer { floor: floor.min(ceiling), ceiling, smoothed: None, doublings: 0 }
+    }
+
+    /// One acknowledgement's latency, from the send of a record sent once (a resent record's
+    /// acknowledgement may answer either send: Karn's rule) to its acknowledgement.
+    pub fn observe(&mut self, latency: std::time::Duration) {
+        let r = latency.as_secs_f64();
+        self.smoothed = Some(match self.smoothed {
+            None => (r, r / 2.0),
+            Some((mean, dev)) => (0.875 * mean + 0.125 * r, 0.75 * dev + 0.25 * (mean - r).abs()),
+        });
+        self.doublings = 0;
+    }
+
+    /// An acknowledgement freed records: the wait starts afresh, undoubled.
+    pub fn progressed(&mut self) {
+        self.doublings = 0;
+    }
+
+    /// The wait ran out and everything unacknowledged went again: the next wait is twice as long.
+    pub fn expired(&mut self) {
+        self.doublings = (self.doublings + 1).min(16);
+    }
+
+    pub fn timeout(&self) -> std::time::Duration {
+        let base = match self.smoothed {
+            None => self.ceiling,
+            Some((mean, dev)) => {
+                std::time::Duration::try_from_secs_f64(mean + 4.0 * dev).unwrap_or(self.ceiling).clamp(self.floor, self.ceiling)
+            }
+        };
+        base.saturating_mul(1 << self.doublings).min(self.ceiling)
+    }
+}
+
 pub fn encode_ack(acked: u64, held_from: Option<u64>) -> Vec<u8> {
     match held_from {
         Some(f) => format!(r#"{{"v":{SCHEMA_VERSION},"acked":{acked},"held_from":{f}}}"#).into_bytes(),
@@ -362,6 +416,40 @@ mod tests {
         assert_eq!((env.seq, env.prev, env.kind.as_str()), (9, 7, "events"));
         assert_eq!(env.body.get().as_bytes(), body);
         assert!(encode_envelope("p101", 1, 0, 0, "events", b"{not json").is_err());
+    }
+
+    #[test]
+    fn the_resend_timer_follows_the_acknowledgements_latency_and_backs_off() {
+        use std::time::Duration as D;
+        let mut t = ResendTimer::new(D::from_secs(2), D::from_secs(30));
+        assert_eq!(t.timeout(), D::from_secs(30), "no latency known yet: the ceiling");
+        t.observe(D::from_millis(100));
+        assert_eq!(t.timeout(), D::from_secs(2), "0.1 s + 4 × 0.05 s is under the floor");
+        for _ in 0..50 {
+            t.observe(D::from_secs(1));
+        }
+        let settled = t.timeout();
+        assert!(settled > D::from_secs(1) && settled < D::from_millis(1100), "steady 1 s latency: {settled:?}");
+        // RFC 6298's update, by hand: a 5 s latency moves the mean an eighth of the way and the
+        // deviation a quarter.
+        let (m, d) = t.smoothed.unwrap();
+        t.observe(D::from_secs(5));
+        let (mean, dev) = (0.875 * m + 0.125 * 5.0, 0.75 * d + 0.25 * (5.0 - m));
+        assert!((t.timeout().as_secs_f64() - (mean + 4.0 * dev)).abs() < 1e-6, "{:?}", t.timeout());
+        let before = t.timeout();
+        t.expired();
+        assert_eq!(t.timeout(), before * 2);
+        for _ in 0..20 {
+            t.expired();
+        }
+        assert_eq!(t.timeout(), D::from_secs(30), "backing off stops at the ceiling");
+        t.progressed();
+        assert_eq!(t.timeout(), before);
+        let fixed = ResendTimer::new(D::from_secs(3600), D::from_secs(3600));
+        assert_eq!(fixed.timeout(), D::from_secs(3600));
+        let mut fixed = fixed;
+        fixed.observe(D::from_millis(10));
+        assert_eq!(fixed.timeout(), D::from_secs(3600), "a floor at the ceiling fixes the wait");
     }
 
     #[test]

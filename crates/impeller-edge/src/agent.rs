@@ -275,10 +275,15 @@ struct Uplink {
     connected: bool,
     queue: VecDeque<Outgoing>,
     sent_seq: u64,
-    /// Sequence numbers sent and not yet acknowledged, oldest first. The window is counted in
-    /// records, not in sequence numbers: after evictions the numbers have gaps.
-    in_flight: VecDeque<u64>,
+    /// Sequence numbers sent and not yet acknowledged, oldest first, and when each was sent. The
+    /// window is counted in records, not in sequence numbers: after evictions the numbers have gaps.
+    in_flight: VecDeque<(u64, Instant)>,
     last_progress: Instant,
+    /// When to send again what the hub has not acknowledged, from its acknowledgements' latency.
+    resend: wire::ResendTimer,
+    /// Records up to this one may have gone more than once: their acknowledgements' latency is
+    /// not a measure of the round trip (Karn's rule).
+    resent_through: u64,
     /// Records the hub reported lost on the way (an acknowledgement's `held_from`), sent again
     /// ahead of the queue; and the acknowledgement that reported the last such gap, and when.
     gap: VecDeque<Outgoing>,
@@ -293,19 +298,22 @@ impl Uplink {
             return Ok(false);
         }
         let acked = outbox.acked();
-        if self.sent_seq > acked && self.last_progress.elapsed() > Duration::from_secs(cfg.hub.ack_timeout_s) {
+        let waited = self.last_progress.elapsed();
+        if self.sent_seq > acked && waited > self.resend.timeout() {
             tracing::warn!(
                 acked,
                 sent = self.sent_seq,
+                waited_ms = waited.as_millis() as u64,
                 "no acknowledgement for a while; sending again from the last acknowledged record"
             );
+            self.resend.expired();
             self.restart(outbox);
         }
         loop {
             let from_gap = !self.gap.is_empty();
             if !from_gap && self.queue.is_empty() {
                 let acked = outbox.acked();
-                while self.in_flight.front().is_some_and(|s| *s <= acked) {
+                while self.in_flight.front().is_some_and(|(s, _)| *s <= acked) {
                     self.in_flight.pop_front();
                 }
                 if self.in_flight.len() as u64 >= cfg.hub.max_unacked {
@@ -343,7 +351,7 @@ impl Uplink {
                 Ok(()) => {
                     for r in self.queue.drain(..count) {
                         self.sent_seq = r.seq;
-                        self.in_flight.push_back(r.seq);
+                        self.in_flight.push_back((r.seq, Instant::now()));
                     }
                     Metrics::add(&metrics.sent, count as u64);
                 }
@@ -361,6 +369,7 @@ impl Uplink {
             return Ok(());
         }
         self.gap = outbox.unacked_before(held_from, 2000, 1 << 20)?.into();
+        self.resent_through = self.resent_through.max(self.sent_seq);
         self.gap_reported = Some((ack.acked, Instant::now()));
         tracing::info!(
             acked = ack.acked,
@@ -371,7 +380,24 @@ impl Uplink {
         Ok(())
     }
 
+    /// The hub acknowledged everything up to `acked`, beyond the `before` it had: the wait for
+    /// the next acknowledgement starts afresh, and the newest record it covers, if sent only
+    /// once, tells how long acknowledgements take.
+    fn acknowledged(&mut self, acked: u64, before: u64) {
+        if acked <= before {
+            return;
+        }
+        self.last_progress = Instant::now();
+        self.resend.progressed();
+        if let Some(&(seq, sent)) = self.in_flight.iter().take_while(|(s, _)| *s <= acked).last()
+            && seq > self.resent_through
+        {
+            self.resend.observe(sent.elapsed());
+        }
+    }
+
     fn restart(&mut self, outbox: &mut Outbox) {
+        self.resent_through = self.resent_through.max(self.sent_seq);
         self.queue.clear();
         self.gap.clear();
         self.in_flight.clear();
@@ -610,6 +636,11 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
         sent_seq: outbox.acked(),
         in_flight: VecDeque::new(),
         last_progress: Instant::now(),
+        resend: wire::ResendTimer::new(
+            Duration::from_secs(cfg.hub.min_ack_timeout_s),
+            Duration::from_secs(cfg.hub.ack_timeout_s),
+        ),
+        resent_through: outbox.acked(),
         gap: VecDeque::new(),
         gap_reported: None,
     };
@@ -732,9 +763,7 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
                     metrics.hub_connected.store(false, Ordering::Relaxed);
                 }
                 Some(UplinkEvent::Ack(ack)) => {
-                    if ack.acked > outbox.acked() {
-                        uplink.last_progress = Instant::now();
-                    }
+                    uplink.acknowledged(ack.acked, outbox.acked());
                     outbox.ack(ack.acked)?;
                     uplink.resend_gap(&mut outbox, &ack)?;
                     if !uplink.gap.is_empty() {

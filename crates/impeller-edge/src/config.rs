@@ -49,8 +49,13 @@ pub struct Hub {
     pub password: String,
     #[serde(default = "d30")]
     pub keep_alive_s: u64,
+    /// The longest wait for an acknowledgement before everything unacknowledged is sent again.
     #[serde(default = "d30")]
     pub ack_timeout_s: u64,
+    /// The shortest: in between, the wait follows the acknowledgements' own latency (four
+    /// deviations beyond it, doubled at each expiry). Set it to `ack_timeout_s` for a fixed wait.
+    #[serde(default = "d2")]
+    pub min_ack_timeout_s: u64,
     #[serde(default = "d20000")]
     pub max_unacked: u64,
 }
@@ -148,6 +153,10 @@ fn d100() -> u64 {
 fn d02() -> f64 {
     0.2
 }
+fn d2() -> u64 {
+    2
+}
+
 fn d30() -> u64 {
     30
 }

@@ -870,6 +870,11 @@ pub struct ScoreArgs {
     /// Print JSON lines instead of CSV.
     #[arg(long)]
     pub json: bool,
+    /// The file is a simulated manufacturer's (acme, nordpump, kestrel: its column names and
+    /// units, as `impeller sim` and the demo write them): read through that manufacturer's
+    /// adapter, frame by frame as its agent would. Each output row is then a model frame.
+    #[arg(long, value_name = "NAME")]
+    pub manufacturer: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -141,11 +141,32 @@ struct ScoreLine {
 pub fn score(args: ScoreArgs) -> anyhow::Result<()> {
     let model = load_model(&args.model)?;
     let names: Vec<&str> = model.channels.iter().map(|c| c.name.as_str()).collect();
-    let format = CsvFormat { columns: Some(&names), ..CsvFormat::SKAB };
+    let vendor = match args.manufacturer.as_deref() {
+        None => None,
+        Some(name) => {
+            let m = impeller_sim::vendor::Manufacturer::by_name(name)
+                .ok_or_else(|| InputError(format!("--manufacturer: no simulated manufacturer `{name}`")))?;
+            let adapter = impeller_core::adapter::Adapter::new(&m.adapter(), &model.channels)
+                .map_err(|e| InputError(format!("--manufacturer {name}: {e}")))?;
+            Some((m.columns(), adapter))
+        }
+    };
+    let columns = vendor.as_ref().map_or(names, |(columns, _)| columns.clone());
+    let format = CsvFormat { columns: Some(&columns), ..CsvFormat::SKAB };
     let table = read_table(&args.data, &args.data.display().to_string(), &format)?;
+    // Model frames: the rows themselves, or what the manufacturer's adapter makes of them.
+    let frames: Vec<(i64, Vec<f64>)> = match vendor {
+        None => table.timestamps.iter().copied().zip(table.rows.iter().cloned()).collect(),
+        Some((_, mut adapter)) => table
+            .timestamps
+            .iter()
+            .zip(&table.rows)
+            .filter_map(|(ts, values)| adapter.push(*ts, columns.iter().copied().zip(values.iter().copied())))
+            .collect(),
+    };
     let mut scorer = Scorer::new(Arc::new(model));
-    let mut lines = Vec::with_capacity(table.len());
-    for (row, (ts, values)) in table.timestamps.iter().zip(&table.rows).enumerate() {
+    let mut lines = Vec::with_capacity(frames.len());
+    for (row, (ts, values)) in frames.iter().enumerate() {
         let v = scorer.push(*ts, values);
         let (status, score) = match v {
             Verdict::Scored(s) => ("scored", Some(s.score)),

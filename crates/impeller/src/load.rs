@@ -209,7 +209,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
         latencies.len()
     );
     say!(
-        "store: {} devices checked, {}{} messages missing, {} stored twice, {} unacknowledged at the end, {} reconnects, {} sent again when the hub named them lost, {} sent again after {ACK_TIMEOUT:?} without an acknowledgement{}",
+        "store: {} devices checked, {}{} messages missing, {} stored twice, {} unacknowledged at the end, {} reconnects, {} sent again when the hub named them lost, {} sent again when no acknowledgement came in time{}",
         check.devices,
         args.retain_secs
             .map(|s| format!("{} forgotten (kept {s} s; the hub's sweeps say {}), ", check.forgotten, check.swept))
@@ -303,9 +303,11 @@ struct Schedule {
 /// How long after the end a device waits for its last acknowledgement.
 const DRAIN: Duration = Duration::from_secs(110);
 
-/// With no acknowledgement for this long, a device sends everything unacknowledged again, as
-/// the agent does (its default `hub.ack_timeout_s`).
+/// With no acknowledgement for this long at most, and at least, a device sends everything
+/// unacknowledged again, in between as its acknowledgements' latency says (`wire::ResendTimer`),
+/// as the agent does (its default `hub.ack_timeout_s` and `hub.min_ack_timeout_s`).
 const ACK_TIMEOUT: Duration = Duration::from_secs(30);
+const MIN_ACK_TIMEOUT: Duration = Duration::from_secs(2);
 
 struct SimDevice {
     id: String,
@@ -358,6 +360,9 @@ impl SimDevice {
         // The acknowledgement that last named a gap, and when: the same gap is sent again only
         // after `wire::GAP_RESEND_AFTER`, as the agent does.
         let mut gap_reported: Option<(u64, Instant)> = None;
+        let mut timer = wire::ResendTimer::new(MIN_ACK_TIMEOUT, ACK_TIMEOUT);
+        // Messages up to this one may have gone twice: no measure of the latency (Karn's rule).
+        let mut resent_through: u64;
         loop {
             // (Re)connect; everything not acknowledged is sent again, in order.
             let conn = {
@@ -380,6 +385,7 @@ impl SimDevice {
             } else {
                 fleet.reconnects.fetch_add(1, Relaxed);
             }
+            resent_through = seq;
             if resend(&mut socket, &mut out, &topic, pending.iter(), self.batch).await.is_err() {
                 continue;
             }
@@ -411,10 +417,17 @@ impl SimDevice {
                                 Ok(Packet::Publish(p)) => {
                                     let Ok(ack) = wire::decode_ack(&p.payload) else { continue };
                                     let now = Instant::now();
+                                    let mut newest = None;
                                     while let Some(m) = pending.pop_front_if(|m| m.seq <= ack.acked) {
                                         latencies.push(now.duration_since(m.sent).as_micros().min(u128::from(u32::MAX)) as u32);
                                         fleet.acked.fetch_add(1, Relaxed);
                                         progress = now;
+                                        newest = Some((m.seq, m.sent));
+                                    }
+                                    match newest {
+                                        Some((seq, sent)) if seq > resent_through => timer.observe(now.duration_since(sent)),
+                                        Some(_) => timer.progressed(),
+                                        None => {}
                                     }
                                     let recent = |(acked, at): (u64, Instant)| {
                                         acked == ack.acked && now.duration_since(at) < wire::GAP_RESEND_AFTER
@@ -430,6 +443,7 @@ impl SimDevice {
                             }
                         }
                         if let Some(before) = lost_before {
+                            resent_through = resent_through.max(before.saturating_sub(1));
                             let lost = pending.iter().take_while(|m| m.seq < before);
                             fleet.resent_lost.fetch_add(lost.clone().count() as u64, Relaxed);
                             if resend(&mut socket, &mut out, &topic, lost, self.batch).await.is_err() {
@@ -438,9 +452,11 @@ impl SimDevice {
                         }
                     }
                     _ = schedule.changed(), if plan.is_none() => {}
-                    () = tokio::time::sleep_until(progress + ACK_TIMEOUT), if !pending.is_empty() => {
+                    () = tokio::time::sleep_until(progress + timer.timeout()), if !pending.is_empty() => {
                         fleet.resent.fetch_add(pending.len() as u64, Relaxed);
                         progress = Instant::now();
+                        timer.expired();
+                        resent_through = seq;
                         if resend(&mut socket, &mut out, &topic, pending.iter(), self.batch).await.is_err() {
                             break;
                         }
