@@ -426,15 +426,15 @@ mod tests {
         t.observe(D::from_millis(100));
         assert_eq!(t.timeout(), D::from_secs(2), "0.1 s + 4 × 0.05 s is under the floor");
         for _ in 0..50 {
-            t.observe(D::from_secs(1));
+            t.observe(D::from_secs(3));
         }
         let settled = t.timeout();
-        assert!(settled > D::from_secs(1) && settled < D::from_millis(1100), "steady 1 s latency: {settled:?}");
-        // RFC 6298's update, by hand: a 5 s latency moves the mean an eighth of the way and the
+        assert!(settled > D::from_secs(3) && settled < D::from_millis(3100), "steady 3 s latency: {settled:?}");
+        // RFC 6298's update, by hand: an 8 s latency moves the mean an eighth of the way and the
         // deviation a quarter.
         let (m, d) = t.smoothed.unwrap();
-        t.observe(D::from_secs(5));
-        let (mean, dev) = (0.875 * m + 0.125 * 5.0, 0.75 * d + 0.25 * (5.0 - m));
+        t.observe(D::from_secs(8));
+        let (mean, dev) = (0.875 * m + 0.125 * 8.0, 0.75 * d + 0.25 * (8.0 - m));
         assert!((t.timeout().as_secs_f64() - (mean + 4.0 * dev)).abs() < 1e-6, "{:?}", t.timeout());
         let before = t.timeout();
         t.expired();

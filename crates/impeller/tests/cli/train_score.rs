@@ -91,8 +91,8 @@ fn help_lists_the_commands_and_exit_codes() {
 
 /// A simulated kestrel pump's file, in its vendor's names and units (kPa, L/s), scored through
 /// kestrel's adapter by a model trained on the same readings in model units (bar, m³/h): the
-/// adapter's conversions are what keeps the model quiet. Read through another manufacturer's
-/// adapter, the file is refused with the column it lacks.
+/// adapter's conversions are what keeps the model quiet. Another manufacturer's adapter, which
+/// lacks some of the model's channels, is refused naming one.
 #[test]
 fn a_manufacturers_file_is_scored_through_its_adapter() {
     let dir = tempfile::tempdir().unwrap();
@@ -106,23 +106,23 @@ fn a_manufacturers_file_is_scored_through_its_adapter() {
 
     // The same readings in model channels and units, written by hand.
     let to_model = [
-        ("SuctionP", "suction_pressure", 0.01),
-        ("DischargeP", "discharge_pressure", 0.01),
-        ("Flow", "flow", 3.6),
-        ("Current", "motor_current", 1.0),
-        ("Power", "motor_power", 1.0),
-        ("Voltage", "voltage", 1.0),
-        ("BearingT", "bearing_temp", 1.0),
-        ("WindingT", "motor_temp", 1.0),
-        ("VibVel", "vibration", 1.0),
-        ("Speed", "speed", 1.0),
-        ("FluidT", "fluid_temp", 1.0),
+        ("SuctionP", "suction_pressure", 0.01, "bar"),
+        ("DischargeP", "discharge_pressure", 0.01, "bar"),
+        ("Flow", "flow", 3.6, "m3/h"),
+        ("Current", "motor_current", 1.0, "A"),
+        ("Power", "motor_power", 1.0, "kW"),
+        ("Voltage", "voltage", 1.0, "V"),
+        ("BearingT", "bearing_temp", 1.0, "°C"),
+        ("WindingT", "motor_temp", 1.0, "°C"),
+        ("VibVel", "vibration", 1.0, "mm/s"),
+        ("Speed", "speed", 1.0, "rpm"),
+        ("FluidT", "fluid_temp", 1.0, "°C"),
     ];
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(';').collect();
     let index: Vec<(usize, f64)> =
-        to_model.iter().map(|(v, _, k)| (header.iter().position(|h| h == v).unwrap(), *k)).collect();
-    let mut canonical = format!("datetime;{}\n", to_model.map(|(_, c, _)| c).join(";"));
+        to_model.iter().map(|(v, _, k, _)| (header.iter().position(|h| h == v).unwrap(), *k)).collect();
+    let mut canonical = format!("datetime;{}\n", to_model.map(|(_, c, _, _)| c).join(";"));
     for line in lines {
         let cells: Vec<&str> = line.split(';').collect();
         let values: Vec<String> = index.iter().map(|&(i, k)| (cells[i].parse::<f64>().unwrap() * k).to_string()).collect();
@@ -133,6 +133,13 @@ fn a_manufacturers_file_is_scored_through_its_adapter() {
     let model = dir.path().join("model.json");
     let o = impeller(&["train", "--data", canonical_csv.to_str().unwrap(), "--out", model.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
+    // A CSV names no units; a fleet's pipeline records them. Give the model its channels' units.
+    let mut trained: serde_json::Value = serde_json::from_slice(&std::fs::read(&model).unwrap()).unwrap();
+    for (channel, (_, name, _, unit)) in trained["channels"].as_array_mut().unwrap().iter_mut().zip(&to_model) {
+        assert_eq!(channel["name"], *name);
+        channel["unit"] = (*unit).into();
+    }
+    std::fs::write(&model, serde_json::to_vec(&trained).unwrap()).unwrap();
 
     let score = |manufacturer: &str| {
         impeller(&[
@@ -158,7 +165,7 @@ fn a_manufacturers_file_is_scored_through_its_adapter() {
 
     let o = score("acme");
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
-    assert!(stderr(&o).contains("missing column"), "{}", stderr(&o));
+    assert!(stderr(&o).contains("model channel `motor_power` has no source"), "{}", stderr(&o));
     let o = score("vulcan");
     assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
     assert!(stderr(&o).contains("no simulated manufacturer `vulcan`"), "{}", stderr(&o));
