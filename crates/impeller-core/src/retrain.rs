@@ -719,8 +719,11 @@ per_day = 2
 
     #[test]
     fn a_precision_confidence_of_one_half_judges_the_verdicts_share_itself() {
-        let p = RetrainPolicy::parse(&POLICY.replace("min_verdicts = 4", "min_verdicts = 4\nprecision_confidence = 0.5"), "p")
-            .unwrap();
+        let p = RetrainPolicy::parse(
+            &POLICY.replace("min_verdicts = 4", "min_verdicts = 4\nprecision_confidence = 0.5"),
+            "p",
+        )
+        .unwrap();
         let f = |c, fa| Facts { confirmed: c, false_alarms: fa, ..facts(0, 0) };
         match decide(&p, &mut PolicyState::default(), &f(2, 3)) {
             Decision::Retrain { reason, .. } => {

@@ -244,9 +244,9 @@ impl ResendTimer {
     pub fn timeout(&self) -> std::time::Duration {
         let base = match self.smoothed {
             None => self.ceiling,
-            Some((mean, dev)) => {
-                std::time::Duration::try_from_secs_f64(mean + 4.0 * dev).unwrap_or(self.ceiling).clamp(self.floor, self.ceiling)
-            }
+            Some((mean, dev)) => std::time::Duration::try_from_secs_f64(mean + 4.0 * dev)
+                .unwrap_or(self.ceiling)
+                .clamp(self.floor, self.ceiling),
         };
         base.saturating_mul(1 << self.doublings).min(self.ceiling)
     }

@@ -74,7 +74,9 @@ fn the_hub_stores_every_message_once_across_agent_restarts() {
 fn the_agent_fills_at_once_a_gap_the_restarted_hub_names() {
     let Some(broker) = mqtt("the_agent_fills_at_once_a_gap_the_restarted_hub_names") else { return };
     let site = Site::new(&broker, 6000, 200.0, "");
-    let config = std::fs::read_to_string(&site.config).unwrap().replace("ack_timeout_s = 3", "ack_timeout_s = 3600\nmin_ack_timeout_s = 3600");
+    let config = std::fs::read_to_string(&site.config)
+        .unwrap()
+        .replace("ack_timeout_s = 3", "ack_timeout_s = 3600\nmin_ack_timeout_s = 3600");
     std::fs::write(&site.config, config).unwrap();
     let cfg = HubConfig {
         database: format!("sqlite:{}", site.dir.path().join("hub.db").display()),

@@ -493,8 +493,10 @@ async fn a_policy_may_not_ask_for_more_samples_than_the_hub_keeps() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn low_precision_retrains_and_the_days_budget_holds_the_next_trigger() {
     let dir = tempfile::tempdir().unwrap();
-    let policy = POLICY.replace("drift_share = 0.5", "min_precision = 0.5\nmin_verdicts = 1\nprecision_confidence = 0.5\nalert_rate_share = 1.0")
-        + "[budget]\nper_day = 1\n";
+    let policy = POLICY.replace(
+        "drift_share = 0.5",
+        "min_precision = 0.5\nmin_verdicts = 1\nprecision_confidence = 0.5\nalert_rate_share = 1.0",
+    ) + "[budget]\nper_day = 1\n";
     let (hub, token) = gulf_on_r1(dir.path(), &policy).await;
     let store = hub.store.clone();
     let t0 = impeller_hub::store::now_ms() - 3_600_000;

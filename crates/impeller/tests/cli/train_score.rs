@@ -125,7 +125,8 @@ fn a_manufacturers_file_is_scored_through_its_adapter() {
     let mut canonical = format!("datetime;{}\n", to_model.map(|(_, c, _, _)| c).join(";"));
     for line in lines {
         let cells: Vec<&str> = line.split(';').collect();
-        let values: Vec<String> = index.iter().map(|&(i, k)| (cells[i].parse::<f64>().unwrap() * k).to_string()).collect();
+        let values: Vec<String> =
+            index.iter().map(|&(i, k)| (cells[i].parse::<f64>().unwrap() * k).to_string()).collect();
         canonical.push_str(&format!("{};{}\n", cells[0], values.join(";")));
     }
     let canonical_csv = dir.path().join("canonical.csv");
