@@ -424,9 +424,10 @@ pub fn decide(p: &RetrainPolicy, s: &mut PolicyState, f: &Facts) -> Decision {
         && precision_at_most < min
     {
         let confidence = p.triggers.precision_confidence;
-        let bound = match confidence > 0.5 {
-            true => format!(" (at most {precision_at_most:.2} at {:.0} % confidence)", confidence * 100.0),
-            false => String::new(),
+        let bound = if confidence > 0.5 {
+            format!(" (at most {precision_at_most:.2} at {:.0} % confidence)", confidence * 100.0)
+        } else {
+            String::new()
         };
         Some(format!("alert precision {prec:.2} from {verdicts} verdicts is below {min:.2}{bound}"))
     } else if let Some(h) = p.triggers.every_hours

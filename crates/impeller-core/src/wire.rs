@@ -212,33 +212,41 @@ pub struct ResendTimer {
     /// Smoothed latency and its mean deviation, in seconds.
     smoothed: Option<(f64, f64)>,
     doublings: u32,
+    /// Records up to this one may have gone more than once: an acknowledgement of them may
+    /// answer either send, so its latency is no sample (Karn's rule).
+    resent_through: u64,
 }
 
 impl ResendTimer {
     /// `floor` above `ceiling` counts as `ceiling`: a fixed timeout.
     pub fn new(floor: std::time::Duration, ceiling: std::time::Duration) -> ResendTimer {
-        ResendTimer { floor: floor.min(ceiling), ceiling, smoothed: None, doublings: 0 }
+        ResendTimer { floor: floor.min(ceiling), ceiling, smoothed: None, doublings: 0, resent_through: 0 }
     }
 
-    /// One acknowledgement's latency, from the send of a record sent once (a resent record's
-    /// acknowledgement may answer either send: Karn's rule) to its acknowledgement.
-    pub fn observe(&mut self, latency: std::time::Duration) {
+    /// An acknowledgement freed records up to `seq`, the newest of them sent `latency` ago: the
+    /// wait starts afresh, undoubled, and the latency is a sample unless `seq` went twice.
+    pub fn acknowledged(&mut self, seq: u64, latency: std::time::Duration) {
+        self.doublings = 0;
+        if seq <= self.resent_through {
+            return;
+        }
         let r = latency.as_secs_f64();
         self.smoothed = Some(match self.smoothed {
             None => (r, r / 2.0),
             Some((mean, dev)) => (0.875 * mean + 0.125 * r, 0.75 * dev + 0.25 * (mean - r).abs()),
         });
-        self.doublings = 0;
     }
 
-    /// An acknowledgement freed records: the wait starts afresh, undoubled.
-    pub fn progressed(&mut self) {
-        self.doublings = 0;
+    /// Records up to `through` are being sent again (a gap the hub named, or a reconnect).
+    pub fn resent(&mut self, through: u64) {
+        self.resent_through = self.resent_through.max(through);
     }
 
-    /// The wait ran out and everything unacknowledged went again: the next wait is twice as long.
-    pub fn expired(&mut self) {
+    /// The wait ran out and everything unacknowledged, up to `through`, goes again: the next
+    /// wait is twice as long.
+    pub fn expired(&mut self, through: u64) {
         self.doublings = (self.doublings + 1).min(16);
+        self.resent(through);
     }
 
     pub fn timeout(&self) -> std::time::Duration {
@@ -423,32 +431,34 @@ mod tests {
         use std::time::Duration as D;
         let mut t = ResendTimer::new(D::from_secs(2), D::from_secs(30));
         assert_eq!(t.timeout(), D::from_secs(30), "no latency known yet: the ceiling");
-        t.observe(D::from_millis(100));
+        t.acknowledged(1, D::from_millis(100));
         assert_eq!(t.timeout(), D::from_secs(2), "0.1 s + 4 × 0.05 s is under the floor");
-        for _ in 0..50 {
-            t.observe(D::from_secs(3));
+        for seq in 2..52 {
+            t.acknowledged(seq, D::from_secs(3));
         }
         let settled = t.timeout();
         assert!(settled > D::from_secs(3) && settled < D::from_millis(3100), "steady 3 s latency: {settled:?}");
         // RFC 6298's update, by hand: an 8 s latency moves the mean an eighth of the way and the
         // deviation a quarter.
         let (m, d) = t.smoothed.unwrap();
-        t.observe(D::from_secs(8));
+        t.acknowledged(52, D::from_secs(8));
         let (mean, dev) = (0.875 * m + 0.125 * 8.0, 0.75 * d + 0.25 * (8.0 - m));
         assert!((t.timeout().as_secs_f64() - (mean + 4.0 * dev)).abs() < 1e-6, "{:?}", t.timeout());
         let before = t.timeout();
-        t.expired();
+        t.expired(60);
         assert_eq!(t.timeout(), before * 2);
         for _ in 0..20 {
-            t.expired();
+            t.expired(60);
         }
         assert_eq!(t.timeout(), D::from_secs(30), "backing off stops at the ceiling");
-        t.progressed();
+        // Records up to 60 went twice: their acknowledgement ends the backing off, but its
+        // latency is no sample (Karn's rule).
+        t.acknowledged(60, D::from_millis(10));
         assert_eq!(t.timeout(), before);
         let fixed = ResendTimer::new(D::from_secs(3600), D::from_secs(3600));
         assert_eq!(fixed.timeout(), D::from_secs(3600));
         let mut fixed = fixed;
-        fixed.observe(D::from_millis(10));
+        fixed.acknowledged(1, D::from_millis(10));
         assert_eq!(fixed.timeout(), D::from_secs(3600), "a floor at the ceiling fixes the wait");
     }
 

@@ -281,9 +281,6 @@ struct Uplink {
     last_progress: Instant,
     /// When to send again what the hub has not acknowledged, from its acknowledgements' latency.
     resend: wire::ResendTimer,
-    /// Records up to this one may have gone more than once: their acknowledgements' latency is
-    /// not a measure of the round trip (Karn's rule).
-    resent_through: u64,
     /// Records the hub reported lost on the way (an acknowledgement's `held_from`), sent again
     /// ahead of the queue; and the acknowledgement that reported the last such gap, and when.
     gap: VecDeque<Outgoing>,
@@ -306,7 +303,7 @@ impl Uplink {
                 waited_ms = waited.as_millis() as u64,
                 "no acknowledgement for a while; sending again from the last acknowledged record"
             );
-            self.resend.expired();
+            self.resend.expired(self.sent_seq);
             self.restart(outbox);
         }
         loop {
@@ -369,7 +366,7 @@ impl Uplink {
             return Ok(());
         }
         self.gap = outbox.unacked_before(held_from, 2000, 1 << 20)?.into();
-        self.resent_through = self.resent_through.max(self.sent_seq);
+        self.resend.resent(self.sent_seq);
         self.gap_reported = Some((ack.acked, Instant::now()));
         tracing::info!(
             acked = ack.acked,
@@ -381,23 +378,19 @@ impl Uplink {
     }
 
     /// The hub acknowledged everything up to `acked`, beyond the `before` it had: the wait for
-    /// the next acknowledgement starts afresh, and the newest record it covers, if sent only
-    /// once, tells how long acknowledgements take.
+    /// the next acknowledgement starts afresh, timed by the newest record it covers.
     fn acknowledged(&mut self, acked: u64, before: u64) {
         if acked <= before {
             return;
         }
         self.last_progress = Instant::now();
-        self.resend.progressed();
-        if let Some(&(seq, sent)) = self.in_flight.iter().take_while(|(s, _)| *s <= acked).last()
-            && seq > self.resent_through
-        {
-            self.resend.observe(sent.elapsed());
+        if let Some(&(seq, sent)) = self.in_flight.iter().take_while(|(s, _)| *s <= acked).last() {
+            self.resend.acknowledged(seq, sent.elapsed());
         }
     }
 
     fn restart(&mut self, outbox: &mut Outbox) {
-        self.resent_through = self.resent_through.max(self.sent_seq);
+        self.resend.resent(self.sent_seq);
         self.queue.clear();
         self.gap.clear();
         self.in_flight.clear();
@@ -640,7 +633,6 @@ pub async fn run(cfg: Config) -> anyhow::Result<()> {
             Duration::from_secs(cfg.hub.min_ack_timeout_s),
             Duration::from_secs(cfg.hub.ack_timeout_s),
         ),
-        resent_through: outbox.acked(),
         gap: VecDeque::new(),
         gap_reported: None,
     };

@@ -361,8 +361,6 @@ impl SimDevice {
         // after `wire::GAP_RESEND_AFTER`, as the agent does.
         let mut gap_reported: Option<(u64, Instant)> = None;
         let mut timer = wire::ResendTimer::new(MIN_ACK_TIMEOUT, ACK_TIMEOUT);
-        // Messages up to this one may have gone twice: no measure of the latency (Karn's rule).
-        let mut resent_through: u64;
         loop {
             // (Re)connect; everything not acknowledged is sent again, in order.
             let conn = {
@@ -385,7 +383,7 @@ impl SimDevice {
             } else {
                 fleet.reconnects.fetch_add(1, Relaxed);
             }
-            resent_through = seq;
+            timer.resent(seq);
             if resend(&mut socket, &mut out, &topic, pending.iter(), self.batch).await.is_err() {
                 continue;
             }
@@ -424,10 +422,8 @@ impl SimDevice {
                                         progress = now;
                                         newest = Some((m.seq, m.sent));
                                     }
-                                    match newest {
-                                        Some((seq, sent)) if seq > resent_through => timer.observe(now.duration_since(sent)),
-                                        Some(_) => timer.progressed(),
-                                        None => {}
+                                    if let Some((seq, sent)) = newest {
+                                        timer.acknowledged(seq, now.duration_since(sent));
                                     }
                                     let recent = |(acked, at): (u64, Instant)| {
                                         acked == ack.acked && now.duration_since(at) < wire::GAP_RESEND_AFTER
@@ -443,7 +439,7 @@ impl SimDevice {
                             }
                         }
                         if let Some(before) = lost_before {
-                            resent_through = resent_through.max(before.saturating_sub(1));
+                            timer.resent(before.saturating_sub(1));
                             let lost = pending.iter().take_while(|m| m.seq < before);
                             fleet.resent_lost.fetch_add(lost.clone().count() as u64, Relaxed);
                             if resend(&mut socket, &mut out, &topic, lost, self.batch).await.is_err() {
@@ -455,8 +451,7 @@ impl SimDevice {
                     () = tokio::time::sleep_until(progress + timer.timeout()), if !pending.is_empty() => {
                         fleet.resent.fetch_add(pending.len() as u64, Relaxed);
                         progress = Instant::now();
-                        timer.expired();
-                        resent_through = seq;
+                        timer.expired(seq);
                         if resend(&mut socket, &mut out, &topic, pending.iter(), self.batch).await.is_err() {
                             break;
                         }
