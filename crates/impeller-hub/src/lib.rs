@@ -258,8 +258,14 @@ impl Hub {
             tokio::spawn(retention::run(store.clone(), cfg.retention.clone(), every));
         }
         let shards = store.parallel_writers();
-        let ingest =
-            tokio::spawn(ingest::run_sharded(bus, store.clone(), stats.clone(), 1000, reconcile.clone(), shards));
+        let ingest = tokio::spawn(ingest::run_sharded(
+            bus,
+            store.clone(),
+            stats.clone(),
+            ingest::Batching::default(),
+            reconcile.clone(),
+            shards,
+        ));
         Ok(Hub { store, stats, ingest, http_addr, mqtt_addr, reconcile, runs })
     }
 }
