@@ -200,8 +200,8 @@ pub async fn run<S: TelemetryStore>(
         if batch_now.is_empty() {
             continue;
         }
-        let store_started = std::time::Instant::now();
-        last_started = Some(tokio::time::Instant::now());
+        let store_started = tokio::time::Instant::now();
+        last_started = Some(store_started);
         // The streams as they will be once this batch is committed.
         let next = match next_streams(&streams, &store, &batch_now).await {
             Ok(next) => next,
@@ -418,6 +418,13 @@ mod tests {
         Received { topic: wire::topic(device, "telemetry"), payload: payload.into() }
     }
 
+    /// A bus whose two ends the test holds: what it publishes, what ingestion sends back.
+    fn wired(capacity: usize) -> (Bus, mpsc::Sender<Received>, mpsc::Receiver<Send>) {
+        let (in_tx, in_rx) = mpsc::channel(capacity);
+        let (out_tx, out_rx) = mpsc::channel(capacity);
+        (Bus { incoming: in_rx, outgoing: out_tx }, in_tx, out_rx)
+    }
+
     /// Each transaction holds what had arrived when it began, up to `max_publishes`.
     fn at_once(max_publishes: usize) -> Batching {
         Batching { max_publishes, min_interval: std::time::Duration::ZERO }
@@ -426,9 +433,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn publishes_within_the_interval_share_a_transaction_and_one_after_a_quiet_spell_waits_for_none() {
         let store = FlakyTelemetry::default();
-        let (in_tx, in_rx) = mpsc::channel(16);
-        let (out_tx, mut out_rx) = mpsc::channel(16);
-        let bus = Bus { incoming: in_rx, outgoing: out_tx };
+        let (bus, in_tx, mut out_rx) = wired(16);
         let stats = Arc::new(IngestStats::default());
         let interval = std::time::Duration::from_millis(100);
         let batching = Batching { max_publishes: 10, min_interval: interval };
@@ -463,9 +468,7 @@ mod tests {
     async fn a_batch_the_store_fails_to_commit_is_not_acknowledged_and_its_resend_is() {
         let store = FlakyTelemetry::default();
         store.fail_next_commit.store(true, Ordering::SeqCst);
-        let (in_tx, in_rx) = mpsc::channel(16);
-        let (out_tx, mut out_rx) = mpsc::channel(16);
-        let bus = Bus { incoming: in_rx, outgoing: out_tx };
+        let (bus, in_tx, mut out_rx) = wired(16);
         let stats = Arc::new(IngestStats::default());
         let task = tokio::spawn(run(bus, store.clone(), stats.clone(), at_once(10), Default::default()));
 
@@ -490,9 +493,7 @@ mod tests {
     #[tokio::test]
     async fn a_gap_still_open_after_a_batch_is_named_in_the_acknowledgement() {
         let store = FlakyTelemetry::default();
-        let (in_tx, in_rx) = mpsc::channel(16);
-        let (out_tx, mut out_rx) = mpsc::channel(16);
-        let bus = Bus { incoming: in_rx, outgoing: out_tx };
+        let (bus, in_tx, mut out_rx) = wired(16);
         let task = tokio::spawn(run(bus, store.clone(), Default::default(), at_once(10), Default::default()));
         // One publish per batch: an array of envelopes.
         let mut batch = async |seqs: &[u64]| {
@@ -518,9 +519,7 @@ mod tests {
     #[tokio::test]
     async fn shards_store_every_device_once_and_acknowledge_each_in_order() {
         let store = FlakyTelemetry::default();
-        let (in_tx, in_rx) = mpsc::channel(64);
-        let (out_tx, mut out_rx) = mpsc::channel(64);
-        let bus = Bus { incoming: in_rx, outgoing: out_tx };
+        let (bus, in_tx, mut out_rx) = wired(64);
         let stats = Arc::new(IngestStats::default());
         let task = tokio::spawn(run_sharded(bus, store.clone(), stats.clone(), at_once(4), Default::default(), 3));
         let devices: Vec<String> = (0..12).map(|i| format!("p{i}")).collect();
