@@ -252,7 +252,7 @@ impl Hub {
             }
             None => None,
         };
-        tokio::spawn(store.clone().checkpoint_beside_ingestion());
+        tokio::spawn(store.clone().checkpoint_beside_ingestion(store::Checkpointing::default()));
         if !cfg.retention.is_empty() {
             let every = if cfg.retention_every.is_zero() { Duration::from_secs(3600) } else { cfg.retention_every };
             tokio::spawn(retention::run(store.clone(), cfg.retention.clone(), every));

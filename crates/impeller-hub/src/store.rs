@@ -160,18 +160,35 @@ pub enum Store {
         pool: SqlitePool,
         /// One connection for ingestion's batches and the stream state they extend.
         ingest: SqlitePool,
+        /// Set by [`Store::checkpoint_beside_ingestion`] when the log has been copied and
+        /// flushed and is long enough to start over: ingestion's next batch copies what was
+        /// logged since (a short tail), and SQLite then starts the log from its beginning.
+        log_reset_due: std::sync::Arc<std::sync::atomic::AtomicBool>,
     },
     Postgres(PgPool),
 }
 
-/// How often SQLite's log is copied into the database file. A page that commits change again
-/// and again (the leaf of the index where each device's next messages go, which a fleet changes
-/// once a second per device) is copied once per interval however often it was logged: every 2 s
-/// rather than every 0.5 s, the hub wrote 15 % fewer bytes per message, and in two of three
-/// interleaved pairs kept up with 50,000 msg/s where the other fell behind; every 5 s, fewer
-/// bytes still, but each copy stalled commits for longer (docs/BENCHMARKS.md, "How often the
-/// log is copied").
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+/// How SQLite's write-ahead log is copied into the database file beside ingestion
+/// ([`Store::checkpoint_beside_ingestion`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Checkpointing {
+    /// How often the log is copied. A page that commits change again and again (the leaf of the
+    /// index where each device's next messages go, which a fleet changes once a second per
+    /// device) is copied once per interval however often it was logged: every 2 s rather than
+    /// every 0.5 s, the hub wrote 15 % fewer bytes per message, and in two of three interleaved
+    /// pairs kept up with 50,000 msg/s where the other fell behind; every 5 s, fewer bytes
+    /// still, but each copy stalled commits for longer (docs/BENCHMARKS.md, "How often the log
+    /// is copied").
+    pub every: std::time::Duration,
+    /// Pages of log after which it starts over (SQLite's pages are 4 KiB).
+    pub reset_after_pages: i64,
+}
+
+impl Default for Checkpointing {
+    fn default() -> Checkpointing {
+        Checkpointing { every: std::time::Duration::from_secs(2), reset_after_pages: 65536 }
+    }
+}
 
 impl Store {
     /// `sqlite:PATH` (created if missing) or `postgres://…`; migrations applied.
@@ -195,9 +212,9 @@ impl Store {
                 // A multi-row insert keeps a statement journal (to undo itself on a constraint
                 // error): in memory, not in a temporary file written for every batch.
                 .pragma("temp_store", "memory")
-                // Ingestion's own checkpoint every 256 MiB of log, a backstop behind the copying
-                // beside it (`checkpoint_beside_ingestion`) that finds it mostly done.
-                .pragma("wal_autocheckpoint", "65536")
+                // A connection's own checkpoint after a commit once the log holds 1 GiB: only a
+                // backstop, should `checkpoint_beside_ingestion` not run.
+                .pragma("wal_autocheckpoint", "262144")
                 .busy_timeout(std::time::Duration::from_secs(10));
             // Ingestion writes through a connection of its own, which never waits for the pool
             // and whose page cache (stale whenever another connection writes) keeps the leaf of
@@ -205,7 +222,11 @@ impl Store {
             // them for a fleet of tens of thousands.
             let ingest_opts = opts.clone().pragma("cache_size", "-262144");
             let ingest = SqlitePoolOptions::new().max_connections(1).connect_with(ingest_opts).await?;
-            Store::Sqlite { pool: SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?, ingest }
+            Store::Sqlite {
+                pool: SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?,
+                ingest,
+                log_reset_due: Default::default(),
+            }
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
             // Ingestion's shards hold PARALLEL_WRITERS of these; the API and monitors the rest.
@@ -229,17 +250,46 @@ impl Store {
     }
 
     /// Runs until the process ends: on SQLite, copies the write-ahead log into the database
-    /// file every [`CHECKPOINT_EVERY`] from a connection other than ingestion's, so that the
-    /// copying runs beside ingestion's commits instead of in them (ingestion's own checkpoint,
-    /// every 256 MiB of log, then finds it mostly done and resets the log). Nothing on
-    /// PostgreSQL.
-    pub async fn checkpoint_beside_ingestion(self) {
-        let Store::Sqlite { pool, .. } = self else { return };
+    /// file every [`Checkpointing::every`] from a connection other than ingestion's and flushes
+    /// the file to disk, so that neither the copying nor the flush runs in ingestion's commits.
+    /// Once the log is long enough to start over, a second pass copies what was logged
+    /// meanwhile and ingestion's next batch the short rest, after which SQLite starts the log
+    /// over (it can only do so once all of it is copied, which with commits arriving all the
+    /// time only the writer can see). Nothing on PostgreSQL.
+    pub async fn checkpoint_beside_ingestion(self, checkpointing: Checkpointing) {
+        let Store::Sqlite { pool, log_reset_due, .. } = self else { return };
+        // Kept open while this runs, in the hub the life of the process: closing a descriptor
+        // of the database file drops the locks SQLite's own connections hold on it (POSIX
+        // advisory locks belong to the process). None for a database in memory.
+        let mut file = std::fs::File::open(pool.connect_options().get_filename()).ok().map(std::sync::Arc::new);
         loop {
-            tokio::time::sleep(CHECKPOINT_EVERY).await;
-            // PASSIVE waits for no reader or writer; what it cannot copy yet, it copies next time.
-            if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(&pool).await {
-                tracing::warn!(%error, "background checkpoint");
+            tokio::time::sleep(checkpointing.every).await;
+            for pass in 0..2 {
+                // PASSIVE waits for no reader or writer; what it cannot copy yet, it copies next
+                // time. It flushes the file only when it copied the whole log, which commits
+                // arriving all the time prevent; the flush below does it instead.
+                let logged: i64 =
+                    match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&pool).await
+                    {
+                        Ok((_busy, logged, _copied)) => logged,
+                        Err(error) => {
+                            tracing::warn!(%error, "background checkpoint");
+                            break;
+                        }
+                    };
+                if let Some(f) = file.clone()
+                    && let Ok(Err(error)) = tokio::task::spawn_blocking(move || f.sync_data()).await
+                {
+                    // Then the writer's checkpoints flush it, as SQLite does by itself.
+                    tracing::warn!(%error, "cannot flush the database file beside ingestion; leaving it to SQLite");
+                    file = None;
+                }
+                if logged < checkpointing.reset_after_pages {
+                    break;
+                }
+                if pass == 1 {
+                    log_reset_due.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
             }
         }
     }
@@ -348,4 +398,47 @@ fn i64_of(v: u64) -> i64 {
 
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    /// Commits arriving back to back leave SQLite no moment at which the whole log is copied,
+    /// and it starts the log over only then; without ingestion copying the last of it on its
+    /// background checkpoint's word, the log grew by every page ever written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_log_starts_over_while_commits_arrive_back_to_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&format!("sqlite:{}", dir.path().join("hub.db").display())).await.unwrap();
+        let reset_after_pages = 250;
+        let checkpointing = Checkpointing { every: std::time::Duration::from_millis(20), reset_after_pages };
+        let checkpoints = tokio::spawn(store.clone().checkpoint_beside_ingestion(checkpointing));
+        let log = dir.path().join("hub.db-wal");
+        let body = format!("\"{}\"", "x".repeat(2000));
+        let (mut largest, mut pages_written) = (0u64, 0u64);
+        for batch in 0..300u64 {
+            let messages: Vec<Incoming> = (0..50)
+                .map(|d| Incoming {
+                    device: format!("pump-{d}"),
+                    seq: batch + 1,
+                    prev: batch,
+                    ts_ms: batch as i64,
+                    kind: "telemetry".into(),
+                    body: body.clone(),
+                    update: None,
+                })
+                .collect();
+            store.commit(&messages, &BTreeMap::new()).await.unwrap();
+            pages_written += 50 * 2000 / 4096;
+            largest = largest.max(std::fs::metadata(&log).map_or(0, |m| m.len()));
+        }
+        checkpoints.abort();
+        // Started over, it holds what was logged while the two passes ran, a few times the
+        // threshold at these commits' pace; never started over, all of it.
+        let written = pages_written * 4096;
+        assert!(largest < written / 4, "the log grew to {largest} bytes of the {written} or more written");
+    }
 }

@@ -385,7 +385,16 @@ impl TelemetryStore for Store {
             }};
         }
         match self {
-            Store::Sqlite { ingest: p, .. } => run!(p, "BEGIN IMMEDIATE", ""),
+            Store::Sqlite { ingest: p, log_reset_due, .. } => {
+                if log_reset_due.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    // The tail of the log the background checkpoint left; BEGIN then starts the
+                    // log over (`Store::checkpoint_beside_ingestion`).
+                    if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(p).await {
+                        tracing::warn!(%error, "checkpoint of the log's tail");
+                    }
+                }
+                run!(p, "BEGIN IMMEDIATE", "")
+            }
             Store::Postgres(p) => run!(p, "BEGIN", " ON CONFLICT (device, seq) DO NOTHING"),
         }
         Ok(out)
