@@ -17,6 +17,15 @@ use crate::fleet::Credentials;
 pub struct Received {
     pub topic: String,
     pub payload: bytes::Bytes,
+    /// When the hub had it: ingestion measures its acknowledgement's delay from here.
+    pub at: std::time::Instant,
+}
+
+impl Received {
+    /// A publish received now.
+    pub fn new(topic: String, payload: bytes::Bytes) -> Received {
+        Received { topic, payload, at: std::time::Instant::now() }
+    }
 }
 
 /// A publish to send.
@@ -75,7 +84,7 @@ pub async fn embedded(
             match link_rx.recv() {
                 Ok(Some(rumqttd::Notification::Forward(f))) => {
                     let topic = String::from_utf8_lossy(&f.publish.topic).into_owned();
-                    if in_tx.blocking_send(Received { topic, payload: f.publish.payload }).is_err() {
+                    if in_tx.blocking_send(Received::new(topic, f.publish.payload)).is_err() {
                         return;
                     }
                 }
@@ -211,7 +220,7 @@ pub async fn external(broker: &ExternalBroker, client_id: &str) -> anyhow::Resul
                     // acknowledgements, which ingestion may be waiting to hand over (a deadlock
                     // at 50,000 msg/s behind Mosquitto). Dropping a QoS 0 publish is what the
                     // broker does to a slow subscriber anyway; the agent sends it again.
-                    match in_tx.try_send(Received { topic: p.topic, payload: p.payload }) {
+                    match in_tx.try_send(Received::new(p.topic, p.payload)) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             dropped += 1;

@@ -550,7 +550,7 @@ impl Upstream {
                     // the connection here).
                     if let Packet::Publish(p, _) = p {
                         let topic = String::from_utf8_lossy(&p.topic).into_owned();
-                        waiting.push_back(Received { topic, payload: p.payload });
+                        waiting.push_back(Received::new(topic, p.payload));
                     }
                 }
                 hand_over(tx, waiting)

@@ -14,9 +14,40 @@ use impeller_core::wire;
 use crate::bus::{Bus, Received, Send};
 use crate::store::{Incoming, Stream, TelemetryStore};
 
-/// Upper bounds in seconds of the buckets of [`IngestStats`]' histogram of a batch's time in the
-/// database: from a few milliseconds (a commit's fsync) to the seconds that break the 1-s target.
-pub const STORE_SECONDS_BUCKETS: [f64; 11] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// Upper bounds in seconds of the buckets of [`IngestStats`]' histograms: from a few
+/// milliseconds (a commit's fsync) to the seconds that break the 1-s target.
+pub const SECONDS_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0];
+
+/// A histogram of durations over [`SECONDS_BUCKETS`].
+#[derive(Debug, Default)]
+pub struct Seconds {
+    /// Per bucket (not cumulative), the last one beyond the largest bound.
+    buckets: [AtomicU64; SECONDS_BUCKETS.len() + 1],
+    micros_sum: AtomicU64,
+}
+
+impl Seconds {
+    pub fn record(&self, took: std::time::Duration) {
+        let secs = took.as_secs_f64();
+        let bucket = SECONDS_BUCKETS.iter().position(|le| secs <= *le).unwrap_or(SECONDS_BUCKETS.len());
+        self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.micros_sum.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// Appends the histogram as `name` in Prometheus' text exposition format.
+    fn write_prometheus(&self, out: &mut String, name: &str, help: &str) {
+        use std::fmt::Write as _;
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut count = 0;
+        for (i, bucket) in self.buckets.iter().enumerate() {
+            count += bucket.load(Ordering::Relaxed);
+            let le = SECONDS_BUCKETS.get(i).map_or("+Inf".to_string(), |le| le.to_string());
+            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
+        }
+        let _ = writeln!(out, "{name}_sum {}", self.micros_sum.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {count}");
+    }
+}
 
 /// Counters of the ingest loop.
 #[derive(Debug, Default)]
@@ -31,20 +62,15 @@ pub struct IngestStats {
     /// Publishes waiting in the channel from the broker when the latest batch began: near its
     /// capacity, ingestion is behind and the broker's connections stop reading.
     pub queued: AtomicU64,
-    /// Batches per bucket of [`STORE_SECONDS_BUCKETS`] (not cumulative), the last one beyond it.
-    store_seconds: [AtomicU64; STORE_SECONDS_BUCKETS.len() + 1],
-    store_micros_sum: AtomicU64,
+    /// Each batch's time in the database (its streams' state read, then its commit).
+    pub store_seconds: Seconds,
+    /// Each publish's time in the hub: from its arrival to its acknowledgement handed back to
+    /// the broker. What it waited for a batch, and behind it, is here and not in
+    /// `store_seconds`.
+    pub ack_seconds: Seconds,
 }
 
 impl IngestStats {
-    /// Counts a batch that spent `took` in the database (stream state read and commit).
-    pub fn record_store_time(&self, took: std::time::Duration) {
-        let secs = took.as_secs_f64();
-        let bucket = STORE_SECONDS_BUCKETS.iter().position(|le| secs <= *le).unwrap_or(STORE_SECONDS_BUCKETS.len());
-        self.store_seconds[bucket].fetch_add(1, Ordering::Relaxed);
-        self.store_micros_sum.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
-    }
-
     /// The counters in Prometheus' text exposition format (version 0.0.4).
     pub fn prometheus(&self) -> String {
         use std::fmt::Write as _;
@@ -66,18 +92,16 @@ impl IngestStats {
         let name = "impeller_ingest_queued_publishes";
         let _ = writeln!(out, "# HELP {name} Publishes waiting for ingestion when its latest batch began.");
         let _ = writeln!(out, "# TYPE {name} gauge\n{name} {}", get(&self.queued));
-        let name = "impeller_ingest_store_seconds";
-        let _ =
-            writeln!(out, "# HELP {name} A batch's time in the database: its streams' state read, then its commit.");
-        let _ = writeln!(out, "# TYPE {name} histogram");
-        let mut count = 0;
-        for (i, bucket) in self.store_seconds.iter().enumerate() {
-            count += get(bucket);
-            let le = STORE_SECONDS_BUCKETS.get(i).map_or("+Inf".to_string(), |le| le.to_string());
-            let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {count}");
-        }
-        let _ = writeln!(out, "{name}_sum {}", get(&self.store_micros_sum) as f64 / 1e6);
-        let _ = writeln!(out, "{name}_count {count}");
+        self.store_seconds.write_prometheus(
+            &mut out,
+            "impeller_ingest_store_seconds",
+            "A batch's time in the database: its streams' state read, then its commit.",
+        );
+        self.ack_seconds.write_prometheus(
+            &mut out,
+            "impeller_ingest_ack_seconds",
+            "A publish's time in the hub: from its arrival to its acknowledgement handed to the broker.",
+        );
         out
     }
 }
@@ -172,31 +196,26 @@ pub async fn run<S: TelemetryStore>(
 ) -> anyhow::Result<()> {
     let max_batch = batching.max_publishes;
     let mut streams: HashMap<String, Stream> = HashMap::new();
-    // Checked messages waiting for the next transaction, and how many publishes they came in.
-    let (mut batch, mut publishes) = (Vec::new(), 0usize);
+    // What waits for the next transaction.
+    let mut gathered = Gathered::default();
     // When the last transaction began (tokio's clock, which tests can pause): none yet.
     let mut last_started: Option<tokio::time::Instant> = None;
     loop {
-        if publishes == 0 {
+        if gathered.arrivals.is_empty() {
             let Some(first) = bus.incoming.recv().await else { return Ok(()) };
-            take(&first, &mut batch, &stats);
-            publishes = 1;
+            gathered.take(&first, &stats);
         }
         // What is ready is taken at once (a timeout polls its future first); then, until the
         // interval since the last transaction began is over, what arrives.
         let gather_until = last_started.map_or_else(tokio::time::Instant::now, |t| t + batching.min_interval);
-        while publishes < max_batch {
+        while gathered.arrivals.len() < max_batch {
             match tokio::time::timeout_at(gather_until, bus.incoming.recv()).await {
-                Ok(Some(r)) => {
-                    take(&r, &mut batch, &stats);
-                    publishes += 1;
-                }
+                Ok(Some(r)) => gathered.take(&r, &stats),
                 Ok(None) | Err(_) => break,
             }
         }
-        publishes = 0;
         stats.queued.store(bus.incoming.len() as u64, Ordering::Relaxed);
-        let batch_now = std::mem::take(&mut batch);
+        let Gathered { messages: batch_now, arrivals } = std::mem::take(&mut gathered);
         if batch_now.is_empty() {
             continue;
         }
@@ -227,16 +246,13 @@ pub async fn run<S: TelemetryStore>(
             tokio::select! {
                 biased;
                 c = &mut commit => break c,
-                r = bus.incoming.recv(), if publishes < max_batch => match r {
-                    Some(r) => {
-                        take(&r, &mut batch, &stats);
-                        publishes += 1;
-                    }
+                r = bus.incoming.recv(), if gathered.arrivals.len() < max_batch => match r {
+                    Some(r) => gathered.take(&r, &stats),
                     None => break commit.await,
                 },
             }
         };
-        stats.record_store_time(store_started.elapsed());
+        stats.store_seconds.record(store_started.elapsed());
         match committed {
             Ok(c) => {
                 stats.stored.fetch_add(c.stored, Ordering::Relaxed);
@@ -253,6 +269,10 @@ pub async fn run<S: TelemetryStore>(
                     }
                 }
                 streams.extend(next);
+                let now = std::time::Instant::now();
+                for at in arrivals {
+                    stats.ack_seconds.record(now.saturating_duration_since(at));
+                }
             }
             Err(error) => {
                 tracing::error!(%error, messages = batch_now.len(), "cannot store a batch; not acknowledged");
@@ -308,15 +328,31 @@ fn shard_of(device: &str, shards: usize) -> usize {
     (h.finish() % shards as u64) as usize
 }
 
-/// Checks one publish into `batch`, counting and logging what is refused.
-fn take(r: &Received, batch: &mut Vec<Incoming>, stats: &IngestStats) {
-    for checked in check(r) {
-        match checked {
-            Ok(m) => batch.push(m),
-            Err(error) => {
-                stats.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%error, "refused a message");
+/// Publishes gathered for a transaction.
+#[derive(Default)]
+struct Gathered {
+    /// Their messages that passed the checks.
+    messages: Vec<Incoming>,
+    /// When each publish that brought a message arrived (not the hub's own acknowledgements,
+    /// which an external broker sends back to it, nor what was refused whole).
+    arrivals: Vec<std::time::Instant>,
+}
+
+impl Gathered {
+    /// Checks one publish in, counting and logging what is refused.
+    fn take(&mut self, r: &Received, stats: &IngestStats) {
+        let before = self.messages.len();
+        for checked in check(r) {
+            match checked {
+                Ok(m) => self.messages.push(m),
+                Err(error) => {
+                    stats.refused.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, "refused a message");
+                }
             }
+        }
+        if self.messages.len() > before {
+            self.arrivals.push(r.at);
         }
     }
 }
@@ -415,7 +451,7 @@ mod tests {
 
     fn publish(device: &str, seq: u64) -> Received {
         let payload = wire::encode_envelope(device, seq, seq - 1, seq as i64, "telemetry", b"{}").unwrap();
-        Received { topic: wire::topic(device, "telemetry"), payload: payload.into() }
+        Received::new(wire::topic(device, "telemetry"), payload.into())
     }
 
     /// A bus whose two ends the test holds: what it publishes, what ingestion sends back.
@@ -502,7 +538,7 @@ mod tests {
                 .map(|&seq| wire::encode_envelope("p1", seq, seq - 1, seq as i64, "telemetry", b"{}").unwrap())
                 .collect();
             let payload = wire::encode_envelopes(&envelopes).into();
-            in_tx.send(Received { topic: wire::topic("p1", "telemetry"), payload }).await.unwrap();
+            in_tx.send(Received::new(wire::topic("p1", "telemetry"), payload)).await.unwrap();
             let ack = tokio::time::timeout(std::time::Duration::from_secs(5), out_rx.recv()).await.unwrap().unwrap();
             let ack = wire::decode_ack(&ack.payload).unwrap();
             (ack.acked, ack.held_from)
@@ -557,7 +593,7 @@ mod tests {
     fn store_times_fall_in_their_buckets_and_are_rendered_cumulative() {
         let stats = IngestStats::default();
         for ms in [3, 5, 40, 1_500, 20_000] {
-            stats.record_store_time(std::time::Duration::from_millis(ms));
+            stats.store_seconds.record(std::time::Duration::from_millis(ms));
         }
         let text = stats.prometheus();
         let bucket = |le: &str| {
@@ -590,7 +626,7 @@ mod tests {
         let env = |device: &str, kind: &str, seq: u64, prev: u64| {
             wire::encode_envelope(device, seq, prev, 1, kind, b"{}").unwrap()
         };
-        let r = |topic: &str, payload: Vec<u8>| Received { topic: topic.into(), payload: payload.into() };
+        let r = |topic: &str, payload: Vec<u8>| Received::new(topic.into(), payload.into());
         let one = |topic: &str, payload: Vec<u8>| {
             let mut all = check(&r(topic, payload));
             assert_eq!(all.len(), 1);

@@ -801,8 +801,9 @@ pub fn document() -> Value {
                           Who::Operator, json!({"200": ok("the status", "AuditStatus")}), &[]),
             },
             "/api/v1/metrics": {
-                "get": op("Ingestion's counters and its histogram of a batch's time in the database, in Prometheus' \
-                           text format (0.0.4); scrape with a read-only token", "hub", Who::Operator,
+                "get": op("Ingestion's counters and its histograms of a batch's time in the database and of a \
+                           publish's from its arrival to its acknowledgement, in Prometheus' text format (0.0.4); \
+                           scrape with a read-only token", "hub", Who::Operator,
                           json!({"200": {"description": "the metrics",
                                          "content": {"text/plain": {"schema": string()}}}}), &[]),
             },

@@ -125,8 +125,9 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
     let mut restarted = None;
     let mut hub_cpu = 0.0;
     let mut hub_written = 0u64;
-    // The hub's own histogram of its batches' time in the database, summed over its restarts.
-    let mut store_times = StoreTimes::default();
+    // The hub's own histograms, summed over its restarts: its batches' time in the database, and
+    // each publish's from its arrival to its acknowledgement.
+    let (mut store_times, mut ack_times) = (Timings::default(), Timings::default());
     let mut last_report = t0;
     while t0.elapsed() < Duration::from_secs(args.secs) {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -136,7 +137,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
         {
             hub_cpu += hub.cpu_secs().unwrap_or(0.0);
             hub_written += hub.written_bytes().unwrap_or(0);
-            store_times.add(hub.store_times(&scraper).await);
+            hub.add_timings(&scraper, &mut store_times, &mut ack_times).await;
             hub.kill()?;
             hub = HubProcess::start(args, dir, database, mqtt_port)?;
             restarted = Some(t0.elapsed());
@@ -169,7 +170,7 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
     hub_cpu += hub.cpu_secs().unwrap_or(0.0);
     hub_written += hub.written_bytes().unwrap_or(0);
     let fleet_cpu = cpu_secs("self").unwrap_or(0.0);
-    store_times.add(hub.store_times(&scraper).await);
+    hub.add_timings(&scraper, &mut store_times, &mut ack_times).await;
     hub.kill()?;
 
     // The store must hold each published message exactly once.
@@ -222,7 +223,11 @@ async fn load(args: &LoadBenchArgs, dir: &Path, database: &str, run_id: &str) ->
         fleet.resent.load(Relaxed),
         restarted.map(|t| format!(", hub killed at {:.1} s", t.as_secs_f64())).unwrap_or_default()
     );
-    say!("{}", store_times.line());
+    say!("the hub's batches in the database (its streams' state read and the commit): {}", store_times.line(true));
+    say!(
+        "publishes in the hub, from their arrival to their acknowledgement handed to the broker: {}",
+        ack_times.line(false)
+    );
     // The fleet shares the machine with the hub: what each used says how much was left.
     say!(
         "cpu: the hub {hub_cpu:.0} s, this fleet {fleet_cpu:.0} s (its provisioning included), {drain_secs:.0} s of wall time on {} cores{}",
@@ -627,7 +632,7 @@ async fn provision(database: &str, n: u64, run_id: &str) -> anyhow::Result<(Vec<
 
 /// The hub's histogram `impeller_ingest_store_seconds`: cumulative counts per upper bound.
 #[derive(Default)]
-struct StoreTimes {
+struct Timings {
     buckets: Vec<(f64, u64)>,
     /// Their time in all.
     seconds: f64,
@@ -635,7 +640,7 @@ struct StoreTimes {
     unread: usize,
 }
 
-impl StoreTimes {
+impl Timings {
     fn add(&mut self, scraped: anyhow::Result<(Vec<(f64, u64)>, f64)>) {
         match scraped {
             Ok((b, secs)) if self.buckets.is_empty() || b.len() == self.buckets.len() => {
@@ -653,15 +658,16 @@ impl StoreTimes {
         }
     }
 
-    /// The bucket bound below which a fraction `p` of the batches took.
+    /// The bucket bound below which a fraction `p` of what was timed took.
     fn quantile(&self, p: f64) -> Option<f64> {
         let total = self.buckets.last()?.1;
         let want = (total as f64 * p).ceil() as u64;
         self.buckets.iter().find(|(_, n)| *n >= want).map(|(le, _)| *le)
     }
 
-    fn line(&self) -> String {
-        let Some(&(_, total)) = self.buckets.last() else { return "the hub's store times: not read".into() };
+    /// How many, in how long (`with_sum`), and their quantiles.
+    fn line(&self, with_sum: bool) -> String {
+        let Some(&(_, total)) = self.buckets.last() else { return "not read".into() };
         let within = |bound: f64| self.buckets.iter().find(|(le, _)| *le == bound).map_or(0, |(_, n)| *n);
         let ms = |q: Option<f64>| match q {
             Some(le) if le.is_finite() => format!("≤ {:.0} ms", le * 1000.0),
@@ -669,8 +675,8 @@ impl StoreTimes {
         };
         let slowest = self.buckets.iter().find(|(_, n)| *n == total).map(|(le, _)| *le);
         format!(
-            "the hub's batches in the database (its streams' state read and the commit): {total} in {:.0} s, p50 {}, p99 {}, {} over 1 s, the slowest {}{}",
-            self.seconds,
+            "{total}{}, p50 {}, p99 {}, {} over 1 s, the slowest {}{}",
+            if with_sum { format!(" in {:.0} s", self.seconds) } else { String::new() },
             ms(self.quantile(0.5)),
             ms(self.quantile(0.99)),
             total - within(1.0),
@@ -685,17 +691,18 @@ fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// The buckets of `impeller_ingest_store_seconds` in a Prometheus text exposition, and its sum.
-fn store_seconds_buckets(text: &str) -> anyhow::Result<(Vec<(f64, u64)>, f64)> {
+/// The buckets of the histogram `name` in a Prometheus text exposition, and its sum.
+fn seconds_buckets(text: &str, name: &str) -> anyhow::Result<(Vec<(f64, u64)>, f64)> {
     let mut out = Vec::new();
+    let prefix = format!("{name}_bucket{{le=\"");
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix("impeller_ingest_store_seconds_bucket{le=\"") else { continue };
+        let Some(rest) = line.strip_prefix(prefix.as_str()) else { continue };
         let (le, count) = rest.split_once("\"} ").with_context(|| format!("a bucket line: {line}"))?;
         let le = if le == "+Inf" { f64::INFINITY } else { le.parse().with_context(|| format!("a bound: {line}"))? };
         out.push((le, count.trim().parse().with_context(|| format!("a count: {line}"))?));
     }
-    anyhow::ensure!(!out.is_empty(), "no impeller_ingest_store_seconds buckets in the hub's metrics");
-    Ok((out, metric(text, "impeller_ingest_store_seconds_sum").context("no impeller_ingest_store_seconds_sum")?))
+    anyhow::ensure!(!out.is_empty(), "no {name} buckets in the hub's metrics");
+    Ok((out, metric(text, &format!("{name}_sum")).with_context(|| format!("no {name}_sum"))?))
 }
 
 #[derive(Default)]
@@ -796,9 +803,19 @@ impl HubProcess {
         Ok(resp.text().await?)
     }
 
-    /// The hub's histogram of its batches' time in the database.
-    async fn store_times(&self, token: &str) -> anyhow::Result<(Vec<(f64, u64)>, f64)> {
-        store_seconds_buckets(&self.metrics(token).await?)
+    /// Adds the hub's histograms of its batches' time in the database and its publishes' until
+    /// acknowledged.
+    async fn add_timings(&self, token: &str, store: &mut Timings, ack: &mut Timings) {
+        match self.metrics(token).await {
+            Ok(text) => {
+                store.add(seconds_buckets(&text, "impeller_ingest_store_seconds"));
+                ack.add(seconds_buckets(&text, "impeller_ingest_ack_seconds"));
+            }
+            Err(error) => {
+                store.add(Err(anyhow::anyhow!("{error:#}")));
+                ack.add(Err(error));
+            }
+        }
     }
 
     fn kill(&mut self) -> anyhow::Result<()> {
@@ -859,25 +876,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_hubs_store_times_are_read_and_summed_over_its_restarts() {
+    fn the_hubs_timings_are_read_and_summed_over_its_restarts() {
         let (first, second) =
             (impeller_hub::ingest::IngestStats::default(), impeller_hub::ingest::IngestStats::default());
         for ms in (1..=98).map(|_| 3).chain([700, 1_800]) {
-            first.record_store_time(Duration::from_millis(ms));
+            first.store_seconds.record(Duration::from_millis(ms));
         }
-        second.record_store_time(Duration::from_secs(30));
-        let mut times = StoreTimes::default();
-        times.add(store_seconds_buckets(&first.prometheus()));
-        assert_eq!(times.quantile(0.5), Some(0.005));
-        assert_eq!(times.quantile(0.99), Some(1.0));
-        times.add(store_seconds_buckets(&second.prometheus()));
-        times.add(Err(anyhow::anyhow!("a hub that did not answer")));
+        first.ack_seconds.record(Duration::from_millis(40));
+        second.store_seconds.record(Duration::from_secs(30));
+        let (mut store, mut ack) = (Timings::default(), Timings::default());
+        store.add(seconds_buckets(&first.prometheus(), "impeller_ingest_store_seconds"));
+        ack.add(seconds_buckets(&first.prometheus(), "impeller_ingest_ack_seconds"));
+        assert_eq!(store.quantile(0.5), Some(0.005));
+        assert_eq!(store.quantile(0.99), Some(0.75));
+        store.add(seconds_buckets(&second.prometheus(), "impeller_ingest_store_seconds"));
+        store.add(Err(anyhow::anyhow!("a hub that did not answer")));
         assert_eq!(
-            times.line(),
-            "the hub's batches in the database (its streams' state read and the commit): 101 in 33 s, p50 ≤ 5 ms, p99 ≤ 2500 ms, \
-             2 over 1 s, the slowest beyond the largest bucket (1 hub process(es) not read)"
+            store.line(true),
+            "101 in 33 s, p50 ≤ 5 ms, p99 ≤ 2500 ms, 2 over 1 s, the slowest beyond the largest bucket (1 hub process(es) not read)"
         );
-        assert!(store_seconds_buckets("impeller_ingest_stored_total 3\n").is_err());
+        assert_eq!(ack.line(false), "1, p50 ≤ 50 ms, p99 ≤ 50 ms, 0 over 1 s, the slowest ≤ 50 ms");
+        assert!(seconds_buckets("impeller_ingest_stored_total 3\n", "impeller_ingest_store_seconds").is_err());
         assert_eq!(
             metric(&first.prometheus(), "impeller_ingest_batches_total"),
             Some(0.0),

@@ -68,8 +68,13 @@ async fn metrics_count_what_ingestion_stored_and_how_long_batches_took() {
         })
         .collect();
     buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
-    assert_eq!(buckets.len(), impeller_hub::ingest::STORE_SECONDS_BUCKETS.len() + 1);
+    assert_eq!(buckets.len(), impeller_hub::ingest::SECONDS_BUCKETS.len() + 1);
     assert!(buckets.windows(2).all(|w| w[0].1 <= w[1].1), "{buckets:?}");
     assert_eq!(buckets.last().unwrap().1, batches);
     assert!(after["impeller_ingest_store_seconds_sum"] > 0.0);
+
+    // Each of the 22 good publishes (20, and 7 and 14 again) acknowledged once, the two refused
+    // ones not; each waited at least its batch's time in the database.
+    assert_eq!(after["impeller_ingest_ack_seconds_count"], 22.0, "{after:?}");
+    assert!(after["impeller_ingest_ack_seconds_sum"] >= after["impeller_ingest_store_seconds_sum"], "{after:?}");
 }
