@@ -166,7 +166,8 @@ fn update_report(env: &wire::Envelope) -> Option<UpdateReport> {
 /// How ingestion gathers publishes into transactions.
 #[derive(Debug, Clone, Copy)]
 pub struct Batching {
-    /// Publishes per transaction at most.
+    /// Publishes per transaction at most (those that brought a message: not the hub's own
+    /// acknowledgements, which an external broker sends back to it).
     pub max_publishes: usize,
     /// A transaction begins at least this long after the one before began (a publish after a
     /// quiet spell is not held back). A commit costs much the same whatever its size (the log's
