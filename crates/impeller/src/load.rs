@@ -630,7 +630,8 @@ async fn provision(database: &str, n: u64, run_id: &str) -> anyhow::Result<(Vec<
     Ok((out, scraper))
 }
 
-/// The hub's histogram `impeller_ingest_store_seconds`: cumulative counts per upper bound.
+/// One of the hub's histograms (`impeller_ingest_store_seconds`, `impeller_ingest_ack_seconds`):
+/// cumulative counts per upper bound, summed over its restarts.
 #[derive(Default)]
 struct Timings {
     buckets: Vec<(f64, u64)>,
