@@ -63,6 +63,7 @@ mod fleet;
 mod jobs;
 mod monitors;
 mod registry;
+mod streams_behind;
 mod telemetry;
 pub use artifacts::{ArtifactStore, DatasetRecord, PackageInfo};
 pub use audit::{AuditFilter, AuditStore};
@@ -98,6 +99,7 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (14, "sketch_index", include_str!("../migrations/sqlite/0014_sketch_index.sql")),
     (15, "alert_time_index", include_str!("../migrations/sqlite/0015_alert_time_index.sql")),
     (16, "streams_hold_what_is_stored", include_str!("../migrations/sqlite/0016_streams_hold_what_is_stored.sql")),
+    (17, "streams_written_behind", include_str!("../migrations/sqlite/0017_streams_written_behind.sql")),
 ];
 
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -164,6 +166,8 @@ pub enum Store {
         /// flushed and is long enough to start over: ingestion's next batch copies what was
         /// logged since (a short tail), and SQLite then starts the log from its beginning.
         log_reset_due: std::sync::Arc<std::sync::atomic::AtomicBool>,
+        /// Ingestion's streams, whose rows are written behind its commits.
+        streams: std::sync::Arc<tokio::sync::Mutex<streams_behind::StreamsBehind>>,
     },
     Postgres(PgPool),
 }
@@ -226,6 +230,7 @@ impl Store {
                 pool: SqlitePoolOptions::new().max_connections(4).connect_with(opts).await?,
                 ingest,
                 log_reset_due: Default::default(),
+                streams: Default::default(),
             }
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let opts = PgConnectOptions::from_str(url)?;
@@ -257,26 +262,31 @@ impl Store {
     /// over (it can only do so once all of it is copied, which with commits arriving all the
     /// time only the writer can see). Nothing on PostgreSQL.
     pub async fn checkpoint_beside_ingestion(self, checkpointing: Checkpointing) {
-        let Store::Sqlite { pool, log_reset_due, .. } = self else { return };
+        let Store::Sqlite { pool, log_reset_due, .. } = &self else { return };
         // Kept open while this runs, in the hub the life of the process: closing a descriptor
         // of the database file drops the locks SQLite's own connections hold on it (POSIX
         // advisory locks belong to the process). None for a database in memory.
         let mut file = std::fs::File::open(pool.connect_options().get_filename()).ok().map(std::sync::Arc::new);
         loop {
             tokio::time::sleep(checkpointing.every).await;
+            // Streams that the last commits of a busy spell left unwritten.
+            if let Err(error) = self.write_stream_rows_when(true).await {
+                tracing::warn!(%error, "writing the stream rows behind ingestion");
+            }
             for pass in 0..2 {
                 // PASSIVE waits for no reader or writer; what it cannot copy yet, it copies next
                 // time. It flushes the file only when it copied the whole log, which commits
                 // arriving all the time prevent; the flush below does it instead.
-                let logged: i64 =
-                    match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)").fetch_one(&pool).await
-                    {
-                        Ok((_busy, logged, _copied)) => logged,
-                        Err(error) => {
-                            tracing::warn!(%error, "background checkpoint");
-                            break;
-                        }
-                    };
+                let logged: i64 = match sqlx::query_as::<_, (i64, i64, i64)>("PRAGMA wal_checkpoint(PASSIVE)")
+                    .fetch_one(pool)
+                    .await
+                {
+                    Ok((_busy, logged, _copied)) => logged,
+                    Err(error) => {
+                        tracing::warn!(%error, "background checkpoint");
+                        break;
+                    }
+                };
                 if let Some(f) = file.clone()
                     && let Ok(Err(error)) = tokio::task::spawn_blocking(move || f.sync_data()).await
                 {

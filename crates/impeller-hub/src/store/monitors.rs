@@ -215,6 +215,8 @@ impl MonitorStore for Store {
     }
 
     async fn unjudged_sketches(&self, limit: i64) -> Result<Vec<(String, i64, String)>, StoreError> {
+        // The query reads each device's acknowledged prefix from its stream row.
+        self.write_stream_rows().await?;
         Ok(on_pool!(self, |p| sqlx::query_as(UNJUDGED_SKETCHES).bind(limit).fetch_all(p).await?))
     }
 

@@ -11,6 +11,7 @@ use impeller_core::wire::{AggregateBody, AlertBody};
 use serde::Serialize;
 use sqlx::Row;
 
+use super::streams_behind;
 use super::{Store, StoreError, deployments, i64_of, now_ms, u64_of};
 
 /// Messages per INSERT statement (7 parameters each; SQLite allows 32,766 per statement).
@@ -18,7 +19,7 @@ const INSERT_CHUNK: usize = 500;
 
 /// `items` in chunks of a few fixed sizes (at most [`INSERT_CHUNK`]), so that a multi-row
 /// statement's text, and its prepared statement, repeat from one batch to the next.
-fn fixed_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+pub(super) fn fixed_chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
     std::iter::from_fn(move || {
         let size = [INSERT_CHUNK, 100, 20, 5, 1].into_iter().find(|&n| n <= items.len())?;
         let (chunk, rest) = items.split_at(size);
@@ -235,7 +236,12 @@ pub struct Stream {
 }
 
 impl Stream {
-    fn parse(device: &str, acked: i64, acked_ts_ms: Option<i64>, beyond: &str) -> Result<Stream, StoreError> {
+    pub(super) fn parse(
+        device: &str,
+        acked: i64,
+        acked_ts_ms: Option<i64>,
+        beyond: &str,
+    ) -> Result<Stream, StoreError> {
         let list: Vec<(u64, u64, i64)> = serde_json::from_str(beyond)
             .map_err(|e| StoreError::Corrupt(format!("device_streams.beyond of device `{device}`: {e}")))?;
         Ok(Stream {
@@ -245,7 +251,7 @@ impl Stream {
         })
     }
 
-    fn beyond_json(&self) -> String {
+    pub(super) fn beyond_json(&self) -> String {
         if self.beyond.is_empty() {
             return "[]".to_string();
         }
@@ -278,8 +284,9 @@ impl Stream {
 }
 
 /// The stream rows of a list of devices, bound after it and closed with `)`: read as
-/// (device, acked, acked_ts_ms, beyond) and made [`Stream`]s with [`Stream::parse`].
-const SELECT_STREAMS: &str = "SELECT device, acked, acked_ts_ms, beyond FROM device_streams WHERE device IN (";
+/// (device, acked, acked_ts_ms, beyond, last_seen_ms) and made [`Stream`]s with [`Stream::parse`].
+pub(super) const SELECT_STREAMS: &str =
+    "SELECT device, acked, acked_ts_ms, beyond, last_seen_ms FROM device_streams WHERE device IN (";
 
 impl TelemetryStore for Store {
     async fn commit(&self, batch: &[Incoming], acked: &BTreeMap<String, u64>) -> Result<Committed, StoreError> {
@@ -289,31 +296,14 @@ impl TelemetryStore for Store {
             batch.iter().map(|m| m.device.as_str()).chain(acked.keys().map(|d| d.as_str())).collect();
         devices.sort_unstable();
         devices.dedup();
-        // `$begin` takes SQLite's write lock at once: this transaction reads the streams before
-        // it writes, and a deferred one could not upgrade if another connection wrote between.
-        // `$guard` is PostgreSQL's (device, seq) key, kept there as a second check.
-        macro_rules! run {
-            ($pool:expr, $begin:expr, $guard:expr) => {{
-                let mut tx = $pool.begin_with($begin).await?;
-                // Every device of the batch has a stream, empty until its row says otherwise.
-                let mut streams: BTreeMap<&str, Stream> = devices.iter().map(|d| (*d, Stream::default())).collect();
-                for chunk in fixed_chunks(&devices) {
-                    let mut q = sqlx::QueryBuilder::new(SELECT_STREAMS);
-                    let mut list = q.separated(", ");
-                    for d in chunk {
-                        list.push_bind(*d);
-                    }
-                    q.push(")");
-                    let rows: Vec<(String, i64, Option<i64>, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
-                    for (device, acked, acked_ts_ms, beyond) in rows {
-                        if let Some(stream) = streams.get_mut(device.as_str()) {
-                            *stream = Stream::parse(&device, acked, acked_ts_ms, &beyond)?;
-                        }
-                    }
-                }
+        // The batch's new messages (those its devices' streams `take`) and its update reports,
+        // written in `$tx`; `$guard` is PostgreSQL's (device, seq) key, kept there as a second
+        // check.
+        macro_rules! write_messages {
+            ($tx:expr, $streams:expr, $guard:expr) => {{
                 // What is new: neither stored before nor earlier in this batch.
                 let fresh: Vec<&Incoming> =
-                    batch.iter().filter(|m| streams.get_mut(m.device.as_str()).is_some_and(|s| s.take(m.seq, m.prev, m.ts_ms))).collect();
+                    batch.iter().filter(|m| $streams.get_mut(m.device.as_str()).is_some_and(|s| s.take(m.seq, m.prev, m.ts_ms))).collect();
                 out.duplicates = (batch.len() - fresh.len()) as u64;
                 // Multi-row inserts: one round trip per chunk, not per message.
                 for chunk in fixed_chunks(&fresh) {
@@ -330,7 +320,7 @@ impl TelemetryStore for Store {
                             .push_bind(now);
                     });
                     q.push($guard);
-                    let inserted = q.build().execute(&mut *tx).await?.rows_affected();
+                    let inserted = q.build().execute(&mut *$tx).await?.rows_affected();
                     out.stored += inserted;
                     out.duplicates += chunk.len() as u64 - inserted;
                 }
@@ -346,24 +336,80 @@ impl TelemetryStore for Store {
                         .bind(u.running_release.map(|r| r as i64))
                         .bind(m.ts_ms)
                         .bind((u.state == UpdateState::Active).then_some(m.seq as i64))
-                        .execute(&mut *tx)
+                        .execute(&mut *$tx)
                         .await?
                         .rows_affected()
                         > 0;
                     // Outcomes go to the audit trail, once (a redelivery updates nothing).
                     if fresh && matches!(u.state, UpdateState::Active | UpdateState::Failed | UpdateState::RolledBack) {
-                        append_audit!(tx, event update_event(m, u, now));
+                        append_audit!($tx, event update_event(m, u, now));
                     }
                 }
+                // The prefix each device's acknowledgement names, or less.
+                for (device, stream) in $streams.iter_mut() {
+                    stream.settle(acked.get(*device).copied().unwrap_or(stream.acked));
+                }
+            }};
+        }
+        match self {
+            Store::Sqlite { ingest, log_reset_due, streams, .. } => {
+                if log_reset_due.swap(false, std::sync::atomic::Ordering::Relaxed) {
+                    // The tail of the log the background checkpoint left; BEGIN then starts the
+                    // log over (`Store::checkpoint_beside_ingestion`).
+                    if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(ingest).await {
+                        tracing::warn!(%error, "checkpoint of the log's tail");
+                    }
+                }
+                let mut behind = streams.lock().await;
+                let done: Result<_, StoreError> = async {
+                    // The write lock at once: the transaction checks what the streams say
+                    // before it writes, and a deferred one could not upgrade if another
+                    // connection wrote between.
+                    let mut tx = ingest.begin_with("BEGIN IMMEDIATE").await?;
+                    behind.catch_up(&mut tx, &devices).await?;
+                    let mut next: BTreeMap<&str, Stream> =
+                        devices.iter().map(|d| (*d, behind.get(d).cloned().unwrap_or_default())).collect();
+                    write_messages!(tx, next, "");
+                    let written = behind.write_due();
+                    if written {
+                        behind.write(&mut tx, &next, now).await?;
+                    }
+                    let last_rowid = streams_behind::last_rowid(&mut tx).await?;
+                    tx.commit().await?;
+                    Ok((next, last_rowid, written))
+                }
+                .await;
+                match done {
+                    Ok((next, last_rowid, written)) => behind.committed(next, now, last_rowid, written),
+                    Err(error) => {
+                        behind.forget();
+                        return Err(error);
+                    }
+                }
+            }
+            Store::Postgres(p) => {
+                let mut tx = p.begin().await?;
+                // Every device of the batch has a stream, empty until its row says otherwise.
+                let mut streams: BTreeMap<&str, Stream> = devices.iter().map(|d| (*d, Stream::default())).collect();
+                for chunk in fixed_chunks(&devices) {
+                    let mut q = sqlx::QueryBuilder::new(SELECT_STREAMS);
+                    let mut list = q.separated(", ");
+                    for d in chunk {
+                        list.push_bind(*d);
+                    }
+                    q.push(")");
+                    let rows: Vec<(String, i64, Option<i64>, String, i64)> =
+                        q.build_query_as().fetch_all(&mut *tx).await?;
+                    for (device, acked, acked_ts_ms, beyond, _) in rows {
+                        if let Some(stream) = streams.get_mut(device.as_str()) {
+                            *stream = Stream::parse(&device, acked, acked_ts_ms, &beyond)?;
+                        }
+                    }
+                }
+                write_messages!(tx, streams, " ON CONFLICT (device, seq) DO NOTHING");
                 // One statement per chunk of devices too: a batch from a large fleet names
                 // hundreds of devices, and a statement each cost more than the messages.
-                let rows: Vec<(&str, Stream)> = streams
-                    .into_iter()
-                    .map(|(device, mut row)| {
-                        row.settle(acked.get(device).copied().unwrap_or(row.acked));
-                        (device, row)
-                    })
-                    .collect();
+                let rows: Vec<(&str, Stream)> = streams.into_iter().collect();
                 for chunk in fixed_chunks(&rows) {
                     let mut q = sqlx::QueryBuilder::new(
                         "INSERT INTO device_streams (device, acked, acked_ts_ms, beyond, last_seen_ms) ",
@@ -382,44 +428,36 @@ impl TelemetryStore for Store {
                     q.build().execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
-            }};
-        }
-        match self {
-            Store::Sqlite { ingest: p, log_reset_due, .. } => {
-                if log_reset_due.swap(false, std::sync::atomic::Ordering::Relaxed) {
-                    // The tail of the log the background checkpoint left; BEGIN then starts the
-                    // log over (`Store::checkpoint_beside_ingestion`).
-                    if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)").execute(p).await {
-                        tracing::warn!(%error, "checkpoint of the log's tail");
-                    }
-                }
-                run!(p, "BEGIN IMMEDIATE", "")
             }
-            Store::Postgres(p) => run!(p, "BEGIN", " ON CONFLICT (device, seq) DO NOTHING"),
         }
         Ok(out)
     }
 
     async fn stream_states(&self, devices: &[&str]) -> Result<StreamStates, StoreError> {
+        let p = match self {
+            Store::Sqlite { ingest, streams, .. } => {
+                let mut behind = streams.lock().await;
+                let mut tx = ingest.begin().await?;
+                if let Err(error) = behind.catch_up(&mut tx, devices).await {
+                    behind.forget();
+                    return Err(error);
+                }
+                tx.rollback().await?;
+                return Ok(devices.iter().filter_map(|d| Some((d.to_string(), behind.get(d)?.clone()))).collect());
+            }
+            Store::Postgres(p) => p,
+        };
         let mut out = StreamStates::new();
         // A chunk of devices per statement: one round trip for a batch from a large fleet.
         for chunk in fixed_chunks(devices) {
-            macro_rules! run {
-                ($pool:expr) => {{
-                    let mut q = sqlx::QueryBuilder::new(SELECT_STREAMS);
-                    let mut list = q.separated(", ");
-                    for d in chunk {
-                        list.push_bind(*d);
-                    }
-                    q.push(")");
-                    q.build_query_as().fetch_all($pool).await?
-                }};
+            let mut q = sqlx::QueryBuilder::new(SELECT_STREAMS);
+            let mut list = q.separated(", ");
+            for d in chunk {
+                list.push_bind(*d);
             }
-            let rows: Vec<(String, i64, Option<i64>, String)> = match self {
-                Store::Sqlite { ingest, .. } => run!(ingest),
-                Store::Postgres(p) => run!(p),
-            };
-            for (device, acked, acked_ts_ms, beyond) in rows {
+            q.push(")");
+            let rows: Vec<(String, i64, Option<i64>, String, i64)> = q.build_query_as().fetch_all(p).await?;
+            for (device, acked, acked_ts_ms, beyond, _) in rows {
                 let stream = Stream::parse(&device, acked, acked_ts_ms, &beyond)?;
                 out.insert(device, stream);
             }
@@ -476,7 +514,7 @@ impl TelemetryRetention for Store {
                 }};
             }
             macro_rules! run {
-                ($db:ty, $pool:expr, $begin:expr, $id:expr) => {{
+                ($db:ty, $pool:expr, $begin:expr, $id:expr, $then:expr) => {{
                     // A read first, which takes no write lock: most devices have nothing old most
                     // of the time, and a sweep asks about every one.
                     let mut probe = old!($db, "SELECT 1");
@@ -487,6 +525,9 @@ impl TelemetryRetention for Store {
                         delete.push(" LIMIT ").push_bind(i64::from(limit) - done as i64).push(")");
                         let mut tx = $pool.begin_with($begin).await?;
                         done += delete.build().execute(&mut *tx).await?.rows_affected();
+                        if let Some(then) = $then {
+                            sqlx::query(then).execute(&mut *tx).await?;
+                        }
                         tx.commit().await?;
                     }
                 }};
@@ -494,8 +535,20 @@ impl TelemetryRetention for Store {
             match self {
                 // IMMEDIATE: the delete reads before it writes, and a deferred transaction could
                 // not upgrade after an ingestion commit in between.
-                Store::Sqlite { pool: p, .. } => run!(sqlx::Sqlite, p, "BEGIN IMMEDIATE", "rowid"),
-                Store::Postgres(p) => run!(sqlx::Postgres, p, "BEGIN", "ctid"),
+                // SQLite numbers a new row one past the largest rowid: if the newest messages
+                // went, rowids the stream rows already account for (`streams_written`) would be
+                // given again, so the mark comes down with them.
+                Store::Sqlite { pool: p, .. } => run!(
+                    sqlx::Sqlite,
+                    p,
+                    "BEGIN IMMEDIATE",
+                    "rowid",
+                    Some(
+                        "UPDATE streams_written SET through_rowid = \
+                         MIN(through_rowid, (SELECT COALESCE(MAX(rowid), 0) FROM messages))"
+                    )
+                ),
+                Store::Postgres(p) => run!(sqlx::Postgres, p, "BEGIN", "ctid", None::<&str>),
             }
             if done >= u64::from(limit) {
                 break;
@@ -648,7 +701,25 @@ impl TelemetryQueries for Store {
 
     async fn device_streams(&self) -> Result<Vec<(String, i64, Option<i64>)>, StoreError> {
         let sql = "SELECT device, last_seen_ms, acked_ts_ms FROM device_streams";
-        Ok(on_pool!(self, |p| sqlx::query_as(sql).fetch_all(p).await?))
+        match self {
+            Store::Sqlite { pool, .. } => {
+                // The rows, and the messages they do not account for yet, in one snapshot.
+                let mut tx = pool.begin().await?;
+                let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(sql).fetch_all(&mut *tx).await?;
+                let mut newer = streams_behind::replayed(&mut tx).await?;
+                tx.rollback().await?;
+                let mut out: Vec<_> = rows
+                    .into_iter()
+                    .map(|row| match newer.remove(&row.0) {
+                        Some((stream, seen)) => (row.0, seen, stream.acked_ts_ms),
+                        None => row,
+                    })
+                    .collect();
+                out.extend(newer.into_iter().map(|(device, (stream, seen))| (device, seen, stream.acked_ts_ms)));
+                Ok(out)
+            }
+            Store::Postgres(p) => Ok(sqlx::query_as(sql).fetch_all(p).await?),
+        }
     }
 
     async fn alert_counts(&self) -> Result<Vec<(String, u64, i64)>, StoreError> {
