@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use sqlx::SqliteConnection;
 
-use super::telemetry::{SELECT_STREAMS, Stream, fixed_chunks};
+use super::telemetry::{Stream, fixed_chunks};
 use super::{StoreError, i64_of};
 
 /// How long a device's stream row may lag its messages while commits keep coming.
@@ -36,25 +36,6 @@ pub struct StreamsBehind {
     written_at: Option<Instant>,
 }
 
-/// The rows of `devices`, those without a row left out.
-async fn read_rows(conn: &mut SqliteConnection, devices: &[&str]) -> Result<HashMap<String, Known>, StoreError> {
-    let mut out = HashMap::new();
-    for chunk in fixed_chunks(devices) {
-        let mut q = sqlx::QueryBuilder::new(SELECT_STREAMS);
-        let mut list = q.separated(", ");
-        for d in chunk {
-            list.push_bind(*d);
-        }
-        q.push(")");
-        let rows: Vec<(String, i64, Option<i64>, String, i64)> = q.build_query_as().fetch_all(&mut *conn).await?;
-        for (device, acked, acked_ts_ms, beyond, last_seen_ms) in rows {
-            let stream = Stream::parse(&device, acked, acked_ts_ms, &beyond)?;
-            out.insert(device, (stream, last_seen_ms));
-        }
-    }
-    Ok(out)
-}
-
 /// The streams of the devices with messages after `streams_written.through_rowid`: their rows
 /// with those messages applied. Read in one transaction with the rows it is applied to.
 pub(super) async fn replayed(conn: &mut SqliteConnection) -> Result<HashMap<String, Known>, StoreError> {
@@ -67,7 +48,7 @@ pub(super) async fn replayed(conn: &mut SqliteConnection) -> Result<HashMap<Stri
     let mut devices: Vec<&str> = after.iter().map(|m| m.0.as_str()).collect();
     devices.sort_unstable();
     devices.dedup();
-    let mut out = read_rows(conn, &devices).await?;
+    let mut out = read_stream_rows!(&mut *conn, &devices);
     for (device, seq, prev, ts_ms, received_ms) in &after {
         let (stream, last_seen) = out.entry(device.clone()).or_default();
         stream.take(*seq as u64, *prev as u64, *ts_ms);
@@ -98,7 +79,7 @@ impl StreamsBehind {
             self.last_rowid = Some(last);
         }
         let unknown: Vec<&str> = devices.iter().copied().filter(|d| !self.known.contains_key(*d)).collect();
-        let read = read_rows(conn, &unknown).await?;
+        let read = read_stream_rows!(&mut *conn, &unknown);
         self.known.extend(read);
         Ok(())
     }

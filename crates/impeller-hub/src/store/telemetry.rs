@@ -283,11 +283,6 @@ impl Stream {
     }
 }
 
-/// The stream rows of a list of devices, bound after it and closed with `)`: read as
-/// (device, acked, acked_ts_ms, beyond, last_seen_ms) and made [`Stream`]s with [`Stream::parse`].
-pub(super) const SELECT_STREAMS: &str =
-    "SELECT device, acked, acked_ts_ms, beyond, last_seen_ms FROM device_streams WHERE device IN (";
-
 impl TelemetryStore for Store {
     async fn commit(&self, batch: &[Incoming], acked: &BTreeMap<String, u64>) -> Result<Committed, StoreError> {
         let now = now_ms();
@@ -390,22 +385,9 @@ impl TelemetryStore for Store {
             Store::Postgres(p) => {
                 let mut tx = p.begin().await?;
                 // Every device of the batch has a stream, empty until its row says otherwise.
-                let mut streams: BTreeMap<&str, Stream> = devices.iter().map(|d| (*d, Stream::default())).collect();
-                for chunk in fixed_chunks(&devices) {
-                    let mut q = sqlx::QueryBuilder::new(SELECT_STREAMS);
-                    let mut list = q.separated(", ");
-                    for d in chunk {
-                        list.push_bind(*d);
-                    }
-                    q.push(")");
-                    let rows: Vec<(String, i64, Option<i64>, String, i64)> =
-                        q.build_query_as().fetch_all(&mut *tx).await?;
-                    for (device, acked, acked_ts_ms, beyond, _) in rows {
-                        if let Some(stream) = streams.get_mut(device.as_str()) {
-                            *stream = Stream::parse(&device, acked, acked_ts_ms, &beyond)?;
-                        }
-                    }
-                }
+                let mut read = read_stream_rows!(&mut *tx, &devices);
+                let mut streams: BTreeMap<&str, Stream> =
+                    devices.iter().map(|d| (*d, read.remove(*d).map(|(s, _)| s).unwrap_or_default())).collect();
                 write_messages!(tx, streams, " ON CONFLICT (device, seq) DO NOTHING");
                 // One statement per chunk of devices too: a batch from a large fleet names
                 // hundreds of devices, and a statement each cost more than the messages.
@@ -447,22 +429,7 @@ impl TelemetryStore for Store {
             }
             Store::Postgres(p) => p,
         };
-        let mut out = StreamStates::new();
-        // A chunk of devices per statement: one round trip for a batch from a large fleet.
-        for chunk in fixed_chunks(devices) {
-            let mut q = sqlx::QueryBuilder::new(SELECT_STREAMS);
-            let mut list = q.separated(", ");
-            for d in chunk {
-                list.push_bind(*d);
-            }
-            q.push(")");
-            let rows: Vec<(String, i64, Option<i64>, String, i64)> = q.build_query_as().fetch_all(p).await?;
-            for (device, acked, acked_ts_ms, beyond, _) in rows {
-                let stream = Stream::parse(&device, acked, acked_ts_ms, &beyond)?;
-                out.insert(device, stream);
-            }
-        }
-        Ok(out)
+        Ok(read_stream_rows!(p, devices).into_iter().map(|(device, (stream, _))| (device, stream)).collect())
     }
 
     async fn messages(&self, device: &str) -> Result<Vec<StoredMessage>, StoreError> {
