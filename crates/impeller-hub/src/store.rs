@@ -46,6 +46,31 @@ macro_rules! read_stream_rows {
     }};
 }
 
+/// Writes the stream rows `$rows` (`&[(&str, &Stream, i64)]`: device, stream, last contact)
+/// through `$conn`, one statement per chunk of devices (a batch from a large fleet names
+/// hundreds, and a statement each cost more than the messages). `?` on errors.
+macro_rules! write_stream_rows {
+    ($conn:expr, $rows:expr) => {{
+        for chunk in fixed_chunks($rows) {
+            let mut q = sqlx::QueryBuilder::new(
+                "INSERT INTO device_streams (device, acked, acked_ts_ms, beyond, last_seen_ms) ",
+            );
+            q.push_values(chunk, |mut b, (device, stream, seen)| {
+                b.push_bind(*device)
+                    .push_bind(i64_of(stream.acked))
+                    .push_bind(stream.acked_ts_ms)
+                    .push_bind(stream.beyond_json())
+                    .push_bind(*seen);
+            });
+            q.push(
+                " ON CONFLICT (device) DO UPDATE SET acked = excluded.acked, acked_ts_ms = excluded.acked_ts_ms, \
+                 beyond = excluded.beyond, last_seen_ms = excluded.last_seen_ms",
+            );
+            q.build().execute($conn).await?;
+        }
+    }};
+}
+
 /// Seals an audit event as the next record inside the transaction `$tx`, so it commits or rolls
 /// back with the action it records. `$make` turns the record's (seq, prev) into the event (a
 /// checkpoint needs them); `event $e` for an event that does not. Evaluates to the record.

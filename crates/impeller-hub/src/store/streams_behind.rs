@@ -111,23 +111,7 @@ impl StreamsBehind {
                 rows.push((device, stream, *seen));
             }
         }
-        for chunk in fixed_chunks(&rows) {
-            let mut q = sqlx::QueryBuilder::new(
-                "INSERT INTO device_streams (device, acked, acked_ts_ms, beyond, last_seen_ms) ",
-            );
-            q.push_values(chunk, |mut b, (device, stream, seen)| {
-                b.push_bind(*device)
-                    .push_bind(i64_of(stream.acked))
-                    .push_bind(stream.acked_ts_ms)
-                    .push_bind(stream.beyond_json())
-                    .push_bind(*seen);
-            });
-            q.push(
-                " ON CONFLICT (device) DO UPDATE SET acked = excluded.acked, acked_ts_ms = excluded.acked_ts_ms, \
-                 beyond = excluded.beyond, last_seen_ms = excluded.last_seen_ms",
-            );
-            q.build().execute(&mut *conn).await?;
-        }
+        write_stream_rows!(&mut *conn, &rows);
         sqlx::query("UPDATE streams_written SET through_rowid = (SELECT COALESCE(MAX(rowid), 0) FROM messages)")
             .execute(&mut *conn)
             .await?;

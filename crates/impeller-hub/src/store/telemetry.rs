@@ -389,26 +389,8 @@ impl TelemetryStore for Store {
                 let mut streams: BTreeMap<&str, Stream> =
                     devices.iter().map(|d| (*d, read.remove(*d).map(|(s, _)| s).unwrap_or_default())).collect();
                 write_messages!(tx, streams, " ON CONFLICT (device, seq) DO NOTHING");
-                // One statement per chunk of devices too: a batch from a large fleet names
-                // hundreds of devices, and a statement each cost more than the messages.
-                let rows: Vec<(&str, Stream)> = streams.into_iter().collect();
-                for chunk in fixed_chunks(&rows) {
-                    let mut q = sqlx::QueryBuilder::new(
-                        "INSERT INTO device_streams (device, acked, acked_ts_ms, beyond, last_seen_ms) ",
-                    );
-                    q.push_values(chunk, |mut b, (device, row)| {
-                        b.push_bind(*device)
-                            .push_bind(i64_of(row.acked))
-                            .push_bind(row.acked_ts_ms)
-                            .push_bind(row.beyond_json())
-                            .push_bind(now);
-                    });
-                    q.push(
-                        " ON CONFLICT (device) DO UPDATE SET acked = excluded.acked, \
-                         acked_ts_ms = excluded.acked_ts_ms, beyond = excluded.beyond, last_seen_ms = excluded.last_seen_ms",
-                    );
-                    q.build().execute(&mut *tx).await?;
-                }
+                let rows: Vec<(&str, &Stream, i64)> = streams.iter().map(|(d, s)| (*d, s, now)).collect();
+                write_stream_rows!(&mut *tx, &rows);
                 tx.commit().await?;
             }
         }
